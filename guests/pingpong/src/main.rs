@@ -1,0 +1,123 @@
+//! Two guests exchange numbered messages through the relay and check order.
+//!
+//! - `pingpong ping PEER N`: N round trips with PEER (a `pong`): send number
+//!   i, wait for i back.
+//! - `pingpong pong N`: answer N messages with the same bytes, checking that
+//!   the numbers arrive as 0, 1, 2, ...
+//! - `pingpong stream PEER N [SIZE]`: send N numbered messages of SIZE bytes
+//!   (default 8) to PEER (a `sink`) without waiting, then wait for its answer.
+//! - `pingpong sink N`: receive N messages, checking the numbers, then
+//!   answer the sender.
+//!
+//! Every mode ends by sending `(count, in_order)` to the parent as postcard
+//! and exits 0 when all arrived in order, 1 otherwise. A peer is an address
+//! as `Address::parse` reads it: a number is a guest id, else a name.
+
+use wasmproc_guest::{self as ipc, Address, InboxItem, Message};
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let num = |i: usize| -> u64 {
+        args.get(i)
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| usage())
+    };
+    let (count, in_order) = match args.first().map(String::as_str) {
+        Some("ping") => ping(Address::parse(args.get(1).unwrap_or_else(|| usage())), num(2)),
+        Some("pong") => pong(num(1)),
+        Some("stream") => {
+            let size = if args.len() > 3 { num(3) as usize } else { 8 };
+            stream(Address::parse(args.get(1).unwrap_or_else(|| usage())), num(2), size)
+        }
+        Some("sink") => sink(num(1)),
+        _ => usage(),
+    };
+    if let Err(err) = ipc::send_value(Address::Parent, &(count, in_order)) {
+        eprintln!("pingpong: report failed: {err}");
+    }
+    std::process::exit(if in_order { 0 } else { 1 });
+}
+
+fn usage() -> ! {
+    eprintln!("usage: pingpong ping PEER N | pong N | stream PEER N [SIZE] | sink N");
+    std::process::exit(2)
+}
+
+fn numbered(i: u64, size: usize) -> Vec<u8> {
+    let mut payload = i.to_le_bytes().to_vec();
+    payload.resize(size.max(8), 0xab);
+    payload
+}
+
+fn number_of(msg: &Message) -> Option<u64> {
+    Some(u64::from_le_bytes(msg.payload.get(..8)?.try_into().ok()?))
+}
+
+/// The next message, or `None` after reporting anything else.
+fn next_message() -> Option<Message> {
+    match ipc::recv() {
+        InboxItem::Message(msg) => Some(msg),
+        InboxItem::Undeliverable(n) => {
+            eprintln!("pingpong: message to {} undeliverable: {}", n.to, n.reason);
+            None
+        }
+        other => {
+            eprintln!("pingpong: unexpected {other:?}");
+            None
+        }
+    }
+}
+
+fn ping(peer: Address, n: u64) -> (u64, bool) {
+    for i in 0..n {
+        if ipc::send(peer.clone(), &numbered(i, 8)).is_err() {
+            return (i, false);
+        }
+        match next_message() {
+            Some(msg) if number_of(&msg) == Some(i) => {}
+            _ => return (i, false),
+        }
+    }
+    (n, true)
+}
+
+fn pong(n: u64) -> (u64, bool) {
+    for i in 0..n {
+        let Some(msg) = next_message() else {
+            return (i, false);
+        };
+        if ipc::send(msg.reply_to(), &msg.payload).is_err() || number_of(&msg) != Some(i) {
+            return (i, false);
+        }
+    }
+    (n, true)
+}
+
+fn stream(peer: Address, n: u64, size: usize) -> (u64, bool) {
+    for i in 0..n {
+        if let Err(err) = ipc::send(peer.clone(), &numbered(i, size)) {
+            eprintln!("pingpong: send {i} failed: {err}");
+            return (i, false);
+        }
+    }
+    match next_message() {
+        Some(msg) => msg.decode::<(u64, bool)>().unwrap_or((0, false)),
+        None => (n, false),
+    }
+}
+
+fn sink(n: u64) -> (u64, bool) {
+    let mut in_order = true;
+    let mut last_sender = None;
+    for i in 0..n {
+        let Some(msg) = next_message() else {
+            return (i, false);
+        };
+        in_order &= number_of(&msg) == Some(i);
+        last_sender = Some(msg.reply_to());
+    }
+    if let Some(sender) = last_sender {
+        let _ = ipc::send_value(sender, &(n, in_order));
+    }
+    (n, in_order)
+}

@@ -1,0 +1,371 @@
+//! The length-prefixed postcard codec. Pure: bytes in, frames out, no I/O.
+//!
+//! A frame is a 4-byte little-endian length followed by that many bytes of
+//! postcard. The length is checked against a hard maximum *before* any buffer
+//! is grown for the body, so a hostile peer announcing a 4 GiB frame costs
+//! nothing but an error.
+
+use std::marker::PhantomData;
+
+use bytes::{Buf, BufMut, BytesMut};
+use serde::{Serialize, de::DeserializeOwned};
+use tokio_util::codec::{Decoder, Encoder};
+
+/// The largest payload a message may carry, whatever a guest's own limit says.
+pub const MAX_PAYLOAD_LEN: usize = 64 * 1024 * 1024;
+
+/// The largest frame body either side accepts: the largest payload plus room
+/// for the frame's other fields (addresses, names).
+pub const MAX_FRAME_LEN: usize = MAX_PAYLOAD_LEN + 64 * 1024;
+
+/// Bytes in the length prefix.
+pub const HEADER_LEN: usize = 4;
+
+/// Why bytes could not be turned into a frame, or a frame into bytes.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    /// The length prefix announces more than the limit allows.
+    #[error("frame of {len} bytes is over the {max}-byte limit")]
+    TooLarge { len: usize, max: usize },
+    /// The body is not a valid postcard encoding of the expected frame type.
+    #[error("malformed frame of {len} bytes: {source}")]
+    Malformed {
+        len: usize,
+        #[source]
+        source: postcard::Error,
+    },
+    /// The body decoded but left bytes unread.
+    #[error("malformed frame: {trailing} trailing bytes after a {len}-byte frame")]
+    Trailing { len: usize, trailing: usize },
+    /// The stream ended in the middle of a frame.
+    #[error("stream ended inside a frame ({buffered} bytes buffered)")]
+    Truncated { buffered: usize },
+    /// Reading or writing the pipe failed.
+    #[error("pipe I/O failed: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Append one frame for `value` to `out`.
+///
+/// # Errors
+///
+/// [`FrameError::TooLarge`] if the encoding is over `max_len`; `out` is then
+/// left as it was.
+pub fn encode_into<T: Serialize>(
+    value: &T,
+    out: &mut Vec<u8>,
+    max_len: usize,
+) -> Result<(), FrameError> {
+    let start = out.len();
+    out.extend_from_slice(&[0; HEADER_LEN]);
+    let encoded = postcard::to_extend(value, std::mem::take(out));
+    *out = match encoded {
+        Ok(buf) => buf,
+        Err(source) => {
+            // postcard only fails on types it cannot encode, which ours are not;
+            // report it as malformed rather than panic.
+            return Err(FrameError::Malformed { len: 0, source });
+        }
+    };
+    let len = out.len() - start - HEADER_LEN;
+    if len > max_len {
+        out.truncate(start);
+        return Err(FrameError::TooLarge { len, max: max_len });
+    }
+    let len32 = u32::try_from(len).map_err(|_| FrameError::TooLarge { len, max: max_len })?;
+    out[start..start + HEADER_LEN].copy_from_slice(&len32.to_le_bytes());
+    Ok(())
+}
+
+/// Decode the first frame in `buf`.
+///
+/// Returns `Ok(None)` when `buf` holds only part of a frame (read more and
+/// call again), or the frame and the number of bytes it used.
+///
+/// # Errors
+///
+/// [`FrameError::TooLarge`] as soon as the length prefix is read,
+/// [`FrameError::Malformed`] or [`FrameError::Trailing`] for a bad body.
+pub fn decode<T: DeserializeOwned>(
+    buf: &[u8],
+    max_len: usize,
+) -> Result<Option<(T, usize)>, FrameError> {
+    let Some(header) = buf.get(..HEADER_LEN) else {
+        return Ok(None);
+    };
+    let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+    if len > max_len {
+        return Err(FrameError::TooLarge { len, max: max_len });
+    }
+    let Some(body) = buf.get(HEADER_LEN..HEADER_LEN + len) else {
+        return Ok(None);
+    };
+    let (value, rest) =
+        postcard::take_from_bytes(body).map_err(|source| FrameError::Malformed { len, source })?;
+    if !rest.is_empty() {
+        return Err(FrameError::Trailing {
+            len,
+            trailing: rest.len(),
+        });
+    }
+    Ok(Some((value, HEADER_LEN + len)))
+}
+
+/// A [`tokio_util::codec`] codec decoding `In` frames and encoding `Out` frames.
+#[derive(Debug)]
+pub struct FrameCodec<In, Out> {
+    max_len: usize,
+    _types: PhantomData<fn(Out) -> In>,
+}
+
+impl<In, Out> FrameCodec<In, Out> {
+    /// A codec that refuses frames longer than `max_len` bytes.
+    pub fn new(max_len: usize) -> Self {
+        FrameCodec {
+            max_len,
+            _types: PhantomData,
+        }
+    }
+}
+
+impl<In, Out> Default for FrameCodec<In, Out> {
+    fn default() -> Self {
+        Self::new(MAX_FRAME_LEN)
+    }
+}
+
+impl<In: DeserializeOwned, Out> Decoder for FrameCodec<In, Out> {
+    type Item = In;
+    type Error = FrameError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<In>, FrameError> {
+        match decode(src, self.max_len)? {
+            Some((frame, used)) => {
+                src.advance(used);
+                Ok(Some(frame))
+            }
+            None => {
+                // Reserve for the rest of this frame only once its (already
+                // checked) length is known, so one read can take it whole.
+                if src.len() >= HEADER_LEN {
+                    let len = u32::from_le_bytes([src[0], src[1], src[2], src[3]]) as usize;
+                    src.reserve(HEADER_LEN + len - src.len());
+                }
+                Ok(None)
+            }
+        }
+    }
+
+    fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<In>, FrameError> {
+        match self.decode(src)? {
+            Some(frame) => Ok(Some(frame)),
+            None if src.is_empty() => Ok(None),
+            None => Err(FrameError::Truncated {
+                buffered: src.len(),
+            }),
+        }
+    }
+}
+
+impl<In, Out: Serialize> Encoder<&Out> for FrameCodec<In, Out> {
+    type Error = FrameError;
+
+    fn encode(&mut self, item: &Out, dst: &mut BytesMut) -> Result<(), FrameError> {
+        let mut buf = Vec::new();
+        encode_into(item, &mut buf, self.max_len)?;
+        dst.put_slice(&buf);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::*;
+
+    fn sample_frames() -> Vec<RunnerToHost> {
+        vec![
+            RunnerToHost::Hello {
+                protocol_version: PROTOCOL_VERSION,
+            },
+            RunnerToHost::Send {
+                to: Address::Name("worker-1".into()),
+                payload: b"hello".to_vec(),
+            },
+            RunnerToHost::Send {
+                to: Address::Id(GuestId(7)),
+                payload: vec![0xff; 70_000],
+            },
+            RunnerToHost::Monitor { name: "db".into() },
+            RunnerToHost::Exit(ExitReport::Trapped {
+                message: "unreachable".into(),
+                backtrace: vec!["guest::main".into()],
+            }),
+        ]
+    }
+
+    #[test]
+    fn round_trip_many_frames_in_one_buffer() {
+        let frames = sample_frames();
+        let mut buf = Vec::new();
+        for frame in &frames {
+            encode_into(frame, &mut buf, MAX_FRAME_LEN).unwrap();
+        }
+        let mut rest = &buf[..];
+        let mut decoded = Vec::new();
+        while let Some((frame, used)) = decode::<RunnerToHost>(rest, MAX_FRAME_LEN).unwrap() {
+            decoded.push(frame);
+            rest = &rest[used..];
+        }
+        assert_eq!(decoded, frames);
+        assert!(rest.is_empty());
+    }
+
+    #[test]
+    fn round_trip_host_frames() {
+        let frames = vec![
+            HostToRunner::Launch(LaunchSpec {
+                protocol_version: PROTOCOL_VERSION,
+                id: GuestId(3),
+                name: Some("a".into()),
+                artifact: "/tmp/x.cwasm".into(),
+                kind: ModuleKind::Component,
+                args: vec!["x.wasm".into(), "a b".into()],
+                env: vec![("K".into(), "V".into())],
+                preopens: vec![Preopen {
+                    host_path: "/data".into(),
+                    guest_path: "/".into(),
+                    read_only: true,
+                }],
+                limits: Limits::default(),
+            }),
+            HostToRunner::Deliver(InboxItem::Undeliverable {
+                to: Address::Group("g".into()),
+                reason: UndeliverableReason::MailboxFull,
+                payload_len: 12,
+            }),
+            HostToRunner::Deliver(InboxItem::Shutdown),
+        ];
+        let mut codec = FrameCodec::<HostToRunner, HostToRunner>::default();
+        let mut buf = BytesMut::new();
+        for frame in &frames {
+            codec.encode(frame, &mut buf).unwrap();
+        }
+        for frame in &frames {
+            assert_eq!(codec.decode(&mut buf).unwrap().as_ref(), Some(frame));
+        }
+        assert_eq!(codec.decode_eof(&mut buf).unwrap(), None);
+    }
+
+    #[test]
+    fn partial_input_is_not_an_error() {
+        let mut buf = Vec::new();
+        encode_into(&sample_frames()[1], &mut buf, MAX_FRAME_LEN).unwrap();
+        for cut in 0..buf.len() {
+            assert!(
+                decode::<RunnerToHost>(&buf[..cut], MAX_FRAME_LEN)
+                    .unwrap()
+                    .is_none(),
+                "prefix of {cut} bytes"
+            );
+        }
+        let (frame, used) = decode::<RunnerToHost>(&buf, MAX_FRAME_LEN)
+            .unwrap()
+            .unwrap();
+        assert_eq!(frame, sample_frames()[1]);
+        assert_eq!(used, buf.len());
+    }
+
+    #[test]
+    fn oversize_length_is_refused_before_the_body_arrives() {
+        let mut codec = FrameCodec::<RunnerToHost, RunnerToHost>::new(1024);
+        let mut buf = BytesMut::from(&u32::MAX.to_le_bytes()[..]);
+        let err = codec.decode(&mut buf).unwrap_err();
+        assert!(
+            matches!(err, FrameError::TooLarge { len, max: 1024 } if len == u32::MAX as usize)
+        );
+        // Nothing was reserved for the announced 4 GiB body.
+        assert!(buf.capacity() < 1024);
+    }
+
+    #[test]
+    fn encoding_over_the_limit_is_refused_and_leaves_the_buffer() {
+        let frame = RunnerToHost::Send {
+            to: Address::Parent,
+            payload: vec![1; 2000],
+        };
+        let mut out = vec![9, 9];
+        let err = encode_into(&frame, &mut out, 1000).unwrap_err();
+        assert!(matches!(err, FrameError::TooLarge { max: 1000, .. }));
+        assert_eq!(out, vec![9, 9]);
+    }
+
+    #[test]
+    fn garbage_is_malformed() {
+        // An enum tag far past the last variant.
+        let mut buf = 3u32.to_le_bytes().to_vec();
+        buf.extend_from_slice(&[0x7f, 0x01, 0x02]);
+        let err = decode::<RunnerToHost>(&buf, MAX_FRAME_LEN).unwrap_err();
+        assert!(matches!(err, FrameError::Malformed { len: 3, .. }), "{err}");
+    }
+
+    #[test]
+    fn trailing_bytes_are_malformed() {
+        let mut body = postcard::to_allocvec(&RunnerToHost::Monitor { name: "x".into() }).unwrap();
+        body.push(0);
+        let mut buf = (body.len() as u32).to_le_bytes().to_vec();
+        buf.extend_from_slice(&body);
+        let err = decode::<RunnerToHost>(&buf, MAX_FRAME_LEN).unwrap_err();
+        assert!(matches!(err, FrameError::Trailing { trailing: 1, .. }), "{err}");
+    }
+
+    #[test]
+    fn stream_ending_inside_a_frame_is_truncated() {
+        let mut full = Vec::new();
+        encode_into(&sample_frames()[0], &mut full, MAX_FRAME_LEN).unwrap();
+        let mut codec = FrameCodec::<RunnerToHost, RunnerToHost>::default();
+        let mut buf = BytesMut::from(&full[..full.len() - 1]);
+        let err = codec.decode_eof(&mut buf).unwrap_err();
+        assert!(matches!(err, FrameError::Truncated { .. }), "{err}");
+    }
+
+    #[test]
+    fn version_mismatch_is_reported_with_both_versions() {
+        assert!(check_version(PROTOCOL_VERSION).is_ok());
+        let err = check_version(PROTOCOL_VERSION + 1).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "protocol version mismatch: this side speaks {}, the peer speaks {}",
+                PROTOCOL_VERSION,
+                PROTOCOL_VERSION + 1
+            )
+        );
+    }
+
+    #[test]
+    fn a_hello_from_a_newer_runner_decodes_and_fails_the_check() {
+        let mut buf = Vec::new();
+        encode_into(
+            &RunnerToHost::Hello {
+                protocol_version: 99,
+            },
+            &mut buf,
+            MAX_FRAME_LEN,
+        )
+        .unwrap();
+        let (frame, _) = decode::<RunnerToHost>(&buf, MAX_FRAME_LEN)
+            .unwrap()
+            .unwrap();
+        let RunnerToHost::Hello { protocol_version } = frame else {
+            panic!("not a hello: {frame:?}");
+        };
+        assert_eq!(
+            check_version(protocol_version),
+            Err(VersionMismatch {
+                ours: PROTOCOL_VERSION,
+                theirs: 99
+            })
+        );
+    }
+}

@@ -1,0 +1,232 @@
+//! Frame types: one enum for each direction.
+//!
+//! A runner starts by sending [`RunnerToHost::Hello`] with its
+//! [`PROTOCOL_VERSION`]; the host checks it and answers with
+//! [`HostToRunner::Launch`], which carries the version again for the runner to
+//! check. After that the host delivers inbox items and the runner sends
+//! messages, until the runner reports [`RunnerToHost::Exit`] and exits.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// Bumped whenever a frame type changes shape.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// A guest's id: given by the host, never the OS pid (which the OS reuses).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct GuestId(pub u64);
+
+impl GuestId {
+    /// The parent: the program or app supervisor that started a guest.
+    pub const PARENT: GuestId = GuestId(0);
+}
+
+impl fmt::Display for GuestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if *self == Self::PARENT {
+            f.write_str("parent")
+        } else {
+            write!(f, "#{}", self.0)
+        }
+    }
+}
+
+/// Where a message goes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Address {
+    /// The program or app that started the sender.
+    Parent,
+    /// One guest by id.
+    Id(GuestId),
+    /// One guest by its unique name.
+    Name(String),
+    /// One member of a group, round-robin.
+    Group(String),
+    /// Every live member of a group.
+    Broadcast(String),
+}
+
+impl fmt::Display for Address {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Address::Parent => f.write_str("parent"),
+            Address::Id(id) => write!(f, "{id}"),
+            Address::Name(name) => write!(f, "`{name}`"),
+            Address::Group(group) => write!(f, "group `{group}`"),
+            Address::Broadcast(group) => write!(f, "every member of group `{group}`"),
+        }
+    }
+}
+
+/// Why the relay could not deliver a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum UndeliverableReason {
+    /// No guest has this id, name or group.
+    UnknownRecipient,
+    /// The recipient existed but has exited.
+    RecipientExited,
+    /// The sender may not talk to the recipient.
+    NotAllowed,
+    /// The recipient's mailbox is full.
+    MailboxFull,
+    /// The payload is over the recipient's message size limit.
+    TooLarge,
+}
+
+impl fmt::Display for UndeliverableReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            UndeliverableReason::UnknownRecipient => "unknown recipient",
+            UndeliverableReason::RecipientExited => "recipient exited",
+            UndeliverableReason::NotAllowed => "not allowed",
+            UndeliverableReason::MailboxFull => "mailbox full",
+            UndeliverableReason::TooLarge => "too large",
+        })
+    }
+}
+
+/// One item in a guest's inbox.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum InboxItem {
+    /// A message from the parent or another guest.
+    Message {
+        from: GuestId,
+        from_name: Option<String>,
+        #[serde(with = "serde_bytes")]
+        payload: Vec<u8>,
+    },
+    /// A message this guest sent could not be delivered.
+    Undeliverable {
+        to: Address,
+        reason: UndeliverableReason,
+        payload_len: u64,
+    },
+    /// A monitored guest has ended.
+    Down {
+        id: GuestId,
+        name: Option<String>,
+        reason: String,
+    },
+    /// The host asks the guest to finish and exit.
+    Shutdown,
+}
+
+/// The kind of precompiled artifact a runner loads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ModuleKind {
+    /// A core wasm module (WASI preview 1, `_start`).
+    Module,
+    /// A component (WASI preview 2, `wasi:cli/run`).
+    Component,
+}
+
+/// A host folder the guest sees at `guest_path`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Preopen {
+    pub host_path: String,
+    pub guest_path: String,
+    pub read_only: bool,
+}
+
+/// Per-guest limits enforced inside the runner.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    /// The largest payload `send` accepts, in bytes.
+    pub max_message_size: u64,
+    /// How many items the runner holds for the guest before it stops reading
+    /// from the host (the host then holds a bounded mailbox of its own).
+    pub inbox_items: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_message_size: 16 * 1024 * 1024,
+            inbox_items: 65_536,
+        }
+    }
+}
+
+/// Everything a runner needs to start its guest. Sent over the control pipe,
+/// never on the command line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LaunchSpec {
+    /// Must equal the runner's [`PROTOCOL_VERSION`].
+    pub protocol_version: u32,
+    pub id: GuestId,
+    pub name: Option<String>,
+    /// The precompiled artifact, written by the host's cache.
+    pub artifact: String,
+    pub kind: ModuleKind,
+    /// `argv`, including `argv[0]`.
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub preopens: Vec<Preopen>,
+    pub limits: Limits,
+}
+
+/// How a guest ended, as the runner saw it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ExitReport {
+    /// The guest returned from `main` or called `exit`.
+    Exited { code: i32 },
+    /// The guest trapped.
+    Trapped {
+        message: String,
+        /// Wasm frames, innermost first, with function names where known.
+        backtrace: Vec<String>,
+    },
+    /// The runner could not start the guest (bad artifact, missing imports, ...).
+    Failed { message: String },
+}
+
+/// Frames the host sends to a runner.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HostToRunner {
+    /// What to run; the first frame, answering `Hello`.
+    Launch(LaunchSpec),
+    /// An item for the guest's inbox.
+    Deliver(InboxItem),
+}
+
+/// Frames a runner sends to the host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RunnerToHost {
+    /// The first frame: which protocol the runner speaks.
+    Hello { protocol_version: u32 },
+    /// The guest sends a message.
+    Send {
+        to: Address,
+        #[serde(with = "serde_bytes")]
+        payload: Vec<u8>,
+    },
+    /// The guest asks for a `Down` item when the guest called `name` ends.
+    Monitor { name: String },
+    /// The guest has ended; the last frame.
+    Exit(ExitReport),
+}
+
+/// The peer speaks another protocol version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("protocol version mismatch: this side speaks {ours}, the peer speaks {theirs}")]
+pub struct VersionMismatch {
+    pub ours: u32,
+    pub theirs: u32,
+}
+
+/// Check a peer's protocol version against ours.
+///
+/// # Errors
+///
+/// [`VersionMismatch`] when they differ.
+pub fn check_version(theirs: u32) -> Result<(), VersionMismatch> {
+    if theirs == PROTOCOL_VERSION {
+        Ok(())
+    } else {
+        Err(VersionMismatch {
+            ours: PROTOCOL_VERSION,
+            theirs,
+        })
+    }
+}

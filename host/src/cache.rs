@@ -1,0 +1,263 @@
+//! Compile once, map many.
+//!
+//! The host compiles each module with Cranelift once and writes the artifact
+//! to a cache folder, named by the SHA-256 of the module's bytes together
+//! with the engine's [`precompile_compatibility_hash`]. Runners never
+//! compile: they map the artifact with `deserialize_file`. Since loading an
+//! artifact trusts its contents, only files this cache wrote are ever handed
+//! to a runner, and they are written atomically (temporary file + rename) so
+//! a reader never sees half a file.
+//!
+//! [`precompile_compatibility_hash`]: wasmtime::Engine::precompile_compatibility_hash
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::SystemTime;
+
+use sha2::{Digest, Sha256};
+use wasmproc_protocol::ModuleKind;
+
+use crate::engine;
+
+/// The environment variable that overrides the cache folder.
+pub const CACHE_DIR_ENV: &str = "WASMPROC_CACHE_DIR";
+
+/// Why a module could not be made ready to run.
+#[derive(Debug, thiserror::Error)]
+pub enum CompileError {
+    #[error("module {} not found", path.display())]
+    NotFound { path: PathBuf },
+    #[error("cannot read module {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{} is not a WebAssembly file (no `\\0asm` header)", path.display())]
+    NotWasm { path: PathBuf },
+    #[error("cannot compile {}: {message}", path.display())]
+    Compile { path: PathBuf, message: String },
+    #[error("cannot write the compiled artifact to {}: {source}", path.display())]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A module compiled and stored, ready for a runner to map.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Artifact {
+    pub path: PathBuf,
+    pub kind: ModuleKind,
+}
+
+/// Tell a component from a core module by the version field of the header.
+///
+/// # Errors
+///
+/// [`CompileError::NotWasm`] when the bytes do not start with `\0asm`.
+pub fn module_kind(bytes: &[u8], path: &Path) -> Result<ModuleKind, CompileError> {
+    match bytes.get(..8) {
+        Some([0, b'a', b's', b'm', 1, 0, 0, 0]) => Ok(ModuleKind::Module),
+        // Components carry a version and a layer of 1.
+        Some([0, b'a', b's', b'm', _, _, 1, 0]) => Ok(ModuleKind::Component),
+        _ => Err(CompileError::NotWasm {
+            path: path.to_owned(),
+        }),
+    }
+}
+
+/// The process-wide artifact cache.
+#[derive(Debug)]
+pub struct Cache {
+    dir: PathBuf,
+    /// Modules already compiled by this process, by path, size and mtime, so
+    /// a second fork of the same file neither hashes nor compiles it again.
+    /// Each slot is locked while its module compiles: concurrent forks of one
+    /// module wait for a single compilation.
+    known: Mutex<HashMap<FileKey, Arc<tokio::sync::OnceCell<Artifact>>>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct FileKey {
+    path: PathBuf,
+    len: u64,
+    modified: Option<SystemTime>,
+}
+
+impl Cache {
+    /// The cache in `$WASMPROC_CACHE_DIR`, else `$XDG_CACHE_HOME/wasmproc`,
+    /// else `~/.cache/wasmproc`, else a folder under the system temp dir.
+    pub fn global() -> &'static Cache {
+        static CACHE: OnceLock<Cache> = OnceLock::new();
+        CACHE.get_or_init(|| Cache::new(default_dir()))
+    }
+
+    /// A cache in `dir` (created when first written).
+    pub fn new(dir: PathBuf) -> Cache {
+        Cache {
+            dir,
+            known: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The cache folder.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The artifact for the module at `path`, compiling it if needed.
+    ///
+    /// # Errors
+    ///
+    /// See [`CompileError`].
+    pub async fn artifact(&self, path: &Path) -> Result<Artifact, CompileError> {
+        let meta = match tokio::fs::metadata(path).await {
+            Ok(meta) if meta.is_file() => meta,
+            Ok(_) => {
+                return Err(CompileError::Read {
+                    path: path.to_owned(),
+                    source: std::io::Error::other("not a regular file"),
+                });
+            }
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                return Err(CompileError::NotFound {
+                    path: path.to_owned(),
+                });
+            }
+            Err(source) => {
+                return Err(CompileError::Read {
+                    path: path.to_owned(),
+                    source,
+                });
+            }
+        };
+        let key = FileKey {
+            path: std::path::absolute(path).unwrap_or_else(|_| path.to_owned()),
+            len: meta.len(),
+            modified: meta.modified().ok(),
+        };
+        let slot = {
+            let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+            known.entry(key).or_default().clone()
+        };
+        let artifact = slot
+            .get_or_try_init(|| {
+                let path = path.to_owned();
+                let dir = self.dir.clone();
+                async move {
+                    tokio::task::spawn_blocking(move || compile_to_cache(&path, &dir))
+                        .await
+                        .map_err(|err| CompileError::Compile {
+                            path: PathBuf::new(),
+                            message: format!("compiler task failed: {err}"),
+                        })?
+                }
+            })
+            .await?;
+        Ok(artifact.clone())
+    }
+}
+
+fn default_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os(CACHE_DIR_ENV) {
+        return PathBuf::from(dir);
+    }
+    if let Some(dir) = std::env::var_os("XDG_CACHE_HOME") {
+        return PathBuf::from(dir).join("wasmproc");
+    }
+    if let Some(home) = std::env::var_os("HOME") {
+        return PathBuf::from(home).join(".cache").join("wasmproc");
+    }
+    std::env::temp_dir().join("wasmproc-cache")
+}
+
+/// Read, hash and (if the cache lacks it) compile one module. Blocking.
+fn compile_to_cache(path: &Path, dir: &Path) -> Result<Artifact, CompileError> {
+    let bytes = std::fs::read(path).map_err(|source| CompileError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let kind = module_kind(&bytes, path)?;
+    let engine = engine::engine().map_err(|err| CompileError::Compile {
+        path: path.to_owned(),
+        message: format!("{err:#}"),
+    })?;
+
+    let mut compat = std::collections::hash_map::DefaultHasher::new();
+    engine.precompile_compatibility_hash().hash(&mut compat);
+    let mut hasher = Sha256::new();
+    hasher.update(compat.finish().to_le_bytes());
+    hasher.update(&bytes);
+    let digest = hasher.finalize();
+    let name: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    let artifact = dir.join(format!("{name}.cwasm"));
+    if artifact.is_file() {
+        return Ok(Artifact {
+            path: artifact,
+            kind,
+        });
+    }
+
+    let compiled = match kind {
+        ModuleKind::Module => engine.precompile_module(&bytes),
+        ModuleKind::Component => engine.precompile_component(&bytes),
+    }
+    .map_err(|err| CompileError::Compile {
+        path: path.to_owned(),
+        message: format!("{err:#}"),
+    })?;
+
+    let write_err = |source| CompileError::Write {
+        path: artifact.clone(),
+        source,
+    };
+    std::fs::create_dir_all(dir).map_err(write_err)?;
+    let mut tmp = tempfile_in(dir).map_err(write_err)?;
+    tmp.1.write_all(&compiled).map_err(write_err)?;
+    tmp.1.sync_all().map_err(write_err)?;
+    std::fs::rename(&tmp.0, &artifact).map_err(write_err)?;
+    Ok(Artifact {
+        path: artifact,
+        kind,
+    })
+}
+
+/// A new file in `dir` that no other writer uses.
+fn tempfile_in(dir: &Path) -> std::io::Result<(PathBuf, std::fs::File)> {
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let path = dir.join(format!(".tmp-{}-{n}", std::process::id()));
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&path)?;
+    Ok((path, file))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_tells_module_from_component() {
+        let p = Path::new("x.wasm");
+        assert_eq!(
+            module_kind(b"\0asm\x01\0\0\0rest", p).unwrap(),
+            ModuleKind::Module
+        );
+        assert_eq!(
+            module_kind(b"\0asm\x0d\0\x01\0rest", p).unwrap(),
+            ModuleKind::Component
+        );
+        let err = module_kind(b"#!/bin/sh\n", p).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "x.wasm is not a WebAssembly file (no `\\0asm` header)"
+        );
+    }
+}

@@ -1,0 +1,273 @@
+//! A bounded queue of inbox items, the one place where the host holds
+//! messages for a guest.
+//!
+//! It is bounded twice, by items and by payload bytes, so that a guest that
+//! never reads cannot grow the host's memory: past the bound, [`try_push`]
+//! refuses and the relay tells the sender (`undeliverable`, reason
+//! `mailbox full`). Notices about the guest's own sends (undeliverable,
+//! down) may use a further headroom of the same size; past that,
+//! [`push_notice`] waits, which stops the host reading from that guest —
+//! back-pressure on a guest that floods others while not reading its own
+//! inbox, and on nobody else.
+//!
+//! [`try_push`]: Mailbox::try_push
+//! [`push_notice`]: Mailbox::push_notice
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+
+use tokio::sync::Notify;
+use wasmproc_protocol::InboxItem;
+
+/// Items the host holds for one guest.
+pub const MAILBOX_ITEMS: usize = 1024;
+/// Payload bytes the host holds for one guest (one message of any allowed
+/// size is always accepted into an empty mailbox).
+pub const MAILBOX_BYTES: usize = 16 * 1024 * 1024;
+
+/// Why an item was not queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PushError {
+    /// The mailbox is at its bound.
+    Full,
+    /// The guest has ended.
+    Closed,
+}
+
+#[derive(Debug)]
+pub struct Mailbox {
+    state: Mutex<State>,
+    /// Wakes the single consumer.
+    readable: Notify,
+    /// Wakes producers waiting for room.
+    writable: Notify,
+    max_items: usize,
+    max_bytes: usize,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    queue: VecDeque<InboxItem>,
+    bytes: usize,
+    closed: bool,
+}
+
+fn payload_len(item: &InboxItem) -> usize {
+    match item {
+        InboxItem::Message { payload, .. } => payload.len(),
+        _ => 0,
+    }
+}
+
+impl Default for Mailbox {
+    fn default() -> Self {
+        Mailbox::new(MAILBOX_ITEMS, MAILBOX_BYTES)
+    }
+}
+
+impl Mailbox {
+    pub fn new(max_items: usize, max_bytes: usize) -> Self {
+        Mailbox {
+            state: Mutex::new(State::default()),
+            readable: Notify::new(),
+            writable: Notify::new(),
+            max_items,
+            max_bytes,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queue a message if there is room.
+    ///
+    /// # Errors
+    ///
+    /// [`PushError::Full`] at the bound, [`PushError::Closed`] after [`close`](Self::close).
+    pub fn try_push(&self, item: InboxItem) -> Result<(), (PushError, InboxItem)> {
+        let len = payload_len(&item);
+        {
+            let mut state = self.lock();
+            if state.closed {
+                return Err((PushError::Closed, item));
+            }
+            let over_items = state.queue.len() >= self.max_items;
+            let over_bytes = !state.queue.is_empty() && state.bytes + len > self.max_bytes;
+            if over_items || over_bytes {
+                return Err((PushError::Full, item));
+            }
+            state.bytes += len;
+            state.queue.push_back(item);
+        }
+        self.readable.notify_one();
+        Ok(())
+    }
+
+    /// Queue a notice, waiting while the mailbox is past its bound plus the
+    /// notice headroom.
+    ///
+    /// # Errors
+    ///
+    /// [`PushError::Closed`] once the guest has ended.
+    pub async fn push_notice(&self, item: InboxItem) -> Result<(), PushError> {
+        loop {
+            let room = self.writable.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            {
+                let mut state = self.lock();
+                if state.closed {
+                    return Err(PushError::Closed);
+                }
+                if state.queue.len() < 2 * self.max_items {
+                    state.bytes += payload_len(&item);
+                    state.queue.push_back(item);
+                    drop(state);
+                    self.readable.notify_one();
+                    return Ok(());
+                }
+            }
+            room.await;
+        }
+    }
+
+    /// Wait for items and move up to `max_items` of them (and at least one,
+    /// however large) into `out`. Returns `false` once the mailbox is closed
+    /// and empty.
+    pub async fn pop_batch(&self, out: &mut Vec<InboxItem>, max_items: usize, max_bytes: usize) -> bool {
+        loop {
+            {
+                let mut state = self.lock();
+                if !state.queue.is_empty() {
+                    let mut bytes = 0;
+                    while out.len() < max_items {
+                        let Some(next) = state.queue.front() else { break };
+                        let len = payload_len(next);
+                        if !out.is_empty() && bytes + len > max_bytes {
+                            break;
+                        }
+                        bytes += len;
+                        state.bytes -= len;
+                        out.extend(state.queue.pop_front());
+                    }
+                    drop(state);
+                    self.writable.notify_waiters();
+                    return true;
+                }
+                if state.closed {
+                    return false;
+                }
+            }
+            self.readable.notified().await;
+        }
+    }
+
+    /// Wait for the next item; `None` once closed and empty.
+    pub async fn pop(&self) -> Option<InboxItem> {
+        let mut out = Vec::with_capacity(1);
+        if self.pop_batch(&mut out, 1, usize::MAX).await {
+            out.pop()
+        } else {
+            None
+        }
+    }
+
+    /// The next item if one is queued.
+    pub fn try_pop(&self) -> Option<InboxItem> {
+        let item = {
+            let mut state = self.lock();
+            let item = state.queue.pop_front()?;
+            state.bytes -= payload_len(&item);
+            item
+        };
+        self.writable.notify_waiters();
+        Some(item)
+    }
+
+    /// Refuse further items; the consumer still drains what is queued.
+    pub fn close(&self) {
+        self.lock().closed = true;
+        self.readable.notify_one();
+        self.writable.notify_waiters();
+    }
+
+    /// Drop everything queued and close (the guest is gone: nobody will read).
+    /// Returns the messages that were dropped, for undeliverable notices.
+    pub fn close_and_drain(&self) -> Vec<InboxItem> {
+        let drained: Vec<InboxItem> = {
+            let mut state = self.lock();
+            state.closed = true;
+            state.bytes = 0;
+            state.queue.drain(..).collect()
+        };
+        self.readable.notify_one();
+        self.writable.notify_waiters();
+        drained
+    }
+
+    /// Items queued now.
+    pub fn len(&self) -> usize {
+        self.lock().queue.len()
+    }
+
+    /// Whether nothing is queued.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wasmproc_protocol::GuestId;
+
+    fn msg(len: usize) -> InboxItem {
+        InboxItem::Message {
+            from: GuestId(1),
+            from_name: None,
+            payload: vec![0; len],
+        }
+    }
+
+    #[tokio::test]
+    async fn bounded_by_items_and_bytes() {
+        let mb = Mailbox::new(3, 100);
+        mb.try_push(msg(60)).unwrap();
+        assert_eq!(mb.try_push(msg(60)).unwrap_err().0, PushError::Full);
+        mb.try_push(msg(10)).unwrap();
+        mb.try_push(msg(10)).unwrap();
+        assert_eq!(mb.try_push(msg(0)).unwrap_err().0, PushError::Full);
+        let mut out = Vec::new();
+        assert!(mb.pop_batch(&mut out, 10, 1000).await);
+        assert_eq!(out.len(), 3);
+        // An empty mailbox takes one message of any size.
+        mb.try_push(msg(500)).unwrap();
+    }
+
+    #[tokio::test]
+    async fn notices_use_headroom_then_wait() {
+        let mb = std::sync::Arc::new(Mailbox::new(1, 100));
+        mb.try_push(msg(1)).unwrap();
+        mb.push_notice(InboxItem::Shutdown).await.unwrap();
+        let waiting = tokio::spawn({
+            let mb = mb.clone();
+            async move { mb.push_notice(InboxItem::Shutdown).await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
+        assert!(mb.try_pop().is_some());
+        waiting.await.unwrap().unwrap();
+        assert_eq!(mb.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn closed_mailbox_drains_then_ends() {
+        let mb = Mailbox::new(4, 100);
+        mb.try_push(msg(1)).unwrap();
+        mb.close();
+        assert_eq!(mb.try_push(msg(1)).unwrap_err().0, PushError::Closed);
+        assert!(mb.pop().await.is_some());
+        assert!(mb.pop().await.is_none());
+    }
+}
