@@ -11,12 +11,13 @@ use std::io::{self, Read, Write};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use bytes::BytesMut;
 use futures_util::StreamExt;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::io::AsyncWriteExt;
 use tokio::net::unix::pipe;
-use tokio_util::codec::FramedRead;
+use tokio_util::codec::{Decoder, FramedRead};
 use wasmproc_protocol::framing::{self, FrameCodec, FrameError, MAX_FRAME_LEN};
 
 /// Bytes read from a pipe at a time.
@@ -49,15 +50,18 @@ impl WriteStats {
 #[derive(Debug)]
 pub struct FrameReader<In> {
     inner: FramedRead<pipe::Receiver, FrameCodec<In, ()>>,
+    leftover: BytesMut,
 }
 
 impl<In: DeserializeOwned> FrameReader<In> {
     /// Read frames from `pipe`, starting with the bytes in `leftover` (read
     /// earlier by a blocking reader).
     pub fn new(pipe: pipe::Receiver, leftover: &[u8]) -> Self {
-        let mut inner = FramedRead::with_capacity(pipe, FrameCodec::new(MAX_FRAME_LEN), READ_CHUNK);
-        inner.read_buffer_mut().extend_from_slice(leftover);
-        FrameReader { inner }
+        let inner = FramedRead::with_capacity(pipe, FrameCodec::new(MAX_FRAME_LEN), READ_CHUNK);
+        FrameReader {
+            inner,
+            leftover: BytesMut::from(leftover),
+        }
     }
 
     /// The next frame, or `None` at a clean end of the stream.
@@ -66,6 +70,17 @@ impl<In: DeserializeOwned> FrameReader<In> {
     ///
     /// A [`FrameError`] for malformed, oversized or truncated frames and I/O errors.
     pub async fn next(&mut self) -> Result<Option<In>, FrameError> {
+        // `FramedRead` reads before it decodes: frames already buffered by a
+        // blocking read must not wait for more bytes to arrive.
+        if !self.leftover.is_empty() {
+            if let Some(frame) =
+                FrameCodec::<In, ()>::new(MAX_FRAME_LEN).decode(&mut self.leftover)?
+            {
+                return Ok(Some(frame));
+            }
+            let partial = std::mem::take(&mut self.leftover);
+            self.inner.read_buffer_mut().extend_from_slice(&partial);
+        }
         self.inner.next().await.transpose()
     }
 }
@@ -104,27 +119,40 @@ impl FrameWriter {
         self.buf.len()
     }
 
-    /// Write everything queued.
+    /// Write bytes that already hold whole encoded frames.
     ///
     /// # Errors
     ///
     /// When the pipe is closed or fails.
-    pub async fn flush(&mut self) -> io::Result<()> {
+    pub async fn write_raw(&mut self, bytes: &[u8]) -> io::Result<()> {
         let mut written = 0;
-        while written < self.buf.len() {
-            let n = self.pipe.write(&self.buf[written..]).await?;
+        while written < bytes.len() {
+            let n = self.pipe.write(&bytes[written..]).await?;
             if n == 0 {
                 return Err(io::ErrorKind::WriteZero.into());
             }
             written += n;
             self.stats.writes.fetch_add(1, Ordering::Relaxed);
         }
+        Ok(())
+    }
+
+    /// Write everything queued.
+    ///
+    /// # Errors
+    ///
+    /// When the pipe is closed or fails.
+    pub async fn flush(&mut self) -> io::Result<()> {
+        let buf = std::mem::take(&mut self.buf);
+        let result = self.write_raw(&buf).await;
+        self.buf = buf;
+        result?;
         self.buf.clear();
         // Do not keep a huge buffer around after one large message.
         if self.buf.capacity() > 4 * 1024 * 1024 {
             self.buf.shrink_to(64 * 1024);
         }
-        self.pipe.flush().await
+        Ok(())
     }
 }
 
@@ -133,7 +161,10 @@ impl FrameWriter {
 /// # Errors
 ///
 /// When the frame is too large or the write fails.
-pub fn write_frame_blocking<T: Serialize>(out: &mut impl Write, frame: &T) -> Result<(), FrameError> {
+pub fn write_frame_blocking<T: Serialize>(
+    out: &mut impl Write,
+    frame: &T,
+) -> Result<(), FrameError> {
     let mut buf = Vec::new();
     framing::encode_into(frame, &mut buf, MAX_FRAME_LEN)?;
     out.write_all(&buf)?;

@@ -18,7 +18,7 @@ pub fn config() -> Config {
     let mut config = Config::new();
     config
         .cranelift_opt_level(OptLevel::Speed)
-        .wasm_backtrace(true)
+        .wasm_backtrace_max_frames(std::num::NonZeroUsize::new(64))
         // Fuel is how a guest that never calls the host still yields to the
         // runner's I/O tasks (see FUEL_YIELD_INTERVAL) and how CPU limits
         // are counted. It changes the generated code, so it is part of the

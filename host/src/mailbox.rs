@@ -20,7 +20,7 @@ use tokio::sync::Notify;
 use wasmproc_protocol::InboxItem;
 
 /// Items the host holds for one guest.
-pub const MAILBOX_ITEMS: usize = 1024;
+pub const MAILBOX_ITEMS: usize = 16 * 1024;
 /// Payload bytes the host holds for one guest (one message of any allowed
 /// size is always accepted into an empty mailbox).
 pub const MAILBOX_BYTES: usize = 16 * 1024 * 1024;
@@ -135,14 +135,21 @@ impl Mailbox {
     /// Wait for items and move up to `max_items` of them (and at least one,
     /// however large) into `out`. Returns `false` once the mailbox is closed
     /// and empty.
-    pub async fn pop_batch(&self, out: &mut Vec<InboxItem>, max_items: usize, max_bytes: usize) -> bool {
+    pub async fn pop_batch(
+        &self,
+        out: &mut Vec<InboxItem>,
+        max_items: usize,
+        max_bytes: usize,
+    ) -> bool {
         loop {
             {
                 let mut state = self.lock();
                 if !state.queue.is_empty() {
                     let mut bytes = 0;
                     while out.len() < max_items {
-                        let Some(next) = state.queue.front() else { break };
+                        let Some(next) = state.queue.front() else {
+                            break;
+                        };
                         let len = payload_len(next);
                         if !out.is_empty() && bytes + len > max_bytes {
                             break;

@@ -1,1 +1,7 @@
-fn main(){}
+//! The `wasmproc` command line.
+
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    wasmproc::cli::main()
+}

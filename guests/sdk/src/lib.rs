@@ -43,6 +43,7 @@ mod bindings {
         world: "wasmproc:sdk/sdk",
         with: {
             "wasi:io/poll@0.2.12": wasip2::io::poll,
+            "wasmproc:guest/ipc@0.1.0": generate,
         },
     });
 }
@@ -140,18 +141,6 @@ impl fmt::Display for UndeliverableReason {
     }
 }
 
-impl fmt::Display for SendError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            SendError::TooLarge(limit) => {
-                write!(f, "message is over this guest's {limit}-byte size limit")
-            }
-            SendError::HostGone => f.write_str("the host has gone away"),
-        }
-    }
-}
-
-impl std::error::Error for SendError {}
 
 /// Queue `payload` for `to` and return at once.
 ///

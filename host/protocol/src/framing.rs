@@ -281,9 +281,7 @@ mod tests {
         let mut codec = FrameCodec::<RunnerToHost, RunnerToHost>::new(1024);
         let mut buf = BytesMut::from(&u32::MAX.to_le_bytes()[..]);
         let err = codec.decode(&mut buf).unwrap_err();
-        assert!(
-            matches!(err, FrameError::TooLarge { len, max: 1024 } if len == u32::MAX as usize)
-        );
+        assert!(matches!(err, FrameError::TooLarge { len, max: 1024 } if len == u32::MAX as usize));
         // Nothing was reserved for the announced 4 GiB body.
         assert!(buf.capacity() < 1024);
     }
@@ -316,7 +314,10 @@ mod tests {
         let mut buf = (body.len() as u32).to_le_bytes().to_vec();
         buf.extend_from_slice(&body);
         let err = decode::<RunnerToHost>(&buf, MAX_FRAME_LEN).unwrap_err();
-        assert!(matches!(err, FrameError::Trailing { trailing: 1, .. }), "{err}");
+        assert!(
+            matches!(err, FrameError::Trailing { trailing: 1, .. }),
+            "{err}"
+        );
     }
 
     #[test]

@@ -1,0 +1,36 @@
+//! Sends `hi` to every address on its command line, then tells the parent,
+//! one text message per address, what became of it:
+//! `ADDRESS: reply` when the recipient answered, or
+//! `ADDRESS: REASON` when the host sent it back as undeliverable.
+//!
+//! Addresses are read by `Address::parse`: a number is a guest id,
+//! `group:G` a group, `all:G` a broadcast, anything else a name.
+
+use wasmproc_guest::{self as ipc, Address, InboxItem};
+
+fn main() {
+    let targets: Vec<Address> = std::env::args().skip(1).map(|a| Address::parse(&a)).collect();
+    for target in &targets {
+        if let Err(err) = ipc::send(target.clone(), b"hi") {
+            report(&format!("{target}: send failed: {err}"));
+        }
+    }
+    for _ in 0..targets.len() {
+        let line = match ipc::recv() {
+            InboxItem::Message(msg) => {
+                let from = msg.from_name.clone().unwrap_or_else(|| msg.reply_to().to_string());
+                format!("{from}: reply")
+            }
+            InboxItem::Undeliverable(notice) => format!("{}: {}", notice.to, notice.reason),
+            InboxItem::Down(down) => format!("down {}", down.reason),
+            InboxItem::Shutdown => return,
+        };
+        report(&line);
+    }
+}
+
+fn report(line: &str) {
+    if let Err(err) = ipc::send(Address::Parent, line.as_bytes()) {
+        eprintln!("postman: cannot report `{line}`: {err}");
+    }
+}

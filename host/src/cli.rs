@@ -1,0 +1,130 @@
+//! The `wasmproc` command line: flags in, library calls out.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use crate::{Command, ExitStatus, Stdio};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "wasmproc",
+    version,
+    about = "Run WebAssembly guests each in its own sandboxed process"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Run one module (a WASI core module or component) with the terminal's stdio.
+    Run(RunArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct RunArgs {
+    /// Let the guest read and write a host folder: HOST or HOST::GUEST.
+    #[arg(long = "dir", value_name = "HOST[::GUEST]")]
+    dirs: Vec<String>,
+    /// Let the guest read (not write) a host folder: HOST or HOST::GUEST.
+    #[arg(long = "dir-ro", value_name = "HOST[::GUEST]")]
+    dirs_ro: Vec<String>,
+    /// Set an environment variable for the guest (it sees no other).
+    #[arg(long = "env", value_name = "K=V", value_parser = parse_env)]
+    env: Vec<(String, String)>,
+    /// The module to run.
+    module: PathBuf,
+    /// Arguments for the guest (after `--`).
+    #[arg(last = true)]
+    args: Vec<String>,
+}
+
+fn parse_env(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+        _ => Err(format!("`{text}` is not K=V")),
+    }
+}
+
+/// `HOST[::GUEST]`; the guest path defaults to the host path.
+fn parse_dir(text: &str) -> (String, String) {
+    match text.split_once("::") {
+        Some((host, guest)) => (host.to_owned(), guest.to_owned()),
+        None => (text.to_owned(), text.to_owned()),
+    }
+}
+
+/// Parse the command line, run, and return the process exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("WASMPROC_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("wasmproc: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Cmd::Run(args) => run(args).await,
+        }
+    });
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(err) => {
+            eprintln!("wasmproc: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<u8> {
+    let mut command = Command::new(&args.module);
+    command
+        .args(args.args)
+        .envs(args.env)
+        .stdin(Stdio::Inherit)
+        .stdout(Stdio::Inherit)
+        .stderr(Stdio::Inherit);
+    for (dirs, read_only) in [(&args.dirs, false), (&args.dirs_ro, true)] {
+        for dir in dirs {
+            let (host, guest) = parse_dir(dir);
+            command.preopen(host, guest, read_only);
+        }
+    }
+    let child = command
+        .fork()
+        .await
+        .with_context(|| format!("cannot run {}", args.module.display()))?;
+    let status = child.wait().await;
+    report(&args.module.display().to_string(), &status);
+    Ok(status.process_code().clamp(0, 255) as u8)
+}
+
+/// Say on stderr how a guest ended, unless it simply exited.
+fn report(what: &str, status: &ExitStatus) {
+    match status {
+        ExitStatus::Exited { .. } => {}
+        ExitStatus::Trapped { backtrace, .. } => {
+            eprintln!("wasmproc: {what}: {status}");
+            for (i, frame) in backtrace.iter().enumerate() {
+                eprintln!("  {i:>3}: {frame}");
+            }
+        }
+        _ => eprintln!("wasmproc: {what}: {status}"),
+    }
+}

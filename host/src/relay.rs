@@ -1,0 +1,518 @@
+//! The router: every message between guests, and between a guest and its
+//! parent, goes through here.
+//!
+//! A guest's reader task (in the supervisor) calls [`Relay::route`] for each
+//! `Send` frame. The relay finds the recipient by id, name or group, checks
+//! the size against the recipient's limit and queues the message in the
+//! recipient's bounded [`Mailbox`]; the recipient's writer task moves it to
+//! its runner. Per sender→receiver pair the order is kept: one reader task
+//! handles a sender's frames in order, and each mailbox is FIFO. What cannot
+//! be delivered comes back to the sender as an `undeliverable` notice.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use wasmproc_protocol::{Address, GuestId, InboxItem, UndeliverableReason};
+
+use crate::connection::WriteStats;
+use crate::mailbox::{Mailbox, PushError};
+
+/// One guest as the relay knows it.
+#[derive(Debug)]
+pub struct Entry {
+    pub id: GuestId,
+    pub name: Option<String>,
+    pub group: Option<String>,
+    /// What the host holds for the guest, on its way to the runner.
+    pub mailbox: Mailbox,
+    /// What the guest sent to its parent, for `Child::recv`.
+    pub parent_inbox: Mailbox,
+    pub max_message_size: u64,
+}
+
+/// Why a guest could not be registered.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RegisterError {
+    #[error("a guest named `{0}` is already running")]
+    NameTaken(String),
+    #[error("`{0}` is not a valid guest name: use letters, digits, `-`, `_` and `.`")]
+    BadName(String),
+}
+
+/// Why the parent's send to a guest failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SendError {
+    #[error("the guest has exited")]
+    Exited,
+    #[error("the guest's mailbox is full ({0} items waiting)")]
+    MailboxFull(usize),
+    #[error("the message is {len} bytes, over the guest's {limit}-byte limit")]
+    TooLarge { len: usize, limit: u64 },
+}
+
+#[derive(Debug, Default)]
+struct Table {
+    guests: HashMap<GuestId, Arc<Entry>>,
+    names: HashMap<String, GuestId>,
+    groups: HashMap<String, Group>,
+    /// Names of guests that have ended, to tell "exited" from "unknown".
+    exited_names: HashSet<String>,
+    /// Watched guest → the guests that monitor it.
+    monitors: HashMap<GuestId, Vec<GuestId>>,
+}
+
+#[derive(Debug, Default)]
+struct Group {
+    members: Vec<GuestId>,
+    next: AtomicUsize,
+}
+
+/// The relay; clones share one routing table.
+#[derive(Debug, Clone)]
+pub struct Relay {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    table: RwLock<Table>,
+    next_id: AtomicU64,
+    stats: Arc<WriteStats>,
+}
+
+impl Default for Relay {
+    fn default() -> Self {
+        Relay::new()
+    }
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 128
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+impl Relay {
+    pub fn new() -> Relay {
+        Relay {
+            inner: Arc::new(Inner {
+                table: RwLock::new(Table::default()),
+                next_id: AtomicU64::new(1),
+                stats: Arc::new(WriteStats::default()),
+            }),
+        }
+    }
+
+    fn read(&self) -> RwLockReadGuard<'_, Table> {
+        self.inner.table.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, Table> {
+        self.inner.table.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Counters shared by every guest's writer: frames and `write` calls.
+    pub fn stats(&self) -> &Arc<WriteStats> {
+        &self.inner.stats
+    }
+
+    /// Give a new guest an id and make it reachable, before its runner even
+    /// starts: messages sent to it meanwhile wait in its mailbox.
+    ///
+    /// # Errors
+    ///
+    /// When the name is taken or malformed.
+    pub fn register(
+        &self,
+        name: Option<String>,
+        group: Option<String>,
+        max_message_size: u64,
+    ) -> Result<Arc<Entry>, RegisterError> {
+        for n in name.iter().chain(group.iter()) {
+            if !valid_name(n) {
+                return Err(RegisterError::BadName(n.clone()));
+            }
+        }
+        let mut table = self.write();
+        if let Some(name) = &name
+            && table.names.contains_key(name)
+        {
+            return Err(RegisterError::NameTaken(name.clone()));
+        }
+        let id = GuestId(self.inner.next_id.fetch_add(1, Ordering::Relaxed));
+        let entry = Arc::new(Entry {
+            id,
+            name: name.clone(),
+            group: group.clone(),
+            mailbox: Mailbox::default(),
+            parent_inbox: Mailbox::default(),
+            max_message_size,
+        });
+        if let Some(name) = name {
+            table.exited_names.remove(&name);
+            table.names.insert(name, id);
+        }
+        if let Some(group) = group {
+            table.groups.entry(group).or_default().members.push(id);
+        }
+        table.guests.insert(id, entry.clone());
+        Ok(entry)
+    }
+
+    /// Route one message from guest `from`. Returns the notices for the
+    /// sender about what could not be delivered (usually none).
+    pub fn route(&self, from: &Entry, to: Address, payload: Vec<u8>) -> Vec<InboxItem> {
+        let message = |payload| InboxItem::Message {
+            from: from.id,
+            from_name: from.name.clone(),
+            payload,
+        };
+        let bounce = |to: Address, reason, len: usize| InboxItem::Undeliverable {
+            to,
+            reason,
+            payload_len: len as u64,
+        };
+        let len = payload.len();
+        if to == Address::Parent {
+            return match from.parent_inbox.try_push(message(payload)) {
+                Ok(()) => Vec::new(),
+                Err((PushError::Full, _)) => {
+                    vec![bounce(to, UndeliverableReason::MailboxFull, len)]
+                }
+                Err((PushError::Closed, _)) => {
+                    vec![bounce(to, UndeliverableReason::RecipientExited, len)]
+                }
+            };
+        }
+        let table = self.read();
+        let targets: Vec<Arc<Entry>> = match &to {
+            Address::Parent => Vec::new(),
+            Address::Id(id) => table.guests.get(id).cloned().into_iter().collect(),
+            Address::Name(name) => table
+                .names
+                .get(name)
+                .and_then(|id| table.guests.get(id))
+                .cloned()
+                .into_iter()
+                .collect(),
+            Address::Group(group) => table
+                .groups
+                .get(group)
+                .filter(|g| !g.members.is_empty())
+                .and_then(|g| {
+                    let pick = g.next.fetch_add(1, Ordering::Relaxed) % g.members.len();
+                    table.guests.get(&g.members[pick])
+                })
+                .cloned()
+                .into_iter()
+                .collect(),
+            Address::Broadcast(group) => table
+                .groups
+                .get(group)
+                .map(|g| {
+                    g.members
+                        .iter()
+                        .filter_map(|id| table.guests.get(id).cloned())
+                        .collect()
+                })
+                .unwrap_or_default(),
+        };
+        if targets.is_empty() {
+            let reason = match &to {
+                Address::Id(id) if id.0 < self.inner.next_id.load(Ordering::Relaxed) => {
+                    UndeliverableReason::RecipientExited
+                }
+                Address::Name(name) if table.exited_names.contains(name) => {
+                    UndeliverableReason::RecipientExited
+                }
+                _ => UndeliverableReason::UnknownRecipient,
+            };
+            return vec![bounce(to, reason, len)];
+        }
+        drop(table);
+
+        let mut notices = Vec::new();
+        let last = targets.len() - 1;
+        let mut payload = Some(payload);
+        for (i, target) in targets.iter().enumerate() {
+            if len as u64 > target.max_message_size {
+                notices.push(bounce(to.clone(), UndeliverableReason::TooLarge, len));
+                continue;
+            }
+            // Only a broadcast copies the payload, once per extra member.
+            let body = if i == last {
+                payload.take().unwrap_or_default()
+            } else {
+                payload.clone().unwrap_or_default()
+            };
+            match target.mailbox.try_push(message(body)) {
+                Ok(()) => {}
+                Err((PushError::Full, _)) => {
+                    notices.push(bounce(to.clone(), UndeliverableReason::MailboxFull, len));
+                }
+                Err((PushError::Closed, _)) => {
+                    notices.push(bounce(
+                        to.clone(),
+                        UndeliverableReason::RecipientExited,
+                        len,
+                    ));
+                }
+            }
+        }
+        notices
+    }
+
+    /// Queue a message from the parent for guest `to`.
+    ///
+    /// # Errors
+    ///
+    /// When the guest has exited, its mailbox is full or the message is too large.
+    pub fn send_from_parent(&self, to: &Entry, payload: Vec<u8>) -> Result<(), SendError> {
+        if payload.len() as u64 > to.max_message_size {
+            return Err(SendError::TooLarge {
+                len: payload.len(),
+                limit: to.max_message_size,
+            });
+        }
+        let item = InboxItem::Message {
+            from: GuestId::PARENT,
+            from_name: Some("parent".to_owned()),
+            payload,
+        };
+        to.mailbox.try_push(item).map_err(|(err, _)| match err {
+            PushError::Full => SendError::MailboxFull(to.mailbox.len()),
+            PushError::Closed => SendError::Exited,
+        })
+    }
+
+    /// `watcher` monitors the guest called `name`. Returns the `Down` notice
+    /// to give at once when no such guest is alive.
+    pub fn monitor(&self, watcher: GuestId, name: &str) -> Option<InboxItem> {
+        let mut table = self.write();
+        match table.names.get(name).copied() {
+            Some(target) => {
+                table.monitors.entry(target).or_default().push(watcher);
+                None
+            }
+            None => Some(InboxItem::Down {
+                id: GuestId(0),
+                name: Some(name.to_owned()),
+                reason: if table.exited_names.contains(name) {
+                    "already exited".to_owned()
+                } else {
+                    "no such guest".to_owned()
+                },
+            }),
+        }
+    }
+
+    /// The guest `id` has ended for `reason`: make it unreachable, bounce
+    /// what was still waiting for it, and tell its monitors.
+    pub async fn unregister(&self, id: GuestId, reason: &str) {
+        let (entry, watchers) = {
+            let mut table = self.write();
+            let Some(entry) = table.guests.remove(&id) else {
+                return;
+            };
+            if let Some(name) = &entry.name {
+                table.names.remove(name);
+                table.exited_names.insert(name.clone());
+            }
+            if let Some(group) = &entry.group
+                && let Some(g) = table.groups.get_mut(group)
+            {
+                g.members.retain(|m| *m != id);
+                if g.members.is_empty() {
+                    table.groups.remove(group);
+                }
+            }
+            for watchers in table.monitors.values_mut() {
+                watchers.retain(|w| *w != id);
+            }
+            let watchers = table.monitors.remove(&id).unwrap_or_default();
+            (entry, watchers)
+        };
+
+        // Messages the guest never received go back to their senders.
+        for item in entry.mailbox.close_and_drain() {
+            if let InboxItem::Message { from, payload, .. } = item {
+                let notice = InboxItem::Undeliverable {
+                    to: Address::Id(id),
+                    reason: UndeliverableReason::RecipientExited,
+                    payload_len: payload.len() as u64,
+                };
+                if from == GuestId::PARENT {
+                    let _ = entry.parent_inbox.try_push(notice);
+                } else if let Some(sender) = self.entry(from) {
+                    let _ = sender.mailbox.push_notice(notice).await;
+                }
+            }
+        }
+        entry.parent_inbox.close();
+
+        for watcher in watchers {
+            if let Some(w) = self.entry(watcher) {
+                let down = InboxItem::Down {
+                    id,
+                    name: entry.name.clone(),
+                    reason: reason.to_owned(),
+                };
+                let _ = w.mailbox.push_notice(down).await;
+            }
+        }
+    }
+
+    /// The live guest `id`.
+    pub fn entry(&self, id: GuestId) -> Option<Arc<Entry>> {
+        self.read().guests.get(&id).cloned()
+    }
+
+    /// The live guest called `name`.
+    pub fn lookup(&self, name: &str) -> Option<Arc<Entry>> {
+        let table = self.read();
+        table
+            .names
+            .get(name)
+            .and_then(|id| table.guests.get(id))
+            .cloned()
+    }
+
+    /// How many guests are live.
+    pub fn len(&self) -> usize {
+        self.read().guests.len()
+    }
+
+    /// Whether no guest is live.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn payload_of(item: InboxItem) -> Vec<u8> {
+        match item {
+            InboxItem::Message { payload, .. } => payload,
+            other => panic!("not a message: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn routes_by_id_and_name_and_keeps_order() {
+        let relay = Relay::new();
+        let a = relay.register(Some("a".into()), None, 1024).unwrap();
+        let b = relay.register(Some("b".into()), None, 1024).unwrap();
+        assert!(
+            relay
+                .route(&a, Address::Name("b".into()), vec![1])
+                .is_empty()
+        );
+        assert!(relay.route(&a, Address::Id(b.id), vec![2]).is_empty());
+        assert_eq!(payload_of(b.mailbox.try_pop().unwrap()), vec![1]);
+        assert_eq!(payload_of(b.mailbox.try_pop().unwrap()), vec![2]);
+    }
+
+    #[test]
+    fn names_are_unique_and_checked() {
+        let relay = Relay::new();
+        relay.register(Some("a".into()), None, 1).unwrap();
+        assert_eq!(
+            relay.register(Some("a".into()), None, 1).unwrap_err(),
+            RegisterError::NameTaken("a".into())
+        );
+        assert_eq!(
+            relay.register(Some("a b".into()), None, 1).unwrap_err(),
+            RegisterError::BadName("a b".into())
+        );
+    }
+
+    #[test]
+    fn group_sends_go_round_robin_and_broadcasts_reach_all() {
+        let relay = Relay::new();
+        let sender = relay.register(None, None, 1024).unwrap();
+        let members: Vec<_> = (0..3)
+            .map(|_| relay.register(None, Some("w".into()), 1024).unwrap())
+            .collect();
+        for _ in 0..30 {
+            assert!(
+                relay
+                    .route(&sender, Address::Group("w".into()), vec![0])
+                    .is_empty()
+            );
+        }
+        for m in &members {
+            assert_eq!(m.mailbox.len(), 10);
+        }
+        assert!(
+            relay
+                .route(&sender, Address::Broadcast("w".into()), vec![0])
+                .is_empty()
+        );
+        for m in &members {
+            assert_eq!(m.mailbox.len(), 11);
+        }
+    }
+
+    #[tokio::test]
+    async fn unknown_and_exited_recipients_bounce_with_the_reason() {
+        let relay = Relay::new();
+        let a = relay.register(Some("a".into()), None, 1024).unwrap();
+        let b = relay.register(Some("b".into()), None, 1024).unwrap();
+        let notice = |to, reason| InboxItem::Undeliverable {
+            to,
+            reason,
+            payload_len: 3,
+        };
+        assert_eq!(
+            relay.route(&a, Address::Name("nobody".into()), vec![0; 3]),
+            vec![notice(
+                Address::Name("nobody".into()),
+                UndeliverableReason::UnknownRecipient
+            )]
+        );
+        relay.unregister(b.id, "exit code 0").await;
+        assert_eq!(
+            relay.route(&a, Address::Name("b".into()), vec![0; 3]),
+            vec![notice(
+                Address::Name("b".into()),
+                UndeliverableReason::RecipientExited
+            )]
+        );
+        assert_eq!(
+            relay.route(&a, Address::Id(b.id), vec![0; 3]),
+            vec![notice(
+                Address::Id(b.id),
+                UndeliverableReason::RecipientExited
+            )]
+        );
+        assert_eq!(
+            relay.route(&a, Address::Id(GuestId(999)), vec![0; 3]),
+            vec![notice(
+                Address::Id(GuestId(999)),
+                UndeliverableReason::UnknownRecipient
+            )]
+        );
+    }
+
+    #[tokio::test]
+    async fn monitors_get_down_with_the_reason() {
+        let relay = Relay::new();
+        let watcher = relay.register(Some("w".into()), None, 1024).unwrap();
+        let target = relay.register(Some("t".into()), None, 1024).unwrap();
+        assert_eq!(relay.monitor(watcher.id, "t"), None);
+        relay.unregister(target.id, "trap: unreachable").await;
+        assert_eq!(
+            watcher.mailbox.try_pop(),
+            Some(InboxItem::Down {
+                id: target.id,
+                name: Some("t".into()),
+                reason: "trap: unreachable".into()
+            })
+        );
+    }
+}

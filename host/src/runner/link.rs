@@ -1,0 +1,229 @@
+//! The runner's side of the control pipes: the guest's inbox and its
+//! outgoing frames, shared between the guest's host calls and the two I/O
+//! tasks that move bytes.
+//!
+//! Everything runs on the runner's single-threaded runtime. While guest code
+//! runs, the I/O tasks wait; they run whenever the guest blocks (`recv`,
+//! `poll`, a WASI read) and every few milliseconds of pure computation, when
+//! the guest's fuel interval makes it yield. Consecutive `send`s therefore
+//! pile up in one buffer and leave in a single `write`.
+
+use std::collections::VecDeque;
+use std::sync::{Mutex, MutexGuard};
+
+use tokio::sync::Notify;
+use wasmproc_protocol::framing::{self, MAX_FRAME_LEN};
+use wasmproc_protocol::{GuestId, InboxItem, Limits, RunnerToHost};
+
+use crate::connection::{FrameReader, FrameWriter};
+use wasmproc_protocol::HostToRunner;
+
+/// Above this many buffered outgoing bytes, `send` waits for the pipe to
+/// drain (the host reads slower than the guest sends).
+const OUT_HIGH_WATER: usize = 4 * 1024 * 1024;
+
+/// The runner exits with this code when the host has gone away.
+pub const EXIT_HOST_GONE: i32 = 70;
+
+#[derive(Debug)]
+pub struct Link {
+    pub id: GuestId,
+    pub name: Option<String>,
+    pub limits: Limits,
+    inbox: Mutex<VecDeque<InboxItem>>,
+    /// Wakes `recv` and pollables when an item arrives.
+    inbox_changed: Notify,
+    /// Wakes the reader task when the guest takes an item from a full inbox.
+    inbox_space: Notify,
+    out: Mutex<Outgoing>,
+    /// Wakes the writer task.
+    out_ready: Notify,
+    /// Wakes senders (and the final flush) when the writer has written.
+    out_drained: Notify,
+}
+
+#[derive(Debug, Default)]
+struct Outgoing {
+    buf: Vec<u8>,
+    in_flight: bool,
+    host_gone: bool,
+}
+
+/// Why a frame could not be queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueueError {
+    HostGone,
+}
+
+impl Link {
+    pub fn new(id: GuestId, name: Option<String>, limits: Limits) -> Link {
+        Link {
+            id,
+            name,
+            limits,
+            inbox: Mutex::new(VecDeque::new()),
+            inbox_changed: Notify::new(),
+            inbox_space: Notify::new(),
+            out: Mutex::new(Outgoing::default()),
+            out_ready: Notify::new(),
+            out_drained: Notify::new(),
+        }
+    }
+
+    fn inbox(&self) -> MutexGuard<'_, VecDeque<InboxItem>> {
+        self.inbox.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn out(&self) -> MutexGuard<'_, Outgoing> {
+        self.out.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The next inbox item, if any.
+    pub fn try_recv(&self) -> Option<InboxItem> {
+        let item = self.inbox().pop_front();
+        if item.is_some() {
+            self.inbox_space.notify_one();
+        }
+        item
+    }
+
+    /// Wait for the next inbox item.
+    pub async fn recv(&self) -> InboxItem {
+        loop {
+            let changed = self.inbox_changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if let Some(item) = self.try_recv() {
+                return item;
+            }
+            changed.await;
+        }
+    }
+
+    /// Wait until the inbox holds an item, without taking it.
+    pub async fn ready(&self) {
+        loop {
+            let changed = self.inbox_changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if !self.inbox().is_empty() {
+                return;
+            }
+            changed.await;
+        }
+    }
+
+    /// Queue a frame for the host, waiting while the outgoing buffer is full.
+    ///
+    /// # Errors
+    ///
+    /// [`QueueError::HostGone`] once writing to the host has failed.
+    pub async fn queue(&self, frame: &RunnerToHost) -> Result<(), QueueError> {
+        loop {
+            let drained = self.out_drained.notified();
+            tokio::pin!(drained);
+            drained.as_mut().enable();
+            {
+                let mut out = self.out();
+                if out.host_gone {
+                    return Err(QueueError::HostGone);
+                }
+                if out.buf.len() < OUT_HIGH_WATER {
+                    // Our frames are within the limit: the guest's payload was
+                    // checked against its (smaller) message limit.
+                    if framing::encode_into(frame, &mut out.buf, MAX_FRAME_LEN).is_err() {
+                        return Err(QueueError::HostGone);
+                    }
+                    drop(out);
+                    self.out_ready.notify_one();
+                    return Ok(());
+                }
+            }
+            drained.await;
+        }
+    }
+
+    /// Wait until every queued frame has been written.
+    pub async fn flushed(&self) {
+        loop {
+            let drained = self.out_drained.notified();
+            tokio::pin!(drained);
+            drained.as_mut().enable();
+            {
+                let out = self.out();
+                if out.host_gone || (out.buf.is_empty() && !out.in_flight) {
+                    return;
+                }
+            }
+            drained.await;
+        }
+    }
+
+    /// The reader task: move frames from the host into the inbox until the
+    /// host closes the pipe, then end the process (the host is gone, and with
+    /// it everyone who could use this guest's work).
+    pub async fn read_from_host(&self, mut reader: FrameReader<HostToRunner>) -> ! {
+        loop {
+            loop {
+                let space = self.inbox_space.notified();
+                tokio::pin!(space);
+                space.as_mut().enable();
+                if self.inbox().len() < self.limits.inbox_items as usize {
+                    break;
+                }
+                space.await;
+            }
+            match reader.next().await {
+                Ok(Some(HostToRunner::Deliver(item))) => {
+                    self.inbox().push_back(item);
+                    self.inbox_changed.notify_waiters();
+                }
+                Ok(Some(HostToRunner::Launch(_))) => {
+                    eprintln!(
+                        "wasmproc-runner: protocol error: a second launch spec from the host"
+                    );
+                    std::process::exit(EXIT_HOST_GONE);
+                }
+                Ok(None) => std::process::exit(EXIT_HOST_GONE),
+                Err(err) => {
+                    eprintln!("wasmproc-runner: protocol error on the control pipe: {err}");
+                    std::process::exit(EXIT_HOST_GONE);
+                }
+            }
+        }
+    }
+
+    /// The writer task: write whatever the guest queued, in one go.
+    pub async fn write_to_host(&self, mut writer: FrameWriter) {
+        let mut chunk = Vec::new();
+        loop {
+            let ready = self.out_ready.notified();
+            tokio::pin!(ready);
+            ready.as_mut().enable();
+            {
+                let mut out = self.out();
+                if !out.buf.is_empty() {
+                    std::mem::swap(&mut out.buf, &mut chunk);
+                    out.in_flight = true;
+                }
+            }
+            if chunk.is_empty() {
+                ready.await;
+                continue;
+            }
+            let result = writer.write_raw(&chunk).await;
+            chunk.clear();
+            {
+                let mut out = self.out();
+                out.in_flight = false;
+                if result.is_err() {
+                    out.host_gone = true;
+                }
+            }
+            self.out_drained.notify_waiters();
+            if result.is_err() {
+                return;
+            }
+        }
+    }
+}

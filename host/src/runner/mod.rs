@@ -1,0 +1,257 @@
+//! What runs inside each guest's OS process.
+//!
+//! The host starts `wasmproc-runner` with the control pipes on fds 3 (host
+//! to runner) and 4 (runner to host) and the guest's stdio on 0, 1 and 2.
+//! The runner:
+//!
+//! 1. says `Hello` with its protocol version and reads the launch spec,
+//!    blocking, before any thread exists;
+//! 2. maps the precompiled artifact the host named (it never compiles);
+//! 3. starts a single-threaded runtime with two I/O tasks (inbox in,
+//!    sends out, see [`link`]) and runs the guest: `wasi:cli/run` for a
+//!    component, `_start` for a core module;
+//! 4. reports how the guest ended (`Exit`) and exits.
+//!
+//! It also exits as soon as the host closes the control pipe.
+
+mod ipc;
+mod link;
+
+use std::fs::File;
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::sync::Arc;
+
+use tokio::net::unix::pipe;
+use wasmproc_protocol::{
+    ExitReport, FrameError, HostToRunner, LaunchSpec, ModuleKind, PROTOCOL_VERSION, RunnerToHost,
+    check_version,
+};
+use wasmtime::component::{Component, ResourceTable};
+use wasmtime::{Engine, Linker, Module, Store, Trap, WasmBacktrace};
+use wasmtime_wasi::I32Exit;
+use wasmtime_wasi::p1::WasiP1Ctx;
+
+use crate::connection::{
+    FrameReader, FrameWriter, WriteStats, read_frame_blocking, write_frame_blocking,
+};
+use crate::{engine, sandbox};
+use link::{EXIT_HOST_GONE, Link};
+
+/// The fd on which the runner reads frames from the host.
+pub const CONTROL_IN_FD: i32 = 3;
+/// The fd on which the runner writes frames to the host.
+pub const CONTROL_OUT_FD: i32 = 4;
+
+/// The runner's exit code when it could not start its guest.
+const EXIT_FAILED: i32 = 71;
+
+/// Run the guest the host sends. Never returns.
+pub fn main() -> ! {
+    let (mut from_host, mut to_host) = match control_pipes() {
+        Some(pipes) => pipes,
+        None => {
+            eprintln!(
+                "wasmproc-runner runs guests for the wasmproc host and is started by it; \
+                 use `wasmproc run MODULE` instead"
+            );
+            std::process::exit(2);
+        }
+    };
+    let hello = RunnerToHost::Hello {
+        protocol_version: PROTOCOL_VERSION,
+    };
+    if write_frame_blocking(&mut to_host, &hello).is_err() {
+        std::process::exit(EXIT_HOST_GONE);
+    }
+    let (spec, leftover) = match read_frame_blocking::<HostToRunner>(&mut from_host) {
+        Ok((HostToRunner::Launch(spec), leftover)) => (spec, leftover),
+        Ok((other, _)) => fail(
+            &mut to_host,
+            format!("protocol error: expected a launch spec first, got {other:?}"),
+        ),
+        Err(FrameError::Truncated { .. }) => std::process::exit(EXIT_HOST_GONE),
+        Err(err) => fail(&mut to_host, format!("protocol error: {err}")),
+    };
+    if let Err(err) = check_version(spec.protocol_version) {
+        fail(&mut to_host, err.to_string());
+    }
+
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => fail(
+            &mut to_host,
+            format!("cannot start the runner's runtime: {err}"),
+        ),
+    };
+    runtime.block_on(run(spec, from_host, to_host, leftover))
+}
+
+/// The control pipes, if fds 3 and 4 are open.
+fn control_pipes() -> Option<(File, File)> {
+    // SAFETY: F_GETFD only inspects the descriptor table.
+    let open = |fd| unsafe { libc::fcntl(fd, libc::F_GETFD) } != -1;
+    if !open(CONTROL_IN_FD) || !open(CONTROL_OUT_FD) {
+        return None;
+    }
+    // SAFETY: the host passes these two fds to this process and nothing else
+    // in it owns them.
+    unsafe {
+        Some((
+            File::from_raw_fd(CONTROL_IN_FD),
+            File::from_raw_fd(CONTROL_OUT_FD),
+        ))
+    }
+}
+
+/// Report that the guest could not start, and exit.
+fn fail(to_host: &mut File, message: String) -> ! {
+    let _ = write_frame_blocking(to_host, &RunnerToHost::Exit(ExitReport::Failed { message }));
+    std::process::exit(EXIT_FAILED);
+}
+
+async fn run(spec: LaunchSpec, from_host: File, to_host: File, leftover: Vec<u8>) -> ! {
+    let io = pipe::Receiver::from_owned_fd(OwnedFd::from(from_host))
+        .and_then(|rx| pipe::Sender::from_owned_fd(OwnedFd::from(to_host)).map(|tx| (rx, tx)));
+    let (rx, tx) = match io {
+        Ok(pipes) => pipes,
+        Err(err) => {
+            eprintln!("wasmproc-runner: cannot use the control pipes: {err}");
+            std::process::exit(EXIT_FAILED);
+        }
+    };
+    let link = Arc::new(Link::new(spec.id, spec.name.clone(), spec.limits.clone()));
+    tokio::spawn({
+        let link = link.clone();
+        async move { link.read_from_host(FrameReader::new(rx, &leftover)).await }
+    });
+    tokio::spawn({
+        let link = link.clone();
+        async move {
+            link.write_to_host(FrameWriter::new(tx, Arc::new(WriteStats::default())))
+                .await
+        }
+    });
+
+    let report = match run_guest(&spec, link.clone()).await {
+        Ok(report) => report,
+        Err(err) => ExitReport::Failed {
+            message: format!("{err:#}"),
+        },
+    };
+    let code = match &report {
+        ExitReport::Exited { code } => *code,
+        ExitReport::Trapped { .. } => 134,
+        ExitReport::Failed { .. } => EXIT_FAILED,
+    };
+    // Everything the guest sent goes before the report; then the report.
+    let _ = link.queue(&RunnerToHost::Exit(report)).await;
+    link.flushed().await;
+    std::process::exit(code & 0xff);
+}
+
+/// Load and run the guest; `Err` only when it could not start.
+async fn run_guest(spec: &LaunchSpec, link: Arc<Link>) -> anyhow::Result<ExitReport> {
+    let engine = Engine::new(&engine::config())?;
+    let wasi = sandbox::wasi_builder(spec)?;
+    match spec.kind {
+        ModuleKind::Component => {
+            // SAFETY: the host compiled this artifact itself with the same
+            // engine configuration, and wrote it atomically to its cache.
+            let component = unsafe { Component::deserialize_file(&engine, &spec.artifact) }
+                .map_err(|err| anyhow::anyhow!("cannot load artifact {}: {err}", spec.artifact))?;
+            run_component(&engine, &component, wasi, link).await
+        }
+        ModuleKind::Module => {
+            // SAFETY: as above.
+            let module = unsafe { Module::deserialize_file(&engine, &spec.artifact) }
+                .map_err(|err| anyhow::anyhow!("cannot load artifact {}: {err}", spec.artifact))?;
+            run_module(&engine, &module, wasi).await
+        }
+    }
+}
+
+fn prepare_store<T>(store: &mut Store<T>) -> anyhow::Result<()> {
+    store.set_fuel(u64::MAX)?;
+    store.fuel_async_yield_interval(Some(engine::FUEL_YIELD_INTERVAL))?;
+    Ok(())
+}
+
+async fn run_component(
+    engine: &Engine,
+    component: &Component,
+    mut wasi: wasmtime_wasi::WasiCtxBuilder,
+    link: Arc<Link>,
+) -> anyhow::Result<ExitReport> {
+    let mut linker = wasmtime::component::Linker::<ipc::GuestState>::new(engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+    ipc::add_to_linker(&mut linker)?;
+    let state = ipc::GuestState {
+        wasi: wasi.build(),
+        table: ResourceTable::new(),
+        link,
+    };
+    let mut store = Store::new(engine, state);
+    prepare_store(&mut store)?;
+    let command =
+        wasmtime_wasi::p2::bindings::Command::instantiate_async(&mut store, component, &linker)
+            .await
+            .map_err(|err| anyhow::anyhow!("cannot instantiate the guest: {err}"))?;
+    Ok(match command.wasi_cli_run().call_run(&mut store).await {
+        Ok(Ok(())) => ExitReport::Exited { code: 0 },
+        Ok(Err(())) => ExitReport::Exited { code: 1 },
+        Err(err) => report_error(&err),
+    })
+}
+
+async fn run_module(
+    engine: &Engine,
+    module: &Module,
+    mut wasi: wasmtime_wasi::WasiCtxBuilder,
+) -> anyhow::Result<ExitReport> {
+    let mut linker = Linker::<WasiP1Ctx>::new(engine);
+    wasmtime_wasi::p1::add_to_linker_async(&mut linker, |ctx| ctx)?;
+    let mut store = Store::new(engine, wasi.build_p1());
+    prepare_store(&mut store)?;
+    let instance = linker
+        .instantiate_async(&mut store, module)
+        .await
+        .map_err(|err| anyhow::anyhow!("cannot instantiate the guest: {err}"))?;
+    let start = instance
+        .get_typed_func::<(), ()>(&mut store, "_start")
+        .map_err(|err| anyhow::anyhow!("the module has no `_start` function: {err}"))?;
+    Ok(match start.call_async(&mut store, ()).await {
+        Ok(()) => ExitReport::Exited { code: 0 },
+        Err(err) => report_error(&err),
+    })
+}
+
+/// Turn the error a guest ended with into its report.
+fn report_error(err: &wasmtime::Error) -> ExitReport {
+    if let Some(exit) = err.downcast_ref::<I32Exit>() {
+        return ExitReport::Exited { code: exit.0 };
+    }
+    let backtrace = err
+        .downcast_ref::<WasmBacktrace>()
+        .map(|bt| {
+            bt.frames()
+                .iter()
+                .map(|frame| match frame.func_name() {
+                    // `{:#}` leaves out the hash suffix of Rust symbols.
+                    Some(name) => format!("{:#}", rustc_demangle::demangle(name)),
+                    None => format!("<wasm function {}>", frame.func_index()),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let message = match err.downcast_ref::<Trap>() {
+        Some(trap) => {
+            let text = trap.to_string();
+            text.strip_prefix("wasm trap: ").unwrap_or(&text).to_owned()
+        }
+        None => err.root_cause().to_string(),
+    };
+    ExitReport::Trapped { message, backtrace }
+}

@@ -1,0 +1,140 @@
+//! How a guest ended.
+
+use std::fmt;
+
+use wasmproc_protocol::ExitReport;
+
+/// How a guest ended: Node's `'exit'` event, with more to say.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ExitStatus {
+    /// The guest returned from `main` or called `exit`.
+    Exited { code: i32 },
+    /// The guest trapped: a wasm fault such as `unreachable` (a Rust panic
+    /// ends this way), with the wasm backtrace, innermost frame first.
+    Trapped {
+        message: String,
+        backtrace: Vec<String>,
+    },
+    /// The runner was killed by a signal: by the host (`Child::kill`) or from
+    /// outside.
+    Killed { signal: i32, by_host: bool },
+    /// The runner broke the protocol (garbage, out-of-order or oversized
+    /// frames) and the host ended it.
+    ProtocolViolation { reason: String },
+    /// The guest could not start: a bad artifact, imports the host does not
+    /// provide, a folder that cannot be opened, or a runner that died before
+    /// reporting.
+    Failed { reason: String },
+}
+
+impl ExitStatus {
+    /// Whether the guest exited with code 0.
+    pub fn success(&self) -> bool {
+        matches!(self, ExitStatus::Exited { code: 0 })
+    }
+
+    /// The exit code, if the guest exited by itself.
+    pub fn code(&self) -> Option<i32> {
+        match self {
+            ExitStatus::Exited { code } => Some(*code),
+            _ => None,
+        }
+    }
+
+    /// The exit code a process standing for this guest should use: the
+    /// guest's own code, 128 + signal when killed, 1 for anything else.
+    pub fn process_code(&self) -> i32 {
+        match self {
+            ExitStatus::Exited { code } => *code & 0xff,
+            ExitStatus::Killed { signal, .. } => 128 + signal,
+            ExitStatus::Trapped { .. }
+            | ExitStatus::ProtocolViolation { .. }
+            | ExitStatus::Failed { .. } => 1,
+        }
+    }
+
+    pub(crate) fn from_report(report: ExitReport) -> ExitStatus {
+        match report {
+            ExitReport::Exited { code } => ExitStatus::Exited { code },
+            ExitReport::Trapped { message, backtrace } => {
+                ExitStatus::Trapped { message, backtrace }
+            }
+            ExitReport::Failed { message } => ExitStatus::Failed { reason: message },
+        }
+    }
+}
+
+fn signal_name(signal: i32) -> &'static str {
+    match signal {
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGINT => "SIGINT",
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGSYS => "SIGSYS",
+        libc::SIGBUS => "SIGBUS",
+        _ => "signal",
+    }
+}
+
+impl fmt::Display for ExitStatus {
+    /// One line a person understands, e.g. `trap: wasm \`unreachable\`
+    /// instruction executed (in crasher::crash_on_purpose)`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ExitStatus::Exited { code } => write!(f, "exit code {code}"),
+            ExitStatus::Trapped { message, backtrace } => {
+                write!(f, "trap: {message}")?;
+                if let Some(frame) = backtrace.first() {
+                    write!(f, " (in {frame})")?;
+                }
+                Ok(())
+            }
+            ExitStatus::Killed { signal, by_host } => {
+                let name = signal_name(*signal);
+                if *by_host {
+                    write!(f, "killed by the host ({name})")
+                } else {
+                    write!(f, "killed by {name} ({signal}) from outside")
+                }
+            }
+            ExitStatus::ProtocolViolation { reason } => write!(f, "protocol violation: {reason}"),
+            ExitStatus::Failed { reason } => write!(f, "failed to start: {reason}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_line_reasons() {
+        let trap = ExitStatus::Trapped {
+            message: "wasm `unreachable` instruction executed".into(),
+            backtrace: vec!["crasher::crash_on_purpose".into(), "main".into()],
+        };
+        assert_eq!(
+            trap.to_string(),
+            "trap: wasm `unreachable` instruction executed (in crasher::crash_on_purpose)"
+        );
+        assert_eq!(ExitStatus::Exited { code: 42 }.to_string(), "exit code 42");
+        assert_eq!(
+            ExitStatus::Killed {
+                signal: 9,
+                by_host: false
+            }
+            .to_string(),
+            "killed by SIGKILL (9) from outside"
+        );
+        assert_eq!(
+            ExitStatus::Killed {
+                signal: 9,
+                by_host: true
+            }
+            .process_code(),
+            137
+        );
+    }
+}

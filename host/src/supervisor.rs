@@ -1,0 +1,483 @@
+//! Starting runners and watching them until they end.
+//!
+//! [`Host`] owns a relay. Forking a guest: compile (or find) its artifact,
+//! register it with the relay, start a runner process from the *spawner
+//! thread*, and start three tasks for it:
+//!
+//! - the **writer** sends the launch spec, then moves items from the
+//!   guest's mailbox to its runner, many frames per `write`;
+//! - the **reader** checks the runner's `Hello`, routes every `Send` through
+//!   the relay and keeps the `Exit` report; anything malformed or out of
+//!   order ends the runner as a protocol violation;
+//! - the **waiter** waits for the process, combines what the OS and the
+//!   reader saw into an [`ExitStatus`], unregisters the guest (its monitors
+//!   get `down`) and publishes the status to [`Child::wait`].
+//!
+//! Runners are spawned from one long-lived thread because the parent-death
+//! signal each runner asks for fires when the *thread* that forked it exits:
+//! a runner forked from a short-lived worker thread would die with it.
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock, mpsc};
+use std::time::Duration;
+
+use tokio::net::unix::pipe;
+use tokio::sync::{oneshot, watch};
+use wasmproc_protocol::{HostToRunner, LaunchSpec, PROTOCOL_VERSION, RunnerToHost, check_version};
+
+use crate::cache::{Cache, CompileError};
+use crate::command::{Child, Command, Stdio};
+use crate::connection::{self, FrameReader, FrameWriter};
+use crate::relay::{Entry, RegisterError, Relay};
+use crate::runner::{CONTROL_IN_FD, CONTROL_OUT_FD};
+use crate::status::ExitStatus;
+
+/// The environment variable naming the runner binary, overriding the search.
+pub const RUNNER_ENV: &str = "WASMPROC_RUNNER";
+/// The runner binary's file name.
+pub const RUNNER_NAME: &str = "wasmproc-runner";
+
+/// Frames per write when a guest's mailbox holds many.
+const WRITE_BATCH_ITEMS: usize = 512;
+/// Payload bytes per write batch (one larger message still goes alone).
+const WRITE_BATCH_BYTES: usize = 1024 * 1024;
+/// How long the waiter waits for the reader after the process has ended.
+const READER_GRACE: Duration = Duration::from_secs(2);
+
+/// Why a guest could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    #[error(transparent)]
+    Module(#[from] CompileError),
+    #[error(transparent)]
+    Name(#[from] RegisterError),
+    #[error(
+        "cannot find the runner binary `{RUNNER_NAME}` (looked in {searched}); build it with \
+         `cargo build` or name it in ${RUNNER_ENV}"
+    )]
+    RunnerNotFound { searched: String },
+    #[error("cannot start the runner {}: {source}", path.display())]
+    Spawn {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// A host: one relay (one namespace of guest ids, names and groups) and the
+/// guests started in it.
+#[derive(Debug, Clone, Default)]
+pub struct Host {
+    relay: Relay,
+}
+
+impl Host {
+    /// A new host with an empty relay.
+    pub fn new() -> Host {
+        Host::default()
+    }
+
+    /// The host that [`Command::fork`] uses when no other is given.
+    pub fn global() -> &'static Host {
+        static HOST: OnceLock<Host> = OnceLock::new();
+        HOST.get_or_init(Host::new)
+    }
+
+    /// A command that forks into this host.
+    pub fn command(&self, module: impl AsRef<Path>) -> Command {
+        let mut command = Command::new(module);
+        command.host(self);
+        command
+    }
+
+    /// The relay.
+    pub fn relay(&self) -> &Relay {
+        &self.relay
+    }
+
+    /// `(frames, writes)`: frames the host has written to runners and the
+    /// `write` calls that carried them. Fewer writes than frames means
+    /// batching is at work.
+    pub fn write_stats(&self) -> (u64, u64) {
+        self.relay.stats().snapshot()
+    }
+
+    /// Start the guest described by `command`.
+    pub(crate) async fn fork(&self, command: &mut Command) -> Result<Child, SpawnError> {
+        let artifact = Cache::global().artifact(&command.module).await?;
+        let runner = runner_path()?;
+        let entry = self.relay.register(
+            command.name.clone(),
+            command.group.clone(),
+            command.limits.max_message_size,
+        )?;
+        let spec = LaunchSpec {
+            protocol_version: PROTOCOL_VERSION,
+            id: entry.id,
+            name: entry.name.clone(),
+            artifact: artifact.path.to_string_lossy().into_owned(),
+            kind: artifact.kind,
+            args: command.argv(),
+            env: command.env.clone(),
+            preopens: command.preopens.clone(),
+            limits: command.limits.clone(),
+        };
+        let stdio = [
+            command.stdin.take().unwrap_or(Stdio::Null),
+            command.stdout.take().unwrap_or(Stdio::Inherit),
+            command.stderr.take().unwrap_or(Stdio::Inherit),
+        ];
+        let spawned = match spawn_runner(runner.clone(), stdio).await {
+            Ok(spawned) => spawned,
+            Err(source) => {
+                self.relay.unregister(entry.id, "failed to start").await;
+                return Err(SpawnError::Spawn {
+                    path: runner,
+                    source,
+                });
+            }
+        };
+        Ok(self.watch(entry, spec, spawned))
+    }
+
+    fn watch(&self, entry: Arc<Entry>, spec: LaunchSpec, spawned: Spawned) -> Child {
+        let Spawned {
+            mut child,
+            to_runner,
+            from_runner,
+        } = spawned;
+        let pid = child.id().unwrap_or(0);
+        let (kill_tx, kill_rx) = tokio::sync::mpsc::channel(4);
+        let (status_tx, status_rx) = watch::channel(None);
+
+        let writer = FrameWriter::new(to_runner, self.relay.stats().clone());
+        tokio::spawn(write_runner(writer, spec, entry.clone()));
+        let reader = tokio::spawn(read_runner(
+            FrameReader::new(from_runner, &[]),
+            entry.clone(),
+            self.relay.clone(),
+            kill_tx.clone(),
+        ));
+        let handles = (child.stdin.take(), child.stdout.take(), child.stderr.take());
+        tokio::spawn(wait_runner(
+            child,
+            kill_rx,
+            reader,
+            entry.clone(),
+            self.relay.clone(),
+            status_tx,
+        ));
+        Child::new(entry, pid, kill_tx, status_rx, handles, self.relay.clone())
+    }
+}
+
+/// Find the runner: `$WASMPROC_RUNNER`, else beside the current executable,
+/// else in its parent folder (test binaries live in `target/*/deps`).
+fn runner_path() -> Result<PathBuf, SpawnError> {
+    static FOUND: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    let found = FOUND.get_or_init(|| {
+        if let Some(path) = std::env::var_os(RUNNER_ENV) {
+            let path = PathBuf::from(path);
+            return if path.is_file() {
+                Ok(path)
+            } else {
+                Err(format!("${RUNNER_ENV}={}", path.display()))
+            };
+        }
+        let exe =
+            std::env::current_exe().map_err(|err| format!("the current executable ({err})"))?;
+        let mut searched = Vec::new();
+        for dir in exe.ancestors().skip(1).take(2) {
+            let candidate = dir.join(RUNNER_NAME);
+            if candidate.is_file() {
+                return Ok(candidate);
+            }
+            searched.push(dir.display().to_string());
+        }
+        Err(searched.join(", "))
+    });
+    found
+        .clone()
+        .map_err(|searched| SpawnError::RunnerNotFound { searched })
+}
+
+struct Spawned {
+    child: tokio::process::Child,
+    to_runner: pipe::Sender,
+    from_runner: pipe::Receiver,
+}
+
+struct SpawnRequest {
+    runtime: tokio::runtime::Handle,
+    runner: PathBuf,
+    stdio: [Stdio; 3],
+    reply: oneshot::Sender<io::Result<Spawned>>,
+}
+
+/// Start a runner process from the spawner thread.
+async fn spawn_runner(runner: PathBuf, stdio: [Stdio; 3]) -> io::Result<Spawned> {
+    static SPAWNER: OnceLock<Mutex<mpsc::Sender<SpawnRequest>>> = OnceLock::new();
+    let sender = SPAWNER.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<SpawnRequest>();
+        // The thread lives as long as the process: see the module docs.
+        std::thread::Builder::new()
+            .name("wasmproc-spawner".into())
+            .spawn(move || {
+                for request in rx {
+                    let _entered = request.runtime.enter();
+                    let result = spawn_now(&request.runner, request.stdio);
+                    let _ = request.reply.send(result);
+                }
+            })
+            .map(|_| ())
+            .unwrap_or_else(|err| tracing::error!("cannot start the spawner thread: {err}"));
+        Mutex::new(tx)
+    });
+    let (reply, answer) = oneshot::channel();
+    let request = SpawnRequest {
+        runtime: tokio::runtime::Handle::current(),
+        runner,
+        stdio,
+        reply,
+    };
+    sender
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .send(request)
+        .map_err(|_| io::Error::other("the spawner thread has stopped"))?;
+    answer
+        .await
+        .map_err(|_| io::Error::other("the spawner thread has stopped"))?
+}
+
+fn cloexec_pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 writes two new descriptors into `fds`.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: both are new descriptors that nothing else owns.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Fork and exec one runner (on the spawner thread, inside a runtime context).
+fn spawn_now(runner: &Path, stdio: [Stdio; 3]) -> io::Result<Spawned> {
+    let (runner_in, host_out) = cloexec_pipe()?;
+    let (host_in, runner_out) = cloexec_pipe()?;
+    connection::enlarge_pipe(host_out.as_fd());
+    connection::enlarge_pipe(host_in.as_fd());
+
+    let [stdin, stdout, stderr] = stdio;
+    let mut command = tokio::process::Command::new(runner);
+    command
+        .env_clear()
+        .stdin(stdin.into_std()?)
+        .stdout(stdout.into_std()?)
+        .stderr(stderr.into_std()?);
+    let (child_in, child_out) = (runner_in.as_raw_fd(), runner_out.as_raw_fd());
+    let host_pid = std::process::id() as libc::pid_t;
+    // SAFETY: the closure runs in the forked child before exec and only makes
+    // async-signal-safe system calls, with no allocation.
+    unsafe {
+        command.pre_exec(move || {
+            // Move both ends above the target numbers first, so that placing
+            // one cannot overwrite the other.
+            let r = libc::fcntl(child_in, libc::F_DUPFD, 10);
+            let w = libc::fcntl(child_out, libc::F_DUPFD, 10);
+            if r < 0
+                || w < 0
+                || libc::dup2(r, CONTROL_IN_FD) < 0
+                || libc::dup2(w, CONTROL_OUT_FD) < 0
+            {
+                return Err(io::Error::last_os_error());
+            }
+            // Every other inherited descriptor closes at exec.
+            libc::syscall(
+                libc::SYS_close_range,
+                CONTROL_OUT_FD as libc::c_uint + 1,
+                libc::c_uint::MAX,
+                libc::CLOSE_RANGE_CLOEXEC as libc::c_uint,
+            );
+            // No orphans: die with the host, even if it is SIGKILLed.
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if libc::getppid() != host_pid {
+                libc::_exit(1);
+            }
+            Ok(())
+        });
+    }
+    let child = command.spawn()?;
+    drop((runner_in, runner_out));
+    Ok(Spawned {
+        child,
+        to_runner: pipe::Sender::from_owned_fd(host_out)?,
+        from_runner: pipe::Receiver::from_owned_fd(host_in)?,
+    })
+}
+
+/// The writer task: the launch spec, then the mailbox, in batches.
+async fn write_runner(mut writer: FrameWriter, spec: LaunchSpec, entry: Arc<Entry>) {
+    if let Err(err) = writer.queue(&HostToRunner::Launch(spec)) {
+        tracing::error!(guest = %entry.id, "cannot encode the launch spec: {err}");
+        return;
+    }
+    let mut batch = Vec::with_capacity(WRITE_BATCH_ITEMS);
+    loop {
+        if writer.flush().await.is_err() {
+            // The runner has ended; the waiter reports how.
+            return;
+        }
+        if !entry
+            .mailbox
+            .pop_batch(&mut batch, WRITE_BATCH_ITEMS, WRITE_BATCH_BYTES)
+            .await
+        {
+            return;
+        }
+        for item in batch.drain(..) {
+            if let Err(err) = writer.queue(&HostToRunner::Deliver(item)) {
+                tracing::error!(guest = %entry.id, "cannot encode an inbox item: {err}");
+            }
+        }
+    }
+}
+
+/// What the reader saw of a runner.
+#[derive(Debug, Default)]
+struct ReaderOutcome {
+    report: Option<wasmproc_protocol::ExitReport>,
+    violation: Option<String>,
+}
+
+/// The reader task. Returns when the runner's pipe ends or it breaks the protocol.
+async fn read_runner(
+    mut reader: FrameReader<RunnerToHost>,
+    entry: Arc<Entry>,
+    relay: Relay,
+    kill: tokio::sync::mpsc::Sender<()>,
+) -> ReaderOutcome {
+    let mut outcome = ReaderOutcome::default();
+    let violation = match read_frames(&mut reader, &entry, &relay, &mut outcome).await {
+        Ok(()) => return outcome,
+        Err(reason) => reason,
+    };
+    tracing::warn!(guest = %entry.id, "protocol violation: {violation}");
+    outcome.violation = Some(violation);
+    let _ = kill.send(()).await;
+    outcome
+}
+
+async fn read_frames(
+    reader: &mut FrameReader<RunnerToHost>,
+    entry: &Entry,
+    relay: &Relay,
+    outcome: &mut ReaderOutcome,
+) -> Result<(), String> {
+    match reader.next().await.map_err(|err| err.to_string())? {
+        Some(RunnerToHost::Hello { protocol_version }) => {
+            check_version(protocol_version).map_err(|err| err.to_string())?;
+        }
+        Some(other) => return Err(format!("expected Hello first, got {}", frame_kind(&other))),
+        None => return Ok(()),
+    }
+    while let Some(frame) = reader.next().await.map_err(|err| err.to_string())? {
+        if outcome.report.is_some() {
+            return Err(format!("{} after the exit report", frame_kind(&frame)));
+        }
+        match frame {
+            RunnerToHost::Send { to, payload } => {
+                if payload.len() as u64 > entry.max_message_size {
+                    return Err(format!(
+                        "a {}-byte message, over the guest's {}-byte limit",
+                        payload.len(),
+                        entry.max_message_size
+                    ));
+                }
+                for notice in relay.route(entry, to, payload) {
+                    let _ = entry.mailbox.push_notice(notice).await;
+                }
+            }
+            RunnerToHost::Monitor { name } => {
+                if let Some(down) = relay.monitor(entry.id, &name) {
+                    let _ = entry.mailbox.push_notice(down).await;
+                }
+            }
+            RunnerToHost::Exit(report) => outcome.report = Some(report),
+            RunnerToHost::Hello { .. } => return Err("a second Hello".to_owned()),
+        }
+    }
+    Ok(())
+}
+
+fn frame_kind(frame: &RunnerToHost) -> &'static str {
+    match frame {
+        RunnerToHost::Hello { .. } => "Hello",
+        RunnerToHost::Send { .. } => "Send",
+        RunnerToHost::Monitor { .. } => "Monitor",
+        RunnerToHost::Exit(_) => "Exit",
+    }
+}
+
+/// The waiter task.
+async fn wait_runner(
+    mut child: tokio::process::Child,
+    mut kill: tokio::sync::mpsc::Receiver<()>,
+    reader: tokio::task::JoinHandle<ReaderOutcome>,
+    entry: Arc<Entry>,
+    relay: Relay,
+    status_tx: watch::Sender<Option<ExitStatus>>,
+) {
+    let mut killed_by_host = false;
+    let os_status = loop {
+        tokio::select! {
+            status = child.wait() => break status,
+            Some(()) = kill.recv() => {
+                killed_by_host = true;
+                let _ = child.start_kill();
+            }
+        }
+    };
+    let outcome = match tokio::time::timeout(READER_GRACE, reader).await {
+        Ok(Ok(outcome)) => outcome,
+        _ => ReaderOutcome::default(),
+    };
+    let status = combine(os_status, outcome, killed_by_host);
+    tracing::debug!(guest = %entry.id, "ended: {status}");
+    relay.unregister(entry.id, &status.to_string()).await;
+    let _ = status_tx.send(Some(status));
+}
+
+fn combine(
+    os_status: io::Result<std::process::ExitStatus>,
+    outcome: ReaderOutcome,
+    killed_by_host: bool,
+) -> ExitStatus {
+    use std::os::unix::process::ExitStatusExt;
+    if let Some(reason) = outcome.violation {
+        return ExitStatus::ProtocolViolation { reason };
+    }
+    if let Some(report) = outcome.report {
+        return ExitStatus::from_report(report);
+    }
+    match os_status {
+        Ok(status) => match status.signal() {
+            Some(signal) => ExitStatus::Killed {
+                signal,
+                by_host: killed_by_host,
+            },
+            None => ExitStatus::Failed {
+                reason: format!(
+                    "the runner exited with code {} before reporting how the guest ended",
+                    status.code().unwrap_or(-1)
+                ),
+            },
+        },
+        Err(err) => ExitStatus::Failed {
+            reason: format!("cannot wait for the runner: {err}"),
+        },
+    }
+}

@@ -1,0 +1,77 @@
+//! Shared by the integration tests: find built guests, bound every async
+//! test in time, read what guests sent.
+
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use wasmproc::{Child, InboxItem};
+
+/// The repository root.
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("host/ has a parent")
+        .to_owned()
+}
+
+/// A guest built from `guests/` for wasm32-wasip2. A missing guest fails the
+/// test with the command that builds it.
+pub fn guest(name: &str) -> PathBuf {
+    let path = root()
+        .join("guests/target/wasm32-wasip2/release")
+        .join(format!("{name}.wasm"));
+    assert!(
+        path.is_file(),
+        "guest `{name}` is not built ({} is missing): run `make guests`",
+        path.display()
+    );
+    path
+}
+
+/// Run `future`, failing the test if it takes longer than `secs` seconds.
+pub async fn within<F: Future>(secs: u64, future: F) -> F::Output {
+    match tokio::time::timeout(Duration::from_secs(secs), future).await {
+        Ok(output) => output,
+        Err(_) => panic!("test did not finish within {secs} s"),
+    }
+}
+
+/// The next message's payload from `child`, as text; panics on anything else.
+pub async fn recv_text(child: &Child) -> String {
+    match child.recv().await {
+        Some(InboxItem::Message { payload, .. }) => String::from_utf8(payload).expect("utf-8"),
+        other => panic!(
+            "expected a message from guest {}, got {other:?} (status: {:?})",
+            child.id(),
+            child.try_wait()
+        ),
+    }
+}
+
+/// A binary built from `tests/helpers` as a cargo example.
+pub fn helper(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    // target/<profile>/deps/<test> → target/<profile>/examples/<name>
+    let path = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target folder")
+        .join("examples")
+        .join(name);
+    assert!(
+        path.is_file(),
+        "helper `{name}` is not built: run `cargo test` (which builds examples) or `cargo build --examples`"
+    );
+    path
+}
+
+/// The peak resident set size of a finished process, from the line it printed.
+pub fn parse_kib(line: &str, key: &str) -> u64 {
+    line.split_whitespace()
+        .find_map(|field| field.strip_prefix(&format!("{key}=")))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {key}= in `{line}`"))
+}

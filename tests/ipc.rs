@@ -1,0 +1,304 @@
+//! The core: guests in their own processes, messages through the relay.
+
+mod common;
+
+use common::{guest, recv_text, within};
+use wasmproc::{Address, ExitStatus, Host, InboxItem, UndeliverableReason};
+
+#[tokio::test]
+async fn parent_and_guest_exchange_messages() {
+    within(60, async {
+        let host = Host::new();
+        let echo = host
+            .command(guest("echo"))
+            .name("echo")
+            .fork()
+            .await
+            .unwrap();
+        echo.send(b"hello".to_vec()).unwrap();
+        echo.send_value(&(7u32, "seven")).unwrap();
+        match echo.recv().await {
+            Some(InboxItem::Message {
+                from,
+                from_name,
+                payload,
+            }) => {
+                assert_eq!(from, echo.id());
+                assert_eq!(from_name.as_deref(), Some("echo"));
+                assert_eq!(payload, b"hello");
+            }
+            other => panic!("expected the echo, got {other:?}"),
+        }
+        let value: (u32, String) = echo.recv_value().await.unwrap();
+        assert_eq!(value, (7, "seven".to_owned()));
+        echo.kill();
+        assert_eq!(
+            echo.wait().await,
+            ExitStatus::Killed {
+                signal: libc::SIGKILL,
+                by_host: true
+            }
+        );
+        // After the end, nothing more arrives and sends fail.
+        assert!(echo.recv().await.is_none());
+        assert_eq!(
+            echo.send(b"late".to_vec()),
+            Err(wasmproc::SendError::Exited)
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn guests_talk_through_the_relay_by_name_and_by_id() {
+    within(60, async {
+        let host = Host::new();
+        let pong = host
+            .command(guest("pingpong"))
+            .args(["pong", "200"])
+            .name("pong")
+            .fork()
+            .await
+            .unwrap();
+        let ping = host
+            .command(guest("pingpong"))
+            .args(["ping", "pong", "200"])
+            .fork()
+            .await
+            .unwrap();
+        assert_eq!(ping.recv_value::<(u64, bool)>().await.unwrap(), (200, true));
+        assert_eq!(pong.recv_value::<(u64, bool)>().await.unwrap(), (200, true));
+        assert!(ping.wait().await.success());
+        assert!(pong.wait().await.success());
+
+        // The same by id: a number on the command line is a guest id.
+        let pong = host
+            .command(guest("pingpong"))
+            .args(["pong", "50"])
+            .fork()
+            .await
+            .unwrap();
+        let ping = host
+            .command(guest("pingpong"))
+            .args(["ping", &pong.id().0.to_string(), "50"])
+            .fork()
+            .await
+            .unwrap();
+        assert_eq!(ping.recv_value::<(u64, bool)>().await.unwrap(), (50, true));
+        assert_eq!(pong.recv_value::<(u64, bool)>().await.unwrap(), (50, true));
+        assert_eq!(ping.wait().await, ExitStatus::Exited { code: 0 });
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn ten_thousand_messages_arrive_complete_and_in_order_in_few_writes() {
+    within(120, async {
+        let host = Host::new();
+        let sink = host
+            .command(guest("pingpong"))
+            .args(["sink", "10000"])
+            .name("sink")
+            .fork()
+            .await
+            .unwrap();
+        let stream = host
+            .command(guest("pingpong"))
+            .args(["stream", "sink", "10000", "32"])
+            .fork()
+            .await
+            .unwrap();
+        assert_eq!(
+            sink.recv_value::<(u64, bool)>().await.unwrap(),
+            (10_000, true)
+        );
+        assert_eq!(
+            stream.recv_value::<(u64, bool)>().await.unwrap(),
+            (10_000, true)
+        );
+        assert!(sink.wait().await.success());
+        assert!(stream.wait().await.success());
+        // Every message, answer and launch spec is a frame the host wrote;
+        // batching puts many in one write.
+        let (frames, writes) = host.write_stats();
+        assert!(frames >= 10_000, "frames written: {frames}");
+        assert!(
+            writes * 4 < frames,
+            "{frames} frames took {writes} writes: batching is not at work"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_ring_of_one_hundred_guests() {
+    within(120, async {
+        let host = Host::new();
+        let n = 100;
+        let forks = (0..n).map(|i| {
+            let mut command = host.command(guest("ring"));
+            command
+                .name(format!("ring-{i}"))
+                .arg(format!("ring-{}", (i + 1) % n));
+            async move { command.fork().await.unwrap() }
+        });
+        let ring = futures_util::future::join_all(forks).await;
+        for guest in &ring {
+            guest.send(b"go".to_vec()).unwrap();
+        }
+        for (i, guest) in ring.iter().enumerate() {
+            assert_eq!(
+                recv_text(guest).await,
+                format!("ring-{i}<-ring-{}", (i + n - 1) % n)
+            );
+        }
+        for guest in &ring {
+            assert_eq!(guest.wait().await, ExitStatus::Exited { code: 0 });
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_trap_names_the_guest_function_and_others_keep_working() {
+    within(60, async {
+        let host = Host::new();
+        let echo = host.command(guest("echo")).fork().await.unwrap();
+        let crasher = host
+            .command(guest("crasher"))
+            .arg("wait")
+            .fork()
+            .await
+            .unwrap();
+        crasher.send(b"go".to_vec()).unwrap();
+        assert_eq!(recv_text(&crasher).await, "about to trap");
+        let status = crasher.wait().await;
+        let ExitStatus::Trapped { message, backtrace } = &status else {
+            panic!("expected a trap, got {status}");
+        };
+        assert_eq!(message, "wasm `unreachable` instruction executed");
+        assert_eq!(backtrace[0], "crasher::crash_on_purpose");
+        assert_eq!(backtrace[1], "crasher::main");
+        assert_eq!(
+            status.to_string(),
+            "trap: wasm `unreachable` instruction executed (in crasher::crash_on_purpose)"
+        );
+
+        echo.send(b"still there?".to_vec()).unwrap();
+        assert_eq!(recv_text(&echo).await, "still there?");
+        echo.kill();
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn sends_to_unknown_and_exited_guests_come_back_undeliverable() {
+    within(60, async {
+        let host = Host::new();
+        let gone = host
+            .command(guest("crasher"))
+            .args(["exit", "0"])
+            .name("gone")
+            .fork()
+            .await
+            .unwrap();
+        assert!(gone.wait().await.success());
+        let echo = host
+            .command(guest("echo"))
+            .name("here")
+            .fork()
+            .await
+            .unwrap();
+        let postman = host
+            .command(guest("postman"))
+            .args(["nobody", "gone", &gone.id().0.to_string(), "here", "424242"])
+            .fork()
+            .await
+            .unwrap();
+        let mut lines = Vec::new();
+        for _ in 0..5 {
+            lines.push(recv_text(&postman).await);
+        }
+        lines.sort();
+        let gone_id = format!("#{}", gone.id().0);
+        let mut expected = vec![
+            format!("{gone_id}: recipient exited"),
+            "#424242: unknown recipient".to_owned(),
+            "gone: recipient exited".to_owned(),
+            "here: reply".to_owned(),
+            "nobody: unknown recipient".to_owned(),
+        ];
+        expected.sort();
+        assert_eq!(lines, expected);
+        assert!(postman.wait().await.success());
+        echo.kill();
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_runner_killed_from_outside_is_reported_and_nothing_else_stops() {
+    within(60, async {
+        let host = Host::new();
+        let victim = host
+            .command(guest("echo"))
+            .name("victim")
+            .fork()
+            .await
+            .unwrap();
+        let other = host.command(guest("echo")).fork().await.unwrap();
+        // Make sure the victim runs before killing it.
+        victim.send(b"up?".to_vec()).unwrap();
+        assert_eq!(recv_text(&victim).await, "up?");
+        // SAFETY: kill(2) on a pid this test started.
+        assert_eq!(unsafe { libc::kill(victim.pid() as i32, libc::SIGKILL) }, 0);
+        assert_eq!(
+            victim.wait().await,
+            ExitStatus::Killed {
+                signal: libc::SIGKILL,
+                by_host: false
+            }
+        );
+        assert_eq!(
+            victim.wait().await.to_string(),
+            "killed by SIGKILL (9) from outside"
+        );
+        other.send(b"and you?".to_vec()).unwrap();
+        assert_eq!(recv_text(&other).await, "and you?");
+        // Its name is free again, and now means "exited".
+        let relay = host.relay();
+        assert!(relay.lookup("victim").is_none());
+        other.kill();
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_missing_module_and_a_taken_name_are_clear_errors() {
+    within(60, async {
+        let host = Host::new();
+        let err = host
+            .command("no/such/module.wasm")
+            .fork()
+            .await
+            .unwrap_err();
+        assert_eq!(err.to_string(), "module no/such/module.wasm not found");
+        let first = host
+            .command(guest("echo"))
+            .name("dup")
+            .fork()
+            .await
+            .unwrap();
+        let err = host
+            .command(guest("echo"))
+            .name("dup")
+            .fork()
+            .await
+            .unwrap_err();
+        assert_eq!(err.to_string(), "a guest named `dup` is already running");
+        first.kill();
+        let _ = Address::Parent;
+        let _ = UndeliverableReason::MailboxFull;
+    })
+    .await;
+}
