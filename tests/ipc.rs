@@ -302,3 +302,37 @@ async fn a_missing_module_and_a_taken_name_are_clear_errors() {
     })
     .await;
 }
+
+/// The host's own memory, measured in a separate host process: a guest that
+/// never reads is offered 100,000 messages of 4 KiB (400 MB); the host holds
+/// at most its bounded mailbox (16 MiB) for it, the flooder hears `mailbox
+/// full`, and a third pair's 1,000 round trips all complete meanwhile.
+#[tokio::test]
+async fn a_flood_at_a_guest_that_never_reads_keeps_host_memory_bounded() {
+    within(120, async {
+        let dir = common::root().join("guests/target/wasm32-wasip2/release");
+        let _ = guest("crasher");
+        let output = tokio::process::Command::new(common::helper("flood-probe"))
+            .arg(&dir)
+            .args(["100000", "4096", "1000"])
+            .output()
+            .await
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success(),
+            "flood-probe failed: {}\n{}",
+            stdout,
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let line = stdout.lines().last().unwrap();
+        // The pair finished in order; the flooder saw its sends refused.
+        assert!(line.starts_with("pair=1000,true flood_exit=1 "), "{line}");
+        let peak_kib = common::parse_kib(line, "peak_rss_kib");
+        assert!(
+            peak_kib < 64 * 1024,
+            "the host peaked at {peak_kib} KiB with 400 MB offered to an idle guest"
+        );
+    })
+    .await;
+}

@@ -33,7 +33,7 @@
 //! - [`relay`]: routing by id, name and group; undeliverable notices; monitors.
 //! - [`supervisor`]: starting runners and watching them; [`Host`].
 //! - [`command`]: [`Command`] and [`Child`], the public face.
-//! - [`status`]: [`ExitStatus`].
+//! - [`status`]: how a guest ended ([`ExitStatus`]).
 //! - [`cli`]: the `wasmproc` command line.
 //!
 //! # Theory of operation: a message from guest A to guest B

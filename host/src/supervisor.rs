@@ -441,6 +441,10 @@ async fn wait_runner(
             }
         }
     };
+    // Nothing can reach the guest any more. Closing its mailbox also frees a
+    // reader waiting to queue a notice for it, so it can read the runner's
+    // last frames (its exit report among them).
+    entry.mailbox.close();
     let outcome = match tokio::time::timeout(READER_GRACE, reader).await {
         Ok(Ok(outcome)) => outcome,
         _ => ReaderOutcome::default(),

@@ -55,7 +55,10 @@ fn main() -> ExitCode {
                 }
             }
             InboxItem::Undeliverable(notice) => {
-                eprintln!("coordinator: worker {} unreachable: {}", notice.to, notice.reason);
+                eprintln!(
+                    "coordinator: worker {} unreachable: {}",
+                    notice.to, notice.reason
+                );
                 return ExitCode::from(3);
             }
             InboxItem::Shutdown => return ExitCode::from(4),

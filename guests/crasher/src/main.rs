@@ -3,7 +3,8 @@
 //! - `trap`: executes `unreachable` inside `crash_on_purpose`;
 //! - `exit N`: exits with code N;
 //! - `stderr TEXT`: writes TEXT to stdout and `err:TEXT` to stderr, exits 0;
-//! - `wait`: waits for one message, answers it, then traps.
+//! - `wait`: waits for one message, answers it, then traps;
+//! - `idle`: sleeps forever and never reads its inbox.
 
 use wasmproc_guest::{self as ipc, InboxItem};
 
@@ -26,6 +27,9 @@ fn main() {
             }
             crash_on_purpose();
         }
+        Some("idle") => loop {
+            std::thread::sleep(std::time::Duration::from_secs(3600));
+        },
         other => {
             eprintln!("crasher: unknown mode {other:?}");
             std::process::exit(2);

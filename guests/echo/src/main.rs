@@ -13,7 +13,10 @@ fn main() {
             }
             InboxItem::Shutdown => return,
             InboxItem::Undeliverable(notice) => {
-                eprintln!("echo: reply to {} undeliverable: {}", notice.to, notice.reason);
+                eprintln!(
+                    "echo: reply to {} undeliverable: {}",
+                    notice.to, notice.reason
+                );
             }
             InboxItem::Down(_) => {}
         }

@@ -23,11 +23,18 @@ fn main() {
             .unwrap_or_else(|| usage())
     };
     let (count, in_order) = match args.first().map(String::as_str) {
-        Some("ping") => ping(Address::parse(args.get(1).unwrap_or_else(|| usage())), num(2)),
+        Some("ping") => ping(
+            Address::parse(args.get(1).unwrap_or_else(|| usage())),
+            num(2),
+        ),
         Some("pong") => pong(num(1)),
         Some("stream") => {
             let size = if args.len() > 3 { num(3) as usize } else { 8 };
-            stream(Address::parse(args.get(1).unwrap_or_else(|| usage())), num(2), size)
+            stream(
+                Address::parse(args.get(1).unwrap_or_else(|| usage())),
+                num(2),
+                size,
+            )
         }
         Some("sink") => sink(num(1)),
         _ => usage(),

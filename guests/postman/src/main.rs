@@ -9,7 +9,10 @@
 use wasmproc_guest::{self as ipc, Address, InboxItem};
 
 fn main() {
-    let targets: Vec<Address> = std::env::args().skip(1).map(|a| Address::parse(&a)).collect();
+    let targets: Vec<Address> = std::env::args()
+        .skip(1)
+        .map(|a| Address::parse(&a))
+        .collect();
     for target in &targets {
         if let Err(err) = ipc::send(target.clone(), b"hi") {
             report(&format!("{target}: send failed: {err}"));
@@ -18,7 +21,10 @@ fn main() {
     for _ in 0..targets.len() {
         let line = match ipc::recv() {
             InboxItem::Message(msg) => {
-                let from = msg.from_name.clone().unwrap_or_else(|| msg.reply_to().to_string());
+                let from = msg
+                    .from_name
+                    .clone()
+                    .unwrap_or_else(|| msg.reply_to().to_string());
                 format!("{from}: reply")
             }
             InboxItem::Undeliverable(notice) => format!("{}: {}", notice.to, notice.reason),

@@ -14,7 +14,9 @@ fn main() {
                 ipc::send(Address::parse(&next), me.as_bytes()).expect("send to next");
                 went = true;
             }
-            InboxItem::Message(msg) => heard = Some(String::from_utf8_lossy(&msg.payload).into_owned()),
+            InboxItem::Message(msg) => {
+                heard = Some(String::from_utf8_lossy(&msg.payload).into_owned())
+            }
             InboxItem::Undeliverable(n) => panic!("{me}: send to {} failed: {}", n.to, n.reason),
             InboxItem::Shutdown => return,
             InboxItem::Down(_) => {}

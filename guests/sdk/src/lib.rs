@@ -141,7 +141,6 @@ impl fmt::Display for UndeliverableReason {
     }
 }
 
-
 /// Queue `payload` for `to` and return at once.
 ///
 /// # Errors
@@ -188,7 +187,10 @@ pub enum RecvError {
     /// The next inbox item was not a message.
     NotAMessage(InboxItem),
     /// The message's payload did not decode as the expected type.
-    Decode { from: Address, error: postcard::Error },
+    Decode {
+        from: Address,
+        error: postcard::Error,
+    },
 }
 
 impl fmt::Display for RecvError {

@@ -137,6 +137,9 @@ pub struct Limits {
     /// How many items the runner holds for the guest before it stops reading
     /// from the host (the host then holds a bounded mailbox of its own).
     pub inbox_items: u32,
+    /// Payload bytes the runner holds for the guest, likewise (one message
+    /// of any allowed size is always taken into an empty inbox).
+    pub inbox_bytes: u64,
 }
 
 impl Default for Limits {
@@ -144,6 +147,7 @@ impl Default for Limits {
         Limits {
             max_message_size: 16 * 1024 * 1024,
             inbox_items: 65_536,
+            inbox_bytes: 64 * 1024 * 1024,
         }
     }
 }

@@ -30,7 +30,7 @@ pub struct Link {
     pub id: GuestId,
     pub name: Option<String>,
     pub limits: Limits,
-    inbox: Mutex<VecDeque<InboxItem>>,
+    inbox: Mutex<Inbox>,
     /// Wakes `recv` and pollables when an item arrives.
     inbox_changed: Notify,
     /// Wakes the reader task when the guest takes an item from a full inbox.
@@ -40,6 +40,19 @@ pub struct Link {
     out_ready: Notify,
     /// Wakes senders (and the final flush) when the writer has written.
     out_drained: Notify,
+}
+
+#[derive(Debug, Default)]
+struct Inbox {
+    items: VecDeque<InboxItem>,
+    bytes: u64,
+}
+
+fn payload_len(item: &InboxItem) -> u64 {
+    match item {
+        InboxItem::Message { payload, .. } => payload.len() as u64,
+        _ => 0,
+    }
 }
 
 #[derive(Debug, Default)]
@@ -61,7 +74,7 @@ impl Link {
             id,
             name,
             limits,
-            inbox: Mutex::new(VecDeque::new()),
+            inbox: Mutex::new(Inbox::default()),
             inbox_changed: Notify::new(),
             inbox_space: Notify::new(),
             out: Mutex::new(Outgoing::default()),
@@ -70,7 +83,7 @@ impl Link {
         }
     }
 
-    fn inbox(&self) -> MutexGuard<'_, VecDeque<InboxItem>> {
+    fn inbox(&self) -> MutexGuard<'_, Inbox> {
         self.inbox.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -80,11 +93,14 @@ impl Link {
 
     /// The next inbox item, if any.
     pub fn try_recv(&self) -> Option<InboxItem> {
-        let item = self.inbox().pop_front();
-        if item.is_some() {
-            self.inbox_space.notify_one();
-        }
-        item
+        let item = {
+            let mut inbox = self.inbox();
+            let item = inbox.items.pop_front()?;
+            inbox.bytes -= payload_len(&item);
+            item
+        };
+        self.inbox_space.notify_one();
+        Some(item)
     }
 
     /// Wait for the next inbox item.
@@ -106,7 +122,7 @@ impl Link {
             let changed = self.inbox_changed.notified();
             tokio::pin!(changed);
             changed.as_mut().enable();
-            if !self.inbox().is_empty() {
+            if !self.inbox().items.is_empty() {
                 return;
             }
             changed.await;
@@ -168,14 +184,22 @@ impl Link {
                 let space = self.inbox_space.notified();
                 tokio::pin!(space);
                 space.as_mut().enable();
-                if self.inbox().len() < self.limits.inbox_items as usize {
+                let full = {
+                    let inbox = self.inbox();
+                    inbox.items.len() >= self.limits.inbox_items as usize
+                        || (!inbox.items.is_empty() && inbox.bytes >= self.limits.inbox_bytes)
+                };
+                if !full {
                     break;
                 }
                 space.await;
             }
             match reader.next().await {
                 Ok(Some(HostToRunner::Deliver(item))) => {
-                    self.inbox().push_back(item);
+                    let mut inbox = self.inbox();
+                    inbox.bytes += payload_len(&item);
+                    inbox.items.push_back(item);
+                    drop(inbox);
                     self.inbox_changed.notify_waiters();
                 }
                 Ok(Some(HostToRunner::Launch(_))) => {

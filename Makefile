@@ -1,0 +1,46 @@
+# wasmproc: the one entry point. `make run` for the demo, `make test` for everything.
+
+CARGO ?= cargo
+GUEST_TARGET := wasm32-wasip2
+GUEST_DIR := guests/target/$(GUEST_TARGET)/release
+# Compiled guest artifacts for tests and the demo stay inside the tree.
+export WASMPROC_CACHE_DIR ?= $(CURDIR)/target/wasmproc-cache
+
+.PHONY: all setup guests build test run lint fmt clean
+
+all: build guests
+
+## setup: the wasm targets guests are built for
+setup:
+	rustup target add wasm32-wasip2 wasm32-wasip1
+
+## guests: every guest in guests/, as wasm components
+guests: setup
+	cd guests && $(CARGO) build --release --target $(GUEST_TARGET)
+
+## build: the host CLI, the runner and the library
+build:
+	$(CARGO) build
+
+## test: build everything and run every test
+test: guests
+	$(CARGO) test --workspace
+
+## run: the demo: a coordinator and two prime workers, each in its own process
+run: guests
+	$(CARGO) run --example primes
+
+## lint: formatting and clippy, as the project keeps them
+lint:
+	$(CARGO) fmt --all -- --check
+	cd guests && $(CARGO) fmt --all -- --check
+	$(CARGO) clippy --all-targets -- -D warnings
+	cd guests && $(CARGO) clippy --target $(GUEST_TARGET) --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+	cd guests && $(CARGO) fmt --all
+
+clean:
+	$(CARGO) clean
+	cd guests && $(CARGO) clean
