@@ -17,6 +17,7 @@ setup:
 ## guests: every guest in guests/, as wasm components
 guests: setup
 	cd guests && $(CARGO) build --release --target $(GUEST_TARGET)
+	cd guests && $(CARGO) build --release --target wasm32-wasip1 -p wasi-tool
 
 ## build: the host CLI, the runner and the library
 build:

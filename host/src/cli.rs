@@ -2,11 +2,12 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
-use crate::{Command, ExitStatus, Stdio};
+use crate::{Command, ExitStatus, Pipeline, Stdio};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -23,10 +24,14 @@ struct Cli {
 enum Cmd {
     /// Run one module (a WASI core module or component) with the terminal's stdio.
     Run(RunArgs),
+    /// Run a command line or pipeline (`a.wasm x | b.wasm`), split like a
+    /// shell would but never run by one.
+    Exec(ExecArgs),
 }
 
+/// What the guest may reach and how long it may run; shared by `run` and `exec`.
 #[derive(Debug, clap::Args)]
-struct RunArgs {
+struct GuestOptions {
     /// Let the guest read and write a host folder: HOST or HOST::GUEST.
     #[arg(long = "dir", value_name = "HOST[::GUEST]")]
     dirs: Vec<String>,
@@ -36,6 +41,38 @@ struct RunArgs {
     /// Set an environment variable for the guest (it sees no other).
     #[arg(long = "env", value_name = "K=V", value_parser = parse_env)]
     env: Vec<(String, String)>,
+    /// Kill the guest after this long (`500ms`, `5s`, `2m`).
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    timeout: Option<Duration>,
+}
+
+impl GuestOptions {
+    fn apply(&self, command: &mut Command) {
+        command.envs(self.env.iter().cloned());
+        for (dirs, read_only) in [(&self.dirs, false), (&self.dirs_ro, true)] {
+            for dir in dirs {
+                let (host, guest) = parse_dir(dir);
+                command.preopen(host, guest, read_only);
+            }
+        }
+        if let Some(timeout) = self.timeout {
+            command.timeout(timeout);
+        }
+    }
+}
+
+#[derive(Debug, clap::Args)]
+struct ExecArgs {
+    #[command(flatten)]
+    options: GuestOptions,
+    /// The line, quoted as one argument: `'a.wasm x "y z" | b.wasm'`.
+    line: String,
+}
+
+#[derive(Debug, clap::Args)]
+struct RunArgs {
+    #[command(flatten)]
+    options: GuestOptions,
     /// The module to run.
     module: PathBuf,
     /// Arguments for the guest (after `--`).
@@ -81,6 +118,7 @@ pub fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Cmd::Run(args) => run(args).await,
+            Cmd::Exec(args) => exec(args).await,
         }
     });
     match result {
@@ -96,16 +134,10 @@ async fn run(args: RunArgs) -> anyhow::Result<u8> {
     let mut command = Command::new(&args.module);
     command
         .args(args.args)
-        .envs(args.env)
         .stdin(Stdio::Inherit)
         .stdout(Stdio::Inherit)
         .stderr(Stdio::Inherit);
-    for (dirs, read_only) in [(&args.dirs, false), (&args.dirs_ro, true)] {
-        for dir in dirs {
-            let (host, guest) = parse_dir(dir);
-            command.preopen(host, guest, read_only);
-        }
-    }
+    args.options.apply(&mut command);
     let child = command
         .fork()
         .await
@@ -113,6 +145,32 @@ async fn run(args: RunArgs) -> anyhow::Result<u8> {
     let status = child.wait().await;
     report(&args.module.display().to_string(), &status);
     Ok(status.process_code().clamp(0, 255) as u8)
+}
+
+async fn exec(args: ExecArgs) -> anyhow::Result<u8> {
+    let mut pipeline = Pipeline::parse(&args.line)?;
+    for stage in pipeline.stages_mut() {
+        args.options.apply(stage);
+    }
+    let statuses = pipeline.status().await?;
+    let words = crate::exec::parse(&args.line)?;
+    let several = statuses.len() > 1;
+    for (i, status) in statuses.iter().enumerate() {
+        let what = if several {
+            format!("stage {} ({})", i + 1, words[i][0])
+        } else {
+            words[i][0].clone()
+        };
+        match status {
+            // In a pipeline a stage's failure is not visible in the exit code.
+            ExitStatus::Exited { code } if several && *code != 0 => {
+                eprintln!("wasmproc: {what}: {status}");
+            }
+            _ => report(&what, status),
+        }
+    }
+    let last = statuses.last().map(ExitStatus::process_code).unwrap_or(0);
+    Ok(last.clamp(0, 255) as u8)
 }
 
 /// Say on stderr how a guest ended, unless it simply exited.

@@ -1,18 +1,21 @@
 //! The builder and the handle, shaped like `tokio::process::Command` and
 //! `Child`, with Node's `fork` messaging on top.
 
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::{ChildStderr, ChildStdin, ChildStdout};
 use tokio::sync::watch;
 use wasmproc_protocol::{GuestId, InboxItem, Limits, Preopen};
 
 use crate::relay::{Entry, Relay, SendError};
-use crate::status::ExitStatus;
-use crate::supervisor::{Host, SpawnError};
+use crate::status::{ExitStatus, Limit};
+use crate::supervisor::{Host, KillReason, SpawnError};
 
 /// Where a guest's stdin, stdout or stderr goes.
 #[derive(Debug)]
@@ -25,6 +28,9 @@ pub enum Stdio {
     Piped,
     /// An open file.
     File(std::fs::File),
+    /// Any open descriptor, such as the read end of another guest's stdout
+    /// (this is how a pipeline connects its stages without the host copying).
+    Fd(OwnedFd),
 }
 
 impl Stdio {
@@ -44,7 +50,14 @@ impl Stdio {
             Stdio::Null => std::process::Stdio::null(),
             Stdio::Piped => std::process::Stdio::piped(),
             Stdio::File(file) => std::process::Stdio::from(file),
+            Stdio::Fd(fd) => std::process::Stdio::from(fd),
         })
+    }
+}
+
+impl From<OwnedFd> for Stdio {
+    fn from(fd: OwnedFd) -> Self {
+        Stdio::Fd(fd)
     }
 }
 
@@ -83,7 +96,17 @@ pub struct Command {
     pub(crate) stdout: Option<Stdio>,
     pub(crate) stderr: Option<Stdio>,
     pub(crate) limits: Limits,
+    pub(crate) timeout: Option<Duration>,
+    pub(crate) max_output: Option<u64>,
     host: Option<Host>,
+}
+
+/// What [`Command::output`] collected (Node's `execFile`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Output {
+    pub status: ExitStatus,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
 }
 
 impl Command {
@@ -101,6 +124,8 @@ impl Command {
             stdout: None,
             stderr: None,
             limits: Limits::default(),
+            timeout: None,
+            max_output: None,
             host: None,
         }
     }
@@ -206,6 +231,21 @@ impl Command {
         self
     }
 
+    /// Kill the guest if it runs longer than `timeout`; its status is then
+    /// [`ExitStatus::TimedOut`].
+    pub fn timeout(&mut self, timeout: Duration) -> &mut Command {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// For [`output`](Self::output): stop the guest once it writes more than
+    /// `bytes` to stdout or to stderr (Node's `maxBuffer`). The output up to
+    /// the limit is kept; the status is [`ExitStatus::LimitExceeded`].
+    pub fn max_output(&mut self, bytes: u64) -> &mut Command {
+        self.max_output = Some(bytes);
+        self
+    }
+
     /// Fork into `host` instead of [`Host::global`].
     pub fn host(&mut self, host: &Host) -> &mut Command {
         self.host = Some(host.clone());
@@ -226,7 +266,8 @@ impl Command {
 
     /// Start the guest in its own runner process, with messaging (Node's
     /// `fork`). Returns as soon as the runner is started; messages sent
-    /// meanwhile wait in the guest's mailbox.
+    /// meanwhile wait in the guest's mailbox. Unless set, stdin is null and
+    /// stdout and stderr are inherited.
     ///
     /// # Errors
     ///
@@ -235,6 +276,50 @@ impl Command {
     pub async fn fork(&mut self) -> Result<Child, SpawnError> {
         let host = self.host.clone().unwrap_or_else(|| Host::global().clone());
         host.fork(self).await
+    }
+
+    /// Start the guest (Node's `spawn`). Unless set, stdin, stdout and
+    /// stderr are all inherited. The guest may still use messaging.
+    ///
+    /// # Errors
+    ///
+    /// As [`fork`](Self::fork).
+    pub async fn spawn(&mut self) -> Result<Child, SpawnError> {
+        self.stdin.get_or_insert(Stdio::Inherit);
+        self.fork().await
+    }
+
+    /// Run the guest to the end with stdio inherited and return its status.
+    ///
+    /// # Errors
+    ///
+    /// As [`fork`](Self::fork).
+    pub async fn status(&mut self) -> Result<ExitStatus, SpawnError> {
+        let child = self.spawn().await?;
+        Ok(child.wait().await)
+    }
+
+    /// Run the guest to the end and collect its stdout and stderr (Node's
+    /// `execFile`). Unless set, stdin is null and both outputs are piped.
+    ///
+    /// # Errors
+    ///
+    /// As [`fork`](Self::fork).
+    pub async fn output(&mut self) -> Result<Output, SpawnError> {
+        self.stdout.get_or_insert(Stdio::Piped);
+        self.stderr.get_or_insert(Stdio::Piped);
+        let max = self.max_output.unwrap_or(u64::MAX);
+        let mut child = self.fork().await?;
+        let (out, err) = (child.stdout.take(), child.stderr.take());
+        let (stdout, stderr) = tokio::join!(
+            collect(out, max, &child.kill),
+            collect(err, max, &child.kill)
+        );
+        Ok(Output {
+            status: child.wait().await,
+            stdout,
+            stderr,
+        })
     }
 }
 
@@ -249,16 +334,48 @@ pub struct Child {
     pub stderr: Option<ChildStderr>,
     entry: Arc<Entry>,
     pid: u32,
-    kill: tokio::sync::mpsc::Sender<()>,
+    kill: tokio::sync::mpsc::Sender<KillReason>,
     status: watch::Receiver<Option<ExitStatus>>,
     relay: Relay,
+}
+
+/// Read a guest's output stream to its end, or up to `max` bytes, past which
+/// the guest is stopped (the stream is then drained, so the guest never
+/// blocks on a full pipe before it dies).
+pub(crate) async fn collect<R: AsyncRead + Unpin>(
+    stream: Option<R>,
+    max: u64,
+    kill: &tokio::sync::mpsc::Sender<KillReason>,
+) -> Vec<u8> {
+    let Some(mut stream) = stream else {
+        return Vec::new();
+    };
+    let mut kept = Vec::new();
+    let mut chunk = vec![0u8; 64 * 1024];
+    let mut over = false;
+    loop {
+        let n = match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if over {
+            continue;
+        }
+        let room = max.saturating_sub(kept.len() as u64) as usize;
+        kept.extend_from_slice(&chunk[..n.min(room)]);
+        if n > room {
+            over = true;
+            let _ = kill.try_send(KillReason::Limit(Limit::Output { bytes: max }));
+        }
+    }
+    kept
 }
 
 impl Child {
     pub(crate) fn new(
         entry: Arc<Entry>,
         pid: u32,
-        kill: tokio::sync::mpsc::Sender<()>,
+        kill: tokio::sync::mpsc::Sender<KillReason>,
         status: watch::Receiver<Option<ExitStatus>>,
         (stdin, stdout, stderr): (Option<ChildStdin>, Option<ChildStdout>, Option<ChildStderr>),
         relay: Relay,
@@ -343,9 +460,13 @@ impl Child {
         self.entry.parent_inbox.try_pop()
     }
 
+    pub(crate) fn killer(&self) -> tokio::sync::mpsc::Sender<KillReason> {
+        self.kill.clone()
+    }
+
     /// Kill the guest's runner (SIGKILL). Its status says `killed by the host`.
     pub fn kill(&self) {
-        let _ = self.kill.try_send(());
+        let _ = self.kill.try_send(KillReason::Host);
     }
 
     /// Wait for the guest to end.

@@ -33,6 +33,7 @@
 //! - [`relay`]: routing by id, name and group; undeliverable notices; monitors.
 //! - [`supervisor`]: starting runners and watching them; [`Host`].
 //! - [`command`]: [`Command`] and [`Child`], the public face.
+//! - [`exec`]: command lines and pipelines, never through a shell.
 //! - [`status`]: how a guest ended ([`ExitStatus`]).
 //! - [`cli`]: the `wasmproc` command line.
 //!
@@ -57,6 +58,7 @@ pub mod cli;
 pub mod command;
 pub mod connection;
 pub mod engine;
+pub mod exec;
 pub mod mailbox;
 pub mod relay;
 pub mod runner;
@@ -66,8 +68,9 @@ pub mod supervisor;
 
 pub use wasmproc_protocol as protocol;
 
-pub use command::{Child, Command, Stdio};
+pub use command::{Child, Command, Output, Stdio};
+pub use exec::{ExecError, ExecOutput, Pipeline, exec};
 pub use protocol::{Address, GuestId, InboxItem, UndeliverableReason};
 pub use relay::SendError;
-pub use status::ExitStatus;
+pub use status::{ExitStatus, Limit};
 pub use supervisor::{Host, SpawnError};

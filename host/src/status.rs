@@ -1,6 +1,7 @@
 //! How a guest ended.
 
 use std::fmt;
+use std::time::Duration;
 
 use wasmproc_protocol::ExitReport;
 
@@ -19,6 +20,10 @@ pub enum ExitStatus {
     /// The runner was killed by a signal: by the host (`Child::kill`) or from
     /// outside.
     Killed { signal: i32, by_host: bool },
+    /// The guest ran longer than its `timeout` and was killed.
+    TimedOut { after: Duration },
+    /// The guest went past one of its limits and was stopped.
+    LimitExceeded(Limit),
     /// The runner broke the protocol (garbage, out-of-order or oversized
     /// frames) and the host ended it.
     ProtocolViolation { reason: String },
@@ -49,6 +54,8 @@ impl ExitStatus {
             ExitStatus::Exited { code } => *code & 0xff,
             ExitStatus::Killed { signal, .. } => 128 + signal,
             ExitStatus::Trapped { .. }
+            | ExitStatus::TimedOut { .. }
+            | ExitStatus::LimitExceeded(_)
             | ExitStatus::ProtocolViolation { .. }
             | ExitStatus::Failed { .. } => 1,
         }
@@ -61,6 +68,23 @@ impl ExitStatus {
                 ExitStatus::Trapped { message, backtrace }
             }
             ExitReport::Failed { message } => ExitStatus::Failed { reason: message },
+        }
+    }
+}
+
+/// A limit a guest can break.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Limit {
+    /// More than this many bytes on stdout or on stderr (Node's `maxBuffer`);
+    /// the output up to the limit is kept.
+    Output { bytes: u64 },
+}
+
+impl fmt::Display for Limit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Limit::Output { bytes } => write!(f, "output limit of {bytes} bytes exceeded"),
         }
     }
 }
@@ -99,6 +123,8 @@ impl fmt::Display for ExitStatus {
                     write!(f, "killed by {name} ({signal}) from outside")
                 }
             }
+            ExitStatus::TimedOut { after } => write!(f, "timed out after {after:?}"),
+            ExitStatus::LimitExceeded(limit) => write!(f, "stopped: {limit}"),
             ExitStatus::ProtocolViolation { reason } => write!(f, "protocol violation: {reason}"),
             ExitStatus::Failed { reason } => write!(f, "failed to start: {reason}"),
         }
@@ -135,6 +161,17 @@ mod tests {
             }
             .process_code(),
             137
+        );
+        assert_eq!(
+            ExitStatus::TimedOut {
+                after: Duration::from_millis(1500)
+            }
+            .to_string(),
+            "timed out after 1.5s"
+        );
+        assert_eq!(
+            ExitStatus::LimitExceeded(Limit::Output { bytes: 4096 }).to_string(),
+            "stopped: output limit of 4096 bytes exceeded"
         );
     }
 }

@@ -18,7 +18,7 @@
 //! a runner forked from a short-lived worker thread would die with it.
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock, mpsc};
 use std::time::Duration;
@@ -32,7 +32,19 @@ use crate::command::{Child, Command, Stdio};
 use crate::connection::{self, FrameReader, FrameWriter};
 use crate::relay::{Entry, RegisterError, Relay};
 use crate::runner::{CONTROL_IN_FD, CONTROL_OUT_FD};
-use crate::status::ExitStatus;
+use crate::status::{ExitStatus, Limit};
+
+/// Why the host kills a runner; decides the status when the runner could
+/// not report one itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum KillReason {
+    /// `Child::kill`, or a protocol violation (which the reader reports).
+    Host,
+    /// The guest's `timeout` ran out.
+    Timeout(Duration),
+    /// The guest broke a limit.
+    Limit(Limit),
+}
 
 /// The environment variable naming the runner binary, overriding the search.
 pub const RUNNER_ENV: &str = "WASMPROC_RUNNER";
@@ -139,10 +151,16 @@ impl Host {
                 });
             }
         };
-        Ok(self.watch(entry, spec, spawned))
+        Ok(self.watch(entry, spec, spawned, command.timeout))
     }
 
-    fn watch(&self, entry: Arc<Entry>, spec: LaunchSpec, spawned: Spawned) -> Child {
+    fn watch(
+        &self,
+        entry: Arc<Entry>,
+        spec: LaunchSpec,
+        spawned: Spawned,
+        timeout: Option<Duration>,
+    ) -> Child {
         let Spawned {
             mut child,
             to_runner,
@@ -168,6 +186,7 @@ impl Host {
             entry.clone(),
             self.relay.clone(),
             status_tx,
+            timeout,
         ));
         Child::new(entry, pid, kill_tx, status_rx, handles, self.relay.clone())
     }
@@ -252,20 +271,10 @@ async fn spawn_runner(runner: PathBuf, stdio: [Stdio; 3]) -> io::Result<Spawned>
         .map_err(|_| io::Error::other("the spawner thread has stopped"))?
 }
 
-fn cloexec_pipe() -> io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0; 2];
-    // SAFETY: pipe2 writes two new descriptors into `fds`.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: both are new descriptors that nothing else owns.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
-}
-
 /// Fork and exec one runner (on the spawner thread, inside a runtime context).
 fn spawn_now(runner: &Path, stdio: [Stdio; 3]) -> io::Result<Spawned> {
-    let (runner_in, host_out) = cloexec_pipe()?;
-    let (host_in, runner_out) = cloexec_pipe()?;
+    let (runner_in, host_out) = connection::cloexec_pipe()?;
+    let (host_in, runner_out) = connection::cloexec_pipe()?;
     connection::enlarge_pipe(host_out.as_fd());
     connection::enlarge_pipe(host_in.as_fd());
 
@@ -358,7 +367,7 @@ async fn read_runner(
     mut reader: FrameReader<RunnerToHost>,
     entry: Arc<Entry>,
     relay: Relay,
-    kill: tokio::sync::mpsc::Sender<()>,
+    kill: tokio::sync::mpsc::Sender<KillReason>,
 ) -> ReaderOutcome {
     let mut outcome = ReaderOutcome::default();
     let violation = match read_frames(&mut reader, &entry, &relay, &mut outcome).await {
@@ -367,7 +376,7 @@ async fn read_runner(
     };
     tracing::warn!(guest = %entry.id, "protocol violation: {violation}");
     outcome.violation = Some(violation);
-    let _ = kill.send(()).await;
+    let _ = kill.send(KillReason::Host).await;
     outcome
 }
 
@@ -425,20 +434,28 @@ fn frame_kind(frame: &RunnerToHost) -> &'static str {
 /// The waiter task.
 async fn wait_runner(
     mut child: tokio::process::Child,
-    mut kill: tokio::sync::mpsc::Receiver<()>,
+    mut kill: tokio::sync::mpsc::Receiver<KillReason>,
     reader: tokio::task::JoinHandle<ReaderOutcome>,
     entry: Arc<Entry>,
     relay: Relay,
     status_tx: watch::Sender<Option<ExitStatus>>,
+    timeout: Option<Duration>,
 ) {
-    let mut killed_by_host = false;
+    let mut killed: Option<KillReason> = None;
+    let deadline = tokio::time::sleep(timeout.unwrap_or(Duration::MAX));
+    tokio::pin!(deadline);
     let os_status = loop {
-        tokio::select! {
+        let reason = tokio::select! {
             status = child.wait() => break status,
-            Some(()) = kill.recv() => {
-                killed_by_host = true;
-                let _ = child.start_kill();
+            Some(reason) = kill.recv() => reason,
+            () = &mut deadline, if timeout.is_some() && killed.is_none() => {
+                KillReason::Timeout(timeout.unwrap_or_default())
             }
+        };
+        // The first reason is the one reported.
+        if killed.is_none() {
+            killed = Some(reason);
+            let _ = child.start_kill();
         }
     };
     // Nothing can reach the guest any more. Closing its mailbox also frees a
@@ -449,7 +466,7 @@ async fn wait_runner(
         Ok(Ok(outcome)) => outcome,
         _ => ReaderOutcome::default(),
     };
-    let status = combine(os_status, outcome, killed_by_host);
+    let status = combine(os_status, outcome, killed);
     tracing::debug!(guest = %entry.id, "ended: {status}");
     relay.unregister(entry.id, &status.to_string()).await;
     let _ = status_tx.send(Some(status));
@@ -458,7 +475,7 @@ async fn wait_runner(
 fn combine(
     os_status: io::Result<std::process::ExitStatus>,
     outcome: ReaderOutcome,
-    killed_by_host: bool,
+    killed: Option<KillReason>,
 ) -> ExitStatus {
     use std::os::unix::process::ExitStatusExt;
     if let Some(reason) = outcome.violation {
@@ -469,9 +486,17 @@ fn combine(
     }
     match os_status {
         Ok(status) => match status.signal() {
-            Some(signal) => ExitStatus::Killed {
-                signal,
-                by_host: killed_by_host,
+            Some(signal) => match killed {
+                Some(KillReason::Timeout(after)) => ExitStatus::TimedOut { after },
+                Some(KillReason::Limit(limit)) => ExitStatus::LimitExceeded(limit),
+                Some(KillReason::Host) => ExitStatus::Killed {
+                    signal,
+                    by_host: true,
+                },
+                None => ExitStatus::Killed {
+                    signal,
+                    by_host: false,
+                },
             },
             None => ExitStatus::Failed {
                 reason: format!(

@@ -75,3 +75,19 @@ pub fn parse_kib(line: &str, key: &str) -> u64 {
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("no {key}= in `{line}`"))
 }
+
+/// The plain WASI test program, as a wasip1 core module.
+pub fn tool_p1() -> PathBuf {
+    let path = root().join("guests/target/wasm32-wasip1/release/wasi-tool.wasm");
+    assert!(
+        path.is_file(),
+        "guest `wasi-tool` (wasip1) is not built ({} is missing): run `make guests`",
+        path.display()
+    );
+    path
+}
+
+/// The `wasmproc` CLI built with the tests.
+pub fn cli() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_wasmproc"))
+}
