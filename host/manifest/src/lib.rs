@@ -1,0 +1,572 @@
+//! The app manifest, `app.toml`: one `[guests.NAME]` table per guest.
+//!
+//! ```toml
+//! [guests.coordinator]
+//! module = "coordinator.wasm"          # relative to this file
+//! args = ["2", "3000000", "64", "primes.1", "primes.2"]
+//! talks-to = ["primes"]                # names or groups; the parent is always allowed
+//!
+//! [guests.primes]
+//! module = "primes.wasm"
+//! replicas = 2                         # primes.1 and primes.2, group `primes`
+//! restart = "on-failure"               # never | on-failure | always
+//! max-restarts = 5                     # within restart-window
+//! restart-window = "60s"
+//! min-uptime = "1s"                    # a shorter run counts toward the crash loop
+//! backoff = "100ms"                    # doubles per crash, up to backoff-max
+//! backoff-max = "15s"
+//! grace = "5s"                         # between `shutdown` and the kill
+//! ```
+//!
+//! Everything is checked before anything starts: unknown keys, wrong types,
+//! missing modules and folders, `talks-to` entries naming nothing, names
+//! that collide. Every error names the file, the line and the key. This
+//! crate has no wasmtime in it, so it can be fuzzed on its own.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+/// What happens when a guest ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartPolicy {
+    /// Never start it again.
+    Never,
+    /// Start it again unless it exited with code 0.
+    OnFailure,
+    /// Start it again whenever it ends (until the app shuts down).
+    Always,
+}
+
+/// A host folder a guest sees.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dir {
+    pub host: PathBuf,
+    pub guest: String,
+    pub read_only: bool,
+}
+
+/// One `[guests.NAME]` table, checked and with defaults filled in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuestDef {
+    /// The table's name: the guest's name, or with replicas the group's.
+    pub name: String,
+    /// The module, resolved against the manifest's folder.
+    pub module: PathBuf,
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub dirs: Vec<Dir>,
+    pub replicas: u32,
+    /// Names and groups this guest may send to (empty: only its parent).
+    pub talks_to: Vec<String>,
+    pub restart: RestartPolicy,
+    pub max_restarts: u32,
+    pub restart_window: Duration,
+    pub min_uptime: Duration,
+    pub backoff: Duration,
+    pub backoff_max: Duration,
+    pub grace: Duration,
+    pub timeout: Option<Duration>,
+}
+
+impl GuestDef {
+    /// The names of this table's guests: `NAME` alone, or `NAME.1`..`NAME.N`
+    /// with replicas.
+    pub fn instance_names(&self) -> Vec<String> {
+        if self.replicas == 1 {
+            vec![self.name.clone()]
+        } else {
+            (1..=self.replicas)
+                .map(|i| format!("{}.{i}", self.name))
+                .collect()
+        }
+    }
+}
+
+/// A checked manifest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Manifest {
+    pub path: PathBuf,
+    /// By name.
+    pub guests: Vec<GuestDef>,
+}
+
+/// A manifest that cannot be used, located as precisely as possible.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ManifestError {
+    pub file: PathBuf,
+    /// 1-based.
+    pub line: Option<usize>,
+    /// The dotted key, like `guests.worker.replicas`.
+    pub key: Option<String>,
+    pub message: String,
+}
+
+impl fmt::Display for ManifestError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+        }
+        if let Some(key) = &self.key {
+            write!(f, ": {key}")?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+/// Defaults, as stated in the README.
+pub mod defaults {
+    use std::time::Duration;
+
+    pub const MAX_RESTARTS: u32 = 10;
+    pub const RESTART_WINDOW: Duration = Duration::from_secs(60);
+    pub const MIN_UPTIME: Duration = Duration::from_secs(1);
+    pub const BACKOFF: Duration = Duration::from_millis(100);
+    pub const BACKOFF_MAX: Duration = Duration::from_secs(15);
+    pub const GRACE: Duration = Duration::from_secs(5);
+    pub const MAX_REPLICAS: u32 = 1000;
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawManifest {
+    guests: Spanned<BTreeMap<Spanned<String>, Spanned<RawGuest>>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawGuest {
+    module: Spanned<String>,
+    #[serde(default)]
+    args: Vec<String>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    #[serde(default)]
+    dirs: Vec<Spanned<RawDir>>,
+    replicas: Option<Spanned<u32>>,
+    #[serde(default)]
+    talks_to: Vec<Spanned<String>>,
+    restart: Option<RestartPolicy>,
+    max_restarts: Option<u32>,
+    restart_window: Option<Spanned<String>>,
+    min_uptime: Option<Spanned<String>>,
+    backoff: Option<Spanned<String>>,
+    backoff_max: Option<Spanned<String>>,
+    grace: Option<Spanned<String>>,
+    timeout: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawDir {
+    host: String,
+    guest: String,
+    #[serde(default)]
+    read_only: bool,
+}
+
+/// Whether `name` may name a guest or group: letters, digits, `-`, `_`, `.`.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 128
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+/// Read and check the manifest at `path`.
+///
+/// # Errors
+///
+/// A [`ManifestError`] naming the file, line and key.
+pub fn load(path: &Path) -> Result<Manifest, ManifestError> {
+    let source = std::fs::read_to_string(path).map_err(|err| ManifestError {
+        file: path.to_owned(),
+        line: None,
+        key: None,
+        message: format!("cannot read it: {err}"),
+    })?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    parse(&source, path, base, &|p| p.exists())
+}
+
+/// Check manifest text. `file` is only used in errors; module and folder
+/// paths are resolved against `base`, and `exists` says whether a path is
+/// there (so the parser can be tested and fuzzed without touching disk).
+///
+/// # Errors
+///
+/// A [`ManifestError`] naming the file, line and key.
+pub fn parse(
+    source: &str,
+    file: &Path,
+    base: &Path,
+    exists: &dyn Fn(&Path) -> bool,
+) -> Result<Manifest, ManifestError> {
+    let at = |offset: usize, message: String| {
+        let (line, key) = locate(source, offset);
+        ManifestError {
+            file: file.to_owned(),
+            line: Some(line),
+            key,
+            message,
+        }
+    };
+    let raw: RawManifest = toml::from_str(source).map_err(|err| {
+        let offset = err.span().map(|s| s.start).unwrap_or(0);
+        at(offset, err.message().trim().to_owned())
+    })?;
+
+    let guests_span = raw.guests.span().start;
+    let mut guests = Vec::new();
+    for (name, guest) in raw.guests.into_inner() {
+        let name_span = name.span().start;
+        let name = name.into_inner();
+        if !valid_name(&name) {
+            return Err(at(
+                name_span,
+                format!(
+                    "`{name}` is not a valid guest name: use letters, digits, `-`, `_` and `.`"
+                ),
+            ));
+        }
+        let guest = guest.into_inner();
+        let duration = |value: &Option<Spanned<String>>, default: Duration| match value {
+            None => Ok(default),
+            Some(text) => humantime::parse_duration(text.get_ref()).map_err(|err| {
+                at(
+                    text.span().start,
+                    format!(
+                        "`{}` is not a duration like 500ms, 5s or 2m: {err}",
+                        text.get_ref()
+                    ),
+                )
+            }),
+        };
+        let module = base.join(guest.module.get_ref());
+        if !exists(&module) {
+            return Err(at(
+                guest.module.span().start,
+                format!(
+                    "module `{}` not found (looked for {})",
+                    guest.module.get_ref(),
+                    module.display()
+                ),
+            ));
+        }
+        let replicas = match &guest.replicas {
+            None => 1,
+            Some(n) if (1..=defaults::MAX_REPLICAS).contains(n.get_ref()) => *n.get_ref(),
+            Some(n) => {
+                return Err(at(
+                    n.span().start,
+                    format!(
+                        "{} replicas: give 1 to {}",
+                        n.get_ref(),
+                        defaults::MAX_REPLICAS
+                    ),
+                ));
+            }
+        };
+        let mut dirs = Vec::new();
+        for dir in &guest.dirs {
+            let host = base.join(&dir.get_ref().host);
+            if !exists(&host) {
+                return Err(at(
+                    dir.span().start,
+                    format!(
+                        "folder `{}` not found (looked for {})",
+                        dir.get_ref().host,
+                        host.display()
+                    ),
+                ));
+            }
+            dirs.push(Dir {
+                host,
+                guest: dir.get_ref().guest.clone(),
+                read_only: dir.get_ref().read_only,
+            });
+        }
+        guests.push((
+            guest.talks_to,
+            GuestDef {
+                name,
+                module,
+                args: guest.args,
+                env: guest.env.into_iter().collect(),
+                dirs,
+                replicas,
+                talks_to: Vec::new(),
+                restart: guest.restart.unwrap_or(RestartPolicy::Never),
+                max_restarts: guest.max_restarts.unwrap_or(defaults::MAX_RESTARTS),
+                restart_window: duration(&guest.restart_window, defaults::RESTART_WINDOW)?,
+                min_uptime: duration(&guest.min_uptime, defaults::MIN_UPTIME)?,
+                backoff: duration(&guest.backoff, defaults::BACKOFF)?,
+                backoff_max: duration(&guest.backoff_max, defaults::BACKOFF_MAX)?,
+                grace: duration(&guest.grace, defaults::GRACE)?,
+                timeout: guest
+                    .timeout
+                    .as_ref()
+                    .map(|t| duration(&Some(t.clone()), Duration::ZERO))
+                    .transpose()?,
+            },
+            name_span,
+        ));
+    }
+    if guests.is_empty() {
+        return Err(at(
+            guests_span,
+            "no guests: add a [guests.NAME] table".to_owned(),
+        ));
+    }
+
+    // Every name a send may use: table names (groups) and instance names.
+    let mut known = BTreeSet::new();
+    let mut instances = BTreeMap::new();
+    for (_, def, span) in &guests {
+        known.insert(def.name.clone());
+        for instance in def.instance_names() {
+            if let Some(other) = instances.insert(instance.clone(), def.name.clone())
+                && other != def.name
+            {
+                return Err(at(
+                    *span,
+                    format!("guest name `{instance}` is used by `{other}` too"),
+                ));
+            }
+            known.insert(instance);
+        }
+    }
+    for (_, def, span) in &guests {
+        if def.replicas > 1 && instances.contains_key(&def.name) {
+            return Err(at(
+                *span,
+                format!("group `{}` has the name of a guest", def.name),
+            ));
+        }
+    }
+    let mut checked = Vec::new();
+    for (talks_to, mut def, _) in guests {
+        for target in talks_to {
+            if !known.contains(target.get_ref()) {
+                return Err(at(
+                    target.span().start,
+                    format!("`{}` names no guest or group", target.get_ref()),
+                ));
+            }
+            def.talks_to.push(target.into_inner());
+        }
+        checked.push(def);
+    }
+    Ok(Manifest {
+        path: file.to_owned(),
+        guests: checked,
+    })
+}
+
+/// The 1-based line of `offset` and the dotted key written on it (the table
+/// header in force, plus the key before `=` on that line).
+fn locate(source: &str, offset: usize) -> (usize, Option<String>) {
+    let offset = offset.min(source.len());
+    let before = &source[..offset];
+    let line_no = before.matches('\n').count() + 1;
+    let mut table: Option<String> = None;
+    for line in before.lines() {
+        let t = line.trim();
+        if t.starts_with('[') && !t.starts_with("[[") {
+            table = Some(
+                t.trim_matches(|c| c == '[' || c == ']')
+                    .trim()
+                    .replace('"', ""),
+            );
+        }
+    }
+    let line_text = source[before.rfind('\n').map_or(0, |i| i + 1)..]
+        .lines()
+        .next()
+        .unwrap_or("");
+    let trimmed = line_text.trim();
+    if trimmed.starts_with('[') {
+        let header = trimmed
+            .trim_matches(|c| c == '[' || c == ']')
+            .trim()
+            .replace('"', "");
+        return (line_no, Some(header));
+    }
+    let key = line_text
+        .split_once('=')
+        .map(|(k, _)| k.trim().trim_matches('"').to_owned())
+        .filter(|k| !k.is_empty() && !k.starts_with('#'));
+    let full = match (table, key) {
+        (Some(t), Some(k)) => Some(format!("{t}.{k}")),
+        (None, Some(k)) => Some(k),
+        (t, None) => t,
+    };
+    (line_no, full)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(source: &str) -> Result<Manifest, ManifestError> {
+        parse(source, Path::new("app.toml"), Path::new("/apps"), &|p| {
+            !p.to_string_lossy().contains("missing")
+        })
+    }
+
+    fn error(source: &str) -> String {
+        check(source).unwrap_err().to_string()
+    }
+
+    const GOOD: &str = r#"
+[guests.coordinator]
+module = "coordinator.wasm"
+args = ["2", "100"]
+talks-to = ["primes"]
+
+[guests.primes]
+module = "primes.wasm"
+replicas = 2
+restart = "on-failure"
+max-restarts = 3
+restart-window = "10s"
+min-uptime = "500ms"
+backoff = "50ms"
+backoff-max = "1s"
+grace = "2s"
+env = { MODE = "fast" }
+dirs = [{ host = "data", guest = "/data", read-only = true }]
+"#;
+
+    #[test]
+    fn a_full_manifest_parses_with_paths_resolved() {
+        let m = check(GOOD).unwrap();
+        assert_eq!(m.guests.len(), 2);
+        let c = &m.guests[0];
+        assert_eq!(c.name, "coordinator");
+        assert_eq!(c.module, PathBuf::from("/apps/coordinator.wasm"));
+        assert_eq!(c.talks_to, vec!["primes"]);
+        assert_eq!(c.restart, RestartPolicy::Never);
+        assert_eq!(c.grace, defaults::GRACE);
+        let p = &m.guests[1];
+        assert_eq!(p.instance_names(), vec!["primes.1", "primes.2"]);
+        assert_eq!(p.restart, RestartPolicy::OnFailure);
+        assert_eq!(p.max_restarts, 3);
+        assert_eq!(p.restart_window, Duration::from_secs(10));
+        assert_eq!(p.min_uptime, Duration::from_millis(500));
+        assert_eq!(p.backoff_max, Duration::from_secs(1));
+        assert_eq!(p.env, vec![("MODE".to_owned(), "fast".to_owned())]);
+        assert_eq!(
+            p.dirs,
+            vec![Dir {
+                host: PathBuf::from("/apps/data"),
+                guest: "/data".into(),
+                read_only: true
+            }]
+        );
+    }
+
+    #[test]
+    fn unknown_key() {
+        assert_eq!(
+            error("[guests.a]\nmodule = \"a.wasm\"\nreplica = 2\n"),
+            "app.toml:3: guests.a.replica: unknown field `replica`, expected one of `module`, \
+             `args`, `env`, `dirs`, `replicas`, `talks-to`, `restart`, `max-restarts`, \
+             `restart-window`, `min-uptime`, `backoff`, `backoff-max`, `grace`, `timeout`"
+        );
+    }
+
+    #[test]
+    fn wrong_type() {
+        assert_eq!(
+            error("[guests.a]\nmodule = \"a.wasm\"\nreplicas = \"two\"\n"),
+            "app.toml:3: guests.a.replicas: invalid type: string \"two\", expected u32"
+        );
+    }
+
+    #[test]
+    fn bad_restart_policy() {
+        assert_eq!(
+            error("[guests.a]\nmodule = \"a.wasm\"\nrestart = \"sometimes\"\n"),
+            "app.toml:3: guests.a.restart: unknown variant `sometimes`, expected one of \
+             `never`, `on-failure`, `always`"
+        );
+    }
+
+    #[test]
+    fn missing_module() {
+        assert_eq!(
+            error("[guests.a]\nmodule = \"missing.wasm\"\n"),
+            "app.toml:2: guests.a.module: module `missing.wasm` not found \
+             (looked for /apps/missing.wasm)"
+        );
+    }
+
+    #[test]
+    fn talks_to_naming_nothing() {
+        assert_eq!(
+            error(
+                "[guests.a]\nmodule = \"a.wasm\"\ntalks-to = [\"b\", \"nobody\"]\n\n[guests.b]\nmodule = \"b.wasm\"\n"
+            ),
+            "app.toml:3: guests.a.talks-to: `nobody` names no guest or group"
+        );
+    }
+
+    #[test]
+    fn duplicate_names() {
+        assert_eq!(
+            error("[guests.a]\nmodule = \"a.wasm\"\n\n[guests.a]\nmodule = \"b.wasm\"\n"),
+            "app.toml:4: guests.a: duplicate key"
+        );
+        assert_eq!(
+            error(
+                "[guests.w]\nmodule = \"a.wasm\"\nreplicas = 2\n\n[guests.\"w.1\"]\nmodule = \"b.wasm\"\n"
+            ),
+            "app.toml:5: guests.w.1: guest name `w.1` is used by `w` too"
+        );
+    }
+
+    #[test]
+    fn bad_duration_and_replicas_and_name() {
+        assert_eq!(
+            error("[guests.a]\nmodule = \"a.wasm\"\ngrace = \"soon\"\n"),
+            "app.toml:3: guests.a.grace: `soon` is not a duration like 500ms, 5s or 2m: \
+             expected number at 0"
+        );
+        assert_eq!(
+            error("[guests.a]\nmodule = \"a.wasm\"\nreplicas = 0\n"),
+            "app.toml:3: guests.a.replicas: 0 replicas: give 1 to 1000"
+        );
+        assert_eq!(
+            error("[guests.\"a b\"]\nmodule = \"a.wasm\"\n"),
+            "app.toml:1: guests.a b: `a b` is not a valid guest name: use letters, digits, `-`, `_` and `.`"
+        );
+    }
+
+    #[test]
+    fn syntax_error() {
+        assert_eq!(
+            error("[guests.a]\nmodule = \"a.wasm\nargs = []\n"),
+            "app.toml:2: guests.a.module: invalid basic string, expected `\"`"
+        );
+    }
+
+    #[test]
+    fn missing_module_key_and_no_guests() {
+        assert_eq!(
+            error("[guests.a]\nargs = []\n"),
+            "app.toml:1: guests.a: missing field `module`"
+        );
+        assert_eq!(
+            error("[guests]\n"),
+            "app.toml:1: guests: no guests: add a [guests.NAME] table"
+        );
+    }
+}
