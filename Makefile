@@ -27,9 +27,9 @@ build:
 test: guests
 	$(CARGO) test --workspace
 
-## run: the demo: a coordinator and two prime workers, each in its own process
-run: guests
-	$(CARGO) run --example primes
+## run: the demo app: a coordinator and two prime workers, each in its own process
+run: guests build
+	./target/debug/wasmproc run examples/primes-app/app.toml
 
 ## lint: formatting and clippy, as the project keeps them
 lint:

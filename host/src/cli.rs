@@ -22,7 +22,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Cmd {
-    /// Run one module (a WASI core module or component) with the terminal's stdio.
+    /// Run one module (a WASI core module or component) with the terminal's
+    /// stdio, or an app of guests from a manifest (`app.toml`).
     Run(RunArgs),
     /// Run a command line or pipeline (`a.wasm x | b.wasm`), split like a
     /// shell would but never run by one.
@@ -73,7 +74,10 @@ struct ExecArgs {
 struct RunArgs {
     #[command(flatten)]
     options: GuestOptions,
-    /// The module to run.
+    /// For an app: print one JSON object per event instead of text.
+    #[arg(long)]
+    json: bool,
+    /// The module (`.wasm`) or app manifest (`.toml`) to run.
     module: PathBuf,
     /// Arguments for the guest (after `--`).
     #[arg(last = true)]
@@ -131,6 +135,13 @@ pub fn main() -> ExitCode {
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<u8> {
+    if args.module.extension().is_some_and(|e| e == "toml") {
+        anyhow::ensure!(
+            args.args.is_empty(),
+            "an app takes no arguments after `--`: give each guest its `args` in the manifest"
+        );
+        return run_app(&args.module, args.json).await;
+    }
     let mut command = Command::new(&args.module);
     command
         .args(args.args)
@@ -171,6 +182,176 @@ async fn exec(args: ExecArgs) -> anyhow::Result<u8> {
     }
     let last = statuses.last().map(ExitStatus::process_code).unwrap_or(0);
     Ok(last.clamp(0, 255) as u8)
+}
+
+async fn run_app(path: &std::path::Path, json: bool) -> anyhow::Result<u8> {
+    let manifest = crate::manifest::load(path)?;
+    let (tx, mut rx) = tokio::sync::mpsc::channel(crate::app::EVENT_CAPACITY);
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let signals = shutdown.clone();
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut int), Ok(mut term)) = (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) else {
+            tracing::error!("cannot listen for SIGINT and SIGTERM");
+            return;
+        };
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+        signals.cancel();
+    });
+    let printer = tokio::spawn(async move {
+        let mut out = Printer::new(json);
+        while let Some(event) = rx.recv().await {
+            out.print(&event);
+        }
+    });
+    let clean = crate::app::run(&manifest, tx, shutdown).await;
+    let _ = printer.await;
+    Ok(if clean { 0 } else { 1 })
+}
+
+/// Prints app events for people (prefixed, coloured on a terminal) or as JSON lines.
+struct Printer {
+    json: bool,
+    colors: std::collections::HashMap<String, &'static str>,
+    tty_out: bool,
+    tty_err: bool,
+}
+
+const PALETTE: [&str; 6] = ["36", "33", "35", "32", "34", "31"];
+
+impl Printer {
+    fn new(json: bool) -> Printer {
+        use std::io::IsTerminal;
+        Printer {
+            json,
+            colors: std::collections::HashMap::new(),
+            tty_out: std::io::stdout().is_terminal(),
+            tty_err: std::io::stderr().is_terminal(),
+        }
+    }
+
+    fn label(&mut self, guest: &str, tty: bool) -> String {
+        if !tty {
+            return guest.to_owned();
+        }
+        let next = PALETTE[self.colors.len() % PALETTE.len()];
+        let color = *self.colors.entry(guest.to_owned()).or_insert(next);
+        format!("\x1b[{color}m{guest}\x1b[0m")
+    }
+
+    fn print(&mut self, event: &crate::app::Event) {
+        use crate::app::{Event, Stream};
+        if self.json {
+            println!("{}", event_json(event));
+            return;
+        }
+        match event {
+            Event::Output {
+                guest,
+                stream: Stream::Stdout,
+                line,
+            } => {
+                println!("{} | {line}", self.label(guest, self.tty_out));
+            }
+            Event::Output {
+                guest,
+                stream: Stream::Stderr,
+                line,
+            } => {
+                eprintln!("{} | {line}", self.label(guest, self.tty_err));
+            }
+            Event::Started { guest, id, pid } => {
+                eprintln!(
+                    "wasmproc: started {} (id {id}, pid {pid})",
+                    self.label(guest, self.tty_err)
+                );
+            }
+            Event::Exited { guest, status, .. } => {
+                eprintln!(
+                    "wasmproc: {} ended: {status}",
+                    self.label(guest, self.tty_err)
+                );
+            }
+            Event::Restarting {
+                guest,
+                attempt,
+                delay,
+            } => eprintln!(
+                "wasmproc: restarting {} in {delay:?} (restart {attempt})",
+                self.label(guest, self.tty_err)
+            ),
+            Event::GaveUp {
+                guest,
+                restarts,
+                window,
+            } => eprintln!(
+                "wasmproc: gave up on {}: it kept failing ({restarts} restarts, too many short runs within {window:?})",
+                self.label(guest, self.tty_err)
+            ),
+            Event::Refused { from, to } => {
+                eprintln!("wasmproc: refused: {from} may not send to {to}");
+            }
+        }
+    }
+}
+
+/// One event as a JSON object.
+fn event_json(event: &crate::app::Event) -> serde_json::Value {
+    use crate::app::{Event, Stream};
+    use serde_json::json;
+    match event {
+        Event::Started { guest, id, pid } => {
+            json!({"event": "started", "guest": guest, "id": id, "pid": pid})
+        }
+        Event::Output {
+            guest,
+            stream,
+            line,
+        } => json!({
+            "event": "output",
+            "guest": guest,
+            "stream": if *stream == Stream::Stdout { "stdout" } else { "stderr" },
+            "line": line,
+        }),
+        Event::Exited {
+            guest,
+            status,
+            uptime,
+        } => json!({
+            "event": "exited",
+            "guest": guest,
+            "reason": status.to_string(),
+            "code": status.code(),
+            "uptime_ms": uptime.as_millis() as u64,
+        }),
+        Event::Restarting {
+            guest,
+            attempt,
+            delay,
+        } => json!({
+            "event": "restarted",
+            "guest": guest,
+            "attempt": attempt,
+            "delay_ms": delay.as_millis() as u64,
+        }),
+        Event::GaveUp {
+            guest,
+            restarts,
+            window,
+        } => json!({
+            "event": "gave-up",
+            "guest": guest,
+            "restarts": restarts,
+            "window_ms": window.as_millis() as u64,
+        }),
+        Event::Refused { from, to } => json!({"event": "refused", "from": from, "to": to}),
+    }
 }
 
 /// Say on stderr how a guest ended, unless it simply exited.

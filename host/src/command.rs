@@ -98,6 +98,7 @@ pub struct Command {
     pub(crate) limits: Limits,
     pub(crate) timeout: Option<Duration>,
     pub(crate) max_output: Option<u64>,
+    pub(crate) talks_to: Option<Vec<String>>,
     host: Option<Host>,
 }
 
@@ -126,6 +127,7 @@ impl Command {
             limits: Limits::default(),
             timeout: None,
             max_output: None,
+            talks_to: None,
             host: None,
         }
     }
@@ -188,6 +190,17 @@ impl Command {
     /// Make the guest a member of `group` (round-robin sends, broadcasts).
     pub fn group(&mut self, group: impl Into<String>) -> &mut Command {
         self.group = Some(group.into());
+        self
+    }
+
+    /// Let the guest send only to these names and groups (and its parent);
+    /// the relay refuses anything else with `not allowed`.
+    pub fn talks_to<I, S>(&mut self, targets: I) -> &mut Command
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.talks_to = Some(targets.into_iter().map(Into::into).collect());
         self
     }
 
@@ -462,6 +475,11 @@ impl Child {
 
     pub(crate) fn killer(&self) -> tokio::sync::mpsc::Sender<KillReason> {
         self.kill.clone()
+    }
+
+    /// Ask the guest to finish: a `shutdown` item arrives in its inbox.
+    pub async fn shutdown(&self) {
+        let _ = self.entry.mailbox.push_notice(InboxItem::Shutdown).await;
     }
 
     /// Kill the guest's runner (SIGKILL). Its status says `killed by the host`.

@@ -35,6 +35,9 @@
 //! - [`command`]: [`Command`] and [`Child`], the public face.
 //! - [`exec`]: command lines and pipelines, never through a shell.
 //! - [`status`]: how a guest ended ([`ExitStatus`]).
+//! - [`app`]: apps of cooperating guests from a manifest: supervision,
+//!   restarts, shutdown.
+//! - [`manifest`] (crate `wasmproc-manifest`): `app.toml`, checked.
 //! - [`cli`]: the `wasmproc` command line.
 //!
 //! # Theory of operation: a message from guest A to guest B
@@ -53,6 +56,7 @@
 //! 4. B's runner reads the frames into B's inbox; B's `recv` returns the
 //!    message.
 
+pub mod app;
 pub mod cache;
 pub mod cli;
 pub mod command;
@@ -66,6 +70,7 @@ pub mod sandbox;
 pub mod status;
 pub mod supervisor;
 
+pub use wasmproc_manifest as manifest;
 pub use wasmproc_protocol as protocol;
 
 pub use command::{Child, Command, Output, Stdio};

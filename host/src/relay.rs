@@ -29,6 +29,48 @@ pub struct Entry {
     /// What the guest sent to its parent, for `Child::recv`.
     pub parent_inbox: Mailbox,
     pub max_message_size: u64,
+    /// The names and groups the guest may send to; `None`: anyone. The
+    /// parent is always allowed.
+    pub talks_to: Option<Vec<String>>,
+}
+
+impl Entry {
+    fn allows(&self, target: &Address, resolved: &[Arc<Entry>]) -> bool {
+        let Some(list) = &self.talks_to else {
+            return true;
+        };
+        let listed = |name: &str| list.iter().any(|n| n == name);
+        // A listed group covers its members, by name or id.
+        let member_of_listed = || {
+            !resolved.is_empty()
+                && resolved.iter().all(|t| {
+                    t.name.as_deref().is_some_and(listed) || t.group.as_deref().is_some_and(listed)
+                })
+        };
+        match target {
+            Address::Parent => true,
+            Address::Name(name) => listed(name) || member_of_listed(),
+            Address::Group(group) | Address::Broadcast(group) => listed(group),
+            Address::Id(_) => member_of_listed(),
+        }
+    }
+}
+
+/// What a new guest is, for [`Relay::register`].
+#[derive(Debug, Clone, Default)]
+pub struct Registration {
+    pub name: Option<String>,
+    pub group: Option<String>,
+    pub max_message_size: u64,
+    pub talks_to: Option<Vec<String>>,
+}
+
+/// Something the relay refused, reported once per sender and recipient.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub from: GuestId,
+    pub from_name: Option<String>,
+    pub to: Address,
 }
 
 /// Why a guest could not be registered.
@@ -45,6 +87,8 @@ pub enum RegisterError {
 pub enum SendError {
     #[error("the guest has exited")]
     Exited,
+    #[error("no live guest is {0}")]
+    Unknown(Address),
     #[error("the guest's mailbox is full ({0} items waiting)")]
     MailboxFull(usize),
     #[error("the message is {len} bytes, over the guest's {limit}-byte limit")]
@@ -79,6 +123,9 @@ struct Inner {
     table: RwLock<Table>,
     next_id: AtomicU64,
     stats: Arc<WriteStats>,
+    /// Sender/recipient pairs already refused, so each is reported once.
+    refused: std::sync::Mutex<HashSet<(GuestId, Address)>>,
+    refusals: std::sync::Mutex<Option<tokio::sync::mpsc::Sender<Refusal>>>,
 }
 
 impl Default for Relay {
@@ -102,6 +149,8 @@ impl Relay {
                 table: RwLock::new(Table::default()),
                 next_id: AtomicU64::new(1),
                 stats: Arc::new(WriteStats::default()),
+                refused: std::sync::Mutex::new(HashSet::new()),
+                refusals: std::sync::Mutex::new(None),
             }),
         }
     }
@@ -125,12 +174,13 @@ impl Relay {
     /// # Errors
     ///
     /// When the name is taken or malformed.
-    pub fn register(
-        &self,
-        name: Option<String>,
-        group: Option<String>,
-        max_message_size: u64,
-    ) -> Result<Arc<Entry>, RegisterError> {
+    pub fn register(&self, registration: Registration) -> Result<Arc<Entry>, RegisterError> {
+        let Registration {
+            name,
+            group,
+            max_message_size,
+            talks_to,
+        } = registration;
         for n in name.iter().chain(group.iter()) {
             if !valid_name(n) {
                 return Err(RegisterError::BadName(n.clone()));
@@ -150,6 +200,7 @@ impl Relay {
             mailbox: Mailbox::default(),
             parent_inbox: Mailbox::default(),
             max_message_size,
+            talks_to,
         });
         if let Some(name) = name {
             table.exited_names.remove(&name);
@@ -220,6 +271,11 @@ impl Relay {
                 })
                 .unwrap_or_default(),
         };
+        if !from.allows(&to, &targets) {
+            drop(table);
+            self.refuse(from, &to);
+            return vec![bounce(to, UndeliverableReason::NotAllowed, len)];
+        }
         if targets.is_empty() {
             let reason = match &to {
                 Address::Id(id) if id.0 < self.inner.next_id.load(Ordering::Relaxed) => {
@@ -263,6 +319,99 @@ impl Relay {
             }
         }
         notices
+    }
+
+    /// Report refusals (once per sender and recipient) on `sink`.
+    pub fn report_refusals(&self, sink: tokio::sync::mpsc::Sender<Refusal>) {
+        *self
+            .inner
+            .refusals
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(sink);
+    }
+
+    fn refuse(&self, from: &Entry, to: &Address) {
+        let first = self
+            .inner
+            .refused
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert((from.id, to.clone()));
+        if !first {
+            return;
+        }
+        tracing::info!(
+            "refused: {} may not send to {to}",
+            from.name
+                .as_deref()
+                .map_or_else(|| from.id.to_string(), str::to_owned)
+        );
+        if let Some(sink) = &*self
+            .inner
+            .refusals
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+        {
+            // The report is informational and bounded: when nobody reads it
+            // fast enough it is dropped, the refusal itself is not.
+            let _ = sink.try_send(Refusal {
+                from: from.id,
+                from_name: from.name.clone(),
+                to: to.clone(),
+            });
+        }
+    }
+
+    /// Send from the parent to any address (Node cluster's primary sending
+    /// to a worker, or to all of them).
+    ///
+    /// # Errors
+    ///
+    /// When no live guest has the address, or its mailbox is full (for a
+    /// broadcast: when any member's is).
+    pub fn send_from_parent_to(&self, to: &Address, payload: Vec<u8>) -> Result<(), SendError> {
+        let targets: Vec<Arc<Entry>> = {
+            let table = self.read();
+            match to {
+                Address::Parent => Vec::new(),
+                Address::Id(id) => table.guests.get(id).cloned().into_iter().collect(),
+                Address::Name(name) => table
+                    .names
+                    .get(name)
+                    .and_then(|id| table.guests.get(id))
+                    .cloned()
+                    .into_iter()
+                    .collect(),
+                Address::Group(group) => table
+                    .groups
+                    .get(group)
+                    .filter(|g| !g.members.is_empty())
+                    .and_then(|g| {
+                        let pick = g.next.fetch_add(1, Ordering::Relaxed) % g.members.len();
+                        table.guests.get(&g.members[pick])
+                    })
+                    .cloned()
+                    .into_iter()
+                    .collect(),
+                Address::Broadcast(group) => table
+                    .groups
+                    .get(group)
+                    .map(|g| {
+                        g.members
+                            .iter()
+                            .filter_map(|id| table.guests.get(id).cloned())
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            }
+        };
+        if targets.is_empty() {
+            return Err(SendError::Unknown(to.clone()));
+        }
+        for target in targets {
+            self.send_from_parent(&target, payload.clone())?;
+        }
+        Ok(())
     }
 
     /// Queue a message from the parent for guest `to`.
@@ -395,6 +544,70 @@ impl Relay {
 mod tests {
     use super::*;
 
+    fn reg(name: Option<&str>, group: Option<&str>) -> Registration {
+        Registration {
+            name: name.map(str::to_owned),
+            group: group.map(str::to_owned),
+            max_message_size: 1024,
+            talks_to: None,
+        }
+    }
+
+    #[test]
+    fn the_allow_list_refuses_with_not_allowed_and_reports_once_per_pair() {
+        let relay = Relay::new();
+        let (tx, mut rx) = tokio::sync::mpsc::channel(8);
+        relay.report_refusals(tx);
+        let a = relay
+            .register(Registration {
+                talks_to: Some(vec!["b".into(), "w".into()]),
+                ..reg(Some("a"), None)
+            })
+            .unwrap();
+        let b = relay.register(reg(Some("b"), None)).unwrap();
+        let c = relay.register(reg(Some("c"), None)).unwrap();
+        let w = relay.register(reg(None, Some("w"))).unwrap();
+        assert!(
+            relay
+                .route(&a, Address::Name("b".into()), vec![1])
+                .is_empty()
+        );
+        assert!(relay.route(&a, Address::Id(w.id), vec![1]).is_empty());
+        assert!(
+            relay
+                .route(&a, Address::Group("w".into()), vec![1])
+                .is_empty()
+        );
+        assert!(relay.route(&a, Address::Parent, vec![1]).is_empty());
+        let refused = InboxItem::Undeliverable {
+            to: Address::Name("c".into()),
+            reason: UndeliverableReason::NotAllowed,
+            payload_len: 1,
+        };
+        assert_eq!(
+            relay.route(&a, Address::Name("c".into()), vec![1]),
+            vec![refused.clone()]
+        );
+        assert_eq!(
+            relay.route(&a, Address::Name("c".into()), vec![1]),
+            vec![refused]
+        );
+        assert_eq!(
+            relay.route(&a, Address::Id(c.id), vec![1])[0],
+            InboxItem::Undeliverable {
+                to: Address::Id(c.id),
+                reason: UndeliverableReason::NotAllowed,
+                payload_len: 1
+            }
+        );
+        assert!(c.mailbox.is_empty());
+        assert_eq!(b.mailbox.len(), 1);
+        // Reported once per pair: `c` by name, then `c` by id.
+        assert_eq!(rx.try_recv().unwrap().to, Address::Name("c".into()));
+        assert_eq!(rx.try_recv().unwrap().to, Address::Id(c.id));
+        assert!(rx.try_recv().is_err());
+    }
+
     fn payload_of(item: InboxItem) -> Vec<u8> {
         match item {
             InboxItem::Message { payload, .. } => payload,
@@ -405,8 +618,8 @@ mod tests {
     #[test]
     fn routes_by_id_and_name_and_keeps_order() {
         let relay = Relay::new();
-        let a = relay.register(Some("a".into()), None, 1024).unwrap();
-        let b = relay.register(Some("b".into()), None, 1024).unwrap();
+        let a = relay.register(reg(Some("a"), None)).unwrap();
+        let b = relay.register(reg(Some("b"), None)).unwrap();
         assert!(
             relay
                 .route(&a, Address::Name("b".into()), vec![1])
@@ -420,13 +633,13 @@ mod tests {
     #[test]
     fn names_are_unique_and_checked() {
         let relay = Relay::new();
-        relay.register(Some("a".into()), None, 1).unwrap();
+        relay.register(reg(Some("a"), None)).unwrap();
         assert_eq!(
-            relay.register(Some("a".into()), None, 1).unwrap_err(),
+            relay.register(reg(Some("a"), None)).unwrap_err(),
             RegisterError::NameTaken("a".into())
         );
         assert_eq!(
-            relay.register(Some("a b".into()), None, 1).unwrap_err(),
+            relay.register(reg(Some("a b"), None)).unwrap_err(),
             RegisterError::BadName("a b".into())
         );
     }
@@ -434,9 +647,9 @@ mod tests {
     #[test]
     fn group_sends_go_round_robin_and_broadcasts_reach_all() {
         let relay = Relay::new();
-        let sender = relay.register(None, None, 1024).unwrap();
+        let sender = relay.register(reg(None, None)).unwrap();
         let members: Vec<_> = (0..3)
-            .map(|_| relay.register(None, Some("w".into()), 1024).unwrap())
+            .map(|_| relay.register(reg(None, Some("w"))).unwrap())
             .collect();
         for _ in 0..30 {
             assert!(
@@ -461,8 +674,8 @@ mod tests {
     #[tokio::test]
     async fn unknown_and_exited_recipients_bounce_with_the_reason() {
         let relay = Relay::new();
-        let a = relay.register(Some("a".into()), None, 1024).unwrap();
-        let b = relay.register(Some("b".into()), None, 1024).unwrap();
+        let a = relay.register(reg(Some("a"), None)).unwrap();
+        let b = relay.register(reg(Some("b"), None)).unwrap();
         let notice = |to, reason| InboxItem::Undeliverable {
             to,
             reason,
@@ -502,8 +715,8 @@ mod tests {
     #[tokio::test]
     async fn monitors_get_down_with_the_reason() {
         let relay = Relay::new();
-        let watcher = relay.register(Some("w".into()), None, 1024).unwrap();
-        let target = relay.register(Some("t".into()), None, 1024).unwrap();
+        let watcher = relay.register(reg(Some("w"), None)).unwrap();
+        let target = relay.register(reg(Some("t"), None)).unwrap();
         assert_eq!(relay.monitor(watcher.id, "t"), None);
         relay.unregister(target.id, "trap: unreachable").await;
         assert_eq!(

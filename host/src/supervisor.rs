@@ -30,7 +30,7 @@ use wasmproc_protocol::{HostToRunner, LaunchSpec, PROTOCOL_VERSION, RunnerToHost
 use crate::cache::{Cache, CompileError};
 use crate::command::{Child, Command, Stdio};
 use crate::connection::{self, FrameReader, FrameWriter};
-use crate::relay::{Entry, RegisterError, Relay};
+use crate::relay::{Entry, RegisterError, Registration, Relay, SendError};
 use crate::runner::{CONTROL_IN_FD, CONTROL_OUT_FD};
 use crate::status::{ExitStatus, Limit};
 
@@ -109,6 +109,16 @@ impl Host {
         &self.relay
     }
 
+    /// Send from the parent to any address: a guest by id or name, one
+    /// member of a group (round-robin) or all of them.
+    ///
+    /// # Errors
+    ///
+    /// When nobody has the address, or a recipient's mailbox is full.
+    pub fn send(&self, to: &wasmproc_protocol::Address, payload: Vec<u8>) -> Result<(), SendError> {
+        self.relay.send_from_parent_to(to, payload)
+    }
+
     /// `(frames, writes)`: frames the host has written to runners and the
     /// `write` calls that carried them. Fewer writes than frames means
     /// batching is at work.
@@ -120,11 +130,12 @@ impl Host {
     pub(crate) async fn fork(&self, command: &mut Command) -> Result<Child, SpawnError> {
         let artifact = Cache::global().artifact(&command.module).await?;
         let runner = runner_path()?;
-        let entry = self.relay.register(
-            command.name.clone(),
-            command.group.clone(),
-            command.limits.max_message_size,
-        )?;
+        let entry = self.relay.register(Registration {
+            name: command.name.clone(),
+            group: command.group.clone(),
+            max_message_size: command.limits.max_message_size,
+            talks_to: command.talks_to.clone(),
+        })?;
         let spec = LaunchSpec {
             protocol_version: PROTOCOL_VERSION,
             id: entry.id,
@@ -309,6 +320,11 @@ fn spawn_now(runner: &Path, stdio: [Stdio; 3]) -> io::Result<Spawned> {
                 libc::c_uint::MAX,
                 libc::CLOSE_RANGE_CLOEXEC as libc::c_uint,
             );
+            // Its own process group: a Ctrl-C at the terminal reaches the
+            // host, which shuts guests down gracefully, not every runner.
+            if libc::setpgid(0, 0) != 0 {
+                return Err(io::Error::last_os_error());
+            }
             // No orphans: die with the host, even if it is SIGKILLed.
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
                 return Err(io::Error::last_os_error());

@@ -1,23 +1,35 @@
 //! Splits a range over prime workers and sums their answers.
 //!
-//! `coordinator LO HI CHUNKS WORKER...`: counts the primes in `LO..HI` by
-//! handing `CHUNKS` slices to the workers (each worker gets a new slice as
-//! soon as it answers, so a fast worker does more), then sends the total to
-//! the parent as a postcard `u64` and exits.
+//! `coordinator [--compare] [--stop] LO HI CHUNKS WORKER...` counts the
+//! primes in `LO..HI` by handing `CHUNKS` slices to the workers (each worker
+//! gets a new slice as soon as it answers, so a fast worker does more), then
+//! sends the total to the parent as a postcard `u64`.
+//!
+//! With `--compare` it counts twice, first with the first worker alone and
+//! then with all of them, and prints the total, both times and the speedup.
+//! With `--stop` it then sends each worker an empty message (stop) so that
+//! the whole app ends.
 
 use std::collections::VecDeque;
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
 use wasmproc_guest::{self as ipc, Address, InboxItem};
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let mut flag = |name: &str| {
+        let found = args.iter().any(|a| a == name);
+        args.retain(|a| a != name);
+        found
+    };
+    let (compare, stop) = (flag("--compare"), flag("--stop"));
     let (Some(lo), Some(hi), Some(chunks)) = (
         args.first().and_then(|a| a.parse::<u64>().ok()),
         args.get(1).and_then(|a| a.parse::<u64>().ok()),
         args.get(2).and_then(|a| a.parse::<u64>().ok()),
     ) else {
-        eprintln!("usage: coordinator LO HI CHUNKS WORKER...");
+        eprintln!("usage: coordinator [--compare] [--stop] LO HI CHUNKS WORKER...");
         return ExitCode::from(2);
     };
     let workers: Vec<Address> = args[3..].iter().map(|w| Address::parse(w)).collect();
@@ -26,19 +38,60 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
 
+    let total = if compare {
+        let (total, one) = timed(|| count(lo, hi, chunks, &workers[..1]));
+        let (again, all) = timed(|| count(lo, hi, chunks, &workers));
+        let (Some(total), Some(again)) = (total, again) else {
+            return ExitCode::from(3);
+        };
+        if total != again {
+            eprintln!("coordinator: one worker counted {total}, all counted {again}");
+            return ExitCode::from(3);
+        }
+        println!("primes in {lo}..{hi}: {total}");
+        println!("1 worker:  {:>8.1} ms", ms(one));
+        println!("{} workers: {:>8.1} ms", workers.len(), ms(all));
+        println!("speedup:   {:>8.2}x", one.as_secs_f64() / all.as_secs_f64());
+        total
+    } else {
+        match count(lo, hi, chunks, &workers) {
+            Some(total) => total,
+            None => return ExitCode::from(3),
+        }
+    };
+    send_or_die(Address::Parent, &total);
+    if stop {
+        for worker in &workers {
+            let _ = ipc::send(worker.clone(), &[]);
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn timed<T>(f: impl FnOnce() -> T) -> (T, Duration) {
+    let started = Instant::now();
+    let value = f();
+    (value, started.elapsed())
+}
+
+/// Count the primes in `lo..hi` with `workers`; `None` if a worker is unreachable.
+fn count(lo: u64, hi: u64, chunks: u64, workers: &[Address]) -> Option<u64> {
     let step = (hi - lo).div_ceil(chunks).max(1);
     let mut pending: VecDeque<(u64, u64)> = (0..chunks)
         .map(|i| (lo + i * step, (lo + (i + 1) * step).min(hi)))
         .filter(|(a, b)| a < b)
         .collect();
     let mut outstanding = 0usize;
-    for worker in &workers {
+    for worker in workers {
         if let Some(range) = pending.pop_front() {
             send_or_die(worker.clone(), &range);
             outstanding += 1;
         }
     }
-
     let mut total = 0u64;
     while outstanding > 0 {
         match ipc::recv() {
@@ -59,14 +112,13 @@ fn main() -> ExitCode {
                     "coordinator: worker {} unreachable: {}",
                     notice.to, notice.reason
                 );
-                return ExitCode::from(3);
+                return None;
             }
-            InboxItem::Shutdown => return ExitCode::from(4),
+            InboxItem::Shutdown => std::process::exit(4),
             InboxItem::Down(_) => {}
         }
     }
-    send_or_die(Address::Parent, &total);
-    ExitCode::SUCCESS
+    Some(total)
 }
 
 fn send_or_die<T: serde::Serialize>(to: Address, value: &T) {

@@ -1,12 +1,13 @@
 //! A prime-counting worker: every message is a range `(lo, hi)`; the answer,
 //! sent back to the sender, is `(lo, hi, count)`: how many primes are in
-//! `lo..hi`.
+//! `lo..hi`. An empty message asks it to stop (exit 0), as does `shutdown`.
 
 use wasmproc_guest::{self as ipc, InboxItem};
 
 fn main() {
     for item in ipc::inbox() {
         match item {
+            InboxItem::Message(msg) if msg.payload.is_empty() => return,
             InboxItem::Message(msg) => match msg.decode::<(u64, u64)>() {
                 Ok((lo, hi)) => {
                     let count = count_primes(lo, hi);

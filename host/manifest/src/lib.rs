@@ -4,7 +4,7 @@
 //! [guests.coordinator]
 //! module = "coordinator.wasm"          # relative to this file
 //! args = ["2", "3000000", "64", "primes.1", "primes.2"]
-//! talks-to = ["primes"]                # names or groups; the parent is always allowed
+//! talks-to = ["primes"]                # names or groups (no key: anyone); the parent is always allowed
 //!
 //! [guests.primes]
 //! module = "primes.wasm"
@@ -62,8 +62,9 @@ pub struct GuestDef {
     pub env: Vec<(String, String)>,
     pub dirs: Vec<Dir>,
     pub replicas: u32,
-    /// Names and groups this guest may send to (empty: only its parent).
-    pub talks_to: Vec<String>,
+    /// Names and groups this guest may send to, besides its parent; `None`
+    /// (no `talks-to` key): anyone; `Some([])`: only its parent.
+    pub talks_to: Option<Vec<String>>,
     pub restart: RestartPolicy,
     pub max_restarts: u32,
     pub restart_window: Duration,
@@ -150,8 +151,7 @@ struct RawGuest {
     #[serde(default)]
     dirs: Vec<Spanned<RawDir>>,
     replicas: Option<Spanned<u32>>,
-    #[serde(default)]
-    talks_to: Vec<Spanned<String>>,
+    talks_to: Option<Vec<Spanned<String>>>,
     restart: Option<RestartPolicy>,
     max_restarts: Option<u32>,
     restart_window: Option<Spanned<String>>,
@@ -302,7 +302,7 @@ pub fn parse(
                 env: guest.env.into_iter().collect(),
                 dirs,
                 replicas,
-                talks_to: Vec::new(),
+                talks_to: None,
                 restart: guest.restart.unwrap_or(RestartPolicy::Never),
                 max_restarts: guest.max_restarts.unwrap_or(defaults::MAX_RESTARTS),
                 restart_window: duration(&guest.restart_window, defaults::RESTART_WINDOW)?,
@@ -353,14 +353,18 @@ pub fn parse(
     }
     let mut checked = Vec::new();
     for (talks_to, mut def, _) in guests {
-        for target in talks_to {
-            if !known.contains(target.get_ref()) {
-                return Err(at(
-                    target.span().start,
-                    format!("`{}` names no guest or group", target.get_ref()),
-                ));
+        if let Some(talks_to) = talks_to {
+            let mut list = Vec::new();
+            for target in talks_to {
+                if !known.contains(target.get_ref()) {
+                    return Err(at(
+                        target.span().start,
+                        format!("`{}` names no guest or group", target.get_ref()),
+                    ));
+                }
+                list.push(target.into_inner());
             }
-            def.talks_to.push(target.into_inner());
+            def.talks_to = Some(list);
         }
         checked.push(def);
     }
@@ -452,11 +456,12 @@ dirs = [{ host = "data", guest = "/data", read-only = true }]
         let c = &m.guests[0];
         assert_eq!(c.name, "coordinator");
         assert_eq!(c.module, PathBuf::from("/apps/coordinator.wasm"));
-        assert_eq!(c.talks_to, vec!["primes"]);
+        assert_eq!(c.talks_to, Some(vec!["primes".to_owned()]));
         assert_eq!(c.restart, RestartPolicy::Never);
         assert_eq!(c.grace, defaults::GRACE);
         let p = &m.guests[1];
         assert_eq!(p.instance_names(), vec!["primes.1", "primes.2"]);
+        assert_eq!(p.talks_to, None);
         assert_eq!(p.restart, RestartPolicy::OnFailure);
         assert_eq!(p.max_restarts, 3);
         assert_eq!(p.restart_window, Duration::from_secs(10));

@@ -1,0 +1,327 @@
+//! Apps of cooperating guests: a manifest's guests started together,
+//! supervised, and shut down together (what PM2 and Node's `cluster` give
+//! Node users).
+//!
+//! Each guest instance has a supervising task: start it, forward its output
+//! line by line, wait for it to end, then apply its restart policy with
+//! exponential backoff. Runs shorter than `min-uptime` count toward the
+//! crash loop; past `max-restarts` of them within `restart-window` the
+//! supervisor gives up on that guest. On shutdown every guest gets a
+//! `shutdown` item, and whatever is still running after its `grace` is
+//! killed. Everything that happens is an [`Event`] on one channel.
+
+use std::collections::VecDeque;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use tokio::sync::mpsc;
+use tokio_util::codec::{AnyDelimiterCodec, AnyDelimiterCodecError, FramedRead};
+use tokio_util::sync::CancellationToken;
+use wasmproc_manifest::{GuestDef, Manifest, RestartPolicy};
+
+use crate::status::ExitStatus;
+use crate::supervisor::Host;
+use crate::{Child, Stdio};
+
+/// Longest output line forwarded whole; longer lines are cut.
+const MAX_LINE: usize = 64 * 1024;
+/// Events buffered between the app and whoever prints them.
+pub const EVENT_CAPACITY: usize = 4096;
+
+/// Which output stream a line came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+/// Something that happened in an app.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    Started {
+        guest: String,
+        id: u64,
+        pid: u32,
+    },
+    Output {
+        guest: String,
+        stream: Stream,
+        line: String,
+    },
+    Exited {
+        guest: String,
+        status: ExitStatus,
+        uptime: Duration,
+    },
+    Restarting {
+        guest: String,
+        attempt: u32,
+        delay: Duration,
+    },
+    GaveUp {
+        guest: String,
+        restarts: u32,
+        window: Duration,
+    },
+    Refused {
+        from: String,
+        to: String,
+    },
+}
+
+/// Run every guest of `manifest` until all have ended for good, or until
+/// `shutdown` is cancelled (then every guest gets `shutdown`, and a kill
+/// after its grace period). Returns whether every guest's last run ended
+/// with exit code 0.
+pub async fn run(
+    manifest: &Manifest,
+    events: mpsc::Sender<Event>,
+    shutdown: CancellationToken,
+) -> bool {
+    let host = Host::new();
+    let (refusals_tx, mut refusals) = mpsc::channel(256);
+    host.relay().report_refusals(refusals_tx);
+    let forward = events.clone();
+    let refusals_task = tokio::spawn(async move {
+        while let Some(refusal) = refusals.recv().await {
+            let from = refusal
+                .from_name
+                .unwrap_or_else(|| refusal.from.to_string());
+            let _ = forward
+                .send(Event::Refused {
+                    from,
+                    to: refusal.to.to_string(),
+                })
+                .await;
+        }
+    });
+
+    let mut tasks = Vec::new();
+    for def in &manifest.guests {
+        for instance in def.instance_names() {
+            tasks.push(tokio::spawn(supervise(
+                host.clone(),
+                def.clone(),
+                instance,
+                events.clone(),
+                shutdown.clone(),
+            )));
+        }
+    }
+    let mut clean = true;
+    for task in tasks {
+        clean &= matches!(task.await, Ok(true));
+    }
+    refusals_task.abort();
+    clean
+}
+
+/// Supervise one instance; returns whether its last run exited with code 0.
+async fn supervise(
+    host: Host,
+    def: GuestDef,
+    name: String,
+    events: mpsc::Sender<Event>,
+    shutdown: CancellationToken,
+) -> bool {
+    let mut short_runs: VecDeque<Instant> = VecDeque::new();
+    let mut consecutive_short: u32 = 0;
+    let mut attempt: u32 = 0;
+    loop {
+        let started = Instant::now();
+        let status = match start(&host, &def, &name).await {
+            Ok(mut child) => {
+                let _ = events
+                    .send(Event::Started {
+                        guest: name.clone(),
+                        id: child.id().0,
+                        pid: child.pid(),
+                    })
+                    .await;
+                let out = forward_lines(child.stdout.take(), &name, Stream::Stdout, &events);
+                let err = forward_lines(child.stderr.take(), &name, Stream::Stderr, &events);
+                let status = tokio::select! {
+                    status = child.wait() => status,
+                    () = shutdown.cancelled() => stop(&child, def.grace).await,
+                };
+                let _ = tokio::join!(out, err);
+                status
+            }
+            Err(err) => ExitStatus::Failed {
+                reason: format!("{err}"),
+            },
+        };
+        let uptime = started.elapsed();
+        let success = status.success();
+        let _ = events
+            .send(Event::Exited {
+                guest: name.clone(),
+                status: status.clone(),
+                uptime,
+            })
+            .await;
+        if shutdown.is_cancelled() {
+            return success;
+        }
+        let again = match def.restart {
+            RestartPolicy::Never => false,
+            RestartPolicy::OnFailure => !success,
+            RestartPolicy::Always => true,
+        };
+        if !again {
+            return success;
+        }
+
+        let now = Instant::now();
+        if uptime < def.min_uptime {
+            consecutive_short += 1;
+            short_runs.push_back(now);
+            while short_runs
+                .front()
+                .is_some_and(|t| now.duration_since(*t) > def.restart_window)
+            {
+                short_runs.pop_front();
+            }
+            if short_runs.len() as u32 > def.max_restarts {
+                let _ = events
+                    .send(Event::GaveUp {
+                        guest: name.clone(),
+                        restarts: attempt,
+                        window: def.restart_window,
+                    })
+                    .await;
+                return false;
+            }
+        } else {
+            consecutive_short = 0;
+        }
+        attempt += 1;
+        let delay = backoff(def.backoff, def.backoff_max, consecutive_short);
+        let _ = events
+            .send(Event::Restarting {
+                guest: name.clone(),
+                attempt,
+                delay,
+            })
+            .await;
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = shutdown.cancelled() => return success,
+        }
+    }
+}
+
+/// The delay before a restart: `base` after a stable run, doubling with each
+/// consecutive short run, never above `max`.
+fn backoff(base: Duration, max: Duration, consecutive_short: u32) -> Duration {
+    let factor = 2u32.saturating_pow(consecutive_short.saturating_sub(1).min(20));
+    base.saturating_mul(factor).min(max)
+}
+
+async fn start(host: &Host, def: &GuestDef, name: &str) -> Result<Child, crate::SpawnError> {
+    let mut command = host.command(&def.module);
+    command
+        .arg0(display_name(&def.module))
+        .args(def.args.iter().cloned())
+        .envs(def.env.iter().cloned())
+        .name(name)
+        .stdin(Stdio::Null)
+        .stdout(Stdio::Piped)
+        .stderr(Stdio::Piped);
+    if let Some(talks_to) = &def.talks_to {
+        command.talks_to(talks_to.iter().cloned());
+    }
+    if def.replicas > 1 {
+        command.group(&def.name);
+    }
+    for dir in &def.dirs {
+        command.preopen(&dir.host, &dir.guest, dir.read_only);
+    }
+    if let Some(timeout) = def.timeout {
+        command.timeout(timeout);
+    }
+    command.fork().await
+}
+
+fn display_name(module: &Path) -> String {
+    module
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// Ask a guest to shut down; kill it if it is still running after `grace`.
+async fn stop(child: &Child, grace: Duration) -> ExitStatus {
+    child.shutdown().await;
+    match tokio::time::timeout(grace, child.wait()).await {
+        Ok(status) => status,
+        Err(_) => {
+            child.kill();
+            child.wait().await
+        }
+    }
+}
+
+/// Forward a stream's lines as events until it ends.
+fn forward_lines<R>(
+    stream: Option<R>,
+    guest: &str,
+    which: Stream,
+    events: &mpsc::Sender<Event>,
+) -> tokio::task::JoinHandle<()>
+where
+    R: tokio::io::AsyncRead + Unpin + Send + 'static,
+{
+    let guest = guest.to_owned();
+    let events = events.clone();
+    tokio::spawn(async move {
+        let Some(stream) = stream else { return };
+        let codec = AnyDelimiterCodec::new_with_max_length(b"\n".to_vec(), Vec::new(), MAX_LINE);
+        let mut lines = FramedRead::new(stream, codec);
+        while let Some(line) = lines.next().await {
+            let line = match line {
+                Ok(bytes) => String::from_utf8_lossy(bytes.strip_suffix(b"\r").unwrap_or(&bytes))
+                    .into_owned(),
+                // An over-long line is replaced by a note (the codec skips to
+                // its end), so a guest cannot make the host buffer without bound.
+                Err(AnyDelimiterCodecError::MaxChunkLengthExceeded) => {
+                    format!("[line over {MAX_LINE} bytes cut]")
+                }
+                Err(AnyDelimiterCodecError::Io(_)) => break,
+            };
+            let event = Event::Output {
+                guest: guest.clone(),
+                stream: which,
+                line,
+            };
+            if events.send(event).await.is_err() {
+                break;
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_per_short_run_and_is_capped() {
+        let ms = Duration::from_millis;
+        let delays: Vec<_> = (0..8).map(|n| backoff(ms(100), ms(1500), n)).collect();
+        assert_eq!(
+            delays,
+            vec![
+                ms(100),
+                ms(100),
+                ms(200),
+                ms(400),
+                ms(800),
+                ms(1500),
+                ms(1500),
+                ms(1500)
+            ]
+        );
+    }
+}
