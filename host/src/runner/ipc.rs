@@ -22,7 +22,7 @@ wasmtime::component::bindgen!({
     imports: { default: async | trappable },
 });
 
-use wasmproc::guest::ipc::{self, Address, InboxItem, SendError, UndeliverableReason};
+use self::wasmproc::guest::ipc::{self, Address, InboxItem, SendError, UndeliverableReason};
 
 /// What a component guest's store holds.
 pub struct GuestState {
