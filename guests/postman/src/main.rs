@@ -4,21 +4,26 @@
 //! `ADDRESS: REASON` when the host sent it back as undeliverable.
 //!
 //! Addresses are read by `Address::parse`: a number is a guest id,
-//! `group:G` a group, `all:G` a broadcast, anything else a name.
+//! `group:G` a group, `all:G` a broadcast, anything else a name. An
+//! argument `monitor:NAME` sends nothing but monitors NAME; what arrives for
+//! it is reported as `down NAME: REASON`.
 
 use wasmproc_guest::{self as ipc, Address, InboxItem};
 
 fn main() {
-    let targets: Vec<Address> = std::env::args()
-        .skip(1)
-        .map(|a| Address::parse(&a))
-        .collect();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let (watch, send): (Vec<&String>, Vec<&String>) =
+        args.iter().partition(|a| a.starts_with("monitor:"));
+    for name in &watch {
+        ipc::monitor(&name["monitor:".len()..]);
+    }
+    let targets: Vec<Address> = send.iter().map(|a| Address::parse(a)).collect();
     for target in &targets {
         if let Err(err) = ipc::send(target.clone(), b"hi") {
             report(&format!("{target}: send failed: {err}"));
         }
     }
-    for _ in 0..targets.len() {
+    for _ in 0..targets.len() + watch.len() {
         let line = match ipc::recv() {
             InboxItem::Message(msg) => {
                 let from = msg
@@ -28,7 +33,11 @@ fn main() {
                 format!("{from}: reply")
             }
             InboxItem::Undeliverable(notice) => format!("{}: {}", notice.to, notice.reason),
-            InboxItem::Down(down) => format!("down {}", down.reason),
+            InboxItem::Down(down) => format!(
+                "down {}: {}",
+                down.name.unwrap_or_else(|| down.id.to_string()),
+                down.reason
+            ),
             InboxItem::Shutdown => return,
         };
         report(&line);
