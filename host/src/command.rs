@@ -99,6 +99,7 @@ pub struct Command {
     pub(crate) timeout: Option<Duration>,
     pub(crate) max_output: Option<u64>,
     pub(crate) talks_to: Option<Vec<String>>,
+    pub(crate) probe: bool,
     host: Option<Host>,
 }
 
@@ -128,6 +129,7 @@ impl Command {
             timeout: None,
             max_output: None,
             talks_to: None,
+            probe: false,
             host: None,
         }
     }
@@ -256,6 +258,37 @@ impl Command {
     /// the limit is kept; the status is [`ExitStatus::LimitExceeded`].
     pub fn max_output(&mut self, bytes: u64) -> &mut Command {
         self.max_output = Some(bytes);
+        self
+    }
+
+    /// The most linear memory the guest may use (default 512 MiB). Growing
+    /// past it ends the guest with [`Limit::Memory`].
+    pub fn max_memory(&mut self, bytes: u64) -> &mut Command {
+        self.limits.max_memory = bytes;
+        self
+    }
+
+    /// The CPU time the guest's process may use (whole seconds, rounded
+    /// up; default: no limit). The kernel stops it past that, and the status
+    /// is [`Limit::Cpu`].
+    pub fn max_cpu(&mut self, limit: Duration) -> &mut Command {
+        self.limits.max_cpu_ms = Some(u64::try_from(limit.as_millis()).unwrap_or(u64::MAX));
+        self
+    }
+
+    /// How many items the guest's runner holds before the host's mailbox
+    /// takes over (default 65,536).
+    pub fn inbox_size(&mut self, items: u32) -> &mut Command {
+        self.limits.inbox_items = items.max(1);
+        self
+    }
+
+    /// Test mode: the runner hardens itself, then tries forbidden operations
+    /// natively and prints each result on stdout instead of running the
+    /// guest. For checking the second wall from outside.
+    #[doc(hidden)]
+    pub fn probe_sandbox(&mut self) -> &mut Command {
+        self.probe = true;
         self
     }
 

@@ -32,6 +32,8 @@ pub struct Entry {
     /// The names and groups the guest may send to; `None`: anyone. The
     /// parent is always allowed.
     pub talks_to: Option<Vec<String>>,
+    /// The CPU limit its runner has, to name it when the kernel enforces it.
+    pub max_cpu: Option<std::time::Duration>,
 }
 
 impl Entry {
@@ -63,6 +65,7 @@ pub struct Registration {
     pub group: Option<String>,
     pub max_message_size: u64,
     pub talks_to: Option<Vec<String>>,
+    pub max_cpu: Option<std::time::Duration>,
 }
 
 /// Something the relay refused, reported once per sender and recipient.
@@ -180,6 +183,7 @@ impl Relay {
             group,
             max_message_size,
             talks_to,
+            max_cpu,
         } = registration;
         for n in name.iter().chain(group.iter()) {
             if !valid_name(n) {
@@ -201,6 +205,7 @@ impl Relay {
             parent_inbox: Mailbox::default(),
             max_message_size,
             talks_to,
+            max_cpu,
         });
         if let Some(name) = name {
             table.exited_names.remove(&name);
@@ -550,6 +555,7 @@ mod tests {
             group: group.map(str::to_owned),
             max_message_size: 1024,
             talks_to: None,
+            max_cpu: None,
         }
     }
 

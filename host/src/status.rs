@@ -67,6 +67,9 @@ impl ExitStatus {
             ExitReport::Trapped { message, backtrace } => {
                 ExitStatus::Trapped { message, backtrace }
             }
+            ExitReport::MemoryLimit { limit, requested } => {
+                ExitStatus::LimitExceeded(Limit::Memory { limit, requested })
+            }
             ExitReport::Failed { message } => ExitStatus::Failed { reason: message },
         }
     }
@@ -79,12 +82,23 @@ pub enum Limit {
     /// More than this many bytes on stdout or on stderr (Node's `maxBuffer`);
     /// the output up to the limit is kept.
     Output { bytes: u64 },
+    /// The guest asked for `requested` bytes of linear memory; its limit is `limit`.
+    Memory { limit: u64, requested: u64 },
+    /// The runner used more CPU time than this (enforced by the kernel).
+    Cpu { limit: Duration },
 }
 
 impl fmt::Display for Limit {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Limit::Output { bytes } => write!(f, "output limit of {bytes} bytes exceeded"),
+            Limit::Memory { limit, requested } => write!(
+                f,
+                "memory limit of {} MiB exceeded (asked for {} MiB)",
+                limit / (1024 * 1024),
+                requested.div_ceil(1024 * 1024)
+            ),
+            Limit::Cpu { limit } => write!(f, "CPU limit of {limit:?} exceeded"),
         }
     }
 }
@@ -98,6 +112,7 @@ fn signal_name(signal: i32) -> &'static str {
         libc::SIGABRT => "SIGABRT",
         libc::SIGSYS => "SIGSYS",
         libc::SIGBUS => "SIGBUS",
+        libc::SIGXCPU => "SIGXCPU",
         _ => "signal",
     }
 }

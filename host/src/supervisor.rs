@@ -135,6 +135,7 @@ impl Host {
             group: command.group.clone(),
             max_message_size: command.limits.max_message_size,
             talks_to: command.talks_to.clone(),
+            max_cpu: command.limits.max_cpu_ms.map(Duration::from_millis),
         })?;
         let spec = LaunchSpec {
             protocol_version: PROTOCOL_VERSION,
@@ -146,6 +147,7 @@ impl Host {
             env: command.env.clone(),
             preopens: command.preopens.clone(),
             limits: command.limits.clone(),
+            probe: command.probe,
         };
         let stdio = [
             command.stdin.take().unwrap_or(Stdio::Null),
@@ -409,6 +411,18 @@ async fn read_frames(
         Some(other) => return Err(format!("expected Hello first, got {}", frame_kind(&other))),
         None => return Ok(()),
     }
+    match reader.next().await.map_err(|err| err.to_string())? {
+        Some(RunnerToHost::Hardened { steps }) => report_hardening(&steps),
+        // A runner that failed before hardening reports that failure.
+        Some(RunnerToHost::Exit(report)) => outcome.report = Some(report),
+        Some(other) => {
+            return Err(format!(
+                "expected the hardening report after Hello, got {}",
+                frame_kind(&other)
+            ));
+        }
+        None => return Ok(()),
+    }
     while let Some(frame) = reader.next().await.map_err(|err| err.to_string())? {
         if outcome.report.is_some() {
             return Err(format!("{} after the exit report", frame_kind(&frame)));
@@ -433,6 +447,7 @@ async fn read_frames(
             }
             RunnerToHost::Exit(report) => outcome.report = Some(report),
             RunnerToHost::Hello { .. } => return Err("a second Hello".to_owned()),
+            RunnerToHost::Hardened { .. } => return Err("a second hardening report".to_owned()),
         }
     }
     Ok(())
@@ -444,6 +459,23 @@ fn frame_kind(frame: &RunnerToHost) -> &'static str {
         RunnerToHost::Send { .. } => "Send",
         RunnerToHost::Monitor { .. } => "Monitor",
         RunnerToHost::Exit(_) => "Exit",
+        RunnerToHost::Hardened { .. } => "Hardened",
+    }
+}
+
+/// Say once per process which hardening steps this kernel cannot do.
+fn report_hardening(steps: &[wasmproc_protocol::HardeningStep]) {
+    static REPORTED: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    for step in steps.iter().filter(|s| !s.applied) {
+        let mut reported = REPORTED.lock().unwrap_or_else(|e| e.into_inner());
+        if !reported.contains(&step.name) {
+            reported.push(step.name.clone());
+            tracing::warn!(
+                "runner hardening step `{}` is not in force: {}",
+                step.name,
+                step.detail
+            );
+        }
     }
 }
 
@@ -482,7 +514,8 @@ async fn wait_runner(
         Ok(Ok(outcome)) => outcome,
         _ => ReaderOutcome::default(),
     };
-    let status = combine(os_status, outcome, killed);
+    let cpu_limit = entry.max_cpu;
+    let status = combine(os_status, outcome, killed, cpu_limit);
     tracing::debug!(guest = %entry.id, "ended: {status}");
     relay.unregister(entry.id, &status.to_string()).await;
     let _ = status_tx.send(Some(status));
@@ -492,6 +525,7 @@ fn combine(
     os_status: io::Result<std::process::ExitStatus>,
     outcome: ReaderOutcome,
     killed: Option<KillReason>,
+    cpu_limit: Option<Duration>,
 ) -> ExitStatus {
     use std::os::unix::process::ExitStatusExt;
     if let Some(reason) = outcome.violation {
@@ -502,6 +536,9 @@ fn combine(
     }
     match os_status {
         Ok(status) => match status.signal() {
+            Some(libc::SIGXCPU) if killed.is_none() => ExitStatus::LimitExceeded(Limit::Cpu {
+                limit: cpu_limit.unwrap_or_default(),
+            }),
             Some(signal) => match killed {
                 Some(KillReason::Timeout(after)) => ExitStatus::TimedOut { after },
                 Some(KillReason::Limit(limit)) => ExitStatus::LimitExceeded(limit),

@@ -238,6 +238,7 @@ mod tests {
                     read_only: true,
                 }],
                 limits: Limits::default(),
+                probe: false,
             }),
             HostToRunner::Deliver(InboxItem::Undeliverable {
                 to: Address::Group("g".into()),

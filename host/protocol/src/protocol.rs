@@ -11,7 +11,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 /// Bumped whenever a frame type changes shape.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// A guest's id: given by the host, never the OS pid (which the OS reuses).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -140,6 +140,10 @@ pub struct Limits {
     /// Payload bytes the runner holds for the guest, likewise (one message
     /// of any allowed size is always taken into an empty inbox).
     pub inbox_bytes: u64,
+    /// The most linear memory the guest may grow to, in bytes.
+    pub max_memory: u64,
+    /// CPU time the runner may use, in milliseconds (`None`: no limit).
+    pub max_cpu_ms: Option<u64>,
 }
 
 impl Default for Limits {
@@ -148,6 +152,8 @@ impl Default for Limits {
             max_message_size: 16 * 1024 * 1024,
             inbox_items: 65_536,
             inbox_bytes: 64 * 1024 * 1024,
+            max_memory: 512 * 1024 * 1024,
+            max_cpu_ms: None,
         }
     }
 }
@@ -168,6 +174,9 @@ pub struct LaunchSpec {
     pub env: Vec<(String, String)>,
     pub preopens: Vec<Preopen>,
     pub limits: Limits,
+    /// Test mode: once hardened, try forbidden operations natively, print
+    /// each result on stdout and exit, without running the guest.
+    pub probe: bool,
 }
 
 /// How a guest ended, as the runner saw it.
@@ -181,8 +190,21 @@ pub enum ExitReport {
         /// Wasm frames, innermost first, with function names where known.
         backtrace: Vec<String>,
     },
+    /// The guest tried to grow its memory past its limit; the limiter's own
+    /// record of the refused size.
+    MemoryLimit { limit: u64, requested: u64 },
     /// The runner could not start the guest (bad artifact, missing imports, ...).
     Failed { message: String },
+}
+
+/// One step of a runner's OS hardening.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HardeningStep {
+    pub name: String,
+    /// Whether the step is in force.
+    pub applied: bool,
+    /// What was done, or why it could not be.
+    pub detail: String,
 }
 
 /// Frames the host sends to a runner.
@@ -199,6 +221,8 @@ pub enum HostToRunner {
 pub enum RunnerToHost {
     /// The first frame: which protocol the runner speaks.
     Hello { protocol_version: u32 },
+    /// How the runner hardened itself, step by step (right after `Hello`).
+    Hardened { steps: Vec<HardeningStep> },
     /// The guest sends a message.
     Send {
         to: Address,

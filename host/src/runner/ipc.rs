@@ -29,6 +29,7 @@ pub struct GuestState {
     pub wasi: WasiCtx,
     pub table: ResourceTable,
     pub link: Arc<Link>,
+    pub limiter: super::MemoryLimiter,
 }
 
 impl WasiView for GuestState {

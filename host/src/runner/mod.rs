@@ -16,6 +16,7 @@
 
 mod ipc;
 mod link;
+mod probe;
 
 use std::fs::File;
 use std::os::fd::{FromRawFd, OwnedFd};
@@ -23,17 +24,21 @@ use std::sync::Arc;
 
 use tokio::net::unix::pipe;
 use wasmproc_protocol::{
-    ExitReport, FrameError, HostToRunner, LaunchSpec, ModuleKind, PROTOCOL_VERSION, RunnerToHost,
-    check_version,
+    ExitReport, FrameError, HardeningStep, HostToRunner, LaunchSpec, ModuleKind, PROTOCOL_VERSION,
+    RunnerToHost, check_version,
 };
 use wasmtime::component::{Component, ResourceTable};
-use wasmtime::{Engine, Linker, Module, Store, Trap, WasmBacktrace};
+use wasmtime::{
+    Engine, Linker, Module, ResourceLimiter, Store, StoreLimits, StoreLimitsBuilder, Trap,
+    WasmBacktrace,
+};
 use wasmtime_wasi::I32Exit;
 use wasmtime_wasi::p1::WasiP1Ctx;
 
 use crate::connection::{
     FrameReader, FrameWriter, WriteStats, read_frame_blocking, write_frame_blocking,
 };
+use crate::sandbox::os::OsPolicy;
 use crate::{engine, sandbox};
 use link::{EXIT_HOST_GONE, Link};
 
@@ -74,6 +79,27 @@ pub fn main() -> ! {
     };
     if let Err(err) = check_version(spec.protocol_version) {
         fail(&mut to_host, err.to_string());
+    }
+
+    // The second wall, before any other thread exists and before guest code.
+    let policy = OsPolicy::for_spec(&spec, std::process::id());
+    let steps: Vec<HardeningStep> = policy
+        .apply()
+        .into_iter()
+        .map(|step| HardeningStep {
+            name: step.name.to_owned(),
+            applied: step.outcome.is_ok(),
+            detail: step.outcome.unwrap_or_else(|why| why),
+        })
+        .collect();
+    if write_frame_blocking(&mut to_host, &RunnerToHost::Hardened { steps }).is_err() {
+        std::process::exit(EXIT_HOST_GONE);
+    }
+    if spec.probe {
+        probe::run(&spec);
+        let report = RunnerToHost::Exit(ExitReport::Exited { code: 0 });
+        let _ = write_frame_blocking(&mut to_host, &report);
+        std::process::exit(0);
     }
 
     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -143,7 +169,7 @@ async fn run(spec: LaunchSpec, from_host: File, to_host: File, leftover: Vec<u8>
     };
     let code = match &report {
         ExitReport::Exited { code } => *code,
-        ExitReport::Trapped { .. } => 134,
+        ExitReport::Trapped { .. } | ExitReport::MemoryLimit { .. } => 134,
         ExitReport::Failed { .. } => EXIT_FAILED,
     };
     // Everything the guest sent goes before the report; then the report.
@@ -168,7 +194,7 @@ async fn run_guest(spec: &LaunchSpec, link: Arc<Link>) -> anyhow::Result<ExitRep
             // SAFETY: as above.
             let module = unsafe { Module::deserialize_file(&engine, &spec.artifact) }
                 .map_err(|err| anyhow::anyhow!("cannot load artifact {}: {err}", spec.artifact))?;
-            run_module(&engine, &module, wasi).await
+            run_module(&engine, &module, wasi, spec.limits.max_memory).await
         }
     }
 }
@@ -188,12 +214,15 @@ async fn run_component(
     let mut linker = wasmtime::component::Linker::<ipc::GuestState>::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
     ipc::add_to_linker(&mut linker)?;
+    let max_memory = link.limits.max_memory;
     let state = ipc::GuestState {
         wasi: wasi.build(),
         table: ResourceTable::new(),
         link,
+        limiter: MemoryLimiter::new(max_memory),
     };
     let mut store = Store::new(engine, state);
+    store.limiter(|state| &mut state.limiter);
     prepare_store(&mut store)?;
     let command =
         wasmtime_wasi::p2::bindings::Command::instantiate_async(&mut store, component, &linker)
@@ -206,14 +235,26 @@ async fn run_component(
     })
 }
 
+/// What a core module guest's store holds.
+struct P1State {
+    wasi: WasiP1Ctx,
+    limiter: MemoryLimiter,
+}
+
 async fn run_module(
     engine: &Engine,
     module: &Module,
     mut wasi: wasmtime_wasi::WasiCtxBuilder,
+    max_memory: u64,
 ) -> anyhow::Result<ExitReport> {
-    let mut linker = Linker::<WasiP1Ctx>::new(engine);
-    wasmtime_wasi::p1::add_to_linker_async(&mut linker, |ctx| ctx)?;
-    let mut store = Store::new(engine, wasi.build_p1());
+    let mut linker = Linker::<P1State>::new(engine);
+    wasmtime_wasi::p1::add_to_linker_async(&mut linker, |state| &mut state.wasi)?;
+    let state = P1State {
+        wasi: wasi.build_p1(),
+        limiter: MemoryLimiter::new(max_memory),
+    };
+    let mut store = Store::new(engine, state);
+    store.limiter(|state| &mut state.limiter);
     prepare_store(&mut store)?;
     let instance = linker
         .instantiate_async(&mut store, module)
@@ -224,8 +265,69 @@ async fn run_module(
         .map_err(|err| anyhow::anyhow!("the module has no `_start` function: {err}"))?;
     Ok(match start.call_async(&mut store, ()).await {
         Ok(()) => ExitReport::Exited { code: 0 },
-        Err(err) => report_error(&err),
+        Err(err) => store
+            .data()
+            .limiter
+            .report()
+            .unwrap_or_else(|| report_error(&err)),
     })
+}
+
+/// Wasmtime's own limiter, plus a record of the growth it refused: the
+/// status says `memory limit` from this record, not from an error's text.
+pub(crate) struct MemoryLimiter {
+    limits: StoreLimits,
+    max: u64,
+    refused: Option<u64>,
+}
+
+impl MemoryLimiter {
+    fn new(max: u64) -> MemoryLimiter {
+        MemoryLimiter {
+            limits: StoreLimitsBuilder::new()
+                .memory_size(usize::try_from(max).unwrap_or(usize::MAX))
+                .trap_on_grow_failure(true)
+                .build(),
+            max,
+            refused: None,
+        }
+    }
+
+    /// The report, if the guest ended because a growth was refused.
+    fn report(&self) -> Option<ExitReport> {
+        self.refused.map(|requested| ExitReport::MemoryLimit {
+            limit: self.max,
+            requested,
+        })
+    }
+}
+
+impl ResourceLimiter for MemoryLimiter {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let verdict = self.limits.memory_growing(current, desired, maximum);
+        if !matches!(verdict, Ok(true)) {
+            self.refused = Some(desired as u64);
+        }
+        verdict
+    }
+
+    fn table_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        self.limits.table_growing(current, desired, maximum)
+    }
+
+    fn memory_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.limits.memory_grow_failed(error)
+    }
 }
 
 /// Turn the error a guest ended with into its report.

@@ -1,10 +1,15 @@
-//! A guest's capabilities, turned into its WASI context.
+//! The two walls around a guest.
+//!
+//! The first wall is this module: a guest's capabilities, turned into its
+//! WASI context. The second is [`os`]: the OS process around it.
 //!
 //! Deny by default: the guest gets the arguments and environment it is
 //! given and nothing of the runner's own, the preopened folders and no other
 //! path, and no network. The socket interfaces stay linked (toolchains that
 //! import every WASI interface still instantiate) but every use of them is
 //! refused.
+
+pub mod os;
 
 use anyhow::Context;
 use wasmproc_protocol::LaunchSpec;

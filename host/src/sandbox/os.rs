@@ -1,0 +1,402 @@
+//! The second wall: the OS process around each guest.
+//!
+//! [`OsPolicy`] is what a runner applies to itself, on its main thread,
+//! after reading its launch spec and before any other thread exists or any
+//! guest code runs. Every step is checked; a step the kernel cannot do is
+//! reported, never skipped in silence. `wasmproc sandbox explain` prints the
+//! same object, so what it says is what runs.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+
+use landlock::{
+    ABI, Access, AccessFs, CompatLevel, Compatible, Ruleset, RulesetAttr, RulesetCreatedAttr,
+    RulesetStatus, Scope, path_beneath_rules,
+};
+use seccompiler::{
+    SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter, SeccompRule,
+    TargetArch,
+};
+use wasmproc_protocol::LaunchSpec;
+
+/// Open files a runner may hold: its stdio and control pipes, the artifact,
+/// preopened folders and the guest's own files.
+pub const MAX_OPEN_FILES: u64 = 256;
+
+/// The Landlock ABI the policy asks for (Linux 6.12+ has 6: signal scoping).
+const LANDLOCK_ABI: ABI = ABI::V6;
+
+/// System calls that fail with `EPERM` in a runner, whatever their arguments.
+pub const DENIED_SYSCALLS: &[&str] = &[
+    "execve",
+    "execveat",
+    "fork",
+    "vfork",
+    "ptrace",
+    "process_vm_readv",
+    "process_vm_writev",
+    "socket",
+    "mount",
+    "umount2",
+    "pivot_root",
+    "chroot",
+    "setns",
+    "unshare",
+    "bpf",
+    "perf_event_open",
+    "kexec_load",
+    "kexec_file_load",
+    "init_module",
+    "finit_module",
+    "delete_module",
+    "keyctl",
+    "add_key",
+    "request_key",
+    "userfaultfd",
+    "reboot",
+    "swapon",
+    "swapoff",
+    "acct",
+    "iopl",
+    "ioperm",
+    "open_by_handle_at",
+    "name_to_handle_at",
+    "tkill",
+];
+
+/// One resource limit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rlimit {
+    pub name: &'static str,
+    pub resource: libc::__rlimit_resource_t,
+    pub soft: u64,
+    pub hard: u64,
+}
+
+/// Everything the runner does to its own process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OsPolicy {
+    /// Files the runner may read: the artifact.
+    pub read_files: Vec<PathBuf>,
+    /// Folders the guest may read.
+    pub read_dirs: Vec<PathBuf>,
+    /// Folders the guest may read and write.
+    pub write_dirs: Vec<PathBuf>,
+    pub rlimits: Vec<Rlimit>,
+    /// The runner's own pid, the only target `kill` and `tgkill` accept.
+    pub pid: u32,
+}
+
+/// How one hardening step went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Step {
+    pub name: &'static str,
+    /// `Ok(what was done)` or `Err(why it could not be)`.
+    pub outcome: Result<String, String>,
+}
+
+impl OsPolicy {
+    /// The policy for the guest described by `spec`, in process `pid`.
+    pub fn for_spec(spec: &LaunchSpec, pid: u32) -> OsPolicy {
+        let (ro, rw): (Vec<_>, Vec<_>) = spec.preopens.iter().partition(|p| p.read_only);
+        let mut rlimits = vec![
+            Rlimit {
+                name: "RLIMIT_CORE",
+                resource: libc::RLIMIT_CORE,
+                soft: 0,
+                hard: 0,
+            },
+            Rlimit {
+                name: "RLIMIT_NOFILE",
+                resource: libc::RLIMIT_NOFILE,
+                soft: MAX_OPEN_FILES,
+                hard: MAX_OPEN_FILES,
+            },
+        ];
+        if let Some(ms) = spec.limits.max_cpu_ms {
+            // The kernel sends SIGXCPU at the soft limit (whole seconds, at
+            // least one) and the host reports it as the CPU limit.
+            let secs = ms.div_ceil(1000).max(1);
+            rlimits.push(Rlimit {
+                name: "RLIMIT_CPU",
+                resource: libc::RLIMIT_CPU,
+                soft: secs,
+                hard: secs + 1,
+            });
+        }
+        OsPolicy {
+            read_files: vec![PathBuf::from(&spec.artifact)],
+            read_dirs: ro.iter().map(|p| PathBuf::from(&p.host_path)).collect(),
+            write_dirs: rw.iter().map(|p| PathBuf::from(&p.host_path)).collect(),
+            rlimits,
+            pid,
+        }
+    }
+
+    /// Apply every step to the calling process. Call on the main thread
+    /// before any other thread starts: Landlock and seccomp bind the calling
+    /// thread and those it creates afterwards.
+    pub fn apply(&self) -> Vec<Step> {
+        vec![
+            step("no-new-privs", no_new_privs()),
+            step("parent-death signal", parent_death_signal()),
+            step("close inherited fds", close_inherited()),
+            step("rlimits", self.set_rlimits()),
+            step("landlock", self.landlock()),
+            step("seccomp", self.seccomp()),
+        ]
+    }
+
+    fn set_rlimits(&self) -> Result<String, String> {
+        for limit in &self.rlimits {
+            let value = libc::rlimit {
+                rlim_cur: limit.soft,
+                rlim_max: limit.hard,
+            };
+            // SAFETY: setrlimit reads the struct we pass.
+            if unsafe { libc::setrlimit(limit.resource, &value) } != 0 {
+                return Err(format!(
+                    "{}: {}",
+                    limit.name,
+                    std::io::Error::last_os_error()
+                ));
+            }
+        }
+        Ok(self
+            .rlimits
+            .iter()
+            .map(|l| format!("{}={}", l.name, l.soft))
+            .collect::<Vec<_>>()
+            .join(", "))
+    }
+
+    fn landlock(&self) -> Result<String, String> {
+        let abi = LANDLOCK_ABI;
+        let status = Ruleset::default()
+            .set_compatibility(CompatLevel::BestEffort)
+            .handle_access(AccessFs::from_all(abi))
+            .and_then(|r| r.scope(Scope::Signal | Scope::AbstractUnixSocket))
+            .and_then(|r| r.create())
+            .and_then(|r| {
+                r.add_rules(path_beneath_rules(
+                    &self.read_files,
+                    AccessFs::from_read(abi),
+                ))
+            })
+            .and_then(|r| {
+                r.add_rules(path_beneath_rules(
+                    &self.read_dirs,
+                    AccessFs::from_read(abi),
+                ))
+            })
+            .and_then(|r| {
+                r.add_rules(path_beneath_rules(
+                    &self.write_dirs,
+                    AccessFs::from_all(abi),
+                ))
+            })
+            .and_then(|r| r.restrict_self())
+            .map_err(|err| err.to_string())?;
+        match status.ruleset {
+            RulesetStatus::FullyEnforced => {
+                Ok("fully enforced (filesystem and signal scope)".into())
+            }
+            RulesetStatus::PartiallyEnforced => {
+                Err("only partly enforced: this kernel lacks some Landlock features".into())
+            }
+            RulesetStatus::NotEnforced => Err("not enforced: this kernel has no Landlock".into()),
+        }
+    }
+
+    fn seccomp(&self) -> Result<String, String> {
+        let arch = TargetArch::try_from(std::env::consts::ARCH).map_err(|e| e.to_string())?;
+        let number = |name: &str| -> Result<i64, String> {
+            syscall_number(name).ok_or_else(|| format!("unknown system call {name}"))
+        };
+        let cond = |arg, op, value| {
+            SeccompCondition::new(arg, SeccompCmpArgLen::Qword, op, value)
+                .map_err(|e| e.to_string())
+        };
+        let rule = |conds| SeccompRule::new(conds).map_err(|e| e.to_string());
+
+        // clone3 answers ENOSYS, so libc falls back to clone, whose flags a
+        // filter can read.
+        let mut enosys = BTreeMap::new();
+        enosys.insert(number("clone3")?, Vec::new());
+        let enosys = SeccompFilter::new(
+            enosys,
+            SeccompAction::Allow,
+            SeccompAction::Errno(libc::ENOSYS as u32),
+            arch,
+        )
+        .map_err(|e| e.to_string())?;
+
+        let mut deny: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
+        for name in DENIED_SYSCALLS {
+            if let Some(nr) = syscall_number(name) {
+                deny.insert(nr, Vec::new());
+            }
+        }
+        let thread = libc::CLONE_THREAD as u64;
+        // clone without CLONE_THREAD makes a process.
+        deny.insert(
+            number("clone")?,
+            vec![rule(vec![cond(0, SeccompCmpOp::MaskedEq(thread), 0)?])?],
+        );
+        // Signals only to itself.
+        let me = u64::from(self.pid);
+        deny.insert(
+            number("kill")?,
+            vec![rule(vec![cond(0, SeccompCmpOp::Ne, me)?])?],
+        );
+        deny.insert(
+            number("tgkill")?,
+            vec![rule(vec![cond(0, SeccompCmpOp::Ne, me)?])?],
+        );
+        let deny = SeccompFilter::new(
+            deny,
+            SeccompAction::Allow,
+            SeccompAction::Errno(libc::EPERM as u32),
+            arch,
+        )
+        .map_err(|e| e.to_string())?;
+
+        for filter in [enosys, deny] {
+            let program: seccompiler::BpfProgram = filter
+                .try_into()
+                .map_err(|e: seccompiler::BackendError| e.to_string())?;
+            seccompiler::apply_filter(&program).map_err(|e| e.to_string())?;
+        }
+        Ok(format!(
+            "{} system calls denied; clone only for threads; clone3 ENOSYS; kill/tgkill only to itself",
+            DENIED_SYSCALLS.len()
+        ))
+    }
+}
+
+fn step(name: &'static str, outcome: Result<String, String>) -> Step {
+    Step { name, outcome }
+}
+
+fn no_new_privs() -> Result<String, String> {
+    // SAFETY: prctl with integer arguments only.
+    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+        return Err(std::io::Error::last_os_error().to_string());
+    }
+    Ok("set".into())
+}
+
+fn parent_death_signal() -> Result<String, String> {
+    let mut signal: libc::c_int = 0;
+    // SAFETY: PR_GET_PDEATHSIG writes one int.
+    if unsafe { libc::prctl(libc::PR_GET_PDEATHSIG, &mut signal as *mut libc::c_int) } != 0 {
+        return Err(std::io::Error::last_os_error().to_string());
+    }
+    if signal == libc::SIGKILL {
+        Ok("SIGKILL".into())
+    } else {
+        Err(format!("expected SIGKILL, found signal {signal}"))
+    }
+}
+
+fn close_inherited() -> Result<String, String> {
+    // SAFETY: close_range on descriptors this process does not use: 0-2
+    // are the guest's stdio and 3-4 the control pipes.
+    let rc = unsafe { libc::syscall(libc::SYS_close_range, 5u32, u32::MAX, 0u32) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error().to_string());
+    }
+    Ok("all but stdio and the control pipes".into())
+}
+
+fn syscall_number(name: &str) -> Option<i64> {
+    Some(match name {
+        "execve" => libc::SYS_execve,
+        "execveat" => libc::SYS_execveat,
+        "fork" => libc::SYS_fork,
+        "vfork" => libc::SYS_vfork,
+        "clone" => libc::SYS_clone,
+        "clone3" => libc::SYS_clone3,
+        "ptrace" => libc::SYS_ptrace,
+        "process_vm_readv" => libc::SYS_process_vm_readv,
+        "process_vm_writev" => libc::SYS_process_vm_writev,
+        "socket" => libc::SYS_socket,
+        "mount" => libc::SYS_mount,
+        "umount2" => libc::SYS_umount2,
+        "pivot_root" => libc::SYS_pivot_root,
+        "chroot" => libc::SYS_chroot,
+        "setns" => libc::SYS_setns,
+        "unshare" => libc::SYS_unshare,
+        "bpf" => libc::SYS_bpf,
+        "perf_event_open" => libc::SYS_perf_event_open,
+        "kexec_load" => libc::SYS_kexec_load,
+        "kexec_file_load" => libc::SYS_kexec_file_load,
+        "init_module" => libc::SYS_init_module,
+        "finit_module" => libc::SYS_finit_module,
+        "delete_module" => libc::SYS_delete_module,
+        "keyctl" => libc::SYS_keyctl,
+        "add_key" => libc::SYS_add_key,
+        "request_key" => libc::SYS_request_key,
+        "userfaultfd" => libc::SYS_userfaultfd,
+        "reboot" => libc::SYS_reboot,
+        "swapon" => libc::SYS_swapon,
+        "swapoff" => libc::SYS_swapoff,
+        "acct" => libc::SYS_acct,
+        "iopl" => libc::SYS_iopl,
+        "ioperm" => libc::SYS_ioperm,
+        "open_by_handle_at" => libc::SYS_open_by_handle_at,
+        "name_to_handle_at" => libc::SYS_name_to_handle_at,
+        "kill" => libc::SYS_kill,
+        "tgkill" => libc::SYS_tgkill,
+        "tkill" => libc::SYS_tkill,
+        _ => return None,
+    })
+}
+
+impl fmt::Display for OsPolicy {
+    /// What `wasmproc sandbox explain` prints for the second wall.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let list = |paths: &[PathBuf]| {
+            if paths.is_empty() {
+                "nothing".to_owned()
+            } else {
+                paths
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            }
+        };
+        writeln!(
+            f,
+            "  process:    its own, dies with the host (SIGKILL on parent death), no new privileges"
+        )?;
+        writeln!(
+            f,
+            "  fds:        stdio and the two control pipes; everything else closed"
+        )?;
+        writeln!(f, "  landlock:   read {}", list(&self.read_files))?;
+        writeln!(f, "              read folders {}", list(&self.read_dirs))?;
+        writeln!(
+            f,
+            "              read-write folders {}",
+            list(&self.write_dirs)
+        )?;
+        writeln!(
+            f,
+            "              no other path; no signals or abstract sockets outside the runner"
+        )?;
+        writeln!(f, "  seccomp:    EPERM for {}", DENIED_SYSCALLS.join(", "))?;
+        writeln!(
+            f,
+            "              clone only with CLONE_THREAD, clone3 ENOSYS, kill/tgkill only to itself"
+        )?;
+        let limits: Vec<String> = self
+            .rlimits
+            .iter()
+            .map(|l| format!("{} {}", l.name, l.soft))
+            .collect();
+        write!(f, "  rlimits:    {}", limits.join(", "))
+    }
+}
