@@ -83,6 +83,7 @@ pub enum SpawnError {
 #[derive(Debug, Clone, Default)]
 pub struct Host {
     relay: Relay,
+    runner: Option<PathBuf>,
 }
 
 impl Host {
@@ -95,6 +96,15 @@ impl Host {
     pub fn global() -> &'static Host {
         static HOST: OnceLock<Host> = OnceLock::new();
         HOST.get_or_init(Host::new)
+    }
+
+    /// A host whose guests run in the runner binary at `path` instead of the
+    /// one found by default (for a runner built elsewhere, or a test double).
+    pub fn with_runner(path: impl Into<PathBuf>) -> Host {
+        Host {
+            relay: Relay::new(),
+            runner: Some(path.into()),
+        }
     }
 
     /// A command that forks into this host.
@@ -129,7 +139,10 @@ impl Host {
     /// Start the guest described by `command`.
     pub(crate) async fn fork(&self, command: &mut Command) -> Result<Child, SpawnError> {
         let artifact = Cache::global().artifact(&command.module).await?;
-        let runner = runner_path()?;
+        let runner = match &self.runner {
+            Some(path) => path.clone(),
+            None => runner_path()?,
+        };
         let entry = self.relay.register(Registration {
             name: command.name.clone(),
             group: command.group.clone(),

@@ -4,7 +4,11 @@
 //! - `exit N`: exits with code N;
 //! - `stderr TEXT`: writes TEXT to stdout and `err:TEXT` to stderr, exits 0;
 //! - `wait`: waits for one message, answers it, then traps;
-//! - `idle`: sleeps forever and never reads its inbox.
+//! - `idle`: sleeps forever and never reads its inbox;
+//! - `big MB`: tries to send the parent a message of MB mebibytes and prints
+//!   what `send` said;
+//! - `unknown N`: sends to N guest ids nobody has, then counts the
+//!   undeliverable notices that come back and prints `N notices: REASON`.
 
 use wasmproc_guest::{self as ipc, InboxItem};
 
@@ -26,6 +30,41 @@ fn main() {
                 let _ = ipc::send(msg.reply_to(), b"about to trap");
             }
             crash_on_purpose();
+        }
+        Some("big") => {
+            let mb: usize = args.get(1).and_then(|m| m.parse().ok()).unwrap_or(1024);
+            let payload = vec![7u8; mb * 1024 * 1024];
+            match ipc::send(ipc::Address::Parent, &payload) {
+                Ok(()) => println!("send: ok"),
+                Err(err) => println!("send: {err:?}"),
+            }
+        }
+        Some("unknown") => {
+            let n: u64 = args.get(1).and_then(|m| m.parse().ok()).unwrap_or(1000);
+            let base = 1u64 << 40;
+            let mut reasons = std::collections::BTreeMap::new();
+            let mut count = |item| {
+                if let InboxItem::Undeliverable(notice) = item {
+                    *reasons.entry(notice.reason.to_string()).or_insert(0u64) += 1;
+                }
+            };
+            // Read the notices while sending: a guest that floods and never
+            // reads its own inbox is slowed down by the host until it does.
+            let mut seen = 0;
+            for i in 0..n {
+                ipc::send(ipc::Address::Id(base + i), b"x").expect("send");
+                while let Some(item) = ipc::try_recv() {
+                    count(item);
+                    seen += 1;
+                }
+            }
+            while seen < n {
+                count(ipc::recv());
+                seen += 1;
+            }
+            for (reason, count) in reasons {
+                println!("{count} notices: {reason}");
+            }
         }
         Some("idle") => loop {
             std::thread::sleep(std::time::Duration::from_secs(3600));

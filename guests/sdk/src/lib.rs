@@ -149,7 +149,18 @@ impl fmt::Display for UndeliverableReason {
 /// the host is gone. A message the host cannot deliver comes back later as
 /// [`InboxItem::Undeliverable`].
 pub fn send(to: impl Into<Address>, payload: &[u8]) -> Result<(), SendError> {
+    // Refuse here what the host would refuse, without copying it out.
+    let limit = max_message_size();
+    if payload.len() as u64 > limit {
+        return Err(SendError::TooLarge(limit));
+    }
     raw::send(&to.into(), payload)
+}
+
+/// The largest payload [`send`] accepts from this guest, in bytes.
+pub fn max_message_size() -> u64 {
+    static LIMIT: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *LIMIT.get_or_init(raw::max_message_size)
 }
 
 /// Encode `value` with postcard and [`send`] it.

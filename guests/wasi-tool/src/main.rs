@@ -9,6 +9,7 @@
 //! - `exit CODE`: read stdin to the end, then exit with CODE;
 //! - `spin`: loop forever without calling the host;
 //! - `spam`: print lines forever;
+//! - `grow`: allocate memory a mebibyte at a time, forever;
 //! - `read PATH`: print the file at PATH; `write PATH TEXT`: write TEXT to PATH;
 //! - `env`: print the environment, one `K=V` per line, sorted.
 //!
@@ -69,6 +70,13 @@ fn run(args: &[String]) -> std::io::Result<ExitCode> {
             let mut x = 1u64;
             loop {
                 x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+            }
+        }
+        "grow" => {
+            let mut hoard: Vec<Vec<u8>> = Vec::new();
+            loop {
+                hoard.push(vec![1u8; 1024 * 1024]);
+                std::hint::black_box(&hoard);
             }
         }
         "spam" => loop {

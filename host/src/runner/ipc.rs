@@ -114,6 +114,10 @@ impl ipc::Host for GuestState {
         Ok(())
     }
 
+    async fn max_message_size(&mut self) -> wasmtime::Result<u64> {
+        Ok(self.link.limits.max_message_size)
+    }
+
     async fn self_id(&mut self) -> wasmtime::Result<u64> {
         Ok(self.link.id.0)
     }

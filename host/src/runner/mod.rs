@@ -215,6 +215,7 @@ async fn run_component(
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
     ipc::add_to_linker(&mut linker)?;
     let max_memory = link.limits.max_memory;
+    let max_message_size = link.limits.max_message_size;
     let state = ipc::GuestState {
         wasi: wasi.build(),
         table: ResourceTable::new(),
@@ -224,6 +225,13 @@ async fn run_component(
     let mut store = Store::new(engine, state);
     store.limiter(|state| &mut state.limiter);
     prepare_store(&mut store)?;
+    // However large a list a guest hands the host, the runner copies at most
+    // a message's worth (plus room for names): beyond, the call traps.
+    store.set_hostcall_fuel(
+        usize::try_from(max_message_size)
+            .unwrap_or(usize::MAX)
+            .saturating_add(1024 * 1024),
+    );
     let command =
         wasmtime_wasi::p2::bindings::Command::instantiate_async(&mut store, component, &linker)
             .await
@@ -231,7 +239,11 @@ async fn run_component(
     Ok(match command.wasi_cli_run().call_run(&mut store).await {
         Ok(Ok(())) => ExitReport::Exited { code: 0 },
         Ok(Err(())) => ExitReport::Exited { code: 1 },
-        Err(err) => report_error(&err),
+        Err(err) => store
+            .data()
+            .limiter
+            .report()
+            .unwrap_or_else(|| report_error(&err)),
     })
 }
 

@@ -1,0 +1,92 @@
+//! A runner that breaks the protocol on purpose, for the host's tests.
+//!
+//! The host starts it like the real runner. It reads the launch spec, takes
+//! its misbehaviour from the guest's first argument, does it, and then waits
+//! for the host to end it:
+//!
+//! `oversize`, `truncated`, `garbage`, `out-of-order`, `second-hello`,
+//! `after-exit`, `over-limit`, `forged`.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::FromRawFd;
+
+use wasmproc::connection::{read_frame_blocking, write_frame_blocking};
+use wasmproc::protocol::{
+    Address, ExitReport, GuestId, HostToRunner, InboxItem, PROTOCOL_VERSION, RunnerToHost,
+};
+
+fn main() {
+    // SAFETY: the host passes the control pipes on fds 3 and 4.
+    let (mut from_host, mut to_host) = unsafe { (File::from_raw_fd(3), File::from_raw_fd(4)) };
+    let (frame, _) = read_frame_blocking::<HostToRunner>(&mut from_host).expect("launch spec");
+    let HostToRunner::Launch(spec) = frame else {
+        panic!("expected a launch spec");
+    };
+    let mode = spec.args.get(1).cloned().unwrap_or_default();
+    let hello = RunnerToHost::Hello {
+        protocol_version: PROTOCOL_VERSION,
+    };
+    let hardened = RunnerToHost::Hardened { steps: Vec::new() };
+    let send = |len: usize| RunnerToHost::Send {
+        to: Address::Parent,
+        payload: vec![1; len],
+    };
+    let mut write =
+        |frame: &RunnerToHost| write_frame_blocking(&mut to_host, frame).expect("write");
+    match mode.as_str() {
+        "oversize" => {
+            write(&hello);
+            write(&hardened);
+            to_host.write_all(&u32::MAX.to_le_bytes()).unwrap();
+        }
+        "truncated" => {
+            write(&hello);
+            write(&hardened);
+            let mut buf = Vec::new();
+            wasmproc::protocol::framing::encode_into(&send(100), &mut buf, 1 << 20).unwrap();
+            to_host.write_all(&buf[..buf.len() / 2]).unwrap();
+            // End mid-frame.
+            std::process::exit(0);
+        }
+        "garbage" => {
+            write(&hello);
+            write(&hardened);
+            let mut junk = 60u32.to_le_bytes().to_vec();
+            junk.extend((0..60u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8 | 0x80));
+            to_host.write_all(&junk).unwrap();
+        }
+        "out-of-order" => write(&send(8)),
+        "second-hello" => {
+            write(&hello);
+            write(&hardened);
+            write(&hello);
+        }
+        "after-exit" => {
+            write(&hello);
+            write(&hardened);
+            write(&RunnerToHost::Exit(ExitReport::Exited { code: 0 }));
+            write(&send(8));
+        }
+        "over-limit" => {
+            write(&hello);
+            write(&hardened);
+            write(&send(spec.limits.max_message_size as usize + 1));
+        }
+        "forged" => {
+            write(&hello);
+            write(&hardened);
+            // A frame only the host may send, claiming to come from guest 1.
+            let forged = HostToRunner::Deliver(InboxItem::Message {
+                from: GuestId(1),
+                from_name: Some("someone-else".into()),
+                payload: b"trust me".to_vec(),
+            });
+            write_frame_blocking(&mut to_host, &forged).expect("write");
+        }
+        other => panic!("unknown mode {other:?}"),
+    }
+    // Wait for the host to end this process (or close the pipe).
+    let mut sink = [0u8; 4096];
+    while matches!(from_host.read(&mut sink), Ok(n) if n > 0) {}
+}

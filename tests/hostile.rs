@@ -1,0 +1,273 @@
+//! The hostile battery: guests that try to escape, hoard, spin or flood,
+//! and runners that lie. Each ends as an exit status; the host goes on.
+
+mod common;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use common::{guest, recv_text, tool_p1, within};
+use wasmproc::{Command, ExitStatus, Host, Limit};
+
+/// The second wall, proven in the real runner binary after its real
+/// hardening: the probe mode tries each forbidden operation natively.
+#[tokio::test]
+async fn the_hardened_runner_cannot_exec_fork_open_sockets_leave_its_files_or_signal_others() {
+    within(60, async {
+        let out = Command::new(guest("echo"))
+            .probe_sandbox()
+            .args([std::process::id().to_string(), "/etc/passwd".to_owned()])
+            .output()
+            .await
+            .unwrap();
+        assert_eq!(out.status, ExitStatus::Exited { code: 0 });
+        assert_eq!(
+            String::from_utf8(out.stdout).unwrap(),
+            concat!(
+                "execve: denied: Operation not permitted (os error 1)\n",
+                "fork: denied: Operation not permitted (os error 1)\n",
+                "socket: denied: Operation not permitted (os error 1)\n",
+                "open outside: denied: Permission denied (os error 13)\n",
+                "kill other: denied: Operation not permitted (os error 1)\n",
+                "ptrace: denied: Operation not permitted (os error 1)\n",
+                "kill self: ALLOWED (permitted)\n",
+            )
+        );
+    })
+    .await;
+}
+
+fn scratch(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("wasmproc-hostile-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[tokio::test]
+async fn filesystem_escapes_are_refused_and_a_read_only_folder_refuses_writes() {
+    within(60, async {
+        let dir = scratch("fs");
+        let (rw, ro) = (dir.join("rw"), dir.join("ro"));
+        std::fs::create_dir_all(&rw).unwrap();
+        std::fs::create_dir_all(&ro).unwrap();
+        std::fs::write(dir.join("secret.txt"), "outside").unwrap();
+        std::fs::write(rw.join("mine.txt"), "inside").unwrap();
+        std::fs::write(ro.join("ro.txt"), "read me").unwrap();
+        std::os::unix::fs::symlink("../secret.txt", rw.join("rel-link")).unwrap();
+        std::os::unix::fs::symlink(dir.join("secret.txt"), rw.join("abs-link")).unwrap();
+        std::os::unix::fs::symlink("/etc", rw.join("etc-link")).unwrap();
+        std::os::unix::fs::symlink("..", rw.join("up")).unwrap();
+
+        for tool in [tool_p1(), guest("wasi-tool")] {
+            let run = |args: &[&str]| {
+                let mut command = Command::new(&tool);
+                command
+                    .args(args.iter().copied())
+                    .preopen(&rw, "/data", false)
+                    .preopen(&ro, "/ro", true);
+                async move { command.output().await.unwrap() }
+            };
+            let read = run(&["read", "/data/mine.txt"]).await;
+            assert_eq!(read.stdout, b"inside");
+            let read = run(&["read", "/ro/ro.txt"]).await;
+            assert_eq!(read.stdout, b"read me");
+            for path in [
+                "/data/../secret.txt",
+                "../secret.txt",
+                "/data/rel-link",
+                "/data/abs-link",
+                "/data/etc-link/passwd",
+                "/data/up/secret.txt",
+                "/etc/passwd",
+                "/proc/self/environ",
+                "/proc/self/mem",
+            ] {
+                let out = run(&["read", path]).await;
+                assert_eq!(out.status, ExitStatus::Exited { code: 1 }, "read {path}");
+                assert!(out.stdout.is_empty(), "read {path} leaked {:?}", out.stdout);
+            }
+            let out = run(&["write", "/ro/new.txt", "x"]).await;
+            assert_eq!(out.status, ExitStatus::Exited { code: 1 });
+            let out = run(&["write", "/ro/ro.txt", "overwritten"]).await;
+            assert_eq!(out.status, ExitStatus::Exited { code: 1 });
+            let out = run(&["write", "/data/up/escaped.txt", "x"]).await;
+            assert_eq!(out.status, ExitStatus::Exited { code: 1 });
+        }
+        assert!(!ro.join("new.txt").exists());
+        assert_eq!(
+            std::fs::read_to_string(ro.join("ro.txt")).unwrap(),
+            "read me"
+        );
+        assert!(!dir.join("escaped.txt").exists());
+        let _ = std::fs::remove_dir_all(&dir);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_memory_bomb_ends_with_memory_limit_and_the_host_carries_on() {
+    within(60, async {
+        let host = Host::new();
+        let echo = host.command(guest("echo")).fork().await.unwrap();
+        for tool in [tool_p1(), guest("wasi-tool")] {
+            let out = host
+                .command(&tool)
+                .arg("grow")
+                .max_memory(64 * 1024 * 1024)
+                .output()
+                .await
+                .unwrap();
+            let ExitStatus::LimitExceeded(Limit::Memory { limit, requested }) = out.status else {
+                panic!("expected the memory limit, got {}", out.status);
+            };
+            assert_eq!(limit, 64 * 1024 * 1024);
+            assert!(requested > limit);
+            assert!(
+                out.status
+                    .to_string()
+                    .starts_with("stopped: memory limit of 64 MiB exceeded (asked for "),
+                "{}",
+                out.status
+            );
+        }
+        echo.send(b"fine".to_vec()).unwrap();
+        assert_eq!(recv_text(&echo).await, "fine");
+        echo.kill();
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_one_gigabyte_message_is_refused_at_once() {
+    within(60, async {
+        let out = Command::new(guest("crasher"))
+            .args(["big", "1024"])
+            .max_memory(2 * 1024 * 1024 * 1024)
+            .output()
+            .await
+            .unwrap();
+        assert_eq!(out.status, ExitStatus::Exited { code: 0 });
+        assert_eq!(
+            String::from_utf8(out.stdout).unwrap(),
+            "send: SendError::TooLarge(16777216)\n"
+        );
+    })
+    .await;
+}
+
+/// A million sends to ids nobody has: each comes back `unknown recipient`,
+/// and the host (measured in its own process) stays small.
+#[tokio::test]
+async fn a_million_sends_to_unknown_ids_come_back_and_host_memory_stays_bounded() {
+    within(300, async {
+        let out = tokio::process::Command::new(common::helper("unknown-probe"))
+            .arg(guest("crasher"))
+            .arg("1000000")
+            .output()
+            .await
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut lines = stdout.lines();
+        assert_eq!(lines.next(), Some("1000000 notices: unknown recipient"));
+        let peak = common::parse_kib(lines.next().unwrap(), "peak_rss_kib");
+        assert!(peak < 64 * 1024, "the host peaked at {peak} KiB");
+    })
+    .await;
+}
+
+/// Each way a runner can lie ends that runner with `protocol violation`.
+#[tokio::test]
+async fn malformed_and_forged_frames_end_the_runner_as_a_protocol_violation() {
+    within(60, async {
+        let host = Host::with_runner(common::helper("fake-runner"));
+        let cases = [
+            (
+                "oversize",
+                "frame of 4294967295 bytes is over the 67174400-byte limit",
+            ),
+            ("truncated", "stream ended inside a frame"),
+            ("garbage", "malformed frame of 60 bytes"),
+            ("out-of-order", "expected Hello first, got Send"),
+            ("second-hello", "a second Hello"),
+            ("after-exit", "Send after the exit report"),
+            (
+                "over-limit",
+                "a 1025-byte message, over the guest's 1024-byte limit",
+            ),
+            ("forged", ""),
+        ];
+        for (mode, reason) in cases {
+            let child = host
+                .command(guest("echo"))
+                .arg(mode)
+                .max_message_size(1024)
+                .stdout(wasmproc::Stdio::Null)
+                .stderr(wasmproc::Stdio::Null)
+                .fork()
+                .await
+                .unwrap();
+            let status = child.wait().await;
+            let ExitStatus::ProtocolViolation { reason: got } = &status else {
+                panic!("{mode}: expected a protocol violation, got {status}");
+            };
+            assert!(got.starts_with(reason), "{mode}: {got}");
+        }
+        // The real host goes on: a real runner still works.
+        let echo = Command::new(guest("echo")).fork().await.unwrap();
+        echo.send(b"still up".to_vec()).unwrap();
+        assert_eq!(recv_text(&echo).await, "still up");
+        echo.kill();
+    })
+    .await;
+}
+
+/// Tests with a deadline run one at a time.
+static DEADLINES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+#[tokio::test]
+async fn a_cpu_spinner_is_stopped_by_its_cpu_limit_while_others_keep_talking() {
+    let _one_at_a_time = DEADLINES.lock().await;
+    within(60, async {
+        let host = Host::new();
+        let spinner = host
+            .command(guest("wasi-tool"))
+            .arg("spin")
+            .max_cpu(Duration::from_secs(1))
+            .fork()
+            .await
+            .unwrap();
+        let pong = host
+            .command(guest("pingpong"))
+            .args(["pong", "2000"])
+            .name("pong")
+            .fork()
+            .await
+            .unwrap();
+        let ping = host
+            .command(guest("pingpong"))
+            .args(["ping", "pong", "2000"])
+            .fork()
+            .await
+            .unwrap();
+        assert_eq!(
+            ping.recv_value::<(u64, bool)>().await.unwrap(),
+            (2000, true)
+        );
+        assert!(pong.wait().await.success());
+        let status = spinner.wait().await;
+        assert_eq!(
+            status,
+            ExitStatus::LimitExceeded(Limit::Cpu {
+                limit: Duration::from_secs(1)
+            })
+        );
+        assert_eq!(status.to_string(), "stopped: CPU limit of 1s exceeded");
+    })
+    .await;
+}
