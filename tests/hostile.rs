@@ -271,3 +271,63 @@ async fn a_cpu_spinner_is_stopped_by_its_cpu_limit_while_others_keep_talking() {
     })
     .await;
 }
+
+#[test]
+fn sandbox_explain_prints_both_walls_from_the_policy_the_runner_applies() {
+    let module = guest("echo");
+    let out = std::process::Command::new(common::cli())
+        .args([
+            "sandbox",
+            "explain",
+            "--dir-ro",
+            "/tmp::/data",
+            "--env",
+            "A=1",
+        ])
+        .args(["--max-memory", "64MiB", "--max-cpu", "10s"])
+        .arg(&module)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    for line in [
+        "first wall (wasm + WASI capabilities):",
+        "  args:       [\"echo.wasm\"]",
+        "  env:        A=1 (nothing else)",
+        "  folders:    /tmp as /data (read-only)",
+        "  network:    none (sockets linked, every use refused)",
+        "  limits:     memory 64 MiB, message 16 MiB, inbox 65536 items / 64 MiB, CPU 10000 ms",
+        "second wall (the runner process):",
+        "              read folders /tmp",
+        "              read-write folders nothing",
+        "              clone only with CLONE_THREAD, clone3 ENOSYS, kill/tgkill only to itself",
+        "  rlimits:    RLIMIT_CORE 0, RLIMIT_NOFILE 256, RLIMIT_CPU 10",
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "missing `{line}` in:\n{text}"
+        );
+    }
+    assert!(text.contains("  seccomp:    EPERM for execve, execveat, fork, vfork, ptrace,"));
+}
+
+#[test]
+fn cli_limit_flags_stop_a_memory_bomb() {
+    let out = std::process::Command::new(common::cli())
+        .args(["run", "--max-memory", "32MiB"])
+        .arg(tool_p1())
+        .args(["--", "grow"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        err.contains(": stopped: memory limit of 32 MiB exceeded (asked for "),
+        "{err}"
+    );
+}

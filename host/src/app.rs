@@ -220,6 +220,11 @@ fn backoff(base: Duration, max: Duration, consecutive_short: u32) -> Duration {
 }
 
 async fn start(host: &Host, def: &GuestDef, name: &str) -> Result<Child, crate::SpawnError> {
+    command_for(host, def, name).fork().await
+}
+
+/// The command that starts instance `name` of `def`.
+pub fn command_for(host: &Host, def: &GuestDef, name: &str) -> crate::Command {
     let mut command = host.command(&def.module);
     command
         .arg0(display_name(&def.module))
@@ -241,7 +246,19 @@ async fn start(host: &Host, def: &GuestDef, name: &str) -> Result<Child, crate::
     if let Some(timeout) = def.timeout {
         command.timeout(timeout);
     }
-    command.fork().await
+    if let Some(bytes) = def.max_memory {
+        command.max_memory(bytes);
+    }
+    if let Some(limit) = def.max_cpu {
+        command.max_cpu(limit);
+    }
+    if let Some(bytes) = def.max_message_size {
+        command.max_message_size(bytes);
+    }
+    if let Some(items) = def.inbox_size {
+        command.inbox_size(items);
+    }
+    command
 }
 
 fn display_name(module: &Path) -> String {

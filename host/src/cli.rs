@@ -28,6 +28,26 @@ enum Cmd {
     /// Run a command line or pipeline (`a.wasm x | b.wasm`), split like a
     /// shell would but never run by one.
     Exec(ExecArgs),
+    /// Inspect the sandbox.
+    #[command(subcommand)]
+    Sandbox(SandboxCmd),
+}
+
+#[derive(Debug, Subcommand)]
+enum SandboxCmd {
+    /// Print what a guest can reach in both walls: `MODULE.wasm` with the
+    /// same options as `run`, or `APP.toml NAME` for a manifest entry.
+    Explain(ExplainArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ExplainArgs {
+    #[command(flatten)]
+    options: GuestOptions,
+    /// A module, or an app manifest.
+    target: PathBuf,
+    /// With a manifest: the guest's name (a table, or one of its replicas).
+    entry: Option<String>,
 }
 
 /// What the guest may reach and how long it may run; shared by `run` and `exec`.
@@ -45,6 +65,15 @@ struct GuestOptions {
     /// Kill the guest after this long (`500ms`, `5s`, `2m`).
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     timeout: Option<Duration>,
+    /// The most linear memory the guest may use (`256MiB`; default 512MiB).
+    #[arg(long, value_name = "SIZE", value_parser = crate::manifest::parse_size)]
+    max_memory: Option<u64>,
+    /// The CPU time the guest may use (`10s`; default: no limit).
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    max_cpu: Option<Duration>,
+    /// The largest message the guest may send or receive (`1MiB`; default 16MiB).
+    #[arg(long, value_name = "SIZE", value_parser = crate::manifest::parse_size)]
+    max_message_size: Option<u64>,
 }
 
 impl GuestOptions {
@@ -58,6 +87,15 @@ impl GuestOptions {
         }
         if let Some(timeout) = self.timeout {
             command.timeout(timeout);
+        }
+        if let Some(bytes) = self.max_memory {
+            command.max_memory(bytes);
+        }
+        if let Some(limit) = self.max_cpu {
+            command.max_cpu(limit);
+        }
+        if let Some(bytes) = self.max_message_size {
+            command.max_message_size(bytes);
         }
     }
 }
@@ -123,6 +161,7 @@ pub fn main() -> ExitCode {
         match cli.command {
             Cmd::Run(args) => run(args).await,
             Cmd::Exec(args) => exec(args).await,
+            Cmd::Sandbox(SandboxCmd::Explain(args)) => explain(args).await,
         }
     });
     match result {
@@ -182,6 +221,31 @@ async fn exec(args: ExecArgs) -> anyhow::Result<u8> {
     }
     let last = statuses.last().map(ExitStatus::process_code).unwrap_or(0);
     Ok(last.clamp(0, 255) as u8)
+}
+
+async fn explain(args: ExplainArgs) -> anyhow::Result<u8> {
+    let mut command;
+    if args.target.extension().is_some_and(|e| e == "toml") {
+        let manifest = crate::manifest::load(&args.target)?;
+        let wanted = args
+            .entry
+            .as_deref()
+            .ok_or_else(|| anyhow::anyhow!("name the guest: `sandbox explain APP.toml NAME`"))?;
+        let def = manifest
+            .guests
+            .iter()
+            .find(|d| d.name == wanted || d.instance_names().iter().any(|n| n == wanted))
+            .ok_or_else(|| anyhow::anyhow!("{} has no guest `{wanted}`", args.target.display()))?;
+        command = crate::app::command_for(&crate::Host::new(), def, wanted);
+        println!("guest `{wanted}` ({})", def.module.display());
+    } else {
+        command = Command::new(&args.target);
+        println!("guest {}", args.target.display());
+    }
+    args.options.apply(&mut command);
+    let spec = crate::Host::new().launch_spec(&command).await?;
+    println!("{}", crate::sandbox::explain(&spec));
+    Ok(0)
 }
 
 async fn run_app(path: &std::path::Path, json: bool) -> anyhow::Result<u8> {

@@ -298,6 +298,26 @@ impl Command {
         self
     }
 
+    pub(crate) fn launch_spec(
+        &self,
+        id: GuestId,
+        name: Option<String>,
+        artifact: &crate::cache::Artifact,
+    ) -> wasmproc_protocol::LaunchSpec {
+        wasmproc_protocol::LaunchSpec {
+            protocol_version: wasmproc_protocol::PROTOCOL_VERSION,
+            id,
+            name,
+            artifact: artifact.path.to_string_lossy().into_owned(),
+            kind: artifact.kind,
+            args: self.argv(),
+            env: self.env.clone(),
+            preopens: self.preopens.clone(),
+            limits: self.limits.clone(),
+            probe: self.probe,
+        }
+    }
+
     pub(crate) fn argv(&self) -> Vec<String> {
         let arg0 = self.argv0.clone().unwrap_or_else(|| {
             self.module

@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use tokio::net::unix::pipe;
 use tokio::sync::{oneshot, watch};
-use wasmproc_protocol::{HostToRunner, LaunchSpec, PROTOCOL_VERSION, RunnerToHost, check_version};
+use wasmproc_protocol::{HostToRunner, LaunchSpec, RunnerToHost, check_version};
 
 use crate::cache::{Cache, CompileError};
 use crate::command::{Child, Command, Stdio};
@@ -136,6 +136,21 @@ impl Host {
         self.relay.stats().snapshot()
     }
 
+    /// The launch spec `command` would send its runner (with id 0 and no
+    /// name registered), compiling the module if needed.
+    ///
+    /// # Errors
+    ///
+    /// When the module is missing, not wasm, or does not compile.
+    pub async fn launch_spec(&self, command: &Command) -> Result<LaunchSpec, SpawnError> {
+        let artifact = Cache::global().artifact(&command.module).await?;
+        Ok(command.launch_spec(
+            wasmproc_protocol::GuestId(0),
+            command.name.clone(),
+            &artifact,
+        ))
+    }
+
     /// Start the guest described by `command`.
     pub(crate) async fn fork(&self, command: &mut Command) -> Result<Child, SpawnError> {
         let artifact = Cache::global().artifact(&command.module).await?;
@@ -150,18 +165,7 @@ impl Host {
             talks_to: command.talks_to.clone(),
             max_cpu: command.limits.max_cpu_ms.map(Duration::from_millis),
         })?;
-        let spec = LaunchSpec {
-            protocol_version: PROTOCOL_VERSION,
-            id: entry.id,
-            name: entry.name.clone(),
-            artifact: artifact.path.to_string_lossy().into_owned(),
-            kind: artifact.kind,
-            args: command.argv(),
-            env: command.env.clone(),
-            preopens: command.preopens.clone(),
-            limits: command.limits.clone(),
-            probe: command.probe,
-        };
+        let spec = command.launch_spec(entry.id, entry.name.clone(), &artifact);
         let stdio = [
             command.stdin.take().unwrap_or(Stdio::Null),
             command.stdout.take().unwrap_or(Stdio::Inherit),

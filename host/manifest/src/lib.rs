@@ -16,6 +16,10 @@
 //! backoff = "100ms"                    # doubles per crash, up to backoff-max
 //! backoff-max = "15s"
 //! grace = "5s"                         # between `shutdown` and the kill
+//! max-memory = "256MiB"                # linear memory (default 512MiB)
+//! max-cpu = "10m"                      # CPU time (default: none)
+//! max-message-size = "1MiB"            # largest message (default 16MiB)
+//! inbox-size = 1000                    # items held in the runner (default 65536)
 //! ```
 //!
 //! Everything is checked before anything starts: unknown keys, wrong types,
@@ -73,6 +77,44 @@ pub struct GuestDef {
     pub backoff_max: Duration,
     pub grace: Duration,
     pub timeout: Option<Duration>,
+    /// Limits; `None` takes the host's default.
+    pub max_memory: Option<u64>,
+    pub max_cpu: Option<Duration>,
+    pub max_message_size: Option<u64>,
+    pub inbox_size: Option<u32>,
+}
+
+/// Read a size such as `512MiB`, `64 KiB`, `1GB` or `4096` (bytes).
+///
+/// # Errors
+///
+/// A message saying what is wrong.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let number: u64 = digits
+        .parse()
+        .map_err(|_| format!("`{text}` is not a size like 512MiB, 64KiB or 4096"))?;
+    let factor: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" | "K" => 1 << 10,
+        "MiB" | "M" => 1 << 20,
+        "GiB" | "G" => 1 << 30,
+        "KB" | "kB" => 1000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        other => {
+            return Err(format!(
+                "`{other}` is not a size unit (B, KiB, MiB, GiB, KB, MB, GB)"
+            ));
+        }
+    };
+    number
+        .checked_mul(factor)
+        .ok_or_else(|| format!("`{text}` is too large"))
 }
 
 impl GuestDef {
@@ -160,6 +202,10 @@ struct RawGuest {
     backoff_max: Option<Spanned<String>>,
     grace: Option<Spanned<String>>,
     timeout: Option<Spanned<String>>,
+    max_memory: Option<Spanned<String>>,
+    max_cpu: Option<Spanned<String>>,
+    max_message_size: Option<Spanned<String>>,
+    inbox_size: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -249,6 +295,12 @@ pub fn parse(
                 )
             }),
         };
+        let size = |value: &Option<Spanned<String>>| -> Result<Option<u64>, ManifestError> {
+            value
+                .as_ref()
+                .map(|text| parse_size(text.get_ref()).map_err(|msg| at(text.span().start, msg)))
+                .transpose()
+        };
         let module = base.join(guest.module.get_ref());
         if !exists(&module) {
             return Err(at(
@@ -315,6 +367,14 @@ pub fn parse(
                     .as_ref()
                     .map(|t| duration(&Some(t.clone()), Duration::ZERO))
                     .transpose()?,
+                max_memory: size(&guest.max_memory)?,
+                max_cpu: guest
+                    .max_cpu
+                    .as_ref()
+                    .map(|t| duration(&Some(t.clone()), Duration::ZERO))
+                    .transpose()?,
+                max_message_size: size(&guest.max_message_size)?,
+                inbox_size: guest.inbox_size,
             },
             name_span,
         ));
@@ -447,6 +507,10 @@ backoff-max = "1s"
 grace = "2s"
 env = { MODE = "fast" }
 dirs = [{ host = "data", guest = "/data", read-only = true }]
+max-memory = "64MiB"
+max-cpu = "30s"
+max-message-size = "1MiB"
+inbox-size = 100
 "#;
 
     #[test]
@@ -468,6 +532,11 @@ dirs = [{ host = "data", guest = "/data", read-only = true }]
         assert_eq!(p.min_uptime, Duration::from_millis(500));
         assert_eq!(p.backoff_max, Duration::from_secs(1));
         assert_eq!(p.env, vec![("MODE".to_owned(), "fast".to_owned())]);
+        assert_eq!(p.max_memory, Some(64 << 20));
+        assert_eq!(p.max_cpu, Some(Duration::from_secs(30)));
+        assert_eq!(p.max_message_size, Some(1 << 20));
+        assert_eq!(p.inbox_size, Some(100));
+        assert_eq!(c.max_memory, None);
         assert_eq!(
             p.dirs,
             vec![Dir {
@@ -484,7 +553,8 @@ dirs = [{ host = "data", guest = "/data", read-only = true }]
             error("[guests.a]\nmodule = \"a.wasm\"\nreplica = 2\n"),
             "app.toml:3: guests.a.replica: unknown field `replica`, expected one of `module`, \
              `args`, `env`, `dirs`, `replicas`, `talks-to`, `restart`, `max-restarts`, \
-             `restart-window`, `min-uptime`, `backoff`, `backoff-max`, `grace`, `timeout`"
+             `restart-window`, `min-uptime`, `backoff`, `backoff-max`, `grace`, `timeout`, \
+             `max-memory`, `max-cpu`, `max-message-size`, `inbox-size`"
         );
     }
 
@@ -552,6 +622,21 @@ dirs = [{ host = "data", guest = "/data", read-only = true }]
         assert_eq!(
             error("[guests.\"a b\"]\nmodule = \"a.wasm\"\n"),
             "app.toml:1: guests.a b: `a b` is not a valid guest name: use letters, digits, `-`, `_` and `.`"
+        );
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("512MiB"), Ok(512 << 20));
+        assert_eq!(parse_size("1 GB"), Ok(1_000_000_000));
+        assert_eq!(
+            error("[guests.a]\nmodule = \"a.wasm\"\nmax-memory = \"lots\"\n"),
+            "app.toml:3: guests.a.max-memory: `lots` is not a size like 512MiB, 64KiB or 4096"
+        );
+        assert_eq!(
+            error("[guests.a]\nmodule = \"a.wasm\"\nmax-memory = \"5 parsecs\"\n"),
+            "app.toml:3: guests.a.max-memory: `parsecs` is not a size unit (B, KiB, MiB, GiB, KB, MB, GB)"
         );
     }
 

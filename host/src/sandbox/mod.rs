@@ -50,3 +50,56 @@ pub fn wasi_builder(spec: &LaunchSpec) -> anyhow::Result<WasiCtxBuilder> {
         .socket_addr_check(|_, _| Box::pin(async { false }));
     Ok(builder)
 }
+
+/// What a guest can reach in both walls, as `wasmproc sandbox explain`
+/// prints it: derived from the launch spec the runner receives and from the
+/// [`os::OsPolicy`] it applies to itself.
+pub fn explain(spec: &LaunchSpec) -> String {
+    use std::fmt::Write;
+    let mib = |bytes: u64| format!("{} MiB", bytes / (1024 * 1024));
+    let mut out = String::new();
+    let _ = writeln!(out, "first wall (wasm + WASI capabilities):");
+    let _ = writeln!(out, "  args:       {:?}", spec.args);
+    if spec.env.is_empty() {
+        let _ = writeln!(out, "  env:        nothing");
+    } else {
+        let vars: Vec<String> = spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let _ = writeln!(out, "  env:        {} (nothing else)", vars.join(" "));
+    }
+    if spec.preopens.is_empty() {
+        let _ = writeln!(out, "  folders:    none: no path opens");
+    }
+    for p in &spec.preopens {
+        let mode = if p.read_only {
+            "read-only"
+        } else {
+            "read-write"
+        };
+        let _ = writeln!(
+            out,
+            "  folders:    {} as {} ({mode})",
+            p.host_path, p.guest_path
+        );
+    }
+    let _ = writeln!(
+        out,
+        "  network:    none (sockets linked, every use refused)"
+    );
+    let _ = writeln!(out, "  processes:  none (WASI cannot start one)");
+    let l = &spec.limits;
+    let cpu = l
+        .max_cpu_ms
+        .map_or_else(|| "none".to_owned(), |ms| format!("{ms} ms"));
+    let _ = writeln!(
+        out,
+        "  limits:     memory {}, message {}, inbox {} items / {}, CPU {cpu}",
+        mib(l.max_memory),
+        mib(l.max_message_size),
+        l.inbox_items,
+        mib(l.inbox_bytes),
+    );
+    let _ = writeln!(out, "second wall (the runner process):");
+    let policy = os::OsPolicy::for_spec(spec, 0);
+    let _ = write!(out, "{policy}");
+    out
+}
