@@ -6,7 +6,7 @@ GUEST_DIR := guests/target/$(GUEST_TARGET)/release
 # Compiled guest artifacts for tests and the demo stay inside the tree.
 export WASMPROC_CACHE_DIR ?= $(CURDIR)/target/wasmproc-cache
 
-.PHONY: all setup guests build test run lint fmt clean
+.PHONY: all setup guests build test run lint fmt fuzz clean
 
 all: build guests
 
@@ -37,6 +37,13 @@ lint:
 	cd guests && $(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
 	cd guests && $(CARGO) clippy --target $(GUEST_TARGET) --all-targets -- -D warnings
+
+## fuzz: the frame decoder and manifest parser fuzzers, FUZZ_SECONDS each (nightly)
+FUZZ_SECONDS ?= 600
+fuzz:
+	cargo install cargo-fuzz --locked
+	cd fuzz && cargo +nightly fuzz run -O frame_decoder -- -max_total_time=$(FUZZ_SECONDS)
+	cd fuzz && cargo +nightly fuzz run -O manifest -- -max_total_time=$(FUZZ_SECONDS)
 
 fmt:
 	$(CARGO) fmt --all
