@@ -6,7 +6,7 @@ GUEST_DIR := guests/target/$(GUEST_TARGET)/release
 # Compiled guest artifacts for tests and the demo stay inside the tree.
 export WASMPROC_CACHE_DIR ?= $(CURDIR)/target/wasmproc-cache
 
-.PHONY: all setup guests build test run lint fmt fuzz clean
+.PHONY: all setup guests build test run bench lint fmt fuzz clean
 
 all: build guests
 
@@ -30,6 +30,11 @@ test: guests
 ## run: the demo app: a coordinator and two prime workers, each in its own process
 run: guests build
 	./target/debug/wasmproc run examples/primes-app/app.toml
+
+## bench: wasmproc against Node's fork and the raw pipe floor (release build)
+bench: guests
+	$(CARGO) build --release -p wasmproc --bins -p wasmproc-bench
+	./target/release/wasmproc-bench
 
 ## lint: formatting and clippy, as the project keeps them
 lint:

@@ -1,0 +1,618 @@
+//! `make bench`: wasmproc against Node's `fork` and the raw pipe floor, in
+//! the same run, alternating the systems, under the same CPU placement.
+//!
+//! Usage: `wasmproc-bench [--quick]` from the repository root after a
+//! release build (the Makefile does both). `wasmproc-bench rtt-pinned` is the
+//! part it runs again under `taskset -c 0`. Writes `bench/results.md` and
+//! `bench/results.json`, and prints the table.
+
+use std::path::{Path, PathBuf};
+use std::process::Command as OsCommand;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use serde_json::{Value, json};
+use wasmproc::{Host, InboxItem};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_owned)
+        .unwrap_or_default()
+}
+
+fn guest(name: &str) -> anyhow::Result<PathBuf> {
+    let path = root()
+        .join("guests/target/wasm32-wasip2/release")
+        .join(format!("{name}.wasm"));
+    if !path.is_file() {
+        bail!("{} is missing: run `make guests`", path.display());
+    }
+    Ok(path)
+}
+
+/// Run a helper (floor or node) and parse the JSON it prints.
+fn external(program: &str, args: &[String], pinned: bool) -> anyhow::Result<Value> {
+    let mut cmd = if pinned {
+        let mut c = OsCommand::new("taskset");
+        c.args(["-c", "0", program]);
+        c
+    } else {
+        OsCommand::new(program)
+    };
+    let out = cmd
+        .args(args)
+        .output()
+        .with_context(|| format!("cannot run {program}"))?;
+    if !out.status.success() {
+        bail!(
+            "{program} {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().last().unwrap_or("");
+    serde_json::from_str(line).with_context(|| format!("{program} printed `{text}`"))
+}
+
+fn floor(args: &[&str], pinned: bool) -> anyhow::Result<Value> {
+    let exe = std::env::current_exe()?.with_file_name("floor");
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    external(&exe.to_string_lossy(), &args, pinned)
+}
+
+fn node(args: &[&str], pinned: bool) -> anyhow::Result<Value> {
+    let script = root().join("bench/node/bench.js");
+    let mut all = vec![script.to_string_lossy().into_owned()];
+    all.extend(args.iter().map(|s| s.to_string()));
+    external("node", &all, pinned)
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+fn p99(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get((v.len() * 99 / 100).min(v.len().saturating_sub(1)))
+        .copied()
+        .unwrap_or(f64::NAN)
+}
+
+/// Fork → first message received by the parent, `n` times in a row (µs).
+async fn wasmproc_spawn(n: usize) -> anyhow::Result<Vec<f64>> {
+    let host = Host::new();
+    let postman = guest("postman")?;
+    // Compile (once) before timing.
+    let warm = host.command(&postman).arg("parent").fork().await?;
+    warm.recv().await;
+    warm.kill();
+    let mut samples = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        let child = host.command(&postman).arg("parent").fork().await?;
+        match child.recv().await {
+            Some(InboxItem::Message { .. }) => {}
+            other => bail!("expected the first message, got {other:?}"),
+        }
+        samples.push(t.elapsed().as_secs_f64() * 1e6);
+        child.kill();
+        child.wait().await;
+    }
+    Ok(samples)
+}
+
+/// `n` guests forked at once until each has sent its first message (ms).
+async fn wasmproc_burst(n: usize) -> anyhow::Result<f64> {
+    let host = Host::new();
+    let postman = guest("postman")?;
+    let t = Instant::now();
+    let forks = (0..n).map(|_| {
+        let mut c = host.command(&postman);
+        c.arg("parent");
+        async move { c.fork().await }
+    });
+    let children = futures_join(forks).await?;
+    for child in &children {
+        child.recv().await;
+    }
+    let ms = t.elapsed().as_secs_f64() * 1e3;
+    for child in &children {
+        child.kill();
+    }
+    for child in &children {
+        child.wait().await;
+    }
+    Ok(ms)
+}
+
+async fn futures_join<F, T, E>(futures: impl Iterator<Item = F>) -> Result<Vec<T>, E>
+where
+    F: std::future::Future<Output = Result<T, E>> + Send + 'static,
+    T: Send + 'static,
+    E: Send + 'static,
+{
+    let handles: Vec<_> = futures.map(tokio::spawn).collect();
+    let mut out = Vec::with_capacity(handles.len());
+    for h in handles {
+        out.push(h.await.expect("fork task")?);
+    }
+    Ok(out)
+}
+
+/// Guest A → relay → guest B → relay → A, 8-byte numbered messages (µs per
+/// round trip).
+async fn wasmproc_rtt(n: u64) -> anyhow::Result<f64> {
+    let host = Host::new();
+    let pingpong = guest("pingpong")?;
+    let total = n + 1000;
+    let pong = host
+        .command(&pingpong)
+        .args(["pong".to_owned(), total.to_string()])
+        .name("pong")
+        .fork()
+        .await?;
+    let t = Instant::now();
+    let ping = host
+        .command(&pingpong)
+        .args(["ping".to_owned(), "pong".to_owned(), total.to_string()])
+        .fork()
+        .await?;
+    let (count, ok): (u64, bool) = ping.recv_value().await?;
+    let elapsed = t.elapsed();
+    if count != total || !ok {
+        bail!("ping ended at {count} (in order: {ok})");
+    }
+    pong.wait().await;
+    Ok(elapsed.as_secs_f64() * 1e6 / total as f64)
+}
+
+/// Parent ↔ guest round trips (µs).
+async fn wasmproc_parent_rtt(n: u64) -> anyhow::Result<f64> {
+    let host = Host::new();
+    let echo = host.command(guest("echo")?).fork().await?;
+    for _ in 0..1000 {
+        echo.send(vec![7u8; 32])?;
+        echo.recv().await;
+    }
+    let t = Instant::now();
+    for _ in 0..n {
+        echo.send(vec![7u8; 32])?;
+        echo.recv().await;
+    }
+    let us = t.elapsed().as_secs_f64() * 1e6 / n as f64;
+    echo.kill();
+    Ok(us)
+}
+
+/// A → relay → B: `n` messages of `size` bytes, counted at B (msg/s, B/s).
+async fn wasmproc_stream(n: u64, size: u64) -> anyhow::Result<(f64, f64)> {
+    let host = Host::new();
+    let pingpong = guest("pingpong")?;
+    let sink = host
+        .command(&pingpong)
+        .args(["count".to_owned(), n.to_string()])
+        .name("sink")
+        .max_message_size(size + 64)
+        .fork()
+        .await?;
+    let t = Instant::now();
+    let source = host
+        .command(&pingpong)
+        .args([
+            "stream".to_owned(),
+            "sink".to_owned(),
+            n.to_string(),
+            size.to_string(),
+        ])
+        .max_message_size(size + 64)
+        .max_memory(2 << 30)
+        .fork()
+        .await?;
+    let (count, _): (u64, bool) = sink.recv_value().await?;
+    let secs = t.elapsed().as_secs_f64();
+    if count != n {
+        bail!("the sink counted {count} of {n}");
+    }
+    source.wait().await;
+    Ok((n as f64 / secs, (n * size) as f64 / secs))
+}
+
+fn rollup(pid: u32) -> (u64, u64, u64) {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    };
+    (field("Rss:"), field("Pss:"), field("Anonymous:"))
+}
+
+/// `n` idle guests: (PSS KiB, anonymous KiB, RSS KiB) summed over runners.
+async fn wasmproc_memory(n: usize) -> anyhow::Result<(u64, u64, u64)> {
+    let host = Host::new();
+    let crasher = guest("crasher")?;
+    let mut children = Vec::new();
+    for _ in 0..n {
+        children.push(host.command(&crasher).arg("idle").fork().await?);
+    }
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let (mut rss, mut pss, mut anon) = (0, 0, 0);
+    for child in &children {
+        let (r, p, a) = rollup(child.pid());
+        rss += r;
+        pss += p;
+        anon += a;
+    }
+    for child in &children {
+        child.kill();
+    }
+    for child in &children {
+        child.wait().await;
+    }
+    Ok((pss, anon, rss))
+}
+
+/// Count the primes in 2..limit with `workers` guests (ms).
+async fn wasmproc_primes(limit: u64, workers: usize) -> anyhow::Result<f64> {
+    let host = Host::new();
+    let mut names = Vec::new();
+    let mut kids = Vec::new();
+    for i in 1..=workers {
+        let name = format!("primes-{i}");
+        kids.push(host.command(guest("primes")?).name(&name).fork().await?);
+        names.push(name);
+    }
+    let t = Instant::now();
+    let coordinator = host
+        .command(guest("coordinator")?)
+        .args(["2".to_owned(), limit.to_string(), "64".to_owned()])
+        .args(names)
+        .fork()
+        .await?;
+    let _total: u64 = coordinator.recv_value().await?;
+    let ms = t.elapsed().as_secs_f64() * 1e3;
+    for k in &kids {
+        k.kill();
+    }
+    Ok(ms)
+}
+
+fn wait_idle() {
+    // Wait (a little) for the machine to settle between systems.
+    for _ in 0..20 {
+        let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+        let one: f64 = load
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0);
+        if one < 0.5 {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+struct Row {
+    scenario: String,
+    unit: &'static str,
+    wasmproc: f64,
+    node: Option<f64>,
+    floor: Option<f64>,
+    /// Whether bigger is better (throughput).
+    higher_better: bool,
+}
+
+fn fmt(v: Option<f64>) -> String {
+    match v {
+        Some(v) if v >= 1e6 => format!("{:.2}M", v / 1e6),
+        Some(v) if v >= 1e4 => format!("{:.0}k", v / 1e3),
+        Some(v) if v >= 100.0 => format!("{v:.0}"),
+        Some(v) => format!("{v:.2}"),
+        None => "—".to_owned(),
+    }
+}
+
+fn ratio(a: f64, b: Option<f64>) -> String {
+    b.map_or_else(|| "—".to_owned(), |b| format!("{:.2}×", a / b))
+}
+
+async fn rtt_pinned() -> anyhow::Result<()> {
+    let us = wasmproc_rtt(20_000).await?;
+    println!("{}", json!({"rtt_us": us}));
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("rtt-pinned") {
+        return rtt_pinned().await;
+    }
+    let quick = args.iter().any(|a| a == "--quick");
+    let reps = if quick { 1 } else { 3 };
+    let mut rows: Vec<Row> = Vec::new();
+    eprintln!("bench: spawn");
+    let spawn_n = if quick { 50 } else { 200 };
+    let mut w = wasmproc_spawn(spawn_n).await?;
+    wait_idle();
+    let mut n: Vec<f64> = node(&["spawn", &(spawn_n / 4).to_string()], false)?["samples_us"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_f64).collect())
+        .unwrap_or_default();
+    wait_idle();
+    let mut f: Vec<f64> = floor(&["spawn", &spawn_n.to_string()], false)?["samples_us"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_f64).collect())
+        .unwrap_or_default();
+    for (label, pick) in [("p50", median as fn(&mut [f64]) -> f64), ("p99", p99)] {
+        rows.push(Row {
+            scenario: format!("spawn → first message, {label} (µs)"),
+            unit: "µs",
+            wasmproc: pick(&mut w),
+            node: Some(pick(&mut n)),
+            floor: Some(pick(&mut f)),
+            higher_better: false,
+        });
+    }
+
+    eprintln!("bench: burst");
+    for count in [100usize, 1000] {
+        let ms = wasmproc_burst(count).await?;
+        wait_idle();
+        let node_ms = if count == 100 {
+            Some(
+                node(&["burst", "100"], false)?["ms"]
+                    .as_f64()
+                    .unwrap_or(f64::NAN),
+            )
+        } else {
+            None
+        };
+        let floor_ms = floor(&["burst", &count.to_string()], false)?["ms"].as_f64();
+        rows.push(Row {
+            scenario: format!("burst: {count} ready (ms)"),
+            unit: "ms",
+            wasmproc: ms,
+            node: node_ms,
+            floor: floor_ms,
+            higher_better: false,
+        });
+    }
+
+    eprintln!("bench: rtt");
+    let rtt_n = if quick { 5_000 } else { 20_000 };
+    let (mut w, mut nj, mut fl, mut wp) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..reps {
+        w.push(wasmproc_rtt(rtt_n).await?);
+        wait_idle();
+        nj.push(
+            node(&["rtt", &rtt_n.to_string(), "json"], false)?["rtt_us"]
+                .as_f64()
+                .unwrap_or(f64::NAN),
+        );
+        wait_idle();
+        fl.push(
+            floor(&["rtt", &(rtt_n * 5).to_string()], false)?["rtt_us"]
+                .as_f64()
+                .unwrap_or(f64::NAN),
+        );
+        wp.push(wasmproc_parent_rtt(rtt_n).await?);
+    }
+    rows.push(Row {
+        scenario: "rtt guest↔guest via relay, unpinned (µs)".into(),
+        unit: "µs",
+        wasmproc: median(&mut w),
+        node: Some(median(&mut nj)),
+        floor: Some(median(&mut fl)),
+        higher_better: false,
+    });
+    let me = std::env::current_exe()?;
+    let pinned_w =
+        external(&me.to_string_lossy(), &["rtt-pinned".to_owned()], true)?["rtt_us"].as_f64();
+    let pinned_n = node(&["rtt", &rtt_n.to_string(), "json"], true)?["rtt_us"].as_f64();
+    let pinned_f = floor(&["rtt", &(rtt_n * 5).to_string()], true)?["rtt_us"].as_f64();
+    rows.push(Row {
+        scenario: "rtt guest↔guest via relay, one CPU (µs)".into(),
+        unit: "µs",
+        wasmproc: pinned_w.unwrap_or(f64::NAN),
+        node: pinned_n,
+        floor: pinned_f,
+        higher_better: false,
+    });
+    rows.push(Row {
+        scenario: "rtt parent↔guest, unpinned (µs)".into(),
+        unit: "µs",
+        wasmproc: median(&mut wp),
+        node: None,
+        floor: None,
+        higher_better: false,
+    });
+
+    eprintln!("bench: stream");
+    let small_n: u64 = if quick { 200_000 } else { 1_000_000 };
+    let (mut w, mut nj, mut na, mut fl) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..reps {
+        w.push(wasmproc_stream(small_n, 64).await?.0);
+        wait_idle();
+        nj.push(
+            node(&["stream", "100000", "64", "json"], false)?["msgs_per_s"]
+                .as_f64()
+                .unwrap_or(f64::NAN),
+        );
+        na.push(
+            node(&["stream", "100000", "64", "advanced"], false)?["msgs_per_s"]
+                .as_f64()
+                .unwrap_or(f64::NAN),
+        );
+        wait_idle();
+        fl.push(
+            floor(&["stream", &small_n.to_string(), "64"], false)?["msgs_per_s"]
+                .as_f64()
+                .unwrap_or(f64::NAN),
+        );
+    }
+    let best_node = median(&mut nj).max(median(&mut na));
+    rows.push(Row {
+        scenario: "stream 64 B A→relay→B (msg/s)".into(),
+        unit: "msg/s",
+        wasmproc: median(&mut w),
+        node: Some(best_node),
+        floor: Some(median(&mut fl)),
+        higher_better: true,
+    });
+    let (mut w, mut fl) = (Vec::new(), Vec::new());
+    for _ in 0..reps {
+        w.push(wasmproc_stream(300, 1 << 20).await?.1 / 1e9);
+        wait_idle();
+        fl.push(
+            floor(&["stream", "1000", &(1u64 << 20).to_string()], false)?["bytes_per_s"]
+                .as_f64()
+                .unwrap_or(f64::NAN)
+                / 1e9,
+        );
+    }
+    rows.push(Row {
+        scenario: "stream 1 MiB A→relay→B (GB/s)".into(),
+        unit: "GB/s",
+        wasmproc: median(&mut w),
+        node: None,
+        floor: Some(median(&mut fl)),
+        higher_better: true,
+    });
+
+    eprintln!("bench: memory");
+    let (pss, anon, rss) = wasmproc_memory(100).await?;
+    wait_idle();
+    let nm = node(&["memory", "100"], false)?;
+    rows.push(Row {
+        scenario: "memory: PSS per idle guest of 100 (KiB)".into(),
+        unit: "KiB",
+        wasmproc: pss as f64 / 100.0,
+        node: nm["pss_kib"].as_f64().map(|v| v / 100.0),
+        floor: None,
+        higher_better: false,
+    });
+    rows.push(Row {
+        scenario: "memory: anon per idle guest of 100 (KiB)".into(),
+        unit: "KiB",
+        wasmproc: anon as f64 / 100.0,
+        node: nm["anon_kib"].as_f64().map(|v| v / 100.0),
+        floor: None,
+        higher_better: false,
+    });
+    let _ = rss;
+    let (one_pss, _, _) = wasmproc_memory(1).await?;
+    rows.push(Row {
+        scenario: "memory: PSS of one guest alone (KiB)".into(),
+        unit: "KiB",
+        wasmproc: one_pss as f64,
+        node: None,
+        floor: None,
+        higher_better: false,
+    });
+    if !quick {
+        let (pss_1000, _, _) = wasmproc_memory(1000).await?;
+        rows.push(Row {
+            scenario: "memory: PSS of 1,000 idle guests (MiB)".into(),
+            unit: "MiB",
+            wasmproc: pss_1000 as f64 / 1024.0,
+            node: None,
+            floor: None,
+            higher_better: false,
+        });
+    }
+    let host_rss = rollup(std::process::id()).0;
+    rows.push(Row {
+        scenario: "memory: the host's own RSS (KiB)".into(),
+        unit: "KiB",
+        wasmproc: host_rss as f64,
+        node: None,
+        floor: None,
+        higher_better: false,
+    });
+
+    eprintln!("bench: cpu");
+    let limit = 3_000_000u64;
+    let one = wasmproc_primes(limit, 1).await?;
+    let two = wasmproc_primes(limit, 2).await?;
+    let native = floor(&["primes", "2", &limit.to_string()], false)?["ms"].as_f64();
+    rows.push(Row {
+        scenario: "cpu: primes below 3M, 1 guest (ms; floor = native)".into(),
+        unit: "ms",
+        wasmproc: one,
+        node: None,
+        floor: native,
+        higher_better: false,
+    });
+    rows.push(Row {
+        scenario: "cpu: speedup with 2 guests (×)".into(),
+        unit: "×",
+        wasmproc: one / two,
+        node: None,
+        floor: None,
+        higher_better: true,
+    });
+
+    report(&rows)?;
+    Ok(())
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("model name")
+                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let node = OsCommand::new("node")
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    format!("{cpus} vCPU ({cpu}), Linux {}, Node {node}", kernel.trim())
+}
+
+fn report(rows: &[Row]) -> anyhow::Result<()> {
+    let mut md = String::new();
+    md.push_str(&format!("Machine: {}.\n\n", machine()));
+    md.push_str(
+        "| scenario | wasmproc | Node fork | raw floor | wasmproc/Node | wasmproc/floor |\n",
+    );
+    md.push_str("|---|---|---|---|---|---|\n");
+    let mut json_rows = Vec::new();
+    for r in rows {
+        md.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {} |\n",
+            r.scenario,
+            fmt(Some(r.wasmproc)),
+            fmt(r.node),
+            fmt(r.floor),
+            ratio(r.wasmproc, r.node),
+            ratio(r.wasmproc, r.floor),
+        ));
+        json_rows.push(json!({
+            "scenario": r.scenario,
+            "unit": r.unit,
+            "wasmproc": r.wasmproc,
+            "node": r.node,
+            "floor": r.floor,
+            "higher_is_better": r.higher_better,
+        }));
+    }
+    print!("{md}");
+    let dir = root().join("bench");
+    std::fs::write(dir.join("results.md"), &md)?;
+    std::fs::write(
+        dir.join("results.json"),
+        serde_json::to_string_pretty(&json!({"machine": machine(), "rows": json_rows}))?,
+    )?;
+    Ok(())
+}
