@@ -137,12 +137,31 @@ impl Default for Relay {
     }
 }
 
-fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 128
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+use wasmproc_manifest::valid_name;
+
+/// The live guests an address means now: one for an id, a name or a group
+/// (its next member, round-robin), every member for a broadcast.
+fn resolve(table: &Table, to: &Address) -> Vec<Arc<Entry>> {
+    let by_id = |id: &GuestId| table.guests.get(id).cloned();
+    match to {
+        Address::Parent => Vec::new(),
+        Address::Id(id) => by_id(id).into_iter().collect(),
+        Address::Name(name) => table.names.get(name).and_then(by_id).into_iter().collect(),
+        Address::Group(group) => table
+            .groups
+            .get(group)
+            .filter(|g| !g.members.is_empty())
+            .and_then(|g| {
+                by_id(&g.members[g.next.fetch_add(1, Ordering::Relaxed) % g.members.len()])
+            })
+            .into_iter()
+            .collect(),
+        Address::Broadcast(group) => table
+            .groups
+            .get(group)
+            .map(|g| g.members.iter().filter_map(by_id).collect())
+            .unwrap_or_default(),
+    }
 }
 
 impl Relay {
@@ -244,38 +263,7 @@ impl Relay {
             };
         }
         let table = self.read();
-        let targets: Vec<Arc<Entry>> = match &to {
-            Address::Parent => Vec::new(),
-            Address::Id(id) => table.guests.get(id).cloned().into_iter().collect(),
-            Address::Name(name) => table
-                .names
-                .get(name)
-                .and_then(|id| table.guests.get(id))
-                .cloned()
-                .into_iter()
-                .collect(),
-            Address::Group(group) => table
-                .groups
-                .get(group)
-                .filter(|g| !g.members.is_empty())
-                .and_then(|g| {
-                    let pick = g.next.fetch_add(1, Ordering::Relaxed) % g.members.len();
-                    table.guests.get(&g.members[pick])
-                })
-                .cloned()
-                .into_iter()
-                .collect(),
-            Address::Broadcast(group) => table
-                .groups
-                .get(group)
-                .map(|g| {
-                    g.members
-                        .iter()
-                        .filter_map(|id| table.guests.get(id).cloned())
-                        .collect()
-                })
-                .unwrap_or_default(),
-        };
+        let targets = resolve(&table, &to);
         if !from.allows(&to, &targets) {
             drop(table);
             self.refuse(from, &to);
@@ -375,41 +363,7 @@ impl Relay {
     /// When no live guest has the address, or its mailbox is full (for a
     /// broadcast: when any member's is).
     pub fn send_from_parent_to(&self, to: &Address, payload: Vec<u8>) -> Result<(), SendError> {
-        let targets: Vec<Arc<Entry>> = {
-            let table = self.read();
-            match to {
-                Address::Parent => Vec::new(),
-                Address::Id(id) => table.guests.get(id).cloned().into_iter().collect(),
-                Address::Name(name) => table
-                    .names
-                    .get(name)
-                    .and_then(|id| table.guests.get(id))
-                    .cloned()
-                    .into_iter()
-                    .collect(),
-                Address::Group(group) => table
-                    .groups
-                    .get(group)
-                    .filter(|g| !g.members.is_empty())
-                    .and_then(|g| {
-                        let pick = g.next.fetch_add(1, Ordering::Relaxed) % g.members.len();
-                        table.guests.get(&g.members[pick])
-                    })
-                    .cloned()
-                    .into_iter()
-                    .collect(),
-                Address::Broadcast(group) => table
-                    .groups
-                    .get(group)
-                    .map(|g| {
-                        g.members
-                            .iter()
-                            .filter_map(|id| table.guests.get(id).cloned())
-                            .collect()
-                    })
-                    .unwrap_or_default(),
-            }
-        };
+        let targets = resolve(&self.read(), to);
         if targets.is_empty() {
             return Err(SendError::Unknown(to.clone()));
         }
