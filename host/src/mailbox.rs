@@ -10,11 +10,13 @@
 //! back-pressure on a guest that floods others while not reading its own
 //! inbox, and on nobody else.
 //!
-//! [`try_push`]: Mailbox::try_push
+//! [`push_wait`]: Mailbox::push_wait
 //! [`push_notice`]: Mailbox::push_notice
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use tokio::sync::Notify;
 use wasmproc_protocol::InboxItem;
@@ -43,6 +45,10 @@ pub struct Mailbox {
     writable: Notify,
     max_items: usize,
     max_bytes: usize,
+    /// Set when a sender waited [`push_wait`](Self::push_wait)'s whole time
+    /// in vain: the guest is not reading, so later senders are refused at
+    /// once instead of waiting too, until it has drained half its mailbox.
+    stalled: AtomicBool,
 }
 
 #[derive(Debug, Default)]
@@ -73,6 +79,55 @@ impl Mailbox {
             writable: Notify::new(),
             max_items,
             max_bytes,
+            stalled: AtomicBool::new(false),
+        }
+    }
+
+    fn has_room(&self, state: &State, len: usize) -> bool {
+        state.queue.len() < self.max_items
+            && (state.queue.is_empty() || state.bytes + len <= self.max_bytes)
+    }
+
+    /// Queue a message, waiting up to `patience` for room (back-pressure on
+    /// the sender while the recipient catches up). A mailbox whose owner did
+    /// not make room within that time is *stalled*: until it drains, sends
+    /// to it fail at once.
+    ///
+    /// # Errors
+    ///
+    /// [`PushError::Full`] when no room came in time (or the mailbox is
+    /// stalled), [`PushError::Closed`] once the guest has ended.
+    pub async fn push_wait(
+        &self,
+        item: InboxItem,
+        patience: Duration,
+    ) -> Result<(), (PushError, InboxItem)> {
+        let deadline = tokio::time::Instant::now() + patience;
+        let len = payload_len(&item);
+        loop {
+            let room = self.writable.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            {
+                let mut state = self.lock();
+                if state.closed {
+                    return Err((PushError::Closed, item));
+                }
+                if self.has_room(&state, len) {
+                    state.bytes += len;
+                    state.queue.push_back(item);
+                    drop(state);
+                    self.readable.notify_one();
+                    return Ok(());
+                }
+                if self.stalled.load(Ordering::Relaxed) {
+                    return Err((PushError::Full, item));
+                }
+            }
+            if tokio::time::timeout_at(deadline, room).await.is_err() {
+                self.stalled.store(true, Ordering::Relaxed);
+                return Err((PushError::Full, item));
+            }
         }
     }
 
@@ -92,9 +147,7 @@ impl Mailbox {
             if state.closed {
                 return Err((PushError::Closed, item));
             }
-            let over_items = state.queue.len() >= self.max_items;
-            let over_bytes = !state.queue.is_empty() && state.bytes + len > self.max_bytes;
-            if over_items || over_bytes {
+            if !self.has_room(&state, len) {
                 return Err((PushError::Full, item));
             }
             state.bytes += len;
@@ -157,6 +210,10 @@ impl Mailbox {
                         bytes += len;
                         state.bytes -= len;
                         out.extend(state.queue.pop_front());
+                    }
+                    if state.queue.len() <= self.max_items / 2 && state.bytes <= self.max_bytes / 2
+                    {
+                        self.stalled.store(false, Ordering::Relaxed);
                     }
                     drop(state);
                     self.writable.notify_waiters();
@@ -266,6 +323,43 @@ mod tests {
         assert!(mb.try_pop().is_some());
         waiting.await.unwrap().unwrap();
         assert_eq!(mb.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_full_mailbox_holds_the_sender_then_stalls_until_drained() {
+        let mb = std::sync::Arc::new(Mailbox::new(2, 100));
+        mb.try_push(msg(1)).unwrap();
+        mb.try_push(msg(1)).unwrap();
+        // Room comes while the sender waits: delivered.
+        let waiting = tokio::spawn({
+            let mb = mb.clone();
+            async move {
+                mb.push_wait(msg(1), Duration::from_secs(5))
+                    .await
+                    .map_err(|e| e.0)
+            }
+        });
+        tokio::task::yield_now().await;
+        assert!(mb.try_pop().is_some());
+        waiting.await.unwrap().unwrap();
+        // No room in time: refused, and from then on refused at once.
+        let err = mb
+            .push_wait(msg(1), Duration::from_millis(20))
+            .await
+            .unwrap_err();
+        assert_eq!(err.0, PushError::Full);
+        let started = std::time::Instant::now();
+        let err = mb
+            .push_wait(msg(1), Duration::from_secs(5))
+            .await
+            .unwrap_err();
+        assert_eq!(err.0, PushError::Full);
+        assert!(started.elapsed() < Duration::from_secs(1));
+        // Drained to half: senders may wait again.
+        let mut out = Vec::new();
+        assert!(mb.pop_batch(&mut out, 1, 100).await);
+        assert!(mb.pop_batch(&mut out, 1, 100).await);
+        mb.push_wait(msg(1), Duration::from_secs(5)).await.unwrap();
     }
 
     #[tokio::test]

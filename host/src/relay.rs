@@ -68,6 +68,29 @@ pub struct Registration {
     pub max_cpu: Option<std::time::Duration>,
 }
 
+/// How long a sender is held while its recipient's mailbox is full, before
+/// the message comes back as `mailbox full`.
+pub const MAILBOX_PATIENCE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// What [`Relay::route`] did with a message.
+#[derive(Debug, Default)]
+pub struct Routed {
+    /// Notices for the sender: what could not be delivered, and why.
+    pub notices: Vec<InboxItem>,
+    /// Messages whose recipient's mailbox was full: hand each to
+    /// [`Relay::deliver_pending`], in order.
+    pub waiting: Vec<Pending>,
+}
+
+/// A message waiting for room in a full mailbox.
+#[derive(Debug)]
+pub struct Pending {
+    /// The recipient; `None` for the sender's parent.
+    target: Option<Arc<Entry>>,
+    item: InboxItem,
+    to: Address,
+}
+
 /// Something the relay refused, reported once per sender and recipient.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refusal {
@@ -239,7 +262,8 @@ impl Relay {
 
     /// Route one message from guest `from`. Returns the notices for the
     /// sender about what could not be delivered (usually none).
-    pub fn route(&self, from: &Entry, to: Address, payload: Vec<u8>) -> Vec<InboxItem> {
+    pub fn route(&self, from: &Entry, to: Address, payload: Vec<u8>) -> Routed {
+        let mut routed = Routed::default();
         let message = |payload| InboxItem::Message {
             from: from.id,
             from_name: from.name.clone(),
@@ -252,22 +276,30 @@ impl Relay {
         };
         let len = payload.len();
         if to == Address::Parent {
-            return match from.parent_inbox.try_push(message(payload)) {
-                Ok(()) => Vec::new(),
-                Err((PushError::Full, _)) => {
-                    vec![bounce(to, UndeliverableReason::MailboxFull, len)]
-                }
+            match from.parent_inbox.try_push(message(payload)) {
+                Ok(()) => {}
+                Err((PushError::Full, item)) => routed.waiting.push(Pending {
+                    target: None,
+                    item,
+                    to,
+                }),
                 Err((PushError::Closed, _)) => {
-                    vec![bounce(to, UndeliverableReason::RecipientExited, len)]
+                    routed
+                        .notices
+                        .push(bounce(to, UndeliverableReason::RecipientExited, len))
                 }
-            };
+            }
+            return routed;
         }
         let table = self.read();
         let targets = resolve(&table, &to);
         if !from.allows(&to, &targets) {
             drop(table);
             self.refuse(from, &to);
-            return vec![bounce(to, UndeliverableReason::NotAllowed, len)];
+            routed
+                .notices
+                .push(bounce(to, UndeliverableReason::NotAllowed, len));
+            return routed;
         }
         if targets.is_empty() {
             let reason = match &to {
@@ -279,11 +311,12 @@ impl Relay {
                 }
                 _ => UndeliverableReason::UnknownRecipient,
             };
-            return vec![bounce(to, reason, len)];
+            routed.notices.push(bounce(to, reason, len));
+            return routed;
         }
         drop(table);
 
-        let mut notices = Vec::new();
+        let notices = &mut routed.notices;
         let last = targets.len() - 1;
         let mut payload = Some(payload);
         for (i, target) in targets.iter().enumerate() {
@@ -299,9 +332,11 @@ impl Relay {
             };
             match target.mailbox.try_push(message(body)) {
                 Ok(()) => {}
-                Err((PushError::Full, _)) => {
-                    notices.push(bounce(to.clone(), UndeliverableReason::MailboxFull, len));
-                }
+                Err((PushError::Full, item)) => routed.waiting.push(Pending {
+                    target: Some(target.clone()),
+                    item,
+                    to: to.clone(),
+                }),
                 Err((PushError::Closed, _)) => {
                     notices.push(bounce(
                         to.clone(),
@@ -311,7 +346,32 @@ impl Relay {
                 }
             }
         }
-        notices
+        routed
+    }
+
+    /// Deliver a message whose recipient's mailbox was full, waiting a
+    /// moment for room. Returns the notice for the sender if it could not be
+    /// delivered.
+    pub async fn deliver_pending(&self, from: &Entry, pending: Pending) -> Option<InboxItem> {
+        let Pending { target, item, to } = pending;
+        let mailbox = match &target {
+            Some(target) => &target.mailbox,
+            None => &from.parent_inbox,
+        };
+        let len = match &item {
+            InboxItem::Message { payload, .. } => payload.len() as u64,
+            _ => 0,
+        };
+        let reason = match mailbox.push_wait(item, MAILBOX_PATIENCE).await {
+            Ok(()) => return None,
+            Err((PushError::Full, _)) => UndeliverableReason::MailboxFull,
+            Err((PushError::Closed, _)) => UndeliverableReason::RecipientExited,
+        };
+        Some(InboxItem::Undeliverable {
+            to,
+            reason,
+            payload_len: len,
+        })
     }
 
     /// Report refusals (once per sender and recipient) on `sink`.
@@ -530,30 +590,37 @@ mod tests {
         assert!(
             relay
                 .route(&a, Address::Name("b".into()), vec![1])
+                .notices
                 .is_empty()
         );
-        assert!(relay.route(&a, Address::Id(w.id), vec![1]).is_empty());
+        assert!(
+            relay
+                .route(&a, Address::Id(w.id), vec![1])
+                .notices
+                .is_empty()
+        );
         assert!(
             relay
                 .route(&a, Address::Group("w".into()), vec![1])
+                .notices
                 .is_empty()
         );
-        assert!(relay.route(&a, Address::Parent, vec![1]).is_empty());
+        assert!(relay.route(&a, Address::Parent, vec![1]).notices.is_empty());
         let refused = InboxItem::Undeliverable {
             to: Address::Name("c".into()),
             reason: UndeliverableReason::NotAllowed,
             payload_len: 1,
         };
         assert_eq!(
-            relay.route(&a, Address::Name("c".into()), vec![1]),
+            relay.route(&a, Address::Name("c".into()), vec![1]).notices,
             vec![refused.clone()]
         );
         assert_eq!(
-            relay.route(&a, Address::Name("c".into()), vec![1]),
+            relay.route(&a, Address::Name("c".into()), vec![1]).notices,
             vec![refused]
         );
         assert_eq!(
-            relay.route(&a, Address::Id(c.id), vec![1])[0],
+            relay.route(&a, Address::Id(c.id), vec![1]).notices[0],
             InboxItem::Undeliverable {
                 to: Address::Id(c.id),
                 reason: UndeliverableReason::NotAllowed,
@@ -583,9 +650,15 @@ mod tests {
         assert!(
             relay
                 .route(&a, Address::Name("b".into()), vec![1])
+                .notices
                 .is_empty()
         );
-        assert!(relay.route(&a, Address::Id(b.id), vec![2]).is_empty());
+        assert!(
+            relay
+                .route(&a, Address::Id(b.id), vec![2])
+                .notices
+                .is_empty()
+        );
         assert_eq!(payload_of(b.mailbox.try_pop().unwrap()), vec![1]);
         assert_eq!(payload_of(b.mailbox.try_pop().unwrap()), vec![2]);
     }
@@ -615,6 +688,7 @@ mod tests {
             assert!(
                 relay
                     .route(&sender, Address::Group("w".into()), vec![0])
+                    .notices
                     .is_empty()
             );
         }
@@ -624,6 +698,7 @@ mod tests {
         assert!(
             relay
                 .route(&sender, Address::Broadcast("w".into()), vec![0])
+                .notices
                 .is_empty()
         );
         for m in &members {
@@ -642,7 +717,9 @@ mod tests {
             payload_len: 3,
         };
         assert_eq!(
-            relay.route(&a, Address::Name("nobody".into()), vec![0; 3]),
+            relay
+                .route(&a, Address::Name("nobody".into()), vec![0; 3])
+                .notices,
             vec![notice(
                 Address::Name("nobody".into()),
                 UndeliverableReason::UnknownRecipient
@@ -650,21 +727,25 @@ mod tests {
         );
         relay.unregister(b.id, "exit code 0").await;
         assert_eq!(
-            relay.route(&a, Address::Name("b".into()), vec![0; 3]),
+            relay
+                .route(&a, Address::Name("b".into()), vec![0; 3])
+                .notices,
             vec![notice(
                 Address::Name("b".into()),
                 UndeliverableReason::RecipientExited
             )]
         );
         assert_eq!(
-            relay.route(&a, Address::Id(b.id), vec![0; 3]),
+            relay.route(&a, Address::Id(b.id), vec![0; 3]).notices,
             vec![notice(
                 Address::Id(b.id),
                 UndeliverableReason::RecipientExited
             )]
         );
         assert_eq!(
-            relay.route(&a, Address::Id(GuestId(999)), vec![0; 3]),
+            relay
+                .route(&a, Address::Id(GuestId(999)), vec![0; 3])
+                .notices,
             vec![notice(
                 Address::Id(GuestId(999)),
                 UndeliverableReason::UnknownRecipient

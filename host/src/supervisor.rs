@@ -453,8 +453,15 @@ async fn read_frames(
                         entry.max_message_size
                     ));
                 }
-                for notice in relay.route(entry, to, payload) {
+                let routed = relay.route(entry, to, payload);
+                for notice in routed.notices {
                     let _ = entry.mailbox.push_notice(notice).await;
+                }
+                // A full mailbox holds this sender (and only it) a moment.
+                for pending in routed.waiting {
+                    if let Some(notice) = relay.deliver_pending(entry, pending).await {
+                        let _ = entry.mailbox.push_notice(notice).await;
+                    }
                 }
             }
             RunnerToHost::Monitor { name } => {
