@@ -284,7 +284,14 @@ fn sandbox_explain_prints_both_walls_from_the_policy_the_runner_applies() {
             "--env",
             "A=1",
         ])
-        .args(["--max-memory", "64MiB", "--max-cpu", "10s"])
+        .args([
+            "--max-memory",
+            "64MiB",
+            "--max-cpu",
+            "10s",
+            "--inbox-size",
+            "100",
+        ])
         .arg(&module)
         .output()
         .unwrap();
@@ -301,7 +308,7 @@ fn sandbox_explain_prints_both_walls_from_the_policy_the_runner_applies() {
         "  env:        A=1 (nothing else)",
         "  folders:    /tmp as /data (read-only)",
         "  network:    none (sockets linked, every use refused)",
-        "  limits:     memory 64 MiB, message 16 MiB, inbox 65536 items / 64 MiB, CPU 10000 ms",
+        "  limits:     memory 64 MiB, message 16 MiB, inbox 100 items / 64 MiB, CPU 10000 ms",
         "second wall (the runner process):",
         "              read folders /tmp",
         "              read-write folders nothing",

@@ -74,6 +74,10 @@ struct GuestOptions {
     /// The largest message the guest may send or receive (`1MiB`; default 16MiB).
     #[arg(long, value_name = "SIZE", value_parser = crate::manifest::parse_size)]
     max_message_size: Option<u64>,
+    /// Inbox items the guest's runner holds before the host's mailbox takes
+    /// over (default 65536).
+    #[arg(long, value_name = "ITEMS")]
+    inbox_size: Option<u32>,
 }
 
 impl GuestOptions {
@@ -96,6 +100,9 @@ impl GuestOptions {
         }
         if let Some(bytes) = self.max_message_size {
             command.max_message_size(bytes);
+        }
+        if let Some(items) = self.inbox_size {
+            command.inbox_size(items);
         }
     }
 }
