@@ -320,8 +320,8 @@ async fn a_guest_that_ignores_shutdown_is_killed_after_the_grace_period() {
     let _one_at_a_time = DEADLINES.lock().await;
     within(60, async {
         let path = manifest(
-            "stubborn",
-            "[guests.stubborn]\nmodule = \"{crasher}\"\nargs = [\"idle\"]\ngrace = \"1s\"\n\n\
+            "obstinate",
+            "[guests.obstinate]\nmodule = \"{crasher}\"\nargs = [\"idle\"]\ngrace = \"1s\"\n\n\
              [guests.polite]\nmodule = \"{echo}\"\n",
         );
         let mut app = App::start(&path);
@@ -341,7 +341,7 @@ async fn a_guest_that_ignores_shutdown_is_killed_after_the_grace_period() {
             ends,
             vec![
                 "exited polite: exit code 0",
-                "exited stubborn: killed by the host (SIGKILL)"
+                "exited obstinate: killed by the host (SIGKILL)"
             ]
         );
     })
