@@ -340,8 +340,8 @@ async fn a_guest_that_ignores_shutdown_is_killed_after_the_grace_period() {
         assert_eq!(
             ends,
             vec![
+                "exited obstinate: killed by the host (SIGKILL)",
                 "exited polite: exit code 0",
-                "exited obstinate: killed by the host (SIGKILL)"
             ]
         );
     })
