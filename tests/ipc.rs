@@ -336,3 +336,39 @@ async fn a_flood_at_a_guest_that_never_reads_keeps_host_memory_bounded() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_pooled_host_forks_from_runners_started_ahead_and_refills() {
+    within(60, async {
+        let host = Host::with_pool(4);
+        for round in 0..3 {
+            let mut echoes = Vec::new();
+            for _ in 0..6 {
+                echoes.push(host.command(guest("echo")).fork().await.unwrap());
+            }
+            for (i, echo) in echoes.iter().enumerate() {
+                echo.send(format!("{round}.{i}").into_bytes()).unwrap();
+            }
+            for (i, echo) in echoes.iter().enumerate() {
+                assert_eq!(recv_text(echo).await, format!("{round}.{i}"));
+                echo.kill();
+                assert_eq!(
+                    echo.wait().await,
+                    ExitStatus::Killed {
+                        signal: libc::SIGKILL,
+                        by_host: true
+                    }
+                );
+            }
+        }
+        // A fork that sets its own stdio does not take a pooled runner.
+        let out = host
+            .command(common::tool_p1())
+            .args(["echo", "own", "stdio"])
+            .output()
+            .await
+            .unwrap();
+        assert_eq!(out.stdout, b"own stdio\n");
+    })
+    .await;
+}

@@ -80,14 +80,21 @@ fn p99(v: &mut [f64]) -> f64 {
         .unwrap_or(f64::NAN)
 }
 
-/// Fork → first message received by the parent, `n` times in a row (µs).
-async fn wasmproc_spawn(n: usize) -> anyhow::Result<Vec<f64>> {
-    let host = Host::new();
+/// Fork → first message received by the parent, `n` times in a row (µs),
+/// from a host that keeps a few runners started ahead (`Host::with_pool`),
+/// or from a plain host.
+async fn wasmproc_spawn(n: usize, pooled: bool) -> anyhow::Result<Vec<f64>> {
+    let host = if pooled {
+        Host::with_pool(4)
+    } else {
+        Host::new()
+    };
     let postman = guest("postman")?;
-    // Compile (once) before timing.
+    // Compile (once) and fill the pool before timing.
     let warm = host.command(&postman).arg("parent").fork().await?;
     warm.recv().await;
     warm.kill();
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let mut samples = Vec::with_capacity(n);
     for _ in 0..n {
         let t = Instant::now();
@@ -99,6 +106,10 @@ async fn wasmproc_spawn(n: usize) -> anyhow::Result<Vec<f64>> {
         samples.push(t.elapsed().as_secs_f64() * 1e6);
         child.kill();
         child.wait().await;
+        // Let the pool refill before the next fork, as between real forks.
+        if pooled {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
     }
     Ok(samples)
 }
@@ -337,7 +348,8 @@ async fn main() -> anyhow::Result<()> {
     let mut rows: Vec<Row> = Vec::new();
     eprintln!("bench: spawn");
     let spawn_n = if quick { 50 } else { 200 };
-    let mut w = wasmproc_spawn(spawn_n).await?;
+    let mut w = wasmproc_spawn(spawn_n, true).await?;
+    let mut w_plain = wasmproc_spawn(spawn_n, false).await?;
     wait_idle();
     let mut n: Vec<f64> = node(&["spawn", &(spawn_n / 4).to_string()], false)?["samples_us"]
         .as_array()
@@ -350,7 +362,15 @@ async fn main() -> anyhow::Result<()> {
         .unwrap_or_default();
     for (label, pick) in [("p50", median as fn(&mut [f64]) -> f64), ("p99", p99)] {
         rows.push(Row {
-            scenario: format!("spawn → first message, {label} (µs)"),
+            scenario: format!("spawn → first message, no pool, {label} (µs)"),
+            unit: "µs",
+            wasmproc: pick(&mut w_plain),
+            node: Some(pick(&mut n)),
+            floor: Some(pick(&mut f)),
+            higher_better: false,
+        });
+        rows.push(Row {
+            scenario: format!("spawn → first message, pool of 4, {label} (µs)"),
             unit: "µs",
             wasmproc: pick(&mut w),
             node: Some(pick(&mut n)),

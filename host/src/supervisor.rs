@@ -84,6 +84,63 @@ pub enum SpawnError {
 pub struct Host {
     relay: Relay,
     runner: Option<PathBuf>,
+    pool: Option<Arc<Pool>>,
+}
+
+/// Runners started ahead of time, waiting for a launch spec: a fork with the
+/// default stdio takes one instead of starting a process.
+struct Pool {
+    size: usize,
+    idle: Mutex<Vec<Spawned>>,
+    refilling: std::sync::atomic::AtomicBool,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("size", &self.size)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Pool {
+    fn take(&self) -> Option<Spawned> {
+        self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop()
+    }
+
+    /// Top the pool up in the background, one runner at a time.
+    fn refill(self: &Arc<Self>, runner: PathBuf) {
+        use std::sync::atomic::Ordering;
+        if self.refilling.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let pool = self.clone();
+        tokio::spawn(async move {
+            loop {
+                let missing = pool.size > pool.idle.lock().unwrap_or_else(|e| e.into_inner()).len();
+                if !missing {
+                    break;
+                }
+                match spawn_runner(runner.clone(), default_stdio()).await {
+                    Ok(spawned) => pool
+                        .idle
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push(spawned),
+                    Err(err) => {
+                        tracing::warn!("cannot pre-start a runner: {err}");
+                        break;
+                    }
+                }
+            }
+            pool.refilling.store(false, Ordering::Release);
+        });
+    }
+}
+
+/// The stdio of a fork that sets none: stdin null, stdout and stderr inherited.
+fn default_stdio() -> [Stdio; 3] {
+    [Stdio::Null, Stdio::Inherit, Stdio::Inherit]
 }
 
 impl Host {
@@ -102,8 +159,23 @@ impl Host {
     /// one found by default (for a runner built elsewhere, or a test double).
     pub fn with_runner(path: impl Into<PathBuf>) -> Host {
         Host {
-            relay: Relay::new(),
             runner: Some(path.into()),
+            ..Host::default()
+        }
+    }
+
+    /// A host that keeps `size` runners started ahead of time, so that a
+    /// fork with the default stdio only sends a launch spec to a waiting
+    /// process (the pool refills in the background). Idle pooled runners
+    /// cost about one idle guest each.
+    pub fn with_pool(size: usize) -> Host {
+        Host {
+            pool: Some(Arc::new(Pool {
+                size,
+                idle: Mutex::new(Vec::with_capacity(size)),
+                refilling: std::sync::atomic::AtomicBool::new(false),
+            })),
+            ..Host::default()
         }
     }
 
@@ -166,10 +238,24 @@ impl Host {
             max_cpu: command.limits.max_cpu_ms.map(Duration::from_millis),
         })?;
         let spec = command.launch_spec(entry.id, entry.name.clone(), &artifact);
+        let defaults =
+            command.stdin.is_none() && command.stdout.is_none() && command.stderr.is_none();
+        let pooled = match &self.pool {
+            Some(pool) if defaults => {
+                let taken = pool.take();
+                pool.refill(runner.clone());
+                taken
+            }
+            _ => None,
+        };
+        if let Some(spawned) = pooled {
+            return Ok(self.watch(entry, spec, spawned, command.timeout));
+        }
+        let [stdin, stdout, stderr] = default_stdio();
         let stdio = [
-            command.stdin.take().unwrap_or(Stdio::Null),
-            command.stdout.take().unwrap_or(Stdio::Inherit),
-            command.stderr.take().unwrap_or(Stdio::Inherit),
+            command.stdin.take().unwrap_or(stdin),
+            command.stdout.take().unwrap_or(stdout),
+            command.stderr.take().unwrap_or(stderr),
         ];
         let spawned = match spawn_runner(runner.clone(), stdio).await {
             Ok(spawned) => spawned,
