@@ -3,7 +3,7 @@
 mod common;
 
 use common::{guest, recv_text, within};
-use wasmproc::{Address, ExitStatus, Host, InboxItem, UndeliverableReason};
+use wasmproc::{ExitStatus, Host, InboxItem};
 
 #[tokio::test]
 async fn parent_and_guest_exchange_messages() {
@@ -297,8 +297,6 @@ async fn a_missing_module_and_a_taken_name_are_clear_errors() {
             .unwrap_err();
         assert_eq!(err.to_string(), "a guest named `dup` is already running");
         first.kill();
-        let _ = Address::Parent;
-        let _ = UndeliverableReason::MailboxFull;
     })
     .await;
 }
