@@ -146,9 +146,7 @@ async fn a_monitor_gets_down_with_the_trap_reason() {
 /// A manifest in a fresh folder; `{NAME}` in `body` stands for the path of
 /// the built guest NAME.
 fn manifest(tag: &str, body: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("wasmproc-app-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::scratch_dir(&format!("app-{tag}"));
     let mut text = body.to_owned();
     for name in ["echo", "crasher", "primes", "coordinator"] {
         text = text.replace(&format!("{{{name}}}"), &guest(name).display().to_string());

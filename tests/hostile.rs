@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use common::{guest, recv_text, tool_p1, within};
@@ -37,17 +36,10 @@ async fn the_hardened_runner_cannot_exec_fork_open_sockets_leave_its_files_or_si
     .await;
 }
 
-fn scratch(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("wasmproc-hostile-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
 #[tokio::test]
 async fn filesystem_escapes_are_refused_and_a_read_only_folder_refuses_writes() {
     within(60, async {
-        let dir = scratch("fs");
+        let dir = common::scratch_dir("fs");
         let (rw, ro) = (dir.join("rw"), dir.join("ro"));
         std::fs::create_dir_all(&rw).unwrap();
         std::fs::create_dir_all(&ro).unwrap();
@@ -161,18 +153,9 @@ async fn a_one_gigabyte_message_is_refused_at_once() {
 #[tokio::test]
 async fn a_million_sends_to_unknown_ids_come_back_and_host_memory_stays_bounded() {
     within(300, async {
-        let out = tokio::process::Command::new(common::helper("unknown-probe"))
-            .arg(guest("crasher"))
-            .arg("1000000")
-            .output()
-            .await
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "{stdout}\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let crasher = guest("crasher");
+        let stdout =
+            common::run_helper("unknown-probe", [crasher.as_os_str(), "1000000".as_ref()]).await;
         let mut lines = stdout.lines();
         assert_eq!(lines.next(), Some("1000000 notices: unknown recipient"));
         let peak = common::parse_kib(lines.next().unwrap(), "peak_rss_kib");

@@ -310,19 +310,13 @@ async fn a_flood_at_a_guest_that_never_reads_keeps_host_memory_bounded() {
     within(120, async {
         let dir = common::root().join("guests/target/wasm32-wasip2/release");
         let _ = guest("crasher");
-        let output = tokio::process::Command::new(common::helper("flood-probe"))
-            .arg(&dir)
-            .args(["100000", "4096", "1000"])
-            .output()
-            .await
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        assert!(
-            output.status.success(),
-            "flood-probe failed: {}\n{}",
-            stdout,
-            String::from_utf8_lossy(&output.stderr)
-        );
+        let args = [
+            dir.as_os_str(),
+            "100000".as_ref(),
+            "4096".as_ref(),
+            "1000".as_ref(),
+        ];
+        let stdout = common::run_helper("flood-probe", args).await;
         let line = stdout.lines().last().unwrap();
         // The pair finished in order; the flooder saw its sends refused.
         assert!(line.starts_with("pair=1000,true flood_exit=1 "), "{line}");

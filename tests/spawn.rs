@@ -195,7 +195,7 @@ async fn without_a_preopened_folder_no_host_path_opens() {
 #[tokio::test]
 async fn cli_dir_ro_reads_but_does_not_write_and_dir_writes() {
     within(60, async {
-        let dir = tempdir("dirs");
+        let dir = common::scratch_dir("dirs");
         std::fs::write(dir.join("note.txt"), "from the host").unwrap();
         let tool = guest("wasi-tool");
         let mount = format!("{}::/data", dir.display());
@@ -230,13 +230,6 @@ async fn cli_dir_ro_reads_but_does_not_write_and_dir_writes() {
         let _ = std::fs::remove_dir_all(&dir);
     })
     .await;
-}
-
-fn tempdir(tag: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("wasmproc-test-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
 }
 
 #[test]
@@ -341,18 +334,8 @@ fn cli_exec_runs_a_pipeline_and_names_a_failing_stage() {
 #[tokio::test]
 async fn spawn_streams_100_mb_through_a_guest_in_bounded_memory() {
     within(180, async {
-        let out = tokio::process::Command::new(common::helper("stream-probe"))
-            .arg(guest("wasi-tool"))
-            .arg("100")
-            .output()
-            .await
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "stream-probe failed: {stdout}\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let tool = guest("wasi-tool");
+        let stdout = common::run_helper("stream-probe", [tool.as_os_str(), "100".as_ref()]).await;
         let line = stdout.lines().last().unwrap();
         assert_eq!(
             common::parse_kib(line, "bytes"),
@@ -402,7 +385,7 @@ async fn timeout_stops_a_guest_that_loops_forever() {
 #[tokio::test]
 async fn stdin_can_be_a_file_and_stdout_a_pipe() {
     within(60, async {
-        let dir = tempdir("stdio");
+        let dir = common::scratch_dir("stdio");
         std::fs::write(dir.join("in.txt"), "from a file\n").unwrap();
         let mut child = Command::new(guest("wasi-tool"))
             .arg("upper")

@@ -91,3 +91,32 @@ pub fn tool_p1() -> PathBuf {
 pub fn cli() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_wasmproc"))
 }
+
+/// A fresh, empty folder for one test, named after `tag` and this process.
+pub fn scratch_dir(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("wasmproc-test-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("scratch folder");
+    dir
+}
+
+/// Run a helper host process to its end and return its stdout; fails the
+/// test, with the helper's stderr, if it did not succeed.
+pub async fn run_helper<I, S>(name: &str, args: I) -> String
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    let out = tokio::process::Command::new(helper(name))
+        .args(args)
+        .output()
+        .await
+        .expect("run helper");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{name} failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}

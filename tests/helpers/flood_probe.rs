@@ -12,14 +12,9 @@ use std::time::Duration;
 
 use wasmproc::{ExitStatus, Host};
 
-fn peak_rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|line| line.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
+#[path = "peak.rs"]
+mod peak;
+use peak::peak_rss_kib;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {

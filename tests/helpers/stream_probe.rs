@@ -8,14 +8,9 @@
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use wasmproc::{Command, Stdio};
 
-fn peak_rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|line| line.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
+#[path = "peak.rs"]
+mod peak;
+use peak::peak_rss_kib;
 
 /// The pattern's byte at offset `i`: not periodic at any power of two.
 fn pattern(i: u64) -> u8 {

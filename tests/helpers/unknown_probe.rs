@@ -6,6 +6,9 @@
 
 use wasmproc::Command;
 
+#[path = "peak.rs"]
+mod peak;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -19,11 +22,6 @@ async fn main() -> anyhow::Result<()> {
         out.status
     );
     print!("{}", String::from_utf8_lossy(&out.stdout));
-    let peak = std::fs::read_to_string("/proc/self/status")?
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .unwrap_or(0);
-    println!("peak_rss_kib={peak}");
+    println!("peak_rss_kib={}", peak::peak_rss_kib());
     Ok(())
 }
