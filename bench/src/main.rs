@@ -1,10 +1,11 @@
 //! `make bench`: wasmproc against Node's `fork` and the raw pipe floor, in
 //! the same run, alternating the systems, under the same CPU placement.
 //!
-//! Usage: `wasmproc-bench [--quick]` from the repository root after a
-//! release build (the Makefile does both). `wasmproc-bench rtt-pinned` is the
-//! part it runs again under `taskset -c 0`. Writes `bench/results.md` and
-//! `bench/results.json`, and prints the table.
+//! Usage: `wasmproc-bench [--quick] [--only spawn,burst,rtt,stream,memory,cpu]`
+//! from the repository root after a release build (the Makefile does both).
+//! `wasmproc-bench rtt-pinned` is the part it runs again under `taskset -c 0`.
+//! Prints the table; a full run also writes `bench/results.md` and
+//! `bench/results.json`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command as OsCommand;
@@ -344,8 +345,51 @@ async fn main() -> anyhow::Result<()> {
         return rtt_pinned().await;
     }
     let quick = args.iter().any(|a| a == "--quick");
+    // `--only burst,rtt` runs some scenarios and prints them, without
+    // replacing the results files.
+    let only: Option<Vec<String>> = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1))
+        .map(|list| list.split(',').map(str::to_owned).collect());
+    if let Some(bad) = only
+        .iter()
+        .flatten()
+        .find(|s| !SCENARIOS.contains(&s.as_str()))
+    {
+        bail!(
+            "unknown scenario `{bad}`: choose among {}",
+            SCENARIOS.join(", ")
+        );
+    }
+    let want = |name: &str| only.as_ref().is_none_or(|l| l.iter().any(|s| s == name));
     let reps = if quick { 1 } else { 3 };
     let mut rows: Vec<Row> = Vec::new();
+    if want("spawn") {
+        spawn_rows(quick, &mut rows).await?;
+    }
+    if want("burst") {
+        burst_rows(&mut rows).await?;
+    }
+    if want("rtt") {
+        rtt_rows(quick, reps, &mut rows).await?;
+    }
+    if want("stream") {
+        stream_rows(quick, reps, &mut rows).await?;
+    }
+    if want("memory") {
+        memory_rows(quick, &mut rows).await?;
+    }
+    if want("cpu") {
+        cpu_rows(&mut rows).await?;
+    }
+    report(&rows, only.is_none())?;
+    Ok(())
+}
+
+const SCENARIOS: [&str; 6] = ["spawn", "burst", "rtt", "stream", "memory", "cpu"];
+
+async fn spawn_rows(quick: bool, rows: &mut Vec<Row>) -> anyhow::Result<()> {
     eprintln!("bench: spawn");
     let spawn_n = if quick { 50 } else { 200 };
     let mut w = wasmproc_spawn(spawn_n, true).await?;
@@ -378,7 +422,10 @@ async fn main() -> anyhow::Result<()> {
             higher_better: false,
         });
     }
+    Ok(())
+}
 
+async fn burst_rows(rows: &mut Vec<Row>) -> anyhow::Result<()> {
     eprintln!("bench: burst");
     for count in [100usize, 1000] {
         let ms = wasmproc_burst(count).await?;
@@ -402,7 +449,10 @@ async fn main() -> anyhow::Result<()> {
             higher_better: false,
         });
     }
+    Ok(())
+}
 
+async fn rtt_rows(quick: bool, reps: usize, rows: &mut Vec<Row>) -> anyhow::Result<()> {
     eprintln!("bench: rtt");
     let rtt_n = if quick { 5_000 } else { 20_000 };
     let (mut w, mut nj, mut fl, mut wp) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
@@ -451,7 +501,10 @@ async fn main() -> anyhow::Result<()> {
         floor: None,
         higher_better: false,
     });
+    Ok(())
+}
 
+async fn stream_rows(quick: bool, reps: usize, rows: &mut Vec<Row>) -> anyhow::Result<()> {
     eprintln!("bench: stream");
     let small_n: u64 = if quick { 200_000 } else { 1_000_000 };
     let (mut w, mut nj, mut na, mut fl) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
@@ -503,7 +556,10 @@ async fn main() -> anyhow::Result<()> {
         floor: Some(median(&mut fl)),
         higher_better: true,
     });
+    Ok(())
+}
 
+async fn memory_rows(quick: bool, rows: &mut Vec<Row>) -> anyhow::Result<()> {
     eprintln!("bench: memory");
     let (pss, anon, rss) = wasmproc_memory(100).await?;
     wait_idle();
@@ -554,7 +610,10 @@ async fn main() -> anyhow::Result<()> {
         floor: None,
         higher_better: false,
     });
+    Ok(())
+}
 
+async fn cpu_rows(rows: &mut Vec<Row>) -> anyhow::Result<()> {
     eprintln!("bench: cpu");
     let limit = 3_000_000u64;
     let one = wasmproc_primes(limit, 1).await?;
@@ -576,8 +635,6 @@ async fn main() -> anyhow::Result<()> {
         floor: None,
         higher_better: true,
     });
-
-    report(&rows)?;
     Ok(())
 }
 
@@ -600,7 +657,7 @@ fn machine() -> String {
     format!("{cpus} vCPU ({cpu}), Linux {}, Node {node}", kernel.trim())
 }
 
-fn report(rows: &[Row]) -> anyhow::Result<()> {
+fn report(rows: &[Row], save: bool) -> anyhow::Result<()> {
     let mut md = String::new();
     md.push_str(&format!("Machine: {}.\n\n", machine()));
     md.push_str(
@@ -628,6 +685,9 @@ fn report(rows: &[Row]) -> anyhow::Result<()> {
         }));
     }
     print!("{md}");
+    if !save {
+        return Ok(());
+    }
     let dir = root().join("bench");
     std::fs::write(dir.join("results.md"), &md)?;
     std::fs::write(

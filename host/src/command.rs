@@ -9,10 +9,10 @@ use std::time::Duration;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::io::{AsyncRead, AsyncReadExt};
-use tokio::process::{ChildStderr, ChildStdin, ChildStdout};
 use tokio::sync::watch;
 use wasmproc_protocol::{GuestId, InboxItem, Limits, Preopen};
 
+use crate::process::{ChildStderr, ChildStdin, ChildStdout};
 use crate::relay::{Entry, Relay, SendError};
 use crate::status::{ExitStatus, Limit};
 use crate::supervisor::{Host, KillReason, SpawnError};
@@ -42,16 +42,6 @@ impl Stdio {
     }
     pub fn piped() -> Stdio {
         Stdio::Piped
-    }
-
-    pub(crate) fn into_std(self) -> std::io::Result<std::process::Stdio> {
-        Ok(match self {
-            Stdio::Inherit => std::process::Stdio::inherit(),
-            Stdio::Null => std::process::Stdio::null(),
-            Stdio::Piped => std::process::Stdio::piped(),
-            Stdio::File(file) => std::process::Stdio::from(file),
-            Stdio::Fd(fd) => std::process::Stdio::from(fd),
-        })
     }
 }
 

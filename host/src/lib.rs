@@ -32,6 +32,7 @@
 //! - [`mailbox`]: the bounded per-guest queue.
 //! - [`relay`]: routing by id, name and group; undeliverable notices; monitors.
 //! - [`supervisor`]: starting runners and watching them; [`Host`].
+//! - [`process`]: a runner's OS process: `posix_spawn`, pidfd, `waitid`.
 //! - [`command`]: [`Command`] and [`Child`], the public face.
 //! - [`exec`]: command lines and pipelines, never through a shell.
 //! - [`status`]: how a guest ended ([`ExitStatus`]).
@@ -64,6 +65,7 @@ pub mod connection;
 pub mod engine;
 pub mod exec;
 pub mod mailbox;
+pub mod process;
 pub mod relay;
 pub mod runner;
 pub mod sandbox;
@@ -75,6 +77,7 @@ pub use wasmproc_protocol as protocol;
 
 pub use command::{Child, Command, Output, Stdio};
 pub use exec::{ExecError, ExecOutput, Pipeline, exec};
+pub use process::{ChildStderr, ChildStdin, ChildStdout};
 pub use protocol::{Address, GuestId, InboxItem, UndeliverableReason};
 pub use relay::SendError;
 pub use status::{ExitStatus, Limit};

@@ -13,12 +13,13 @@
 //!   reader saw into an [`ExitStatus`], unregisters the guest (its monitors
 //!   get `down`) and publishes the status to [`Child::wait`].
 //!
-//! Runners are spawned from one long-lived thread because the parent-death
-//! signal each runner asks for fires when the *thread* that forked it exits:
-//! a runner forked from a short-lived worker thread would die with it.
+//! Runners are spawned (see [`crate::process`]) from one long-lived thread
+//! because the parent-death signal each runner asks for fires when the
+//! *thread* that spawned it exits: a runner spawned from a short-lived
+//! worker thread would die with it.
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock, mpsc};
 use std::time::Duration;
@@ -30,8 +31,8 @@ use wasmproc_protocol::{HostToRunner, LaunchSpec, RunnerToHost, check_version};
 use crate::cache::{Cache, CompileError};
 use crate::command::{Child, Command, Stdio};
 use crate::connection::{self, FrameReader, FrameWriter};
+use crate::process::{Handles, Process};
 use crate::relay::{Entry, RegisterError, Registration, Relay, SendError};
-use crate::runner::{CONTROL_IN_FD, CONTROL_OUT_FD};
 use crate::status::{ExitStatus, Limit};
 
 /// Why the host kills a runner; decides the status when the runner could
@@ -278,11 +279,12 @@ impl Host {
         timeout: Option<Duration>,
     ) -> Child {
         let Spawned {
-            mut child,
+            process,
+            handles,
             to_runner,
             from_runner,
         } = spawned;
-        let pid = child.id().unwrap_or(0);
+        let pid = process.id();
         let (kill_tx, kill_rx) = tokio::sync::mpsc::channel(4);
         let (status_tx, status_rx) = watch::channel(None);
 
@@ -294,9 +296,9 @@ impl Host {
             self.relay.clone(),
             kill_tx.clone(),
         ));
-        let handles = (child.stdin.take(), child.stdout.take(), child.stderr.take());
+        let handles = (handles.stdin, handles.stdout, handles.stderr);
         tokio::spawn(wait_runner(
-            child,
+            process,
             kill_rx,
             reader,
             entry.clone(),
@@ -339,7 +341,8 @@ fn runner_path() -> Result<PathBuf, SpawnError> {
 }
 
 struct Spawned {
-    child: tokio::process::Child,
+    process: Process,
+    handles: Handles,
     to_runner: pipe::Sender,
     from_runner: pipe::Receiver,
 }
@@ -387,63 +390,16 @@ async fn spawn_runner(runner: PathBuf, stdio: [Stdio; 3]) -> io::Result<Spawned>
         .map_err(|_| io::Error::other("the spawner thread has stopped"))?
 }
 
-/// Fork and exec one runner (on the spawner thread, inside a runtime context).
+/// Start one runner (on the spawner thread, inside a runtime context).
 fn spawn_now(runner: &Path, stdio: [Stdio; 3]) -> io::Result<Spawned> {
     let (runner_in, host_out) = connection::cloexec_pipe()?;
     let (host_in, runner_out) = connection::cloexec_pipe()?;
     connection::enlarge_pipe(host_out.as_fd());
     connection::enlarge_pipe(host_in.as_fd());
-
-    let [stdin, stdout, stderr] = stdio;
-    let mut command = tokio::process::Command::new(runner);
-    command
-        .env_clear()
-        .stdin(stdin.into_std()?)
-        .stdout(stdout.into_std()?)
-        .stderr(stderr.into_std()?);
-    let (child_in, child_out) = (runner_in.as_raw_fd(), runner_out.as_raw_fd());
-    let host_pid = std::process::id() as libc::pid_t;
-    // SAFETY: the closure runs in the forked child before exec and only makes
-    // async-signal-safe system calls, with no allocation.
-    unsafe {
-        command.pre_exec(move || {
-            // Move both ends above the target numbers first, so that placing
-            // one cannot overwrite the other.
-            let r = libc::fcntl(child_in, libc::F_DUPFD, 10);
-            let w = libc::fcntl(child_out, libc::F_DUPFD, 10);
-            if r < 0
-                || w < 0
-                || libc::dup2(r, CONTROL_IN_FD) < 0
-                || libc::dup2(w, CONTROL_OUT_FD) < 0
-            {
-                return Err(io::Error::last_os_error());
-            }
-            // Every other inherited descriptor closes at exec.
-            libc::syscall(
-                libc::SYS_close_range,
-                CONTROL_OUT_FD as libc::c_uint + 1,
-                libc::c_uint::MAX,
-                libc::CLOSE_RANGE_CLOEXEC as libc::c_uint,
-            );
-            // Its own process group: a Ctrl-C at the terminal reaches the
-            // host, which shuts guests down gracefully, not every runner.
-            if libc::setpgid(0, 0) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            // No orphans: die with the host, even if it is SIGKILLed.
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            if libc::getppid() != host_pid {
-                libc::_exit(1);
-            }
-            Ok(())
-        });
-    }
-    let child = command.spawn()?;
-    drop((runner_in, runner_out));
+    let (process, handles) = Process::spawn(runner, stdio, [runner_in, runner_out])?;
     Ok(Spawned {
-        child,
+        process,
+        handles,
         to_runner: pipe::Sender::from_owned_fd(host_out)?,
         from_runner: pipe::Receiver::from_owned_fd(host_in)?,
     })
@@ -591,7 +547,7 @@ fn report_hardening(steps: &[wasmproc_protocol::HardeningStep]) {
 
 /// The waiter task.
 async fn wait_runner(
-    mut child: tokio::process::Child,
+    mut process: Process,
     mut kill: tokio::sync::mpsc::Receiver<KillReason>,
     reader: tokio::task::JoinHandle<ReaderOutcome>,
     entry: Arc<Entry>,
@@ -604,7 +560,7 @@ async fn wait_runner(
     tokio::pin!(deadline);
     let os_status = loop {
         let reason = tokio::select! {
-            status = child.wait() => break status,
+            status = process.wait() => break status,
             Some(reason) = kill.recv() => reason,
             () = &mut deadline, if timeout.is_some() && killed.is_none() => {
                 KillReason::Timeout(timeout.unwrap_or_default())
@@ -613,7 +569,7 @@ async fn wait_runner(
         // The first reason is the one reported.
         if killed.is_none() {
             killed = Some(reason);
-            let _ = child.start_kill();
+            process.kill();
         }
     };
     // Nothing can reach the guest any more. Closing its mailbox also frees a

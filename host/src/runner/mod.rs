@@ -4,13 +4,14 @@
 //! to runner) and 4 (runner to host) and the guest's stdio on 0, 1 and 2.
 //! The runner:
 //!
-//! 1. says `Hello` with its protocol version and reads the launch spec,
+//! 1. asks to be killed when the host ends (the parent-death signal);
+//! 2. says `Hello` with its protocol version and reads the launch spec,
 //!    blocking, before any thread exists;
-//! 2. maps the precompiled artifact the host named (it never compiles);
-//! 3. starts a single-threaded runtime with two I/O tasks (inbox in,
+//! 3. maps the precompiled artifact the host named (it never compiles);
+//! 4. starts a single-threaded runtime with two I/O tasks (inbox in,
 //!    sends out, see [`link`]) and runs the guest: `wasi:cli/run` for a
 //!    component, `_start` for a core module;
-//! 4. reports how the guest ended (`Exit`) and exits.
+//! 5. reports how the guest ended (`Exit`) and exits.
 //!
 //! It also exits as soon as the host closes the control pipe.
 
@@ -62,6 +63,7 @@ pub fn main() -> ! {
             std::process::exit(2);
         }
     };
+    die_with_host();
     let hello = RunnerToHost::Hello {
         protocol_version: PROTOCOL_VERSION,
     };
@@ -113,6 +115,19 @@ pub fn main() -> ! {
         ),
     };
     runtime.block_on(run(spec, from_host, to_host, leftover))
+}
+
+/// No orphans: ask for SIGKILL when the host's spawner thread ends, even if
+/// the host is SIGKILLed. If the host ended before this took effect, the
+/// parent has changed: exit. (Had it ended even earlier, writing `Hello`
+/// fails on the closed pipe and the runner exits then.)
+fn die_with_host() {
+    let parent = std::os::unix::process::parent_id();
+    // SAFETY: prctl with integer arguments only.
+    let set = unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) } == 0;
+    if !set || std::os::unix::process::parent_id() != parent {
+        std::process::exit(EXIT_HOST_GONE);
+    }
 }
 
 /// The control pipes, if fds 3 and 4 are open.

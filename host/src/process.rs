@@ -1,0 +1,346 @@
+//! A runner's OS process: started with `posix_spawn`, watched and signalled
+//! through a pidfd, reaped with `waitid`.
+//!
+//! `posix_spawn` (glibc's `clone(CLONE_VM | CLONE_VFORK)`) does not copy the
+//! host's page tables the way `fork` does, so a host with a large heap starts
+//! runners as fast as a small one, and a burst of forks costs the host almost
+//! nothing. Everything the runner needs is set up by spawn attributes and
+//! file actions, never by code running between fork and exec: the control
+//! pipes on fds 3 and 4, stdio on 0–2, every other descriptor closed, its
+//! own process group, default signal mask. The runner asks for its
+//! parent-death signal itself, first thing (see [`crate::runner`]).
+//!
+//! The pidfd is taken before anything can reap the child, so `kill` and
+//! `wait` can never reach another process that reused the pid.
+
+use std::ffi::CString;
+use std::io;
+use std::mem::MaybeUninit;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
+
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
+use tokio::net::unix::pipe;
+
+use crate::command::Stdio;
+
+/// The write end of a guest's stdin pipe ([`Stdio::Piped`]).
+pub type ChildStdin = pipe::Sender;
+/// The read end of a guest's stdout pipe ([`Stdio::Piped`]).
+pub type ChildStdout = pipe::Receiver;
+/// The read end of a guest's stderr pipe ([`Stdio::Piped`]).
+pub type ChildStderr = pipe::Receiver;
+
+/// The host's ends of the pipes asked for with [`Stdio::Piped`].
+#[derive(Debug, Default)]
+pub(crate) struct Handles {
+    pub stdin: Option<ChildStdin>,
+    pub stdout: Option<ChildStdout>,
+    pub stderr: Option<ChildStderr>,
+}
+
+/// A started runner process.
+#[derive(Debug)]
+pub(crate) struct Process {
+    pid: u32,
+    pidfd: AsyncFd<OwnedFd>,
+    status: Option<std::process::ExitStatus>,
+}
+
+/// Descriptors passed to the child are first moved at or above this number,
+/// so that placing one on 0–4 can never overwrite another still to be placed.
+const FIRST_FREE_FD: RawFd = 10;
+
+/// The first descriptor the runner does not inherit.
+const CLOSE_FROM_FD: RawFd = 5;
+
+impl Process {
+    /// Start `program` with no arguments and an empty environment, with
+    /// `control` (runner's in, runner's out) on fds 3 and 4.
+    ///
+    /// Must run inside a tokio runtime (the pidfd and pipes register with it).
+    pub(crate) fn spawn(
+        program: &Path,
+        stdio: [Stdio; 3],
+        control: [OwnedFd; 2],
+    ) -> io::Result<(Process, Handles)> {
+        let mut actions = FileActions::new()?;
+        let mut handles = Handles::default();
+        // The child's ends: open in the host until the child has them.
+        let mut passed: Vec<OwnedFd> = Vec::new();
+        for (target, stdio) in (0..).zip(stdio) {
+            let source = match stdio {
+                Stdio::Inherit => continue,
+                Stdio::Null => {
+                    let flags = if target == 0 {
+                        libc::O_RDONLY
+                    } else {
+                        libc::O_WRONLY
+                    };
+                    actions.open(target, c"/dev/null", flags)?;
+                    continue;
+                }
+                Stdio::Piped => {
+                    let (write, read) = pipe::pipe()?;
+                    // The child gets the other end, in blocking mode.
+                    if target == 0 {
+                        handles.stdin = Some(write);
+                        read.into_blocking_fd()?
+                    } else {
+                        let host_end = Some(read);
+                        if target == 1 {
+                            handles.stdout = host_end;
+                        } else {
+                            handles.stderr = host_end;
+                        }
+                        write.into_blocking_fd()?
+                    }
+                }
+                Stdio::File(file) => OwnedFd::from(file),
+                Stdio::Fd(fd) => fd,
+            };
+            let high = above_targets(source)?;
+            actions.dup2(high.as_raw_fd(), target)?;
+            passed.push(high);
+        }
+        for (target, fd) in [crate::runner::CONTROL_IN_FD, crate::runner::CONTROL_OUT_FD]
+            .into_iter()
+            .zip(control)
+        {
+            let high = above_targets(fd)?;
+            actions.dup2(high.as_raw_fd(), target)?;
+            passed.push(high);
+        }
+        actions.close_from(CLOSE_FROM_FD)?;
+        let attributes = Attributes::new()?;
+
+        let path = CString::new(program.as_os_str().as_bytes())
+            .map_err(|_| io::Error::other("the runner's path contains a NUL byte"))?;
+        let argv = [path.as_ptr() as *mut libc::c_char, std::ptr::null_mut()];
+        let envp = [std::ptr::null_mut::<libc::c_char>()];
+        let mut pid: libc::pid_t = 0;
+        // SAFETY: every pointer is valid for the call: the path and argv are
+        // NUL-terminated and live until it returns, the file actions and
+        // attributes are initialized and owned by the guards.
+        let rc = unsafe {
+            libc::posix_spawn(
+                &mut pid,
+                path.as_ptr(),
+                &actions.0,
+                &attributes.0,
+                argv.as_ptr(),
+                envp.as_ptr(),
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::from_raw_os_error(rc));
+        }
+        drop(passed);
+        // SAFETY: pidfd_open takes a pid and flags and returns a new fd.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+        if fd < 0 {
+            let err = io::Error::last_os_error();
+            // Without a pidfd the child could not be watched: stop it.
+            // SAFETY: `pid` is this process's unreaped child.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+                libc::waitpid(pid, std::ptr::null_mut(), 0);
+            }
+            return Err(io::Error::new(
+                err.kind(),
+                format!("pidfd_open for runner {pid}: {err}"),
+            ));
+        }
+        // SAFETY: the fd was just returned by pidfd_open and nothing else owns it.
+        let pidfd = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
+        // SAFETY: an OwnedFd stays open and keeps its number until dropped,
+        // which only the AsyncFd can do.
+        let pidfd = unsafe { AsyncFd::register_with_interest(pidfd, Interest::READABLE) }
+            .map_err(|err| err.into_parts().1)?;
+        let process = Process {
+            pid: pid as u32,
+            pidfd,
+            status: None,
+        };
+        Ok((process, handles))
+    }
+
+    /// The OS process id.
+    pub(crate) fn id(&self) -> u32 {
+        self.pid
+    }
+
+    /// Send SIGKILL (nothing happens if it has already been reaped).
+    pub(crate) fn kill(&self) {
+        // SAFETY: pidfd_send_signal with a valid pidfd and no siginfo.
+        unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                self.pidfd.get_ref().as_raw_fd(),
+                libc::SIGKILL,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            );
+        }
+    }
+
+    /// Wait for the process to end and reap it. Cancel-safe.
+    pub(crate) async fn wait(&mut self) -> io::Result<std::process::ExitStatus> {
+        loop {
+            if let Some(status) = self.status {
+                return Ok(status);
+            }
+            let mut ready = self.pidfd.readable().await?;
+            let mut info = MaybeUninit::<libc::siginfo_t>::zeroed();
+            // SAFETY: waitid writes one siginfo_t for the pidfd's process.
+            let rc = unsafe {
+                libc::waitid(
+                    libc::P_PIDFD,
+                    self.pidfd.get_ref().as_raw_fd() as libc::id_t,
+                    info.as_mut_ptr(),
+                    libc::WEXITED | libc::WNOHANG,
+                )
+            };
+            if rc != 0 {
+                let err = io::Error::last_os_error();
+                if err.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(err);
+            }
+            // SAFETY: zero-initialized, then filled in by waitid.
+            let info = unsafe { info.assume_init() };
+            // SAFETY: the fields of a SIGCHLD siginfo, which waitid fills in.
+            let (pid, code) = unsafe { (info.si_pid(), info.si_status()) };
+            if pid == 0 {
+                // Not ended yet (a spurious wake-up).
+                ready.clear_ready();
+                continue;
+            }
+            let raw = match info.si_code {
+                libc::CLD_EXITED => (code & 0xff) << 8,
+                libc::CLD_DUMPED => (code & 0x7f) | 0x80,
+                _ => code & 0x7f,
+            };
+            self.status = Some(std::process::ExitStatus::from_raw(raw));
+        }
+    }
+}
+
+/// `fd` moved at or above [`FIRST_FREE_FD`], close-on-exec (the file action
+/// `dup2` clears the flag on the copy the child gets).
+fn above_targets(fd: OwnedFd) -> io::Result<OwnedFd> {
+    if fd.as_raw_fd() >= FIRST_FREE_FD {
+        // Make sure it does not leak into other children.
+        // SAFETY: F_SETFD on an fd this function owns.
+        if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        return Ok(fd);
+    }
+    // SAFETY: F_DUPFD_CLOEXEC returns a new descriptor that this function
+    // then owns.
+    let high = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, FIRST_FREE_FD) };
+    if high < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: as above.
+    Ok(unsafe { OwnedFd::from_raw_fd(high) })
+}
+
+/// `posix_spawn_file_actions_t`, destroyed on drop.
+struct FileActions(libc::posix_spawn_file_actions_t);
+
+impl FileActions {
+    fn new() -> io::Result<FileActions> {
+        let mut raw = MaybeUninit::<libc::posix_spawn_file_actions_t>::uninit();
+        // SAFETY: init writes the structure.
+        check(unsafe { libc::posix_spawn_file_actions_init(raw.as_mut_ptr()) })?;
+        // SAFETY: initialized just above.
+        Ok(FileActions(unsafe { raw.assume_init() }))
+    }
+
+    fn dup2(&mut self, from: RawFd, to: RawFd) -> io::Result<()> {
+        // SAFETY: an initialized file actions object.
+        check(unsafe { libc::posix_spawn_file_actions_adddup2(&mut self.0, from, to) })
+    }
+
+    fn open(&mut self, fd: RawFd, path: &std::ffi::CStr, flags: libc::c_int) -> io::Result<()> {
+        // SAFETY: glibc copies the path into the file actions.
+        check(unsafe {
+            libc::posix_spawn_file_actions_addopen(&mut self.0, fd, path.as_ptr(), flags, 0)
+        })
+    }
+
+    fn close_from(&mut self, from: RawFd) -> io::Result<()> {
+        // SAFETY: an initialized file actions object.
+        check(unsafe { libc::posix_spawn_file_actions_addclosefrom_np(&mut self.0, from) })
+    }
+}
+
+impl Drop for FileActions {
+    fn drop(&mut self) {
+        // SAFETY: initialized in `new`, destroyed once.
+        unsafe { libc::posix_spawn_file_actions_destroy(&mut self.0) };
+    }
+}
+
+/// `posix_spawnattr_t`: own process group, empty signal mask, SIGPIPE at
+/// its default; destroyed on drop.
+struct Attributes(libc::posix_spawnattr_t);
+
+impl Attributes {
+    fn new() -> io::Result<Attributes> {
+        let mut raw = MaybeUninit::<libc::posix_spawnattr_t>::uninit();
+        // SAFETY: init writes the structure.
+        check(unsafe { libc::posix_spawnattr_init(raw.as_mut_ptr()) })?;
+        // SAFETY: initialized just above.
+        let mut attributes = Attributes(unsafe { raw.assume_init() });
+        let mut empty = MaybeUninit::<libc::sigset_t>::uninit();
+        let mut pipe_only = MaybeUninit::<libc::sigset_t>::uninit();
+        // SAFETY: the sigset functions write the sets; the attribute setters
+        // copy them.
+        unsafe {
+            libc::sigemptyset(empty.as_mut_ptr());
+            libc::sigemptyset(pipe_only.as_mut_ptr());
+            libc::sigaddset(pipe_only.as_mut_ptr(), libc::SIGPIPE);
+            check(libc::posix_spawnattr_setsigmask(
+                &mut attributes.0,
+                empty.as_ptr(),
+            ))?;
+            check(libc::posix_spawnattr_setsigdefault(
+                &mut attributes.0,
+                pipe_only.as_ptr(),
+            ))?;
+            // Its own process group: a Ctrl-C at the terminal reaches the
+            // host, which shuts guests down gracefully, not every runner.
+            check(libc::posix_spawnattr_setpgroup(&mut attributes.0, 0))?;
+            check(libc::posix_spawnattr_setflags(
+                &mut attributes.0,
+                (libc::POSIX_SPAWN_SETPGROUP
+                    | libc::POSIX_SPAWN_SETSIGMASK
+                    | libc::POSIX_SPAWN_SETSIGDEF) as libc::c_short,
+            ))?;
+        }
+        Ok(attributes)
+    }
+}
+
+impl Drop for Attributes {
+    fn drop(&mut self) {
+        // SAFETY: initialized in `new`, destroyed once.
+        unsafe { libc::posix_spawnattr_destroy(&mut self.0) };
+    }
+}
+
+/// posix_spawn functions return an errno value instead of setting errno.
+fn check(rc: libc::c_int) -> io::Result<()> {
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::from_raw_os_error(rc))
+    }
+}
