@@ -1,9 +1,10 @@
 //! Splits a range over prime workers and sums their answers.
 //!
 //! `coordinator [--compare] [--stop] LO HI CHUNKS WORKER...` counts the
-//! primes in `LO..HI` by handing `CHUNKS` slices to the workers (each worker
-//! gets a new slice as soon as it answers, so a fast worker does more), then
-//! sends the total to the parent as a postcard `u64`.
+//! primes in `LO..HI` by handing `CHUNKS` slices to the workers, then sends
+//! the total to the parent as a postcard `u64`. Each worker holds two slices
+//! at a time and gets a new one as soon as it answers: it never waits for
+//! work, and a fast worker does more.
 //!
 //! With `--compare` it counts twice, first with the first worker alone and
 //! then with all of them, and prints the total, both times and the speedup.
@@ -78,6 +79,9 @@ fn timed<T>(f: impl FnOnce() -> T) -> (T, Duration) {
     (value, started.elapsed())
 }
 
+/// How many slices each worker holds at a time.
+const SLICES_AHEAD: usize = 2;
+
 /// Count the primes in `lo..hi` with `workers`; `None` if a worker is unreachable.
 fn count(lo: u64, hi: u64, chunks: u64, workers: &[Address]) -> Option<u64> {
     let step = (hi - lo).div_ceil(chunks).max(1);
@@ -86,10 +90,13 @@ fn count(lo: u64, hi: u64, chunks: u64, workers: &[Address]) -> Option<u64> {
         .filter(|(a, b)| a < b)
         .collect();
     let mut outstanding = 0usize;
-    for worker in workers {
-        if let Some(range) = pending.pop_front() {
-            send_or_die(worker.clone(), &range);
-            outstanding += 1;
+    // The second slice waits in the worker's inbox while it counts the first.
+    for _ in 0..SLICES_AHEAD {
+        for worker in workers {
+            if let Some(range) = pending.pop_front() {
+                send_or_die(worker.clone(), &range);
+                outstanding += 1;
+            }
         }
     }
     let mut total = 0u64;

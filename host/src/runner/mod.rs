@@ -5,8 +5,9 @@
 //! The runner:
 //!
 //! 1. asks to be killed when the host ends (the parent-death signal);
-//! 2. says `Hello` with its protocol version and reads the launch spec,
-//!    blocking, before any thread exists;
+//! 2. says `Hello` with its protocol version, builds the engine and the
+//!    linker (the same for every guest: a pooled runner has them ready),
+//!    and reads the launch spec, blocking, before any thread exists;
 //! 3. maps the precompiled artifact the host named (it never compiles);
 //! 4. starts a single-threaded runtime with two I/O tasks (inbox in,
 //!    sends out, see [`link`]) and runs the guest: `wasi:cli/run` for a
@@ -70,6 +71,9 @@ pub fn main() -> ! {
     if write_frame_blocking(&mut to_host, &hello).is_err() {
         std::process::exit(EXIT_HOST_GONE);
     }
+    // Everything that does not depend on the guest, before its spec: a
+    // runner waiting in the host's pool has this done already.
+    let prepared = Prepared::new();
     let (spec, leftover) = match read_frame_blocking::<HostToRunner>(&mut from_host) {
         Ok((HostToRunner::Launch(spec), leftover)) => (spec, leftover),
         Ok((other, _)) => fail(
@@ -114,7 +118,31 @@ pub fn main() -> ! {
             format!("cannot start the runner's runtime: {err}"),
         ),
     };
-    runtime.block_on(run(spec, from_host, to_host, leftover))
+    let prepared = match prepared {
+        Ok(prepared) => prepared,
+        Err(err) => fail(
+            &mut to_host,
+            format!("cannot set up the runner's engine: {err:#}"),
+        ),
+    };
+    runtime.block_on(run(prepared, spec, from_host, to_host, leftover))
+}
+
+/// The engine and the component linker (WASI and `ipc`): the same for
+/// every guest.
+struct Prepared {
+    engine: Engine,
+    linker: wasmtime::component::Linker<ipc::GuestState>,
+}
+
+impl Prepared {
+    fn new() -> anyhow::Result<Prepared> {
+        let engine = Engine::new(&engine::config())?;
+        let mut linker = wasmtime::component::Linker::<ipc::GuestState>::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        ipc::add_to_linker(&mut linker)?;
+        Ok(Prepared { engine, linker })
+    }
 }
 
 /// No orphans: ask for SIGKILL when the host's spawner thread ends, even if
@@ -153,7 +181,13 @@ fn fail(to_host: &mut File, message: String) -> ! {
     std::process::exit(EXIT_FAILED);
 }
 
-async fn run(spec: LaunchSpec, from_host: File, to_host: File, leftover: Vec<u8>) -> ! {
+async fn run(
+    prepared: Prepared,
+    spec: LaunchSpec,
+    from_host: File,
+    to_host: File,
+    leftover: Vec<u8>,
+) -> ! {
     let io = pipe::Receiver::from_owned_fd(OwnedFd::from(from_host))
         .and_then(|rx| pipe::Sender::from_owned_fd(OwnedFd::from(to_host)).map(|tx| (rx, tx)));
     let (rx, tx) = match io {
@@ -176,7 +210,7 @@ async fn run(spec: LaunchSpec, from_host: File, to_host: File, leftover: Vec<u8>
         }
     });
 
-    let report = match run_guest(&spec, link.clone()).await {
+    let report = match run_guest(&prepared, &spec, link.clone()).await {
         Ok(report) => report,
         Err(err) => ExitReport::Failed {
             message: format!("{err:#}"),
@@ -194,22 +228,26 @@ async fn run(spec: LaunchSpec, from_host: File, to_host: File, leftover: Vec<u8>
 }
 
 /// Load and run the guest; `Err` only when it could not start.
-async fn run_guest(spec: &LaunchSpec, link: Arc<Link>) -> anyhow::Result<ExitReport> {
-    let engine = Engine::new(&engine::config())?;
+async fn run_guest(
+    prepared: &Prepared,
+    spec: &LaunchSpec,
+    link: Arc<Link>,
+) -> anyhow::Result<ExitReport> {
+    let engine = &prepared.engine;
     let wasi = sandbox::wasi_builder(spec)?;
     match spec.kind {
         ModuleKind::Component => {
             // SAFETY: the host compiled this artifact itself with the same
             // engine configuration, and wrote it atomically to its cache.
-            let component = unsafe { Component::deserialize_file(&engine, &spec.artifact) }
+            let component = unsafe { Component::deserialize_file(engine, &spec.artifact) }
                 .map_err(|err| anyhow::anyhow!("cannot load artifact {}: {err}", spec.artifact))?;
-            run_component(&engine, &component, wasi, link).await
+            run_component(engine, &prepared.linker, &component, wasi, link).await
         }
         ModuleKind::Module => {
             // SAFETY: as above.
-            let module = unsafe { Module::deserialize_file(&engine, &spec.artifact) }
+            let module = unsafe { Module::deserialize_file(engine, &spec.artifact) }
                 .map_err(|err| anyhow::anyhow!("cannot load artifact {}: {err}", spec.artifact))?;
-            run_module(&engine, &module, wasi, spec.limits.max_memory).await
+            run_module(engine, &module, wasi, spec.limits.max_memory).await
         }
     }
 }
@@ -222,13 +260,11 @@ fn prepare_store<T>(store: &mut Store<T>) -> anyhow::Result<()> {
 
 async fn run_component(
     engine: &Engine,
+    linker: &wasmtime::component::Linker<ipc::GuestState>,
     component: &Component,
     mut wasi: wasmtime_wasi::WasiCtxBuilder,
     link: Arc<Link>,
 ) -> anyhow::Result<ExitReport> {
-    let mut linker = wasmtime::component::Linker::<ipc::GuestState>::new(engine);
-    wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
-    ipc::add_to_linker(&mut linker)?;
     let max_memory = link.limits.max_memory;
     let max_message_size = link.limits.max_message_size;
     let state = ipc::GuestState {
@@ -248,7 +284,7 @@ async fn run_component(
             .saturating_add(1024 * 1024),
     );
     let command =
-        wasmtime_wasi::p2::bindings::Command::instantiate_async(&mut store, component, &linker)
+        wasmtime_wasi::p2::bindings::Command::instantiate_async(&mut store, component, linker)
             .await
             .map_err(|err| anyhow::anyhow!("cannot instantiate the guest: {err}"))?;
     Ok(match command.wasi_cli_run().call_run(&mut store).await {
