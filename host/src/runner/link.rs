@@ -25,6 +25,9 @@ const OUT_HIGH_WATER: usize = 4 * 1024 * 1024;
 /// The runner exits with this code when the host has gone away.
 pub const EXIT_HOST_GONE: i32 = 70;
 
+/// The shared state. Each side takes a lock for a few instructions and
+/// touches a `Notify` only when the other side said it is waiting (the
+/// `*_waiting` flags): a busy stream costs no wake-ups.
 #[derive(Debug)]
 pub struct Link {
     pub id: GuestId,
@@ -46,6 +49,10 @@ pub struct Link {
 struct Inbox {
     items: VecDeque<InboxItem>,
     bytes: u64,
+    /// `recv` or a pollable waits on `inbox_changed`.
+    guest_waiting: bool,
+    /// The reader task waits on `inbox_space`.
+    reader_waiting: bool,
 }
 
 fn payload_len(item: &InboxItem) -> u64 {
@@ -60,6 +67,10 @@ struct Outgoing {
     buf: Vec<u8>,
     in_flight: bool,
     host_gone: bool,
+    /// The writer task waits on `out_ready`.
+    writer_waiting: bool,
+    /// A sender or the final flush waits on `out_drained`.
+    sender_waiting: bool,
 }
 
 /// Why a frame could not be queued.
@@ -91,28 +102,34 @@ impl Link {
         self.out.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    fn is_full(&self, inbox: &Inbox) -> bool {
+        inbox.items.len() >= self.limits.inbox_items as usize
+            || (!inbox.items.is_empty() && inbox.bytes >= self.limits.inbox_bytes)
+    }
+
     /// The next inbox item, if any.
     pub fn try_recv(&self) -> Option<InboxItem> {
-        let item = {
-            let mut inbox = self.inbox();
-            let item = inbox.items.pop_front()?;
-            inbox.bytes -= payload_len(&item);
-            item
-        };
-        self.inbox_space.notify_one();
+        let mut inbox = self.inbox();
+        let item = inbox.items.pop_front()?;
+        inbox.bytes -= payload_len(&item);
+        let wake_reader = inbox.reader_waiting && !self.is_full(&inbox);
+        if wake_reader {
+            inbox.reader_waiting = false;
+        }
+        drop(inbox);
+        if wake_reader {
+            self.inbox_space.notify_one();
+        }
         Some(item)
     }
 
     /// Wait for the next inbox item.
     pub async fn recv(&self) -> InboxItem {
         loop {
-            let changed = self.inbox_changed.notified();
-            tokio::pin!(changed);
-            changed.as_mut().enable();
             if let Some(item) = self.try_recv() {
                 return item;
             }
-            changed.await;
+            self.ready().await;
         }
     }
 
@@ -122,8 +139,12 @@ impl Link {
             let changed = self.inbox_changed.notified();
             tokio::pin!(changed);
             changed.as_mut().enable();
-            if !self.inbox().items.is_empty() {
-                return;
+            {
+                let mut inbox = self.inbox();
+                if !inbox.items.is_empty() {
+                    return;
+                }
+                inbox.guest_waiting = true;
             }
             changed.await;
         }
@@ -138,7 +159,6 @@ impl Link {
         loop {
             let drained = self.out_drained.notified();
             tokio::pin!(drained);
-            drained.as_mut().enable();
             {
                 let mut out = self.out();
                 if out.host_gone {
@@ -150,10 +170,15 @@ impl Link {
                     if framing::encode_into(frame, &mut out.buf, MAX_FRAME_LEN).is_err() {
                         return Err(QueueError::HostGone);
                     }
+                    let wake_writer = std::mem::take(&mut out.writer_waiting);
                     drop(out);
-                    self.out_ready.notify_one();
+                    if wake_writer {
+                        self.out_ready.notify_one();
+                    }
                     return Ok(());
                 }
+                drained.as_mut().enable();
+                out.sender_waiting = true;
             }
             drained.await;
         }
@@ -166,10 +191,11 @@ impl Link {
             tokio::pin!(drained);
             drained.as_mut().enable();
             {
-                let out = self.out();
+                let mut out = self.out();
                 if out.host_gone || (out.buf.is_empty() && !out.in_flight) {
                     return;
                 }
+                out.sender_waiting = true;
             }
             drained.await;
         }
@@ -181,26 +207,27 @@ impl Link {
     pub async fn read_from_host(&self, mut reader: FrameReader<HostToRunner>) -> ! {
         loop {
             loop {
-                let space = self.inbox_space.notified();
-                tokio::pin!(space);
-                space.as_mut().enable();
-                let full = {
-                    let inbox = self.inbox();
-                    inbox.items.len() >= self.limits.inbox_items as usize
-                        || (!inbox.items.is_empty() && inbox.bytes >= self.limits.inbox_bytes)
-                };
-                if !full {
-                    break;
+                {
+                    let mut inbox = self.inbox();
+                    if !self.is_full(&inbox) {
+                        break;
+                    }
+                    // `notify_one` keeps a permit: no wake-up is lost
+                    // between here and the wait.
+                    inbox.reader_waiting = true;
                 }
-                space.await;
+                self.inbox_space.notified().await;
             }
             match reader.next().await {
                 Ok(Some(HostToRunner::Deliver(item))) => {
                     let mut inbox = self.inbox();
                     inbox.bytes += payload_len(&item);
                     inbox.items.push_back(item);
+                    let wake_guest = std::mem::take(&mut inbox.guest_waiting);
                     drop(inbox);
-                    self.inbox_changed.notify_waiters();
+                    if wake_guest {
+                        self.inbox_changed.notify_waiters();
+                    }
                 }
                 Ok(Some(HostToRunner::Launch(_))) => {
                     eprintln!(
@@ -221,30 +248,34 @@ impl Link {
     pub async fn write_to_host(&self, mut writer: FrameWriter) {
         let mut chunk = Vec::new();
         loop {
-            let ready = self.out_ready.notified();
-            tokio::pin!(ready);
-            ready.as_mut().enable();
             {
                 let mut out = self.out();
-                if !out.buf.is_empty() {
+                if out.buf.is_empty() {
+                    // `notify_one` keeps a permit: no wake-up is lost
+                    // between here and the wait.
+                    out.writer_waiting = true;
+                } else {
                     std::mem::swap(&mut out.buf, &mut chunk);
                     out.in_flight = true;
                 }
             }
             if chunk.is_empty() {
-                ready.await;
+                self.out_ready.notified().await;
                 continue;
             }
             let result = writer.write_raw(&chunk).await;
             chunk.clear();
-            {
+            let wake_senders = {
                 let mut out = self.out();
                 out.in_flight = false;
                 if result.is_err() {
                     out.host_gone = true;
                 }
+                std::mem::take(&mut out.sender_waiting)
+            };
+            if wake_senders {
+                self.out_drained.notify_waiters();
             }
-            self.out_drained.notify_waiters();
             if result.is_err() {
                 return;
             }
