@@ -344,3 +344,109 @@ fn check(rc: libc::c_int) -> io::Result<()> {
         Err(io::Error::from_raw_os_error(rc))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::process::ExitStatusExt;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+    use crate::connection::cloexec_pipe;
+
+    /// `/bin/sh` reading `script` from a piped stdin, with a control pipe
+    /// pair on fds 3 and 4: its status and stdout.
+    async fn shell(script: &str) -> (std::process::ExitStatus, String) {
+        let (runner_in, _host_out) = cloexec_pipe().unwrap();
+        let (_host_in, runner_out) = cloexec_pipe().unwrap();
+        let (mut process, handles) = Process::spawn(
+            Path::new("/bin/sh"),
+            [Stdio::Piped, Stdio::Piped, Stdio::Null],
+            [runner_in, runner_out],
+        )
+        .unwrap();
+        let mut stdin = handles.stdin.unwrap();
+        stdin.write_all(script.as_bytes()).await.unwrap();
+        drop(stdin);
+        let mut out = String::new();
+        handles
+            .stdout
+            .unwrap()
+            .read_to_string(&mut out)
+            .await
+            .unwrap();
+        (process.wait().await.unwrap(), out)
+    }
+
+    #[tokio::test]
+    async fn the_child_gets_stdio_and_the_control_pipes_and_nothing_else() {
+        // A descriptor the host opened without close-on-exec must not leak.
+        let leaky = std::fs::File::open("/dev/null").unwrap();
+        // SAFETY: clears FD_CLOEXEC on a descriptor this test owns.
+        unsafe { libc::fcntl(leaky.as_raw_fd(), libc::F_SETFD, 0) };
+        let (runner_in, _host_out) = cloexec_pipe().unwrap();
+        let (_host_in, runner_out) = cloexec_pipe().unwrap();
+        let (mut process, handles) = Process::spawn(
+            Path::new("/bin/sh"),
+            [Stdio::Piped, Stdio::Null, Stdio::Null],
+            [runner_in, runner_out],
+        )
+        .unwrap();
+        // posix_spawn returns after the exec; the shell now waits for its
+        // script on stdin: list what it holds.
+        let mut held: Vec<u32> = std::fs::read_dir(format!("/proc/{}/fd", process.id()))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().parse().unwrap())
+            .collect();
+        held.sort_unstable();
+        assert_eq!(held, [0, 1, 2, 3, 4]);
+        let mut stdin = handles.stdin.unwrap();
+        stdin.write_all(b"exit 3\n").await.unwrap();
+        drop(stdin);
+        assert_eq!(process.wait().await.unwrap().code(), Some(3));
+        drop(leaky);
+    }
+
+    #[tokio::test]
+    async fn the_child_has_its_own_process_group_and_an_empty_environment() {
+        let script =
+            "set -- $(cat /proc/$$/stat)\n[ \"$5\" = \"$$\" ] && echo own-group\nenv | wc -l\n";
+        let (status, out) = shell(script).await;
+        assert_eq!(
+            out.split_whitespace().collect::<Vec<_>>(),
+            ["own-group", "1"]
+        );
+        assert!(status.success());
+    }
+
+    #[tokio::test]
+    async fn kill_ends_the_child_with_sigkill_and_wait_reports_it_once_reaped() {
+        let (runner_in, _host_out) = cloexec_pipe().unwrap();
+        let (_host_in, runner_out) = cloexec_pipe().unwrap();
+        let (mut process, _handles) = Process::spawn(
+            Path::new("/bin/sh"),
+            [Stdio::Piped, Stdio::Null, Stdio::Null],
+            [runner_in, runner_out],
+        )
+        .unwrap();
+        process.kill();
+        let status = process.wait().await.unwrap();
+        assert_eq!(status.signal(), Some(libc::SIGKILL));
+        // Waiting again gives the same answer; killing again is harmless.
+        process.kill();
+        assert_eq!(process.wait().await.unwrap(), status);
+    }
+
+    #[tokio::test]
+    async fn a_missing_program_is_an_error_from_spawn() {
+        let (runner_in, _host_out) = cloexec_pipe().unwrap();
+        let (_host_in, runner_out) = cloexec_pipe().unwrap();
+        let err = Process::spawn(
+            Path::new("/nonexistent/wasmproc-runner"),
+            [Stdio::Null, Stdio::Null, Stdio::Null],
+            [runner_in, runner_out],
+        )
+        .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::NotFound);
+    }
+}
