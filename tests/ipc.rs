@@ -50,6 +50,47 @@ async fn parent_and_guest_exchange_messages() {
 }
 
 #[tokio::test]
+async fn large_and_small_messages_keep_their_bytes_and_their_order() {
+    within(60, async {
+        let host = Host::new();
+        let echo = host.command(guest("echo")).fork().await.unwrap();
+        // Around the size past which payloads skip the batch buffer, and
+        // well past it, mixed with small ones.
+        let sizes = [
+            0usize,
+            65_535,
+            3,
+            65_536,
+            65_537,
+            1 << 20,
+            7,
+            3 << 20,
+            100_000,
+            1,
+        ];
+        let payloads: Vec<Vec<u8>> = sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &len)| (0..len).map(|j| ((i * 31 + j) % 251) as u8).collect())
+            .collect();
+        for payload in &payloads {
+            echo.send(payload.clone()).unwrap();
+        }
+        for (i, sent) in payloads.iter().enumerate() {
+            match echo.recv().await {
+                Some(InboxItem::Message { payload, .. }) => {
+                    assert_eq!(payload.len(), sent.len(), "message {i}");
+                    assert!(payload == *sent, "message {i} changed on the way");
+                }
+                other => panic!("expected echo {i}, got {other:?}"),
+            }
+        }
+        echo.kill();
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn guests_talk_through_the_relay_by_name_and_by_id() {
     within(60, async {
         let host = Host::new();

@@ -349,6 +349,8 @@ async fn rtt_pinned() -> anyhow::Result<()> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // As the README advises hosts that move large messages.
+    wasmproc::connection::keep_large_buffers_in_heap();
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("rtt-pinned") {
         return rtt_pinned().await;

@@ -7,7 +7,7 @@
 //! The blocking helpers serve the runner's start, before any thread or async
 //! runtime exists.
 
-use std::io::{self, Read, Write};
+use std::io::{self, IoSlice, Read, Write};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -85,11 +85,105 @@ impl<In: DeserializeOwned> FrameReader<In> {
     }
 }
 
+/// Payloads at least this large are written from where they are, after
+/// their frame's head, instead of being copied into the batch.
+pub const OUT_OF_LINE: usize = 64 * 1024;
+
+/// At most this many buffers per `writev` (the kernel's `IOV_MAX` is 1024).
+const MAX_IOVECS: usize = 1024;
+
+/// Encoded frames waiting to be written: one buffer of bytes, with large
+/// payloads kept aside (each one goes right after the bytes up to its
+/// offset), so queueing a large message copies only its head.
+#[derive(Debug, Default)]
+pub struct Batch {
+    bytes: Vec<u8>,
+    /// (offset in `bytes`, payload), offsets in order.
+    tails: Vec<(usize, Vec<u8>)>,
+    tail_bytes: usize,
+}
+
+impl Batch {
+    /// An empty batch with room for `capacity` bytes.
+    pub fn with_capacity(capacity: usize) -> Batch {
+        Batch {
+            bytes: Vec::with_capacity(capacity),
+            ..Batch::default()
+        }
+    }
+
+    /// Add a frame.
+    ///
+    /// # Errors
+    ///
+    /// [`FrameError::TooLarge`] when the frame is over the protocol's limit.
+    pub fn push<T: Serialize>(&mut self, frame: &T) -> Result<(), FrameError> {
+        framing::encode_into(frame, &mut self.bytes, MAX_FRAME_LEN)
+    }
+
+    /// Add a frame given as its `head` (the frame with an empty payload as
+    /// its last field) and its `payload`, which is moved, not copied, when it
+    /// is large.
+    ///
+    /// # Errors
+    ///
+    /// [`FrameError::TooLarge`] when the frame is over the protocol's limit.
+    pub fn push_split<T: Serialize>(
+        &mut self,
+        head: &T,
+        payload: Vec<u8>,
+    ) -> Result<(), FrameError> {
+        framing::encode_head_into(head, payload.len(), &mut self.bytes, MAX_FRAME_LEN)?;
+        if payload.len() < OUT_OF_LINE {
+            self.bytes.extend_from_slice(&payload);
+        } else {
+            self.tail_bytes += payload.len();
+            self.tails.push((self.bytes.len(), payload));
+        }
+        Ok(())
+    }
+
+    /// Bytes queued.
+    pub fn len(&self) -> usize {
+        self.bytes.len() + self.tail_bytes
+    }
+
+    /// Whether nothing is queued.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Forget everything queued, keeping a modest buffer.
+    pub fn clear(&mut self) {
+        self.bytes.clear();
+        self.tails.clear();
+        self.tail_bytes = 0;
+        // Do not keep a huge buffer around after a burst.
+        if self.bytes.capacity() > 4 * 1024 * 1024 {
+            self.bytes.shrink_to(64 * 1024);
+        }
+    }
+
+    /// The queued bytes in order, as buffers for `writev`.
+    fn slices(&self) -> Vec<IoSlice<'_>> {
+        let mut slices = Vec::with_capacity(self.tails.len() * 2 + 1);
+        let mut at = 0;
+        for (offset, payload) in &self.tails {
+            slices.push(IoSlice::new(&self.bytes[at..*offset]));
+            slices.push(IoSlice::new(payload));
+            at = *offset;
+        }
+        slices.push(IoSlice::new(&self.bytes[at..]));
+        slices.retain(|slice| !slice.is_empty());
+        slices
+    }
+}
+
 /// Queues frames and writes them in batches.
 #[derive(Debug)]
 pub struct FrameWriter {
     pipe: pipe::Sender,
-    buf: Vec<u8>,
+    batch: Batch,
     stats: Arc<WriteStats>,
 }
 
@@ -98,7 +192,7 @@ impl FrameWriter {
     pub fn new(pipe: pipe::Sender, stats: Arc<WriteStats>) -> Self {
         FrameWriter {
             pipe,
-            buf: Vec::with_capacity(64 * 1024),
+            batch: Batch::with_capacity(64 * 1024),
             stats,
         }
     }
@@ -109,30 +203,48 @@ impl FrameWriter {
     ///
     /// [`FrameError::TooLarge`] when the frame is over the protocol's limit.
     pub fn queue<T: Serialize>(&mut self, frame: &T) -> Result<(), FrameError> {
-        framing::encode_into(frame, &mut self.buf, MAX_FRAME_LEN)?;
+        self.batch.push(frame)?;
+        self.stats.frames.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Add a frame given as its head and payload (see [`Batch::push_split`]).
+    ///
+    /// # Errors
+    ///
+    /// [`FrameError::TooLarge`] when the frame is over the protocol's limit.
+    pub fn queue_split<T: Serialize>(
+        &mut self,
+        head: &T,
+        payload: Vec<u8>,
+    ) -> Result<(), FrameError> {
+        self.batch.push_split(head, payload)?;
         self.stats.frames.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
     /// Bytes queued and not yet written.
     pub fn pending(&self) -> usize {
-        self.buf.len()
+        self.batch.len()
     }
 
-    /// Write bytes that already hold whole encoded frames.
+    /// Write a batch of whole encoded frames, with as few `writev` calls as
+    /// the pipe allows.
     ///
     /// # Errors
     ///
     /// When the pipe is closed or fails.
-    pub async fn write_raw(&mut self, bytes: &[u8]) -> io::Result<()> {
-        let mut written = 0;
-        while written < bytes.len() {
-            let n = self.pipe.write(&bytes[written..]).await?;
+    pub async fn write_batch(&mut self, batch: &Batch) -> io::Result<()> {
+        let mut all = batch.slices();
+        let mut slices = &mut all[..];
+        while !slices.is_empty() {
+            let count = slices.len().min(MAX_IOVECS);
+            let n = self.pipe.write_vectored(&slices[..count]).await?;
             if n == 0 {
                 return Err(io::ErrorKind::WriteZero.into());
             }
-            written += n;
             self.stats.writes.fetch_add(1, Ordering::Relaxed);
+            IoSlice::advance_slices(&mut slices, n);
         }
         Ok(())
     }
@@ -143,16 +255,11 @@ impl FrameWriter {
     ///
     /// When the pipe is closed or fails.
     pub async fn flush(&mut self) -> io::Result<()> {
-        let buf = std::mem::take(&mut self.buf);
-        let result = self.write_raw(&buf).await;
-        self.buf = buf;
-        result?;
-        self.buf.clear();
-        // Do not keep a huge buffer around after one large message.
-        if self.buf.capacity() > 4 * 1024 * 1024 {
-            self.buf.shrink_to(64 * 1024);
-        }
-        Ok(())
+        let batch = std::mem::take(&mut self.batch);
+        let result = self.write_batch(&batch).await;
+        self.batch = batch;
+        self.batch.clear();
+        result
     }
 }
 
@@ -197,6 +304,20 @@ pub fn read_frame_blocking<T: DeserializeOwned>(
             });
         }
         buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// Keep large message buffers in the heap: with glibc's defaults every
+/// buffer over 128 KiB is mapped, zeroed page by page and unmapped again,
+/// which costs a third of a 1 MiB message's trip. Buffers up to 8 MiB come
+/// from the heap instead, and up to 32 MiB of free heap is kept for the
+/// next ones. The runner and the `wasmproc` CLI call this first thing; a
+/// host application that moves large messages can do the same.
+pub fn keep_large_buffers_in_heap() {
+    // SAFETY: mallopt only sets allocator parameters.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 8 * 1024 * 1024);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 32 * 1024 * 1024);
     }
 }
 

@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use tokio::net::unix::pipe;
 use tokio::sync::{oneshot, watch};
-use wasmproc_protocol::{HostToRunner, LaunchSpec, RunnerToHost, check_version};
+use wasmproc_protocol::{HostToRunner, InboxItem, LaunchSpec, RunnerToHost, check_version};
 
 use crate::cache::{Cache, CompileError};
 use crate::command::{Child, Command, Stdio};
@@ -425,7 +425,23 @@ async fn write_runner(mut writer: FrameWriter, spec: LaunchSpec, entry: Arc<Entr
             return;
         }
         for item in batch.drain(..) {
-            if let Err(err) = writer.queue(&HostToRunner::Deliver(item)) {
+            let queued = match item {
+                // The payload goes from the mailbox to the pipe, uncopied.
+                InboxItem::Message {
+                    from,
+                    from_name,
+                    payload,
+                } => {
+                    let head = HostToRunner::Deliver(InboxItem::Message {
+                        from,
+                        from_name,
+                        payload: Vec::new(),
+                    });
+                    writer.queue_split(&head, payload)
+                }
+                other => writer.queue(&HostToRunner::Deliver(other)),
+            };
+            if let Err(err) = queued {
                 tracing::error!(guest = %entry.id, "cannot encode an inbox item: {err}");
             }
         }

@@ -40,6 +40,9 @@ pub enum FrameError {
     /// The stream ended in the middle of a frame.
     #[error("stream ended inside a frame ({buffered} bytes buffered)")]
     Truncated { buffered: usize },
+    /// A frame given as a head does not end with an empty payload.
+    #[error("not a frame head: it must end with an empty payload")]
+    NotAHead,
     /// Reading or writing the pipe failed.
     #[error("pipe I/O failed: {0}")]
     Io(#[from] std::io::Error),
@@ -68,6 +71,52 @@ pub fn encode_into<T: Serialize>(
         }
     };
     let len = out.len() - start - HEADER_LEN;
+    if len > max_len {
+        out.truncate(start);
+        return Err(FrameError::TooLarge { len, max: max_len });
+    }
+    let len32 = u32::try_from(len).map_err(|_| FrameError::TooLarge { len, max: max_len })?;
+    out[start..start + HEADER_LEN].copy_from_slice(&len32.to_le_bytes());
+    Ok(())
+}
+
+/// Encode the frame `head`, whose last field is an empty byte payload
+/// (`serde_bytes`), as the start of a frame carrying `payload_len` payload
+/// bytes: the caller writes the payload itself right after, from wherever it
+/// is, so a large payload is never copied into a batch.
+///
+/// The bytes are those of the whole frame encoded at once: postcard ends
+/// the frame with the payload's length (a varint) and its bytes.
+///
+/// # Errors
+///
+/// [`FrameError::TooLarge`] when the whole frame would be over `max_len`;
+/// [`FrameError::NotAHead`] when `head` does not end with an empty payload.
+pub fn encode_head_into<T: Serialize>(
+    head: &T,
+    payload_len: usize,
+    out: &mut Vec<u8>,
+    max_len: usize,
+) -> Result<(), FrameError> {
+    let start = out.len();
+    encode_into(head, out, max_len)?;
+    // The empty payload's length, a one-byte varint 0, comes last.
+    if out.len() == start + HEADER_LEN || out.last() != Some(&0) {
+        out.truncate(start);
+        return Err(FrameError::NotAHead);
+    }
+    out.pop();
+    let mut rest = payload_len as u64;
+    loop {
+        let byte = (rest & 0x7f) as u8;
+        rest >>= 7;
+        if rest == 0 {
+            out.push(byte);
+            break;
+        }
+        out.push(byte | 0x80);
+    }
+    let len = out.len() - start - HEADER_LEN + payload_len;
     if len > max_len {
         out.truncate(start);
         return Err(FrameError::TooLarge { len, max: max_len });
@@ -182,6 +231,46 @@ impl<In, Out: Serialize> Encoder<&Out> for FrameCodec<In, Out> {
 mod tests {
     use super::*;
     use crate::protocol::*;
+
+    #[test]
+    fn a_head_and_its_payload_decode_as_the_whole_frame() {
+        for len in [0usize, 1, 127, 128, 16_383, 16_384, 70_000, 3 << 20] {
+            let payload: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+            let whole = RunnerToHost::Send {
+                to: Address::Name("sink".into()),
+                payload: payload.clone(),
+            };
+            let head = RunnerToHost::Send {
+                to: Address::Name("sink".into()),
+                payload: Vec::new(),
+            };
+            let mut split = Vec::new();
+            encode_head_into(&head, len, &mut split, MAX_FRAME_LEN).unwrap();
+            split.extend_from_slice(&payload);
+            let mut at_once = Vec::new();
+            encode_into(&whole, &mut at_once, MAX_FRAME_LEN).unwrap();
+            assert_eq!(split, at_once, "payload of {len} bytes");
+        }
+    }
+
+    #[test]
+    fn a_head_is_checked_against_the_limit_with_its_payload() {
+        let head = HostToRunner::Deliver(InboxItem::Message {
+            from: GuestId(1),
+            from_name: None,
+            payload: Vec::new(),
+        });
+        let mut out = vec![9];
+        let err = encode_head_into(&head, 1000, &mut out, 100).unwrap_err();
+        assert!(
+            matches!(err, FrameError::TooLarge { max: 100, .. }),
+            "{err}"
+        );
+        assert_eq!(out, [9]);
+        let not_a_head = RunnerToHost::Monitor { name: "db".into() };
+        assert!(encode_head_into(&not_a_head, 10, &mut out, 100).is_err());
+        assert_eq!(out, [9]);
+    }
 
     fn sample_frames() -> Vec<RunnerToHost> {
         vec![

@@ -70,13 +70,9 @@ impl ipc::Host for GuestState {
         if payload.len() as u64 > limit {
             return Ok(Err(SendError::TooLarge(limit)));
         }
-        let frame = proto::RunnerToHost::Send {
-            to: to.into(),
-            payload,
-        };
         Ok(self
             .link
-            .queue(&frame)
+            .queue_send(to.into(), payload)
             .await
             .map_err(|_| SendError::HostGone))
     }

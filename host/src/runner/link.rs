@@ -12,10 +12,10 @@ use std::collections::VecDeque;
 use std::sync::{Mutex, MutexGuard};
 
 use tokio::sync::Notify;
-use wasmproc_protocol::framing::{self, MAX_FRAME_LEN};
-use wasmproc_protocol::{GuestId, InboxItem, Limits, RunnerToHost};
+use wasmproc_protocol::framing::FrameError;
+use wasmproc_protocol::{Address, GuestId, InboxItem, Limits, RunnerToHost};
 
-use crate::connection::{FrameReader, FrameWriter};
+use crate::connection::{Batch, FrameReader, FrameWriter};
 use wasmproc_protocol::HostToRunner;
 
 /// Above this many buffered outgoing bytes, `send` waits for the pipe to
@@ -64,7 +64,7 @@ fn payload_len(item: &InboxItem) -> u64 {
 
 #[derive(Debug, Default)]
 struct Outgoing {
-    buf: Vec<u8>,
+    buf: Batch,
     in_flight: bool,
     host_gone: bool,
     /// The writer task waits on `out_ready`.
@@ -156,6 +156,28 @@ impl Link {
     ///
     /// [`QueueError::HostGone`] once writing to the host has failed.
     pub async fn queue(&self, frame: &RunnerToHost) -> Result<(), QueueError> {
+        self.queue_with(|batch| batch.push(frame)).await
+    }
+
+    /// Queue a message for the host (a large payload is not copied).
+    ///
+    /// # Errors
+    ///
+    /// [`QueueError::HostGone`] once writing to the host has failed.
+    pub async fn queue_send(&self, to: Address, payload: Vec<u8>) -> Result<(), QueueError> {
+        let head = RunnerToHost::Send {
+            to,
+            payload: Vec::new(),
+        };
+        let mut payload = Some(payload);
+        self.queue_with(|batch| batch.push_split(&head, payload.take().unwrap_or_default()))
+            .await
+    }
+
+    async fn queue_with(
+        &self,
+        mut push: impl FnMut(&mut Batch) -> Result<(), FrameError>,
+    ) -> Result<(), QueueError> {
         loop {
             let drained = self.out_drained.notified();
             tokio::pin!(drained);
@@ -167,7 +189,7 @@ impl Link {
                 if out.buf.len() < OUT_HIGH_WATER {
                     // Our frames are within the limit: the guest's payload was
                     // checked against its (smaller) message limit.
-                    if framing::encode_into(frame, &mut out.buf, MAX_FRAME_LEN).is_err() {
+                    if push(&mut out.buf).is_err() {
                         return Err(QueueError::HostGone);
                     }
                     let wake_writer = std::mem::take(&mut out.writer_waiting);
@@ -246,7 +268,7 @@ impl Link {
 
     /// The writer task: write whatever the guest queued, in one go.
     pub async fn write_to_host(&self, mut writer: FrameWriter) {
-        let mut chunk = Vec::new();
+        let mut chunk = Batch::default();
         loop {
             {
                 let mut out = self.out();
@@ -263,7 +285,7 @@ impl Link {
                 self.out_ready.notified().await;
                 continue;
             }
-            let result = writer.write_raw(&chunk).await;
+            let result = writer.write_batch(&chunk).await;
             chunk.clear();
             let wake_senders = {
                 let mut out = self.out();

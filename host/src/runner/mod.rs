@@ -65,6 +65,7 @@ pub fn main() -> ! {
         }
     };
     die_with_host();
+    crate::connection::keep_large_buffers_in_heap();
     let hello = RunnerToHost::Hello {
         protocol_version: PROTOCOL_VERSION,
     };
