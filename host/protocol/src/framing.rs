@@ -70,14 +70,30 @@ pub fn encode_into<T: Serialize>(
             return Err(FrameError::Malformed { len: 0, source });
         }
     };
-    let len = out.len() - start - HEADER_LEN;
-    if len > max_len {
-        out.truncate(start);
-        return Err(FrameError::TooLarge { len, max: max_len });
+    set_header(out, start, 0, max_len)
+}
+
+/// Write the length header of the frame that starts at `start` in `out` and
+/// runs to its end, plus `later` bytes the caller writes separately; or, when
+/// that is over `max_len`, remove the frame.
+fn set_header(
+    out: &mut Vec<u8>,
+    start: usize,
+    later: usize,
+    max_len: usize,
+) -> Result<(), FrameError> {
+    let len = out.len() - start - HEADER_LEN + later;
+    let too_large = FrameError::TooLarge { len, max: max_len };
+    match u32::try_from(len) {
+        Ok(len32) if len <= max_len => {
+            out[start..start + HEADER_LEN].copy_from_slice(&len32.to_le_bytes());
+            Ok(())
+        }
+        _ => {
+            out.truncate(start);
+            Err(too_large)
+        }
     }
-    let len32 = u32::try_from(len).map_err(|_| FrameError::TooLarge { len, max: max_len })?;
-    out[start..start + HEADER_LEN].copy_from_slice(&len32.to_le_bytes());
-    Ok(())
 }
 
 /// Encode the frame `head`, whose last field is an empty byte payload
@@ -116,14 +132,7 @@ pub fn encode_head_into<T: Serialize>(
         }
         out.push(byte | 0x80);
     }
-    let len = out.len() - start - HEADER_LEN + payload_len;
-    if len > max_len {
-        out.truncate(start);
-        return Err(FrameError::TooLarge { len, max: max_len });
-    }
-    let len32 = u32::try_from(len).map_err(|_| FrameError::TooLarge { len, max: max_len })?;
-    out[start..start + HEADER_LEN].copy_from_slice(&len32.to_le_bytes());
-    Ok(())
+    set_header(out, start, payload_len, max_len)
 }
 
 /// Decode the first frame in `buf`.
