@@ -560,7 +560,7 @@ async fn stream_rows(quick: bool, reps: usize, rows: &mut Vec<Row>) -> anyhow::R
     });
     let (mut w, mut fl) = (Vec::new(), Vec::new());
     for _ in 0..reps {
-        w.push(wasmproc_stream(300, 1 << 20).await?.1 / 1e9);
+        w.push(wasmproc_stream(1000, 1 << 20).await?.1 / 1e9);
         wait_idle();
         fl.push(
             floor(&["stream", "1000", &(1u64 << 20).to_string()], false)?["bytes_per_s"]

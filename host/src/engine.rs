@@ -27,6 +27,16 @@ pub fn config() -> Config {
     config
 }
 
+/// The runner's configuration: [`config`] without the compiler. Runners
+/// only load what the host compiled; not building Cranelift's compiler
+/// saves part of every runner's start, and a runner that can never compile
+/// cannot be talked into it.
+pub fn runtime_config() -> Config {
+    let mut config = config();
+    config.enable_compiler(false);
+    config
+}
+
 /// The process-wide engine, built from [`config`] on first use.
 ///
 /// # Errors

@@ -138,7 +138,7 @@ struct Prepared {
 
 impl Prepared {
     fn new() -> anyhow::Result<Prepared> {
-        let engine = Engine::new(&engine::config())?;
+        let engine = Engine::new(&engine::runtime_config())?;
         let mut linker = wasmtime::component::Linker::<ipc::GuestState>::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         ipc::add_to_linker(&mut linker)?;
