@@ -11,7 +11,9 @@
 //! parent-death signal itself, first thing (see [`crate::runner`]).
 //!
 //! The pidfd is taken before anything can reap the child, so `kill` and
-//! `wait` can never reach another process that reused the pid.
+//! `wait` can never reach another process that reused the pid. A process
+//! dropped unwaited (its runtime shut down) is killed and reaped by a
+//! thread of its own, never left a zombie.
 
 use std::ffi::CString;
 use std::io;
@@ -20,6 +22,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
+use std::sync::{Mutex, OnceLock, mpsc};
 
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
@@ -230,6 +233,55 @@ impl Process {
     }
 }
 
+impl Drop for Process {
+    /// A process dropped before it was waited for (its host's runtime is
+    /// shutting down): kill it and let the reaper thread collect it, so it
+    /// does not linger as a zombie.
+    fn drop(&mut self) {
+        if self.status.is_some() {
+            return;
+        }
+        self.kill();
+        // SAFETY: F_DUPFD_CLOEXEC returns a new descriptor, owned below.
+        let dup =
+            unsafe { libc::fcntl(self.pidfd.get_ref().as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) };
+        if dup >= 0 {
+            // SAFETY: just returned by fcntl, owned by nothing else.
+            reap_later(unsafe { OwnedFd::from_raw_fd(dup) });
+        }
+    }
+}
+
+/// Wait for killed processes on one thread of its own.
+fn reap_later(pidfd: OwnedFd) {
+    static REAPER: OnceLock<Mutex<mpsc::Sender<OwnedFd>>> = OnceLock::new();
+    let sender = REAPER.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<OwnedFd>();
+        let spawned = std::thread::Builder::new()
+            .name("wasmproc-reaper".into())
+            .spawn(move || {
+                for pidfd in rx {
+                    let mut info = MaybeUninit::<libc::siginfo_t>::zeroed();
+                    // SAFETY: waitid writes one siginfo_t; the process was
+                    // sent SIGKILL, so this returns promptly.
+                    unsafe {
+                        libc::waitid(
+                            libc::P_PIDFD,
+                            pidfd.as_raw_fd() as libc::id_t,
+                            info.as_mut_ptr(),
+                            libc::WEXITED,
+                        );
+                    }
+                }
+            });
+        if let Err(err) = spawned {
+            tracing::warn!("cannot start the reaper thread: {err}");
+        }
+        Mutex::new(tx)
+    });
+    let _ = sender.lock().unwrap_or_else(|e| e.into_inner()).send(pidfd);
+}
+
 /// `fd` moved at or above [`FIRST_FREE_FD`], close-on-exec (the file action
 /// `dup2` clears the flag on the copy the child gets).
 fn above_targets(fd: OwnedFd) -> io::Result<OwnedFd> {
@@ -435,6 +487,28 @@ mod tests {
         // Waiting again gives the same answer; killing again is harmless.
         process.kill();
         assert_eq!(process.wait().await.unwrap(), status);
+    }
+
+    #[tokio::test]
+    async fn a_process_dropped_unwaited_is_killed_and_reaped() {
+        let (runner_in, _host_out) = cloexec_pipe().unwrap();
+        let (_host_in, runner_out) = cloexec_pipe().unwrap();
+        let (process, _handles) = Process::spawn(
+            Path::new("/bin/sh"),
+            [Stdio::Piped, Stdio::Null, Stdio::Null],
+            [runner_in, runner_out],
+        )
+        .unwrap();
+        let stat = format!("/proc/{}/stat", process.id());
+        drop(process);
+        // Gone from the process table once reaped (a zombie keeps its entry).
+        for _ in 0..500 {
+            if !Path::new(&stat).exists() {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        panic!("{stat} is still there 5 s after the drop");
     }
 
     #[tokio::test]
