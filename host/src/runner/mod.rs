@@ -9,13 +9,15 @@
 //!    linker (the same for every guest: a pooled runner has them ready),
 //!    and reads the launch spec, blocking, before any thread exists;
 //! 3. maps the precompiled artifact the host named (it never compiles);
-//! 4. starts a single-threaded runtime with two I/O tasks (inbox in,
-//!    sends out, see [`link`]) and runs the guest: `wasi:cli/run` for a
-//!    component, `_start` for a core module;
+//! 4. starts a single-threaded runtime and runs the guest (`wasi:cli/run`
+//!    for a component, `_start` for a core module) beside two I/O loops
+//!    (inbox in, sends out, see [`link`]), all three in one future
+//!    ([`drive`]);
 //! 5. reports how the guest ended (`Exit`) and exits.
 //!
 //! It also exits as soon as the host closes the control pipe.
 
+mod drive;
 mod ipc;
 mod link;
 mod probe;
@@ -199,33 +201,39 @@ async fn run(
         }
     };
     let link = Arc::new(Link::new(spec.id, spec.name.clone(), spec.limits.clone()));
-    tokio::spawn({
+    let reader: drive::Branch = Box::pin({
         let link = link.clone();
         async move { link.read_from_host(FrameReader::new(rx, &leftover)).await }
     });
-    tokio::spawn({
+    let writer: drive::Branch = Box::pin({
         let link = link.clone();
         async move {
             link.write_to_host(FrameWriter::new(tx, Arc::new(WriteStats::default())))
                 .await
         }
     });
-
-    let report = match run_guest(&prepared, &spec, link.clone()).await {
-        Ok(report) => report,
-        Err(err) => ExitReport::Failed {
-            message: format!("{err:#}"),
-        },
-    };
-    let code = match &report {
-        ExitReport::Exited { code } => *code,
-        ExitReport::Trapped { .. } | ExitReport::MemoryLimit { .. } => 134,
-        ExitReport::Failed { .. } => EXIT_FAILED,
-    };
-    // Everything the guest sent goes before the report; then the report.
-    let _ = link.queue(&RunnerToHost::Exit(report)).await;
-    link.flushed().await;
-    std::process::exit(code & 0xff);
+    let guest: drive::Branch = Box::pin(async move {
+        let report = match run_guest(&prepared, &spec, link.clone()).await {
+            Ok(report) => report,
+            Err(err) => ExitReport::Failed {
+                message: format!("{err:#}"),
+            },
+        };
+        let code = match &report {
+            ExitReport::Exited { code } => *code,
+            ExitReport::Trapped { .. } | ExitReport::MemoryLimit { .. } => 134,
+            ExitReport::Failed { .. } => EXIT_FAILED,
+        };
+        // Everything the guest sent goes before the report; then the report.
+        let _ = link.queue(&RunnerToHost::Exit(report)).await;
+        link.flushed().await;
+        std::process::exit(code & 0xff);
+    });
+    // The reader first, so that a message it delivers reaches the guest in
+    // the same turn; the writer last, so that what the guest sent leaves in
+    // the same turn too.
+    drive::Drive::new(vec![reader, guest, writer]).await;
+    std::process::exit(EXIT_FAILED);
 }
 
 /// Load and run the guest; `Err` only when it could not start.
