@@ -426,22 +426,16 @@ async fn spawn_rows(quick: bool, rows: &mut Vec<Row>) -> anyhow::Result<()> {
         .map(|a| a.iter().filter_map(Value::as_f64).collect())
         .unwrap_or_default();
     for (label, pick) in [("p50", median as fn(&mut [f64]) -> f64), ("p99", p99)] {
-        rows.push(Row {
-            scenario: format!("spawn → first message, no pool, {label} (µs)"),
-            unit: "µs",
-            wasmproc: pick(&mut w_plain),
-            node: Some(pick(&mut n)),
-            floor: Some(pick(&mut f)),
-            higher_better: false,
-        });
-        rows.push(Row {
-            scenario: format!("spawn → first message, pool of 4, {label} (µs)"),
-            unit: "µs",
-            wasmproc: pick(&mut w),
-            node: Some(pick(&mut n)),
-            floor: Some(pick(&mut f)),
-            higher_better: false,
-        });
+        for (host, samples) in [("no pool", &mut w_plain), ("pool of 4", &mut w)] {
+            rows.push(Row {
+                scenario: format!("spawn → first message, {host}, {label} (µs)"),
+                unit: "µs",
+                wasmproc: pick(samples),
+                node: Some(pick(&mut n)),
+                floor: Some(pick(&mut f)),
+                higher_better: false,
+            });
+        }
     }
     Ok(())
 }

@@ -12,7 +12,7 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::watch;
 use wasmproc_protocol::{GuestId, InboxItem, Limits, Preopen};
 
-use crate::process::{ChildStderr, ChildStdin, ChildStdout};
+use crate::process::{ChildStderr, ChildStdin, ChildStdout, Handles};
 use crate::relay::{Entry, Relay, SendError};
 use crate::status::{ExitStatus, Limit};
 use crate::supervisor::{Host, KillReason, SpawnError};
@@ -433,7 +433,11 @@ impl Child {
         pid: u32,
         kill: tokio::sync::mpsc::Sender<KillReason>,
         status: watch::Receiver<Option<ExitStatus>>,
-        (stdin, stdout, stderr): (Option<ChildStdin>, Option<ChildStdout>, Option<ChildStderr>),
+        Handles {
+            stdin,
+            stdout,
+            stderr,
+        }: Handles,
         relay: Relay,
     ) -> Child {
         Child {

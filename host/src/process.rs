@@ -406,17 +406,19 @@ mod tests {
     use super::*;
     use crate::connection::cloexec_pipe;
 
+    /// Start `program` with `stdio` and a fresh pair of control pipes (the
+    /// host's ends close at once: these children never use them).
+    fn start(program: &str, stdio: [Stdio; 3]) -> io::Result<(Process, Handles)> {
+        let (runner_in, _host_out) = cloexec_pipe()?;
+        let (_host_in, runner_out) = cloexec_pipe()?;
+        Process::spawn(Path::new(program), stdio, [runner_in, runner_out])
+    }
+
     /// `/bin/sh` reading `script` from a piped stdin, with a control pipe
     /// pair on fds 3 and 4: its status and stdout.
     async fn shell(script: &str) -> (std::process::ExitStatus, String) {
-        let (runner_in, _host_out) = cloexec_pipe().unwrap();
-        let (_host_in, runner_out) = cloexec_pipe().unwrap();
-        let (mut process, handles) = Process::spawn(
-            Path::new("/bin/sh"),
-            [Stdio::Piped, Stdio::Piped, Stdio::Null],
-            [runner_in, runner_out],
-        )
-        .unwrap();
+        let (mut process, handles) =
+            start("/bin/sh", [Stdio::Piped, Stdio::Piped, Stdio::Null]).unwrap();
         let mut stdin = handles.stdin.unwrap();
         stdin.write_all(script.as_bytes()).await.unwrap();
         drop(stdin);
@@ -436,14 +438,8 @@ mod tests {
         let leaky = std::fs::File::open("/dev/null").unwrap();
         // SAFETY: clears FD_CLOEXEC on a descriptor this test owns.
         unsafe { libc::fcntl(leaky.as_raw_fd(), libc::F_SETFD, 0) };
-        let (runner_in, _host_out) = cloexec_pipe().unwrap();
-        let (_host_in, runner_out) = cloexec_pipe().unwrap();
-        let (mut process, handles) = Process::spawn(
-            Path::new("/bin/sh"),
-            [Stdio::Piped, Stdio::Null, Stdio::Null],
-            [runner_in, runner_out],
-        )
-        .unwrap();
+        let (mut process, handles) =
+            start("/bin/sh", [Stdio::Piped, Stdio::Null, Stdio::Null]).unwrap();
         // posix_spawn returns after the exec; the shell now waits for its
         // script on stdin: list what it holds.
         let mut held: Vec<u32> = std::fs::read_dir(format!("/proc/{}/fd", process.id()))
@@ -473,14 +469,8 @@ mod tests {
 
     #[tokio::test]
     async fn kill_ends_the_child_with_sigkill_and_wait_reports_it_once_reaped() {
-        let (runner_in, _host_out) = cloexec_pipe().unwrap();
-        let (_host_in, runner_out) = cloexec_pipe().unwrap();
-        let (mut process, _handles) = Process::spawn(
-            Path::new("/bin/sh"),
-            [Stdio::Piped, Stdio::Null, Stdio::Null],
-            [runner_in, runner_out],
-        )
-        .unwrap();
+        let (mut process, _handles) =
+            start("/bin/sh", [Stdio::Piped, Stdio::Null, Stdio::Null]).unwrap();
         process.kill();
         let status = process.wait().await.unwrap();
         assert_eq!(status.signal(), Some(libc::SIGKILL));
@@ -491,14 +481,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_process_dropped_unwaited_is_killed_and_reaped() {
-        let (runner_in, _host_out) = cloexec_pipe().unwrap();
-        let (_host_in, runner_out) = cloexec_pipe().unwrap();
-        let (process, _handles) = Process::spawn(
-            Path::new("/bin/sh"),
-            [Stdio::Piped, Stdio::Null, Stdio::Null],
-            [runner_in, runner_out],
-        )
-        .unwrap();
+        let (process, _handles) =
+            start("/bin/sh", [Stdio::Piped, Stdio::Null, Stdio::Null]).unwrap();
         let stat = format!("/proc/{}/stat", process.id());
         drop(process);
         // Gone from the process table once reaped (a zombie keeps its entry).
@@ -513,12 +497,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_missing_program_is_an_error_from_spawn() {
-        let (runner_in, _host_out) = cloexec_pipe().unwrap();
-        let (_host_in, runner_out) = cloexec_pipe().unwrap();
-        let err = Process::spawn(
-            Path::new("/nonexistent/wasmproc-runner"),
+        let err = start(
+            "/nonexistent/wasmproc-runner",
             [Stdio::Null, Stdio::Null, Stdio::Null],
-            [runner_in, runner_out],
         )
         .unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::NotFound);

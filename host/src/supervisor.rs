@@ -296,7 +296,6 @@ impl Host {
             self.relay.clone(),
             kill_tx.clone(),
         ));
-        let handles = (handles.stdin, handles.stdout, handles.stderr);
         tokio::spawn(wait_runner(
             process,
             kill_rx,

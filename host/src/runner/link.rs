@@ -1,9 +1,9 @@
 //! The runner's side of the control pipes: the guest's inbox and its
 //! outgoing frames, shared between the guest's host calls and the two I/O
-//! tasks that move bytes.
+//! loops that move bytes (driven beside the guest by [`super::drive`]).
 //!
 //! Everything runs on the runner's single-threaded runtime. While guest code
-//! runs, the I/O tasks wait; they run whenever the guest blocks (`recv`,
+//! runs, the I/O loops wait; they run whenever the guest blocks (`recv`,
 //! `poll`, a WASI read) and every few milliseconds of pure computation, when
 //! the guest's fuel interval makes it yield. Consecutive `send`s therefore
 //! pile up in one buffer and leave in a single `write`.
@@ -36,10 +36,10 @@ pub struct Link {
     inbox: Mutex<Inbox>,
     /// Wakes `recv` and pollables when an item arrives.
     inbox_changed: Notify,
-    /// Wakes the reader task when the guest takes an item from a full inbox.
+    /// Wakes the reader loop when the guest takes an item from a full inbox.
     inbox_space: Notify,
     out: Mutex<Outgoing>,
-    /// Wakes the writer task.
+    /// Wakes the writer loop.
     out_ready: Notify,
     /// Wakes senders (and the final flush) when the writer has written.
     out_drained: Notify,
@@ -51,7 +51,7 @@ struct Inbox {
     bytes: u64,
     /// `recv` or a pollable waits on `inbox_changed`.
     guest_waiting: bool,
-    /// The reader task waits on `inbox_space`.
+    /// The reader loop waits on `inbox_space`.
     reader_waiting: bool,
 }
 
@@ -67,7 +67,7 @@ struct Outgoing {
     buf: Batch,
     in_flight: bool,
     host_gone: bool,
-    /// The writer task waits on `out_ready`.
+    /// The writer loop waits on `out_ready`.
     writer_waiting: bool,
     /// A sender or the final flush waits on `out_drained`.
     sender_waiting: bool,
@@ -223,7 +223,7 @@ impl Link {
         }
     }
 
-    /// The reader task: move frames from the host into the inbox until the
+    /// The reader loop: move frames from the host into the inbox until the
     /// host closes the pipe, then end the process (the host is gone, and with
     /// it everyone who could use this guest's work).
     pub async fn read_from_host(&self, mut reader: FrameReader<HostToRunner>) -> ! {
@@ -266,7 +266,7 @@ impl Link {
         }
     }
 
-    /// The writer task: write whatever the guest queued, in one go.
+    /// The writer loop: write whatever the guest queued, in one go.
     pub async fn write_to_host(&self, mut writer: FrameWriter) {
         let mut chunk = Batch::default();
         loop {
