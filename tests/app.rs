@@ -404,11 +404,8 @@ fn bad_manifests_are_refused_before_anything_starts_naming_line_and_key() {
     ];
     for (i, (body, expected)) in cases.iter().enumerate() {
         let path = manifest(&format!("bad{i}"), body);
-        let out = std::process::Command::new(cli())
-            .arg("run")
-            .arg(&path)
-            .output()
-            .unwrap();
+        let out =
+            common::output_within(std::process::Command::new(cli()).arg("run").arg(&path), 60);
         assert_eq!(out.status.code(), Some(1));
         let err = String::from_utf8(out.stderr).unwrap();
         let prefix = format!("wasmproc: {}{expected}", path.display());
@@ -419,11 +416,12 @@ fn bad_manifests_are_refused_before_anything_starts_naming_line_and_key() {
 
 #[test]
 fn the_demo_app_counts_primes_and_ends_cleanly() {
-    let out = std::process::Command::new(cli())
-        .arg("run")
-        .arg(common::root().join("examples/primes-app/app.toml"))
-        .output()
-        .unwrap();
+    let out = common::output_within(
+        std::process::Command::new(cli())
+            .arg("run")
+            .arg(common::root().join("examples/primes-app/app.toml")),
+        60,
+    );
     assert_eq!(
         out.status.code(),
         Some(0),
@@ -436,4 +434,47 @@ fn the_demo_app_counts_primes_and_ends_cleanly() {
         "{stdout}"
     );
     assert!(stdout.contains("coordinator | speedup:"), "{stdout}");
+}
+
+#[test]
+fn guests_start_together_so_none_finds_another_missing_however_long_it_compiles() {
+    // The coordinator's module is compiled already, the workers' is not: had
+    // the coordinator started first, its first send would find no `work.1`.
+    let cache = common::scratch_dir("app-start-together-cache");
+    let precompile = common::output_within(
+        std::process::Command::new(cli())
+            .env("WASMPROC_CACHE_DIR", &cache)
+            .arg("run")
+            .arg(guest("coordinator")),
+        60,
+    );
+    assert_eq!(precompile.status.code(), Some(1), "usage error expected");
+    assert_eq!(std::fs::read_dir(&cache).unwrap().count(), 1);
+
+    let path = manifest(
+        "start-together",
+        "[guests.coordinator]\nmodule = \"{coordinator}\"\n\
+         args = [\"--compare\", \"--stop\", \"2\", \"100000\", \"4\", \"work.1\", \"work.2\"]\n\
+         talks-to = [\"work\"]\n\n\
+         [guests.work]\nmodule = \"{primes}\"\nreplicas = 2\n",
+    );
+    let out = common::output_within(
+        std::process::Command::new(cli())
+            .env("WASMPROC_CACHE_DIR", &cache)
+            .arg("run")
+            .arg(&path),
+        60,
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.starts_with("coordinator | primes in 2..100000: 9592\n"),
+        "{stdout}"
+    );
+    assert_eq!(std::fs::read_dir(&cache).unwrap().count(), 2);
 }

@@ -258,26 +258,27 @@ async fn a_cpu_spinner_is_stopped_by_its_cpu_limit_while_others_keep_talking() {
 #[test]
 fn sandbox_explain_prints_both_walls_from_the_policy_the_runner_applies() {
     let module = guest("echo");
-    let out = std::process::Command::new(common::cli())
-        .args([
-            "sandbox",
-            "explain",
-            "--dir-ro",
-            "/tmp::/data",
-            "--env",
-            "A=1",
-        ])
-        .args([
-            "--max-memory",
-            "64MiB",
-            "--max-cpu",
-            "10s",
-            "--inbox-size",
-            "100",
-        ])
-        .arg(&module)
-        .output()
-        .unwrap();
+    let out = common::output_within(
+        std::process::Command::new(common::cli())
+            .args([
+                "sandbox",
+                "explain",
+                "--dir-ro",
+                "/tmp::/data",
+                "--env",
+                "A=1",
+            ])
+            .args([
+                "--max-memory",
+                "64MiB",
+                "--max-cpu",
+                "10s",
+                "--inbox-size",
+                "100",
+            ])
+            .arg(&module),
+        60,
+    );
     assert_eq!(
         out.status.code(),
         Some(0),
@@ -308,12 +309,13 @@ fn sandbox_explain_prints_both_walls_from_the_policy_the_runner_applies() {
 
 #[test]
 fn cli_limit_flags_stop_a_memory_bomb() {
-    let out = std::process::Command::new(common::cli())
-        .args(["run", "--max-memory", "32MiB"])
-        .arg(tool_p1())
-        .args(["--", "grow"])
-        .output()
-        .unwrap();
+    let out = common::output_within(
+        std::process::Command::new(common::cli())
+            .args(["run", "--max-memory", "32MiB"])
+            .arg(tool_p1())
+            .args(["--", "grow"]),
+        60,
+    );
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8(out.stderr).unwrap();
     assert!(

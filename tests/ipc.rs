@@ -405,3 +405,46 @@ async fn a_pooled_host_forks_from_runners_started_ahead_and_refills() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn fork_all_registers_every_guest_before_any_runs_or_starts_none() {
+    within(60, async {
+        let host = Host::new();
+        // The first guest sends to the last one at once: the name is known.
+        let mut commands = vec![host.command(guest("postman")), host.command(guest("echo"))];
+        commands[0].args(["late"]);
+        commands[1].name("late");
+        let children = host.fork_all(&mut commands).await.unwrap();
+        assert_eq!(recv_text(&children[0]).await, "late: reply");
+        assert!(children[0].wait().await.success());
+        children[1].kill();
+        children[1].wait().await;
+        assert!(host.relay().is_empty());
+
+        // A module that is missing: nothing starts, and the error says which.
+        let missing = common::root().join("no-such-guest.wasm");
+        let mut commands = vec![
+            host.command(guest("echo")),
+            host.command(&missing),
+            host.command(guest("echo")),
+        ];
+        commands[0].name("first");
+        let err = host.fork_all(&mut commands).await.unwrap_err();
+        assert_eq!(err.index, 1);
+        assert_eq!(
+            err.to_string(),
+            format!("module {} not found", missing.display())
+        );
+        assert!(host.relay().is_empty());
+        // Its name was never taken.
+        let first = host
+            .command(guest("echo"))
+            .name("first")
+            .fork()
+            .await
+            .unwrap();
+        first.kill();
+        first.wait().await;
+    })
+    .await;
+}

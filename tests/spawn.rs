@@ -200,13 +200,14 @@ async fn cli_dir_ro_reads_but_does_not_write_and_dir_writes() {
         let tool = guest("wasi-tool");
         let mount = format!("{}::/data", dir.display());
         let run = |flag: &str, args: &[&str]| {
-            std::process::Command::new(cli())
-                .args(["run", flag, &mount])
-                .arg(&tool)
-                .arg("--")
-                .args(args)
-                .output()
-                .unwrap()
+            common::output_within(
+                std::process::Command::new(cli())
+                    .args(["run", flag, &mount])
+                    .arg(&tool)
+                    .arg("--")
+                    .args(args),
+                60,
+            )
         };
         let read = run("--dir-ro", &["read", "/data/note.txt"]);
         assert_eq!(read.status.code(), Some(0));
@@ -234,12 +235,13 @@ async fn cli_dir_ro_reads_but_does_not_write_and_dir_writes() {
 
 #[test]
 fn cli_run_exits_with_the_guest_code_and_prints_nothing_of_its_own() {
-    let out = std::process::Command::new(cli())
-        .args(["run", "--env", "A=1"])
-        .arg(tool_p1())
-        .args(["--", "out", "hello", "", "42"])
-        .output()
-        .unwrap();
+    let out = common::output_within(
+        std::process::Command::new(cli())
+            .args(["run", "--env", "A=1"])
+            .arg(tool_p1())
+            .args(["--", "out", "hello", "", "42"]),
+        60,
+    );
     assert_eq!(out.status.code(), Some(42));
     assert_eq!(out.stdout, b"hello");
     assert!(
@@ -252,12 +254,13 @@ fn cli_run_exits_with_the_guest_code_and_prints_nothing_of_its_own() {
 #[test]
 fn cli_run_reports_a_trap_in_one_line_and_the_backtrace() {
     let module = guest("crasher");
-    let out = std::process::Command::new(cli())
-        .arg("run")
-        .arg(&module)
-        .args(["--", "trap"])
-        .output()
-        .unwrap();
+    let out = common::output_within(
+        std::process::Command::new(cli())
+            .arg("run")
+            .arg(&module)
+            .args(["--", "trap"]),
+        60,
+    );
     assert_eq!(out.status.code(), Some(1));
     assert!(out.stdout.is_empty());
     let err = String::from_utf8(out.stderr).unwrap();
@@ -276,11 +279,8 @@ fn cli_run_reports_a_trap_in_one_line_and_the_backtrace() {
 #[test]
 fn cli_errors_say_what_is_wrong() {
     let run = |module: &std::path::Path| {
-        let out = std::process::Command::new(cli())
-            .arg("run")
-            .arg(module)
-            .output()
-            .unwrap();
+        let out =
+            common::output_within(std::process::Command::new(cli()).arg("run").arg(module), 60);
         assert_eq!(out.status.code(), Some(1));
         assert!(out.stdout.is_empty());
         String::from_utf8(out.stderr).unwrap()
@@ -309,19 +309,21 @@ fn cli_errors_say_what_is_wrong() {
 #[test]
 fn cli_exec_runs_a_pipeline_and_names_a_failing_stage() {
     let tool = tool_p1().display().to_string();
-    let out = std::process::Command::new(cli())
-        .arg("exec")
-        .arg(format!("{tool} echo a b | {tool} upper"))
-        .output()
-        .unwrap();
+    let out = common::output_within(
+        std::process::Command::new(cli())
+            .arg("exec")
+            .arg(format!("{tool} echo a b | {tool} upper")),
+        60,
+    );
     assert_eq!(out.status.code(), Some(0));
     assert_eq!(out.stdout, b"A B\n");
 
-    let out = std::process::Command::new(cli())
-        .arg("exec")
-        .arg(format!("{tool} echo a | {tool} exit 3 | {tool} cat"))
-        .output()
-        .unwrap();
+    let out = common::output_within(
+        std::process::Command::new(cli())
+            .arg("exec")
+            .arg(format!("{tool} echo a | {tool} exit 3 | {tool} cat")),
+        60,
+    );
     assert_eq!(out.status.code(), Some(0));
     assert_eq!(
         String::from_utf8(out.stderr).unwrap(),

@@ -2,8 +2,12 @@
 //! supervised, and shut down together (what PM2 and Node's `cluster` give
 //! Node users).
 //!
-//! Each guest instance has a supervising task: start it, forward its output
-//! line by line, wait for it to end, then apply its restart policy with
+//! The guests start together: every module is compiled and every instance
+//! registered before the first one runs, so a guest can send to any other
+//! from its first instruction (and a module that does not compile stops the
+//! app before anything starts). Each instance then has a supervising task:
+//! forward its output line by line, wait for it to end, then apply its
+//! restart policy with
 //! exponential backoff. Runs shorter than `min-uptime` count toward the
 //! crash loop; past `max-restarts` of them within `restart-window` the
 //! supervisor gives up on that guest. On shutdown every guest gets a
@@ -22,7 +26,7 @@ use wasmproc_manifest::{GuestDef, Manifest, RestartPolicy};
 
 use crate::status::ExitStatus;
 use crate::supervisor::Host;
-use crate::{Child, Stdio};
+use crate::{Child, Command, Stdio};
 
 /// Longest output line forwarded whole; longer lines are cut.
 const MAX_LINE: usize = 64 * 1024;
@@ -97,17 +101,45 @@ pub async fn run(
         }
     });
 
-    let mut tasks = Vec::new();
-    for def in &manifest.guests {
-        for instance in def.instance_names() {
-            tasks.push(tokio::spawn(supervise(
-                host.clone(),
-                def.clone(),
-                instance,
-                events.clone(),
-                shutdown.clone(),
-            )));
+    let instances: Vec<(&GuestDef, String)> = manifest
+        .guests
+        .iter()
+        .flat_map(|def| {
+            def.instance_names()
+                .into_iter()
+                .map(move |name| (def, name))
+        })
+        .collect();
+    let mut commands: Vec<Command> = instances
+        .iter()
+        .map(|(def, name)| command_for(&host, def, name))
+        .collect();
+    let children = match host.fork_all(&mut commands).await {
+        Ok(children) => children,
+        Err(err) => {
+            let _ = events
+                .send(Event::Exited {
+                    guest: instances[err.index].1.clone(),
+                    status: ExitStatus::Failed {
+                        reason: err.to_string(),
+                    },
+                    uptime: Duration::ZERO,
+                })
+                .await;
+            refusals_task.abort();
+            return false;
         }
+    };
+    let mut tasks = Vec::new();
+    for ((def, name), child) in instances.into_iter().zip(children) {
+        tasks.push(tokio::spawn(supervise(
+            host.clone(),
+            def.clone(),
+            name,
+            child,
+            events.clone(),
+            shutdown.clone(),
+        )));
     }
     let mut clean = true;
     for task in tasks {
@@ -117,20 +149,27 @@ pub async fn run(
     clean
 }
 
-/// Supervise one instance; returns whether its last run exited with code 0.
+/// Supervise one instance, started as `first`; returns whether its last
+/// run exited with code 0.
 async fn supervise(
     host: Host,
     def: GuestDef,
     name: String,
+    first: Child,
     events: mpsc::Sender<Event>,
     shutdown: CancellationToken,
 ) -> bool {
     let mut short_runs: VecDeque<Instant> = VecDeque::new();
     let mut consecutive_short: u32 = 0;
     let mut attempt: u32 = 0;
+    let mut first = Some(first);
     loop {
         let started = Instant::now();
-        let status = match start(&host, &def, &name).await {
+        let child = match first.take() {
+            Some(child) => Ok(child),
+            None => start(&host, &def, &name).await,
+        };
+        let status = match child {
             Ok(mut child) => {
                 let _ = events
                     .send(Event::Started {

@@ -81,4 +81,4 @@ pub use process::{ChildStderr, ChildStdin, ChildStdout};
 pub use protocol::{Address, GuestId, InboxItem, UndeliverableReason};
 pub use relay::SendError;
 pub use status::{ExitStatus, Limit};
-pub use supervisor::{Host, SpawnError};
+pub use supervisor::{ForkAllError, Host, SpawnError};

@@ -79,6 +79,22 @@ pub enum SpawnError {
     },
 }
 
+/// Why [`Host::fork_all`] started none of its guests.
+#[derive(Debug, thiserror::Error)]
+#[error("{error}")]
+pub struct ForkAllError {
+    /// The command that failed, by its index.
+    pub index: usize,
+    pub error: SpawnError,
+}
+
+/// A guest registered with the relay whose runner is not started yet.
+struct Reserved {
+    entry: Arc<Entry>,
+    spec: LaunchSpec,
+    runner: PathBuf,
+}
+
 /// A host: one relay (one namespace of guest ids, names and groups) and the
 /// guests started in it.
 #[derive(Debug, Clone, Default)]
@@ -226,6 +242,89 @@ impl Host {
 
     /// Start the guest described by `command`.
     pub(crate) async fn fork(&self, command: &mut Command) -> Result<Child, SpawnError> {
+        let reserved = self.reserve(command).await?;
+        self.start(reserved, command).await
+    }
+
+    /// Start guests that may talk to each other from their first
+    /// instruction. Every module is compiled and every guest registered (its
+    /// name, its group) before any runner starts, so no guest finds another
+    /// missing because it happened to start first. Either all start or none
+    /// does: on an error, those already started are killed.
+    ///
+    /// # Errors
+    ///
+    /// The first command that could not be started, by its index in
+    /// `commands`, and why (as [`Command::fork`]).
+    pub async fn fork_all(&self, commands: &mut [Command]) -> Result<Vec<Child>, ForkAllError> {
+        // Compile the distinct modules side by side; the cache compiles each
+        // once however many commands name it.
+        let mut compiling = tokio::task::JoinSet::new();
+        for (index, command) in commands.iter().enumerate() {
+            let module = command.module.clone();
+            compiling.spawn(async move { (index, Cache::global().artifact(&module).await) });
+        }
+        let mut failed: Option<(usize, CompileError)> = None;
+        while let Some(done) = compiling.join_next().await {
+            if let Ok((index, Err(err))) = done
+                && failed.as_ref().is_none_or(|(first, _)| index < *first)
+            {
+                failed = Some((index, err));
+            }
+        }
+        if let Some((index, err)) = failed {
+            return Err(ForkAllError {
+                index,
+                error: err.into(),
+            });
+        }
+
+        let mut reserved = Vec::with_capacity(commands.len());
+        for (index, command) in commands.iter().enumerate() {
+            match self.reserve(command).await {
+                Ok(r) => reserved.push(r),
+                Err(source) => {
+                    for r in reserved {
+                        self.relay.unregister(r.entry.id, "failed to start").await;
+                    }
+                    return Err(ForkAllError {
+                        index,
+                        error: source,
+                    });
+                }
+            }
+        }
+
+        let mut children = Vec::with_capacity(commands.len());
+        let mut reserved = reserved.into_iter();
+        for (index, command) in commands.iter_mut().enumerate() {
+            let Some(r) = reserved.next() else { break };
+            match self.start(r, command).await {
+                Ok(child) => children.push(child),
+                Err(source) => {
+                    for r in reserved {
+                        self.relay.unregister(r.entry.id, "failed to start").await;
+                    }
+                    for child in &children {
+                        child.kill();
+                    }
+                    for child in &children {
+                        child.wait().await;
+                    }
+                    return Err(ForkAllError {
+                        index,
+                        error: source,
+                    });
+                }
+            }
+        }
+        Ok(children)
+    }
+
+    /// Compile (or find) the module and register the guest with the relay:
+    /// from here on it is reachable, and what is sent to it waits in its
+    /// mailbox until its runner starts.
+    async fn reserve(&self, command: &Command) -> Result<Reserved, SpawnError> {
         let artifact = Cache::global().artifact(&command.module).await?;
         let runner = match &self.runner {
             Some(path) => path.clone(),
@@ -239,6 +338,21 @@ impl Host {
             max_cpu: command.limits.max_cpu_ms.map(Duration::from_millis),
         })?;
         let spec = command.launch_spec(entry.id, entry.name.clone(), &artifact);
+        Ok(Reserved {
+            entry,
+            spec,
+            runner,
+        })
+    }
+
+    /// Start the runner of a reserved guest: a pooled one when the command
+    /// keeps the default stdio, else a new process.
+    async fn start(&self, reserved: Reserved, command: &mut Command) -> Result<Child, SpawnError> {
+        let Reserved {
+            entry,
+            spec,
+            runner,
+        } = reserved;
         let defaults =
             command.stdin.is_none() && command.stdout.is_none() && command.stderr.is_none();
         let pooled = match &self.pool {

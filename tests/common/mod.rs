@@ -39,6 +39,63 @@ pub async fn within<F: Future>(secs: u64, future: F) -> F::Output {
     }
 }
 
+/// Run a command to its end, like `Command::output`, but fail the test if
+/// it takes longer than `secs` seconds. Past that, the command gets SIGTERM
+/// (an app then reports how each of its guests ended), SIGKILL five seconds
+/// later, and the failure shows everything it printed.
+pub fn output_within(command: &mut std::process::Command, secs: u64) -> std::process::Output {
+    use std::io::Read;
+    use std::process::Stdio;
+    use std::time::Instant;
+
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|err| panic!("cannot start {command:?}: {err}"));
+    let drain = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            let _ = pipe.read_to_end(&mut bytes);
+            bytes
+        })
+    };
+    let stdout = drain(Box::new(child.stdout.take().expect("piped stdout")));
+    let stderr = drain(Box::new(child.stderr.take().expect("piped stderr")));
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let mut status = None;
+    while Instant::now() < deadline {
+        if let Some(done) = child.try_wait().expect("wait for the command") {
+            status = Some(done);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let Some(status) = status else {
+        let pid = libc::pid_t::try_from(child.id()).expect("pid");
+        // SAFETY: kill(2) on the child this function started and has not reaped.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        let grace = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < grace && child.try_wait().ok().flatten().is_none() {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let _ = child.kill();
+        let status = child.wait();
+        panic!(
+            "{command:?} did not finish within {secs} s (then: {status:?})\n\
+             stdout:\n{}\nstderr:\n{}",
+            String::from_utf8_lossy(&stdout.join().unwrap_or_default()),
+            String::from_utf8_lossy(&stderr.join().unwrap_or_default())
+        );
+    };
+    std::process::Output {
+        status,
+        stdout: stdout.join().expect("stdout reader"),
+        stderr: stderr.join().expect("stderr reader"),
+    }
+}
+
 /// The next message's payload from `child`, as text; panics on anything else.
 pub async fn recv_text(child: &Child) -> String {
     match child.recv().await {

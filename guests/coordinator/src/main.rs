@@ -9,7 +9,7 @@
 //! With `--compare` it counts twice, first with the first worker alone and
 //! then with all of them, and prints the total, both times and the speedup.
 //! With `--stop` it then sends each worker an empty message (stop) so that
-//! the whole app ends.
+//! the whole app ends, also when counting failed.
 
 use std::collections::VecDeque;
 use std::process::ExitCode;
@@ -39,10 +39,23 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
 
+    let code = run(lo, hi, chunks, &workers, compare);
+    // Stop the workers whatever happened, so that the app ends either way.
+    if stop {
+        for worker in &workers {
+            let _ = ipc::send(worker.clone(), &[]);
+        }
+    }
+    code
+}
+
+/// Count (twice with `compare`), report, and send the total to the parent.
+fn run(lo: u64, hi: u64, chunks: u64, workers: &[Address], compare: bool) -> ExitCode {
     let total = if compare {
-        let (total, one) = timed(|| count(lo, hi, chunks, &workers[..1]));
-        let (again, all) = timed(|| count(lo, hi, chunks, &workers));
-        let (Some(total), Some(again)) = (total, again) else {
+        let (Some(total), one) = timed(|| count(lo, hi, chunks, &workers[..1])) else {
+            return ExitCode::from(3);
+        };
+        let (Some(again), all) = timed(|| count(lo, hi, chunks, workers)) else {
             return ExitCode::from(3);
         };
         if total != again {
@@ -55,17 +68,12 @@ fn main() -> ExitCode {
         println!("speedup:   {:>8.2}x", one.as_secs_f64() / all.as_secs_f64());
         total
     } else {
-        match count(lo, hi, chunks, &workers) {
+        match count(lo, hi, chunks, workers) {
             Some(total) => total,
             None => return ExitCode::from(3),
         }
     };
     send_or_die(Address::Parent, &total);
-    if stop {
-        for worker in &workers {
-            let _ = ipc::send(worker.clone(), &[]);
-        }
-    }
     ExitCode::SUCCESS
 }
 
