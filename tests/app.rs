@@ -478,3 +478,23 @@ fn guests_start_together_so_none_finds_another_missing_however_long_it_compiles(
     );
     assert_eq!(std::fs::read_dir(&cache).unwrap().count(), 2);
 }
+
+#[test]
+fn a_module_that_is_not_wasm_stops_the_app_before_any_guest_starts() {
+    let path = manifest(
+        "not-wasm",
+        "[guests.good]\nmodule = \"{echo}\"\n\n[guests.bad]\nmodule = \"bad.wasm\"\nreplicas = 2\n",
+    );
+    let bad = path.with_file_name("bad.wasm");
+    std::fs::write(&bad, "not wasm").unwrap();
+    let out = common::output_within(std::process::Command::new(cli()).arg("run").arg(&path), 60);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty());
+    assert_eq!(
+        String::from_utf8(out.stderr).unwrap(),
+        format!(
+            "wasmproc: bad.1 ended: failed to start: {} is not a WebAssembly file (no `\\0asm` header)\n",
+            bad.display()
+        )
+    );
+}
