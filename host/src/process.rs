@@ -197,38 +197,13 @@ impl Process {
                 return Ok(status);
             }
             let mut ready = self.pidfd.readable().await?;
-            let mut info = MaybeUninit::<libc::siginfo_t>::zeroed();
-            // SAFETY: waitid writes one siginfo_t for the pidfd's process.
-            let rc = unsafe {
-                libc::waitid(
-                    libc::P_PIDFD,
-                    self.pidfd.get_ref().as_raw_fd() as libc::id_t,
-                    info.as_mut_ptr(),
-                    libc::WEXITED | libc::WNOHANG,
-                )
-            };
-            if rc != 0 {
-                let err = io::Error::last_os_error();
-                if err.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(err);
-            }
-            // SAFETY: zero-initialized, then filled in by waitid.
-            let info = unsafe { info.assume_init() };
-            // SAFETY: the fields of a SIGCHLD siginfo, which waitid fills in.
-            let (pid, code) = unsafe { (info.si_pid(), info.si_status()) };
-            if pid == 0 {
+            match reap(self.pidfd.get_ref(), libc::WNOHANG) {
+                Ok(Some(status)) => self.status = Some(status),
                 // Not ended yet (a spurious wake-up).
-                ready.clear_ready();
-                continue;
+                Ok(None) => ready.clear_ready(),
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(err) => return Err(err),
             }
-            let raw = match info.si_code {
-                libc::CLD_EXITED => (code & 0xff) << 8,
-                libc::CLD_DUMPED => (code & 0x7f) | 0x80,
-                _ => code & 0x7f,
-            };
-            self.status = Some(std::process::ExitStatus::from_raw(raw));
         }
     }
 }
@@ -252,6 +227,37 @@ impl Drop for Process {
     }
 }
 
+/// Reap the process behind `pidfd` with `waitid` (`flags`: `WNOHANG` or
+/// 0 to block): its status, or `None` while it still runs.
+fn reap(pidfd: &OwnedFd, flags: libc::c_int) -> io::Result<Option<std::process::ExitStatus>> {
+    let mut info = MaybeUninit::<libc::siginfo_t>::zeroed();
+    // SAFETY: waitid writes one siginfo_t for the pidfd's process.
+    let rc = unsafe {
+        libc::waitid(
+            libc::P_PIDFD,
+            pidfd.as_raw_fd() as libc::id_t,
+            info.as_mut_ptr(),
+            libc::WEXITED | flags,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: zero-initialized, then filled in by waitid.
+    let info = unsafe { info.assume_init() };
+    // SAFETY: the fields of a SIGCHLD siginfo, which waitid fills in.
+    let (pid, code) = unsafe { (info.si_pid(), info.si_status()) };
+    if pid == 0 {
+        return Ok(None);
+    }
+    let raw = match info.si_code {
+        libc::CLD_EXITED => (code & 0xff) << 8,
+        libc::CLD_DUMPED => (code & 0x7f) | 0x80,
+        _ => code & 0x7f,
+    };
+    Ok(Some(std::process::ExitStatus::from_raw(raw)))
+}
+
 /// Wait for killed processes on one thread of its own.
 fn reap_later(pidfd: OwnedFd) {
     static REAPER: OnceLock<Mutex<mpsc::Sender<OwnedFd>>> = OnceLock::new();
@@ -261,17 +267,8 @@ fn reap_later(pidfd: OwnedFd) {
             .name("wasmproc-reaper".into())
             .spawn(move || {
                 for pidfd in rx {
-                    let mut info = MaybeUninit::<libc::siginfo_t>::zeroed();
-                    // SAFETY: waitid writes one siginfo_t; the process was
-                    // sent SIGKILL, so this returns promptly.
-                    unsafe {
-                        libc::waitid(
-                            libc::P_PIDFD,
-                            pidfd.as_raw_fd() as libc::id_t,
-                            info.as_mut_ptr(),
-                            libc::WEXITED,
-                        );
-                    }
+                    // The process was sent SIGKILL: this returns promptly.
+                    let _ = reap(&pidfd, 0);
                 }
             });
         if let Err(err) = spawned {

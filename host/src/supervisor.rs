@@ -283,14 +283,9 @@ impl Host {
         for (index, command) in commands.iter().enumerate() {
             match self.reserve(command).await {
                 Ok(r) => reserved.push(r),
-                Err(source) => {
-                    for r in reserved {
-                        self.relay.unregister(r.entry.id, "failed to start").await;
-                    }
-                    return Err(ForkAllError {
-                        index,
-                        error: source,
-                    });
+                Err(error) => {
+                    self.release(reserved).await;
+                    return Err(ForkAllError { index, error });
                 }
             }
         }
@@ -301,24 +296,26 @@ impl Host {
             let Some(r) = reserved.next() else { break };
             match self.start(r, command).await {
                 Ok(child) => children.push(child),
-                Err(source) => {
-                    for r in reserved {
-                        self.relay.unregister(r.entry.id, "failed to start").await;
-                    }
+                Err(error) => {
+                    self.release(reserved).await;
                     for child in &children {
                         child.kill();
                     }
                     for child in &children {
                         child.wait().await;
                     }
-                    return Err(ForkAllError {
-                        index,
-                        error: source,
-                    });
+                    return Err(ForkAllError { index, error });
                 }
             }
         }
         Ok(children)
+    }
+
+    /// Unregister guests that were reserved but will not start.
+    async fn release(&self, reserved: impl IntoIterator<Item = Reserved>) {
+        for r in reserved {
+            self.relay.unregister(r.entry.id, "failed to start").await;
+        }
     }
 
     /// Compile (or find) the module and register the guest with the relay:

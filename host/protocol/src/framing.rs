@@ -122,16 +122,9 @@ pub fn encode_head_into<T: Serialize>(
         return Err(FrameError::NotAHead);
     }
     out.pop();
-    let mut rest = payload_len as u64;
-    loop {
-        let byte = (rest & 0x7f) as u8;
-        rest >>= 7;
-        if rest == 0 {
-            out.push(byte);
-            break;
-        }
-        out.push(byte | 0x80);
-    }
+    // The payload's real length, encoded as postcard encodes any length.
+    let with_len = postcard::to_extend(&(payload_len as u64), std::mem::take(out));
+    *out = with_len.map_err(|source| FrameError::Malformed { len: 0, source })?;
     set_header(out, start, payload_len, max_len)
 }
 
