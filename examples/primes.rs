@@ -14,16 +14,7 @@ use anyhow::{Context, bail};
 use wasmproc::Host;
 
 fn guest(name: &str) -> anyhow::Result<PathBuf> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../guests/target/wasm32-wasip2/release")
-        .join(format!("{name}.wasm"));
-    if !path.is_file() {
-        bail!(
-            "guest {} is missing: build it with `make guests`",
-            path.display()
-        );
-    }
-    Ok(path)
+    wasmproc::testing::guest(name)
 }
 
 /// Count the primes in `2..limit` with `workers` prime guests and one coordinator.

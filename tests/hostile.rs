@@ -13,8 +13,8 @@ use wasmproc::{Command, ExitStatus, Host, Limit};
 #[tokio::test]
 async fn the_hardened_runner_cannot_exec_fork_open_sockets_leave_its_files_or_signal_others() {
     within(60, async {
-        let out = Command::new(guest("echo"))
-            .probe_sandbox()
+        let mut command = Command::new(guest("echo"));
+        let out = wasmproc::testing::probe_sandbox(&mut command)
             .args([std::process::id().to_string(), "/etc/passwd".to_owned()])
             .output()
             .await

@@ -161,7 +161,7 @@ async fn ten_thousand_messages_arrive_complete_and_in_order_in_few_writes() {
         assert!(stream.wait().await.success());
         // Every message, answer and launch spec is a frame the host wrote;
         // batching puts many in one write.
-        let (frames, writes) = host.write_stats();
+        let (frames, writes) = wasmproc::testing::write_stats(&host);
         assert!(frames >= 10_000, "frames written: {frames}");
         assert!(
             writes * 4 < frames,
@@ -307,8 +307,7 @@ async fn a_runner_killed_from_outside_is_reported_and_nothing_else_stops() {
         other.send(b"and you?".to_vec()).unwrap();
         assert_eq!(recv_text(&other).await, "and you?");
         // Its name is free again, and now means "exited".
-        let relay = host.relay();
-        assert!(relay.lookup("victim").is_none());
+        assert!(!wasmproc::testing::is_registered(&host, "victim"));
         other.kill();
     })
     .await;
@@ -419,7 +418,7 @@ async fn fork_all_registers_every_guest_before_any_runs_or_starts_none() {
         assert!(children[0].wait().await.success());
         children[1].kill();
         children[1].wait().await;
-        assert!(host.relay().is_empty());
+        assert_eq!(wasmproc::testing::live_guests(&host), 0);
 
         // A module that is missing: nothing starts, and the error says which.
         let missing = common::root().join("no-such-guest.wasm");
@@ -435,7 +434,7 @@ async fn fork_all_registers_every_guest_before_any_runs_or_starts_none() {
             err.to_string(),
             format!("module {} not found", missing.display())
         );
-        assert!(host.relay().is_empty());
+        assert_eq!(wasmproc::testing::live_guests(&host), 0);
         // Its name was never taken.
         let first = host
             .command(guest("echo"))

@@ -7,7 +7,7 @@
 //! Prints the table; a full run also writes `bench/results.md` and
 //! `bench/results.json`.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command as OsCommand;
 use std::time::{Duration, Instant};
 
@@ -16,20 +16,11 @@ use serde_json::{Value, json};
 use wasmproc::{Host, InboxItem};
 
 fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(Path::to_owned)
-        .unwrap_or_default()
+    wasmproc::testing::repo_root()
 }
 
 fn guest(name: &str) -> anyhow::Result<PathBuf> {
-    let path = root()
-        .join("guests/target/wasm32-wasip2/release")
-        .join(format!("{name}.wasm"));
-    if !path.is_file() {
-        bail!("{} is missing: run `make guests`", path.display());
-    }
-    Ok(path)
+    wasmproc::testing::guest(name)
 }
 
 /// Run a helper (floor or node) and parse the JSON it prints.
@@ -350,7 +341,7 @@ async fn rtt_pinned() -> anyhow::Result<()> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     // As the README advises hosts that move large messages.
-    wasmproc::connection::keep_large_buffers_in_heap();
+    wasmproc::keep_large_buffers_in_heap();
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("rtt-pinned") {
         return rtt_pinned().await;

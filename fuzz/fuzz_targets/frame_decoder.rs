@@ -24,7 +24,7 @@ fuzz_target!(|data: &[u8]| {
     let _ = framing::decode::<HostToRunner>(data, MAX_FRAME_LEN);
 
     // The streaming codec, fed in two pieces.
-    let mut codec = FrameCodec::<RunnerToHost, ()>::new(1 << 20);
+    let mut codec = FrameCodec::<RunnerToHost>::new(1 << 20);
     let cut = data.len() / 2;
     let mut buf = BytesMut::from(&data[..cut]);
     let _ = codec.decode(&mut buf);

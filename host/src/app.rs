@@ -7,15 +7,13 @@
 //! from its first instruction (and a module that does not compile stops the
 //! app before anything starts). Each instance then has a supervising task:
 //! forward its output line by line, wait for it to end, then apply its
-//! restart policy with
-//! exponential backoff. Runs shorter than `min-uptime` count toward the
+//! restart policy with exponential backoff. Runs shorter than `min-uptime` count toward the
 //! crash loop; past `max-restarts` of them within `restart-window` the
 //! supervisor gives up on that guest. On shutdown every guest gets a
 //! `shutdown` item, and whatever is still running after its `grace` is
 //! killed. Everything that happens is an [`Event`] on one channel.
 
 use std::collections::VecDeque;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
@@ -24,9 +22,11 @@ use tokio_util::codec::{AnyDelimiterCodec, AnyDelimiterCodecError, FramedRead};
 use tokio_util::sync::CancellationToken;
 use wasmproc_manifest::{GuestDef, Manifest, RestartPolicy};
 
+use crate::child::Child;
+use crate::command::{Command, default_arg0};
+use crate::host::Host;
+use crate::os::Stdio;
 use crate::status::ExitStatus;
-use crate::supervisor::Host;
-use crate::{Child, Command, Stdio};
 
 /// Longest output line forwarded whole; longer lines are cut.
 const MAX_LINE: usize = 64 * 1024;
@@ -258,7 +258,7 @@ fn backoff(base: Duration, max: Duration, consecutive_short: u32) -> Duration {
     base.saturating_mul(factor).min(max)
 }
 
-async fn start(host: &Host, def: &GuestDef, name: &str) -> Result<Child, crate::SpawnError> {
+async fn start(host: &Host, def: &GuestDef, name: &str) -> Result<Child, crate::host::SpawnError> {
     command_for(host, def, name).fork().await
 }
 
@@ -266,7 +266,7 @@ async fn start(host: &Host, def: &GuestDef, name: &str) -> Result<Child, crate::
 pub fn command_for(host: &Host, def: &GuestDef, name: &str) -> crate::Command {
     let mut command = host.command(&def.module);
     command
-        .arg0(display_name(&def.module))
+        .arg0(default_arg0(&def.module))
         .args(def.args.iter().cloned())
         .envs(def.env.iter().cloned())
         .name(name)
@@ -282,29 +282,8 @@ pub fn command_for(host: &Host, def: &GuestDef, name: &str) -> crate::Command {
     for dir in &def.dirs {
         command.preopen(&dir.host, &dir.guest, dir.read_only);
     }
-    if let Some(timeout) = def.timeout {
-        command.timeout(timeout);
-    }
-    if let Some(bytes) = def.max_memory {
-        command.max_memory(bytes);
-    }
-    if let Some(limit) = def.max_cpu {
-        command.max_cpu(limit);
-    }
-    if let Some(bytes) = def.max_message_size {
-        command.max_message_size(bytes);
-    }
-    if let Some(items) = def.inbox_size {
-        command.inbox_size(items);
-    }
+    command.limits(&def.limits);
     command
-}
-
-fn display_name(module: &Path) -> String {
-    module
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default()
 }
 
 /// Ask a guest to shut down; kill it if it is still running after `grace`.

@@ -94,20 +94,10 @@ impl Cache {
     /// else `~/.cache/wasmproc`, else a folder under the system temp dir.
     pub fn global() -> &'static Cache {
         static CACHE: OnceLock<Cache> = OnceLock::new();
-        CACHE.get_or_init(|| Cache::new(default_dir()))
-    }
-
-    /// A cache in `dir` (created when first written).
-    pub fn new(dir: PathBuf) -> Cache {
-        Cache {
-            dir,
+        CACHE.get_or_init(|| Cache {
+            dir: default_dir(),
             known: Mutex::new(HashMap::new()),
-        }
-    }
-
-    /// The cache folder.
-    pub fn dir(&self) -> &Path {
-        &self.dir
+        })
     }
 
     /// The artifact for the module at `path`, compiling it if needed.

@@ -7,7 +7,8 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
-use crate::{Command, ExitStatus, Pipeline, Stdio};
+use wasmproc::manifest::GuestLimits;
+use wasmproc::{Command, ExitStatus, Pipeline, Stdio};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -66,13 +67,13 @@ struct GuestOptions {
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     timeout: Option<Duration>,
     /// The most linear memory the guest may use (`256MiB`; default 512MiB).
-    #[arg(long, value_name = "SIZE", value_parser = crate::manifest::parse_size)]
+    #[arg(long, value_name = "SIZE", value_parser = wasmproc::manifest::parse_size)]
     max_memory: Option<u64>,
     /// The CPU time the guest may use (`10s`; default: no limit).
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     max_cpu: Option<Duration>,
     /// The largest message the guest may send or receive (`1MiB`; default 16MiB).
-    #[arg(long, value_name = "SIZE", value_parser = crate::manifest::parse_size)]
+    #[arg(long, value_name = "SIZE", value_parser = wasmproc::manifest::parse_size)]
     max_message_size: Option<u64>,
     /// Inbox items the guest's runner holds before the host's mailbox takes
     /// over (default 65536).
@@ -89,21 +90,13 @@ impl GuestOptions {
                 command.preopen(host, guest, read_only);
             }
         }
-        if let Some(timeout) = self.timeout {
-            command.timeout(timeout);
-        }
-        if let Some(bytes) = self.max_memory {
-            command.max_memory(bytes);
-        }
-        if let Some(limit) = self.max_cpu {
-            command.max_cpu(limit);
-        }
-        if let Some(bytes) = self.max_message_size {
-            command.max_message_size(bytes);
-        }
-        if let Some(items) = self.inbox_size {
-            command.inbox_size(items);
-        }
+        command.limits(&GuestLimits {
+            timeout: self.timeout,
+            max_memory: self.max_memory,
+            max_cpu: self.max_cpu,
+            max_message_size: self.max_message_size,
+            inbox_size: self.inbox_size,
+        });
     }
 }
 
@@ -209,14 +202,18 @@ async fn exec(args: ExecArgs) -> anyhow::Result<u8> {
     for stage in pipeline.stages_mut() {
         args.options.apply(stage);
     }
+    let modules: Vec<String> = pipeline
+        .stages_mut()
+        .iter()
+        .map(|stage| stage.get_module().display().to_string())
+        .collect();
     let statuses = pipeline.status().await?;
-    let words = crate::exec::parse(&args.line)?;
     let several = statuses.len() > 1;
-    for (i, status) in statuses.iter().enumerate() {
+    for (i, (status, module)) in statuses.iter().zip(&modules).enumerate() {
         let what = if several {
-            format!("stage {} ({})", i + 1, words[i][0])
+            format!("stage {} ({module})", i + 1)
         } else {
-            words[i][0].clone()
+            module.clone()
         };
         match status {
             // In a pipeline a stage's failure is not visible in the exit code.
@@ -233,7 +230,7 @@ async fn exec(args: ExecArgs) -> anyhow::Result<u8> {
 async fn explain(args: ExplainArgs) -> anyhow::Result<u8> {
     let mut command;
     if args.target.extension().is_some_and(|e| e == "toml") {
-        let manifest = crate::manifest::load(&args.target)?;
+        let manifest = wasmproc::manifest::load(&args.target)?;
         let wanted = args
             .entry
             .as_deref()
@@ -243,21 +240,20 @@ async fn explain(args: ExplainArgs) -> anyhow::Result<u8> {
             .iter()
             .find(|d| d.name == wanted || d.instance_names().iter().any(|n| n == wanted))
             .ok_or_else(|| anyhow::anyhow!("{} has no guest `{wanted}`", args.target.display()))?;
-        command = crate::app::command_for(&crate::Host::new(), def, wanted);
+        command = wasmproc::app::command_for(&wasmproc::Host::new(), def, wanted);
         println!("guest `{wanted}` ({})", def.module.display());
     } else {
         command = Command::new(&args.target);
         println!("guest {}", args.target.display());
     }
     args.options.apply(&mut command);
-    let spec = crate::Host::new().launch_spec(&command).await?;
-    println!("{}", crate::sandbox::explain(&spec));
+    println!("{}", wasmproc::sandbox::explain(&mut command).await?);
     Ok(0)
 }
 
 async fn run_app(path: &std::path::Path, json: bool) -> anyhow::Result<u8> {
-    let manifest = crate::manifest::load(path)?;
-    let (tx, mut rx) = tokio::sync::mpsc::channel(crate::app::EVENT_CAPACITY);
+    let manifest = wasmproc::manifest::load(path)?;
+    let (tx, mut rx) = tokio::sync::mpsc::channel(wasmproc::app::EVENT_CAPACITY);
     let shutdown = tokio_util::sync::CancellationToken::new();
     let signals = shutdown.clone();
     tokio::spawn(async move {
@@ -281,7 +277,7 @@ async fn run_app(path: &std::path::Path, json: bool) -> anyhow::Result<u8> {
             out.print(&event);
         }
     });
-    let clean = crate::app::run(&manifest, tx, shutdown).await;
+    let clean = wasmproc::app::run(&manifest, tx, shutdown).await;
     let _ = printer.await;
     Ok(if clean { 0 } else { 1 })
 }
@@ -316,8 +312,8 @@ impl Printer {
         format!("\x1b[{color}m{guest}\x1b[0m")
     }
 
-    fn print(&mut self, event: &crate::app::Event) {
-        use crate::app::{Event, Stream};
+    fn print(&mut self, event: &wasmproc::app::Event) {
+        use wasmproc::app::{Event, Stream};
         if self.json {
             println!("{}", event_json(event));
             return;
@@ -373,9 +369,9 @@ impl Printer {
 }
 
 /// One event as a JSON object.
-fn event_json(event: &crate::app::Event) -> serde_json::Value {
-    use crate::app::{Event, Stream};
+fn event_json(event: &wasmproc::app::Event) -> serde_json::Value {
     use serde_json::json;
+    use wasmproc::app::{Event, Stream};
     match event {
         Event::Started { guest, id, pid } => {
             json!({"event": "started", "guest": guest, "id": id, "pid": pid})

@@ -1,61 +1,19 @@
-//! The builder and the handle, shaped like `tokio::process::Command` and
-//! `Child`, with Node's `fork` messaging on top.
+//! The builder, shaped like `tokio::process::Command`, with Node's `fork`
+//! messaging on top. `Command::build` turns it into the host's `Spec`,
+//! which is all the host consumes (the handle it returns is in
+//! `crate::child`). The ways to start a command are here too, so the host
+//! never needs to know the builder.
 
-use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
-use serde::Serialize;
-use serde::de::DeserializeOwned;
-use tokio::io::{AsyncRead, AsyncReadExt};
-use tokio::sync::watch;
-use wasmproc_protocol::{GuestId, InboxItem, Limits, Preopen};
+use wasmproc_manifest::GuestLimits;
+use wasmproc_protocol::{Limits, Preopen};
 
-use crate::process::{ChildStderr, ChildStdin, ChildStdout, Handles};
-use crate::relay::{Entry, Relay, SendError};
-use crate::status::{ExitStatus, Limit};
-use crate::supervisor::{Host, KillReason, SpawnError};
-
-/// Where a guest's stdin, stdout or stderr goes.
-#[derive(Debug)]
-pub enum Stdio {
-    /// The host's own.
-    Inherit,
-    /// Nothing: reads see end of file, writes vanish.
-    Null,
-    /// A pipe to the host: the handle is on [`Child::stdin`] and friends.
-    Piped,
-    /// An open file.
-    File(std::fs::File),
-    /// Any open descriptor, such as the read end of another guest's stdout
-    /// (this is how a pipeline connects its stages without the host copying).
-    Fd(OwnedFd),
-}
-
-impl Stdio {
-    pub fn inherit() -> Stdio {
-        Stdio::Inherit
-    }
-    pub fn null() -> Stdio {
-        Stdio::Null
-    }
-    pub fn piped() -> Stdio {
-        Stdio::Piped
-    }
-}
-
-impl From<OwnedFd> for Stdio {
-    fn from(fd: OwnedFd) -> Self {
-        Stdio::Fd(fd)
-    }
-}
-
-impl From<std::fs::File> for Stdio {
-    fn from(file: std::fs::File) -> Self {
-        Stdio::File(file)
-    }
-}
+use crate::child::Child;
+use crate::host::{ForkAllError, Host, SpawnError, Spec};
+use crate::os::Stdio;
+use crate::status::ExitStatus;
 
 /// A guest to start: the module, its arguments, environment, folders,
 /// stdio and limits.
@@ -75,21 +33,21 @@ impl From<std::fs::File> for Stdio {
 /// ```
 #[derive(Debug)]
 pub struct Command {
-    pub(crate) module: PathBuf,
-    pub(crate) argv0: Option<String>,
-    pub(crate) args: Vec<String>,
-    pub(crate) env: Vec<(String, String)>,
-    pub(crate) name: Option<String>,
-    pub(crate) group: Option<String>,
-    pub(crate) preopens: Vec<Preopen>,
-    pub(crate) stdin: Option<Stdio>,
-    pub(crate) stdout: Option<Stdio>,
-    pub(crate) stderr: Option<Stdio>,
-    pub(crate) limits: Limits,
-    pub(crate) timeout: Option<Duration>,
-    pub(crate) max_output: Option<u64>,
-    pub(crate) talks_to: Option<Vec<String>>,
-    pub(crate) probe: bool,
+    module: PathBuf,
+    argv0: Option<String>,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    name: Option<String>,
+    group: Option<String>,
+    preopens: Vec<Preopen>,
+    stdin: Option<Stdio>,
+    stdout: Option<Stdio>,
+    stderr: Option<Stdio>,
+    limits: Limits,
+    timeout: Option<Duration>,
+    max_output: Option<u64>,
+    talks_to: Option<Vec<String>>,
+    probe: bool,
     host: Option<Host>,
 }
 
@@ -273,12 +231,24 @@ impl Command {
         self
     }
 
-    /// Test mode: the runner hardens itself, then tries forbidden operations
-    /// natively and prints each result on stdout instead of running the
-    /// guest. For checking the second wall from outside.
-    #[doc(hidden)]
-    pub fn probe_sandbox(&mut self) -> &mut Command {
-        self.probe = true;
+    /// Apply a guest's limits from a manifest table or CLI flags: each one
+    /// that is set replaces this command's.
+    pub fn limits(&mut self, limits: &GuestLimits) -> &mut Command {
+        if let Some(timeout) = limits.timeout {
+            self.timeout(timeout);
+        }
+        if let Some(bytes) = limits.max_memory {
+            self.max_memory(bytes);
+        }
+        if let Some(limit) = limits.max_cpu {
+            self.max_cpu(limit);
+        }
+        if let Some(bytes) = limits.max_message_size {
+            self.max_message_size(bytes);
+        }
+        if let Some(items) = limits.inbox_size {
+            self.inbox_size(items);
+        }
         self
     }
 
@@ -288,36 +258,51 @@ impl Command {
         self
     }
 
-    pub(crate) fn launch_spec(
-        &self,
-        id: GuestId,
-        name: Option<String>,
-        artifact: &crate::cache::Artifact,
-    ) -> wasmproc_protocol::LaunchSpec {
-        wasmproc_protocol::LaunchSpec {
-            protocol_version: wasmproc_protocol::PROTOCOL_VERSION,
-            id,
-            name,
-            artifact: artifact.path.to_string_lossy().into_owned(),
-            kind: artifact.kind,
-            args: self.argv(),
+    /// The module this command runs.
+    pub fn get_module(&self) -> &Path {
+        &self.module
+    }
+
+    /// Test mode: the runner hardens itself, then tries forbidden
+    /// operations natively and prints each result on stdout instead of
+    /// running the guest (see [`crate::testing`]).
+    pub(crate) fn probe_sandbox(&mut self) -> &mut Command {
+        self.probe = true;
+        self
+    }
+
+    /// The output limit set with [`max_output`](Self::max_output).
+    pub(crate) fn output_limit(&self) -> Option<u64> {
+        self.max_output
+    }
+
+    /// What the host needs to start this guest. The stdio set so far moves
+    /// into the spec (descriptors are not copied), so a command started
+    /// twice gets the defaults the second time, as `std::process` does.
+    pub(crate) fn build(&mut self) -> Spec {
+        let arg0 = self
+            .argv0
+            .clone()
+            .unwrap_or_else(|| default_arg0(&self.module));
+        Spec {
+            module: self.module.clone(),
+            argv: std::iter::once(arg0)
+                .chain(self.args.iter().cloned())
+                .collect(),
             env: self.env.clone(),
+            name: self.name.clone(),
+            group: self.group.clone(),
             preopens: self.preopens.clone(),
+            stdio: [self.stdin.take(), self.stdout.take(), self.stderr.take()],
             limits: self.limits.clone(),
+            timeout: self.timeout,
+            talks_to: self.talks_to.clone(),
             probe: self.probe,
         }
     }
 
-    pub(crate) fn argv(&self) -> Vec<String> {
-        let arg0 = self.argv0.clone().unwrap_or_else(|| {
-            self.module
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default()
-        });
-        std::iter::once(arg0)
-            .chain(self.args.iter().cloned())
-            .collect()
+    fn host_or_global(&self) -> Host {
+        self.host.clone().unwrap_or_else(|| Host::global().clone())
     }
 
     /// Start the guest in its own runner process, with messaging (Node's
@@ -330,8 +315,7 @@ impl Command {
     /// When the module is missing or not wasm, does not compile, the name is
     /// taken, or the runner cannot be started.
     pub async fn fork(&mut self) -> Result<Child, SpawnError> {
-        let host = self.host.clone().unwrap_or_else(|| Host::global().clone());
-        host.fork(self).await
+        self.host_or_global().fork(self.build()).await
     }
 
     /// Start the guest (Node's `spawn`). Unless set, stdin, stdout and
@@ -367,10 +351,7 @@ impl Command {
         let max = self.max_output.unwrap_or(u64::MAX);
         let mut child = self.fork().await?;
         let (out, err) = (child.stdout.take(), child.stderr.take());
-        let (stdout, stderr) = tokio::join!(
-            collect(out, max, &child.kill),
-            collect(err, max, &child.kill)
-        );
+        let (stdout, stderr) = tokio::join!(child.collect(out, max), child.collect(err, max));
         Ok(Output {
             status: child.wait().await,
             stdout,
@@ -379,178 +360,34 @@ impl Command {
     }
 }
 
-/// A running guest.
-#[derive(Debug)]
-pub struct Child {
-    /// The guest's stdin, if it was [`Stdio::Piped`].
-    pub stdin: Option<ChildStdin>,
-    /// The guest's stdout, if it was [`Stdio::Piped`].
-    pub stdout: Option<ChildStdout>,
-    /// The guest's stderr, if it was [`Stdio::Piped`].
-    pub stderr: Option<ChildStderr>,
-    entry: Arc<Entry>,
-    pid: u32,
-    kill: tokio::sync::mpsc::Sender<KillReason>,
-    status: watch::Receiver<Option<ExitStatus>>,
-    relay: Relay,
+impl Host {
+    /// A command that forks into this host.
+    pub fn command(&self, module: impl AsRef<Path>) -> Command {
+        let mut command = Command::new(module);
+        command.host(self);
+        command
+    }
+
+    /// Start guests that may talk to each other from their first
+    /// instruction. Every module is compiled and every guest registered (its
+    /// name, its group) before any runner starts, so no guest finds another
+    /// missing because it happened to start first. Either all start or none
+    /// does: on an error, those already started are killed.
+    ///
+    /// # Errors
+    ///
+    /// The first command that could not be started, by its index in
+    /// `commands`, and why (as [`Command::fork`]).
+    pub async fn fork_all(&self, commands: &mut [Command]) -> Result<Vec<Child>, ForkAllError> {
+        let specs = commands.iter_mut().map(Command::build).collect();
+        self.fork_all_specs(specs).await
+    }
 }
 
-/// Read a guest's output stream to its end, or up to `max` bytes, past which
-/// the guest is stopped (the stream is then drained, so the guest never
-/// blocks on a full pipe before it dies).
-pub(crate) async fn collect<R: AsyncRead + Unpin>(
-    stream: Option<R>,
-    max: u64,
-    kill: &tokio::sync::mpsc::Sender<KillReason>,
-) -> Vec<u8> {
-    let Some(mut stream) = stream else {
-        return Vec::new();
-    };
-    let mut kept = Vec::new();
-    let mut chunk = vec![0u8; 64 * 1024];
-    let mut over = false;
-    loop {
-        let n = match stream.read(&mut chunk).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
-        };
-        if over {
-            continue;
-        }
-        let room = max.saturating_sub(kept.len() as u64) as usize;
-        kept.extend_from_slice(&chunk[..n.min(room)]);
-        if n > room {
-            over = true;
-            let _ = kill.try_send(KillReason::Limit(Limit::Output { bytes: max }));
-        }
-    }
-    kept
-}
-
-impl Child {
-    pub(crate) fn new(
-        entry: Arc<Entry>,
-        pid: u32,
-        kill: tokio::sync::mpsc::Sender<KillReason>,
-        status: watch::Receiver<Option<ExitStatus>>,
-        Handles {
-            stdin,
-            stdout,
-            stderr,
-        }: Handles,
-        relay: Relay,
-    ) -> Child {
-        Child {
-            stdin,
-            stdout,
-            stderr,
-            entry,
-            pid,
-            kill,
-            status,
-            relay,
-        }
-    }
-
-    /// The id the host gave the guest.
-    pub fn id(&self) -> GuestId {
-        self.entry.id
-    }
-
-    /// The guest's name, if it has one.
-    pub fn name(&self) -> Option<&str> {
-        self.entry.name.as_deref()
-    }
-
-    /// The runner's OS process id (for diagnostics: the OS reuses pids, so
-    /// address guests by [`id`](Self::id)).
-    pub fn pid(&self) -> u32 {
-        self.pid
-    }
-
-    /// Send bytes to the guest (Node's `child.send`).
-    ///
-    /// # Errors
-    ///
-    /// When the guest has exited, its mailbox is full, or the message is
-    /// over its size limit.
-    pub fn send(&self, payload: impl Into<Vec<u8>>) -> Result<(), SendError> {
-        self.relay.send_from_parent(&self.entry, payload.into())
-    }
-
-    /// Send a value encoded with postcard.
-    ///
-    /// # Errors
-    ///
-    /// As [`send`](Self::send).
-    pub fn send_value<T: Serialize + ?Sized>(&self, value: &T) -> Result<(), SendError> {
-        // Encoding serde types into a Vec cannot fail for postcard's data model.
-        self.send(postcard::to_allocvec(value).unwrap_or_default())
-    }
-
-    /// The next item the guest sent to its parent (messages, and notices
-    /// about messages the parent sent that could not be delivered). `None`
-    /// once the guest has ended and everything it sent has been read.
-    pub async fn recv(&self) -> Option<InboxItem> {
-        self.entry.parent_inbox.pop().await
-    }
-
-    /// The next message's payload decoded as a `T`, skipping nothing: any
-    /// other item is an error.
-    ///
-    /// # Errors
-    ///
-    /// When the guest ended, the next item is not a message, or it does not decode.
-    pub async fn recv_value<T: DeserializeOwned>(&self) -> anyhow::Result<T> {
-        match self.recv().await {
-            Some(InboxItem::Message { payload, .. }) => Ok(postcard::from_bytes(&payload)?),
-            Some(other) => {
-                anyhow::bail!("expected a message from guest {}, got {other:?}", self.id())
-            }
-            None => anyhow::bail!(
-                "guest {} ended without sending a message: {}",
-                self.id(),
-                self.wait().await
-            ),
-        }
-    }
-
-    /// The next item, if one is waiting.
-    pub fn try_recv(&self) -> Option<InboxItem> {
-        self.entry.parent_inbox.try_pop()
-    }
-
-    pub(crate) fn killer(&self) -> tokio::sync::mpsc::Sender<KillReason> {
-        self.kill.clone()
-    }
-
-    /// Ask the guest to finish: a `shutdown` item arrives in its inbox.
-    pub async fn shutdown(&self) {
-        let _ = self.entry.mailbox.push_notice(InboxItem::Shutdown).await;
-    }
-
-    /// Kill the guest's runner (SIGKILL). Its status says `killed by the host`.
-    pub fn kill(&self) {
-        let _ = self.kill.try_send(KillReason::Host);
-    }
-
-    /// Wait for the guest to end.
-    pub async fn wait(&self) -> ExitStatus {
-        let mut status = self.status.clone();
-        loop {
-            if let Some(status) = status.borrow_and_update().clone() {
-                return status;
-            }
-            if status.changed().await.is_err() {
-                return status.borrow().clone().unwrap_or(ExitStatus::Failed {
-                    reason: "the host stopped watching the guest".to_owned(),
-                });
-            }
-        }
-    }
-
-    /// The status if the guest has ended.
-    pub fn try_wait(&self) -> Option<ExitStatus> {
-        self.status.borrow().clone()
-    }
+/// `argv[0]` when none is set: the module's file name.
+pub(crate) fn default_arg0(module: &Path) -> String {
+    module
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }

@@ -1,13 +1,15 @@
-//! The only code that moves frames over pipes.
+//! Frames over control pipes, the one place where a frame's head and its
+//! payload are laid out for a write.
 //!
 //! [`FrameReader`] turns a pipe into a stream of typed frames (reading in
-//! large chunks, so a burst of small frames costs one `read`), and
-//! [`FrameWriter`] queues frames into one buffer and writes it with as few
-//! `write` calls as the pipe allows: under load, many frames share a syscall.
-//! The blocking helpers serve the runner's start, before any thread or async
-//! runtime exists.
+//! large chunks, so a burst of small frames costs one `read`). A [`Batch`]
+//! collects encoded frames, keeping large payloads aside uncopied, and
+//! [`FrameWriter`] writes a batch with as few `writev` calls as the pipe
+//! allows: under load, many frames share a syscall. (The blocking helpers
+//! for the runner's start live in the protocol crate; guests' stdio streams
+//! are read where they are used: [`crate::child`], [`crate::app`].)
 
-use std::io::{self, IoSlice, Read, Write};
+use std::io::{self, IoSlice};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -22,10 +24,6 @@ use wasmproc_protocol::framing::{self, FrameCodec, FrameError, MAX_FRAME_LEN};
 
 /// Bytes read from a pipe at a time.
 const READ_CHUNK: usize = 256 * 1024;
-
-/// The pipe buffer size asked of the kernel for control pipes: large enough
-/// that a burst of frames or one large message moves in few syscalls.
-pub const PIPE_BUFFER: i32 = 1024 * 1024;
 
 /// Counters of what a writer did, to see batching at work.
 #[derive(Debug, Default)]
@@ -49,7 +47,7 @@ impl WriteStats {
 /// Reads typed frames from a pipe.
 #[derive(Debug)]
 pub struct FrameReader<In> {
-    inner: FramedRead<pipe::Receiver, FrameCodec<In, ()>>,
+    inner: FramedRead<pipe::Receiver, FrameCodec<In>>,
     leftover: BytesMut,
 }
 
@@ -73,9 +71,7 @@ impl<In: DeserializeOwned> FrameReader<In> {
         // `FramedRead` reads before it decodes: frames already buffered by a
         // blocking read must not wait for more bytes to arrive.
         if !self.leftover.is_empty() {
-            if let Some(frame) =
-                FrameCodec::<In, ()>::new(MAX_FRAME_LEN).decode(&mut self.leftover)?
-            {
+            if let Some(frame) = FrameCodec::<In>::new(MAX_FRAME_LEN).decode(&mut self.leftover)? {
                 return Ok(Some(frame));
             }
             let partial = std::mem::take(&mut self.leftover);
@@ -101,6 +97,8 @@ pub struct Batch {
     /// (offset in `bytes`, payload), offsets in order.
     tails: Vec<(usize, Vec<u8>)>,
     tail_bytes: usize,
+    /// Frames pushed since the last clear.
+    frames: u64,
 }
 
 impl Batch {
@@ -118,7 +116,9 @@ impl Batch {
     ///
     /// [`FrameError::TooLarge`] when the frame is over the protocol's limit.
     pub fn push<T: Serialize>(&mut self, frame: &T) -> Result<(), FrameError> {
-        framing::encode_into(frame, &mut self.bytes, MAX_FRAME_LEN)
+        framing::encode_into(frame, &mut self.bytes, MAX_FRAME_LEN)?;
+        self.frames += 1;
+        Ok(())
     }
 
     /// Add a frame given as its `head` (the frame with an empty payload as
@@ -140,6 +140,7 @@ impl Batch {
             self.tail_bytes += payload.len();
             self.tails.push((self.bytes.len(), payload));
         }
+        self.frames += 1;
         Ok(())
     }
 
@@ -158,6 +159,7 @@ impl Batch {
         self.bytes.clear();
         self.tails.clear();
         self.tail_bytes = 0;
+        self.frames = 0;
         // Do not keep a huge buffer around after a burst.
         if self.bytes.capacity() > 4 * 1024 * 1024 {
             self.bytes.shrink_to(64 * 1024);
@@ -179,62 +181,33 @@ impl Batch {
     }
 }
 
-/// Queues frames and writes them in batches.
+/// Writes batches of frames to a pipe.
 #[derive(Debug)]
 pub struct FrameWriter {
     pipe: pipe::Sender,
-    batch: Batch,
     stats: Arc<WriteStats>,
 }
 
 impl FrameWriter {
     /// A writer to `pipe` that counts into `stats`.
     pub fn new(pipe: pipe::Sender, stats: Arc<WriteStats>) -> Self {
-        FrameWriter {
-            pipe,
-            batch: Batch::with_capacity(64 * 1024),
-            stats,
-        }
+        FrameWriter { pipe, stats }
     }
 
-    /// Add a frame to the next write.
-    ///
-    /// # Errors
-    ///
-    /// [`FrameError::TooLarge`] when the frame is over the protocol's limit.
-    pub fn queue<T: Serialize>(&mut self, frame: &T) -> Result<(), FrameError> {
-        self.batch.push(frame)?;
-        self.stats.frames.fetch_add(1, Ordering::Relaxed);
-        Ok(())
-    }
-
-    /// Add a frame given as its head and payload (see [`Batch::push_split`]).
-    ///
-    /// # Errors
-    ///
-    /// [`FrameError::TooLarge`] when the frame is over the protocol's limit.
-    pub fn queue_split<T: Serialize>(
-        &mut self,
-        head: &T,
-        payload: Vec<u8>,
-    ) -> Result<(), FrameError> {
-        self.batch.push_split(head, payload)?;
-        self.stats.frames.fetch_add(1, Ordering::Relaxed);
-        Ok(())
-    }
-
-    /// Bytes queued and not yet written.
-    pub fn pending(&self) -> usize {
-        self.batch.len()
-    }
-
-    /// Write a batch of whole encoded frames, with as few `writev` calls as
-    /// the pipe allows.
+    /// Write every frame in `batch`, with as few `writev` calls as the pipe
+    /// allows, and clear it for reuse (also when the write fails).
     ///
     /// # Errors
     ///
     /// When the pipe is closed or fails.
-    pub async fn write_batch(&mut self, batch: &Batch) -> io::Result<()> {
+    pub async fn write(&mut self, batch: &mut Batch) -> io::Result<()> {
+        let result = self.write_all(batch).await;
+        self.stats.frames.fetch_add(batch.frames, Ordering::Relaxed);
+        batch.clear();
+        result
+    }
+
+    async fn write_all(&mut self, batch: &Batch) -> io::Result<()> {
         let mut all = batch.slices();
         let mut slices = &mut all[..];
         while !slices.is_empty() {
@@ -248,105 +221,4 @@ impl FrameWriter {
         }
         Ok(())
     }
-
-    /// Write everything queued.
-    ///
-    /// # Errors
-    ///
-    /// When the pipe is closed or fails.
-    pub async fn flush(&mut self) -> io::Result<()> {
-        let batch = std::mem::take(&mut self.batch);
-        let result = self.write_batch(&batch).await;
-        self.batch = batch;
-        self.batch.clear();
-        result
-    }
-}
-
-/// Write one frame to a blocking pipe.
-///
-/// # Errors
-///
-/// When the frame is too large or the write fails.
-pub fn write_frame_blocking<T: Serialize>(
-    out: &mut impl Write,
-    frame: &T,
-) -> Result<(), FrameError> {
-    let mut buf = Vec::new();
-    framing::encode_into(frame, &mut buf, MAX_FRAME_LEN)?;
-    out.write_all(&buf)?;
-    Ok(())
-}
-
-/// Read one frame from a blocking pipe. Returns the frame and any bytes read
-/// past it (the start of later frames).
-///
-/// # Errors
-///
-/// [`FrameError::Truncated`] when the pipe ends first, or any decoding error.
-pub fn read_frame_blocking<T: DeserializeOwned>(
-    input: &mut impl Read,
-) -> Result<(T, Vec<u8>), FrameError> {
-    let mut buf = Vec::with_capacity(64 * 1024);
-    let mut chunk = vec![0u8; 64 * 1024];
-    loop {
-        if let Some((frame, used)) = framing::decode::<T>(&buf, MAX_FRAME_LEN)? {
-            return Ok((frame, buf.split_off(used)));
-        }
-        let n = match input.read(&mut chunk) {
-            Ok(n) => n,
-            Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
-            Err(err) => return Err(err.into()),
-        };
-        if n == 0 {
-            return Err(FrameError::Truncated {
-                buffered: buf.len(),
-            });
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
-}
-
-/// Keep large message buffers in the heap: with glibc's defaults every
-/// buffer over 128 KiB is mapped, zeroed page by page and unmapped again,
-/// which costs a third of a 1 MiB message's trip. Buffers up to 8 MiB come
-/// from the heap instead, and up to 32 MiB of free heap is kept for the
-/// next ones. The runner and the `wasmproc` CLI call this first thing; a
-/// host application that moves large messages can do the same.
-pub fn keep_large_buffers_in_heap() {
-    // SAFETY: mallopt only sets allocator parameters.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 8 * 1024 * 1024);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 32 * 1024 * 1024);
-    }
-}
-
-/// Ask the kernel for a larger pipe buffer. Best effort: a kernel that
-/// refuses leaves the default (64 KiB), which is slower but correct.
-pub fn enlarge_pipe(fd: std::os::fd::BorrowedFd<'_>) {
-    use std::os::fd::AsRawFd;
-    // SAFETY: F_SETPIPE_SZ only reads its integer argument.
-    unsafe {
-        libc::fcntl(fd.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_BUFFER);
-    }
-}
-
-/// A new pipe, `(read end, write end)`, closed on exec.
-///
-/// # Errors
-///
-/// When the process is out of descriptors.
-pub fn cloexec_pipe() -> io::Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
-    let mut fds = [0; 2];
-    // SAFETY: pipe2 writes two new descriptors into `fds`.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: both are new descriptors that nothing else owns.
-    Ok(unsafe {
-        (
-            std::os::fd::FromRawFd::from_raw_fd(fds[0]),
-            std::os::fd::FromRawFd::from_raw_fd(fds[1]),
-        )
-    })
 }

@@ -20,17 +20,19 @@ pub fn config() -> Config {
         .cranelift_opt_level(OptLevel::Speed)
         .wasm_backtrace_max_frames(std::num::NonZeroUsize::new(64))
         // Fuel is how a guest that never calls the host still yields to the
-        // runner's I/O tasks (see FUEL_YIELD_INTERVAL) and how CPU limits
-        // are counted. It changes the generated code, so it is part of the
-        // artifact's compatibility hash.
+        // runner's I/O tasks (see FUEL_YIELD_INTERVAL). CPU limits are not
+        // counted in fuel: the kernel enforces them (RLIMIT_CPU). Fuel
+        // changes the generated code, so it is part of the artifact's
+        // compatibility hash.
         .consume_fuel(true);
     config
 }
 
-/// The runner's configuration: [`config`] without the compiler. Runners
-/// only load what the host compiled; not building Cranelift's compiler
-/// saves part of every runner's start, and a runner that can never compile
-/// cannot be talked into it.
+/// The runner's configuration: [`config`] with compiling turned off.
+/// Runners only load what the host compiled; not setting up Cranelift's
+/// compiler saves part of every runner's start, and an engine that refuses
+/// to compile cannot be talked into it. (Cranelift is still linked into
+/// the runner binary, which shares this crate with the host.)
 pub fn runtime_config() -> Config {
     let mut config = config();
     config.enable_compiler(false);

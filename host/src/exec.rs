@@ -10,12 +10,12 @@
 use std::future::Future;
 use std::pin::Pin;
 
-use tokio::io::AsyncReadExt;
-
-use crate::command::{Child, Command, Stdio};
-use crate::connection::cloexec_pipe;
+use crate::child::{Child, read_output};
+use crate::command::Command;
+use crate::host::SpawnError;
+use crate::os::Stdio;
+use crate::os::pipe::cloexec_pipe;
 use crate::status::ExitStatus;
-use crate::supervisor::SpawnError;
 
 /// Why a line could not be run.
 #[derive(Debug, thiserror::Error)]
@@ -169,7 +169,7 @@ impl Pipeline {
                     }
                     return Err(ExecError::Spawn {
                         stage: i + 1,
-                        module: command.module.display().to_string(),
+                        module: command.get_module().display().to_string(),
                         source,
                     });
                 }
@@ -203,7 +203,7 @@ impl Pipeline {
     ///
     /// When a stage cannot start.
     pub async fn output(&mut self) -> Result<ExecOutput, ExecError> {
-        let max = self.stages.last().and_then(|c| c.max_output);
+        let max = self.stages.last().and_then(Command::output_limit);
         let mut children = self
             .spawn(Stdio::Null, Stdio::Piped, || Stdio::Piped)
             .await?;
@@ -211,21 +211,20 @@ impl Pipeline {
         let stderrs: Vec<_> = children.iter_mut().map(|c| c.stderr.take()).collect();
         let reads: Vec<Pin<Box<dyn Future<Output = Vec<u8>> + Send>>> = stderrs
             .into_iter()
-            .map(|s| Box::pin(read_all(s)) as Pin<Box<dyn Future<Output = Vec<u8>> + Send>>)
+            .map(|s| {
+                Box::pin(read_output(s, u64::MAX, None))
+                    as Pin<Box<dyn Future<Output = Vec<u8>> + Send>>
+            })
             .collect();
-        let (stdout, stderrs) = match (max, stdout) {
-            (Some(max), Some(out)) => {
-                let last = children.last().map(Child::killer);
-                let collect = async move {
-                    match last {
-                        Some(kill) => crate::command::collect(Some(out), max, &kill).await,
-                        None => Vec::new(),
-                    }
-                };
-                tokio::join!(collect, futures_util::future::join_all(reads))
+        // Past the output limit, the last stage is stopped.
+        let last = children.last();
+        let collect = async {
+            match last {
+                Some(child) => child.collect(stdout, max.unwrap_or(u64::MAX)).await,
+                None => Vec::new(),
             }
-            (_, out) => tokio::join!(read_all(out), futures_util::future::join_all(reads)),
         };
+        let (stdout, stderrs) = tokio::join!(collect, futures_util::future::join_all(reads));
         let mut stages = Vec::with_capacity(children.len());
         for child in &children {
             stages.push(child.wait().await);
@@ -240,14 +239,6 @@ impl Pipeline {
             stderr: stderrs.concat(),
         })
     }
-}
-
-async fn read_all<R: tokio::io::AsyncRead + Unpin>(stream: Option<R>) -> Vec<u8> {
-    let mut buf = Vec::new();
-    if let Some(mut stream) = stream {
-        let _ = stream.read_to_end(&mut buf).await;
-    }
-    buf
 }
 
 /// Run `line` and collect its output (Node's `exec`), never through a shell.

@@ -21,25 +21,43 @@
 //!
 //! # Layout
 //!
-//! - [`protocol`] (crate `wasmproc-protocol`): the frame types and the pure
-//!   length-prefixed codec, shared with the runner.
-//! - [`connection`]: the only code that reads and writes pipes; batches frames.
-//! - [`engine`]: the one wasmtime configuration for compiling and running.
-//! - [`cache`]: compile once, map many: precompiled artifacts by content hash.
-//! - [`runner`]: what runs in each guest's process: load, wire WASI and
-//!   `ipc`, run, report.
-//! - [`sandbox`]: a guest's capabilities as a WASI context.
-//! - [`mailbox`]: the bounded per-guest queue.
-//! - [`relay`]: routing by id, name and group; undeliverable notices; monitors.
-//! - [`supervisor`]: starting runners and watching them; [`Host`].
-//! - [`process`]: a runner's OS process: `posix_spawn`, pidfd, `waitid`.
-//! - [`command`]: [`Command`] and [`Child`], the public face.
-//! - [`exec`]: command lines and pipelines, never through a shell.
-//! - [`status`]: how a guest ended ([`ExitStatus`]).
+//! The public surface is [`Command`], [`Child`], [`Output`], [`Stdio`],
+//! [`exec`] and [`Pipeline`], [`ExitStatus`], [`Host`], [`app`] and
+//! [`sandbox::explain`]; every other module is the crate's own.
+//!
+//! - `command`: [`Command`], the builder; `build()` makes the spec the
+//!   host consumes.
+//! - `child`: [`Child`], the handle; why the host kills a runner; reading
+//!   a guest's output.
+//! - `host`: [`Host`]: fork, `fork_all`, reserve and start; `host/pool`
+//!   (runners started ahead), `host/spawner` (the runner binary, the
+//!   spawner thread), `host/session` (one runner's writer, reader and
+//!   waiter).
+//! - `relay`: routing by id, name and group, undeliverable notices,
+//!   monitors; `relay/policy` (the allow-list and its refusal reports),
+//!   `relay/mailbox` (the bounded per-guest queue).
+//! - `connection`: frames over control pipes: the reader, the batch and
+//!   the writer, the one place a frame's head and payload are laid out.
+//! - `os`: every `libc` call of the host: `os/process` (`posix_spawn`,
+//!   pidfd, reaper, [`Stdio`]), `os/pipe`, `os/alloc`.
+//! - `runner`: what runs in each guest's process: handshake, hardening,
+//!   `runner/guest` (load, run, limit, report), `ipc`, `link`, `drive`,
+//!   `probe`.
+//! - [`sandbox`]: the two walls: `sandbox/wasi` (the first: capabilities as
+//!   a WASI context), `sandbox/os` (the second: the runner's process).
+//! - `engine`: the one wasmtime configuration for compiling and running.
+//! - `cache`: compile once, map many: precompiled artifacts by content hash.
+//! - `exec`: command lines and pipelines, never through a shell.
+//! - `status`: how a guest ended ([`ExitStatus`]).
 //! - [`app`]: apps of cooperating guests from a manifest: supervision,
 //!   restarts, shutdown.
 //! - [`manifest`] (crate `wasmproc-manifest`): `app.toml`, checked.
-//! - [`cli`]: the `wasmproc` command line.
+//! - crate `wasmproc-protocol`: the frame types, the pure codec and the
+//!   host↔runner contract (descriptors, exit codes, name rules), shared
+//!   with the runner.
+//!
+//! The `wasmproc` binary's command line (`src/cli.rs`) is not part of the
+//! library.
 //!
 //! # Theory of operation: a message from guest A to guest B
 //!
@@ -47,7 +65,7 @@
 //!    `Send { to, payload }` frame into its outgoing buffer and returns at
 //!    once; the buffer is written to A's control pipe when A blocks or yields,
 //!    so a burst of sends leaves in one `write`.
-//! 2. In the host, A's reader task decodes the frame and asks the [`relay`]
+//! 2. In the host, A's reader task decodes the frame and asks the relay
 //!    to route it: B is found by name, the size is checked against B's limit,
 //!    and the message (tagged with A's id and name — a runner cannot forge
 //!    them) is queued in B's bounded mailbox. If that fails, A gets an
@@ -58,27 +76,36 @@
 //!    message.
 
 pub mod app;
-pub mod cache;
-pub mod cli;
-pub mod command;
-pub mod connection;
-pub mod engine;
-pub mod exec;
-pub mod mailbox;
-pub mod process;
-pub mod relay;
-pub mod runner;
+mod cache;
+mod child;
+mod command;
+mod connection;
+mod engine;
+mod exec;
+mod host;
+mod os;
+mod relay;
+mod runner;
 pub mod sandbox;
-pub mod status;
-pub mod supervisor;
+mod status;
+#[doc(hidden)]
+pub mod testing;
 
 pub use wasmproc_manifest as manifest;
-pub use wasmproc_protocol as protocol;
 
-pub use command::{Child, Command, Output, Stdio};
+pub use cache::CompileError;
+pub use child::Child;
+pub use command::{Command, Output};
 pub use exec::{ExecError, ExecOutput, Pipeline, exec};
-pub use process::{ChildStderr, ChildStdin, ChildStdout};
-pub use protocol::{Address, GuestId, InboxItem, UndeliverableReason};
-pub use relay::SendError;
+pub use host::{ForkAllError, Host, RUNNER_ENV, RUNNER_NAME, SpawnError};
+pub use os::{ChildStderr, ChildStdin, ChildStdout, Stdio, keep_large_buffers_in_heap};
+pub use relay::{RegisterError, SendError};
 pub use status::{ExitStatus, Limit};
-pub use supervisor::{ForkAllError, Host, SpawnError};
+pub use wasmproc_protocol::{Address, GuestId, InboxItem, UndeliverableReason};
+
+/// The `wasmproc-runner` binary's entry point: run the guest the host
+/// sends on the control pipes. Never returns.
+#[doc(hidden)]
+pub fn runner_main() -> ! {
+    runner::main()
+}

@@ -1,8 +1,10 @@
 //! The `wasmproc` command line.
 
+mod cli;
+
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    wasmproc::connection::keep_large_buffers_in_heap();
-    wasmproc::cli::main()
+    wasmproc::keep_large_buffers_in_heap();
+    cli::main()
 }

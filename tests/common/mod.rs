@@ -11,24 +11,13 @@ use wasmproc::{Child, InboxItem};
 
 /// The repository root.
 pub fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("host/ has a parent")
-        .to_owned()
+    wasmproc::testing::repo_root()
 }
 
 /// A guest built from `guests/` for wasm32-wasip2. A missing guest fails the
 /// test with the command that builds it.
 pub fn guest(name: &str) -> PathBuf {
-    let path = root()
-        .join("guests/target/wasm32-wasip2/release")
-        .join(format!("{name}.wasm"));
-    assert!(
-        path.is_file(),
-        "guest `{name}` is not built ({} is missing): run `make guests`",
-        path.display()
-    );
-    path
+    wasmproc::testing::guest(name).unwrap_or_else(|err| panic!("{err}"))
 }
 
 /// Run `future`, failing the test if it takes longer than `secs` seconds.

@@ -11,14 +11,20 @@ use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::FromRawFd;
 
-use wasmproc::connection::{read_frame_blocking, write_frame_blocking};
-use wasmproc::protocol::{
+use wasmproc_protocol::contract::{CONTROL_IN_FD, CONTROL_OUT_FD};
+use wasmproc_protocol::{
     Address, ExitReport, GuestId, HostToRunner, InboxItem, PROTOCOL_VERSION, RunnerToHost,
+    read_frame_blocking, write_frame_blocking,
 };
 
 fn main() {
-    // SAFETY: the host passes the control pipes on fds 3 and 4.
-    let (mut from_host, mut to_host) = unsafe { (File::from_raw_fd(3), File::from_raw_fd(4)) };
+    // SAFETY: the host passes the control pipes on these descriptors.
+    let (mut from_host, mut to_host) = unsafe {
+        (
+            File::from_raw_fd(CONTROL_IN_FD),
+            File::from_raw_fd(CONTROL_OUT_FD),
+        )
+    };
     let (frame, _) = read_frame_blocking::<HostToRunner>(&mut from_host).expect("launch spec");
     let HostToRunner::Launch(spec) = frame else {
         panic!("expected a launch spec");
@@ -44,7 +50,7 @@ fn main() {
             write(&hello);
             write(&hardened);
             let mut buf = Vec::new();
-            wasmproc::protocol::framing::encode_into(&send(100), &mut buf, 1 << 20).unwrap();
+            wasmproc_protocol::framing::encode_into(&send(100), &mut buf, 1 << 20).unwrap();
             to_host.write_all(&buf[..buf.len() / 2]).unwrap();
             // End mid-frame.
             std::process::exit(0);

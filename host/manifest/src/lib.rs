@@ -13,7 +13,7 @@
 //! max-restarts = 5                     # within restart-window
 //! restart-window = "60s"
 //! min-uptime = "1s"                    # a shorter run counts toward the crash loop
-//! backoff = "100ms"                    # doubles per crash, up to backoff-max
+//! backoff = "100ms"                    # doubles per short run in a row, up to backoff-max
 //! backoff-max = "15s"
 //! grace = "5s"                         # between `shutdown` and the kill
 //! max-memory = "256MiB"                # linear memory (default 512MiB)
@@ -76,8 +76,16 @@ pub struct GuestDef {
     pub backoff: Duration,
     pub backoff_max: Duration,
     pub grace: Duration,
+    /// The guest's time and resource limits.
+    pub limits: GuestLimits,
+}
+
+/// How long a guest may run and what it may use; `None` takes the host's
+/// default. The same set the CLI's `--timeout`, `--max-*` and
+/// `--inbox-size` flags give.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GuestLimits {
     pub timeout: Option<Duration>,
-    /// Limits; `None` takes the host's default.
     pub max_memory: Option<u64>,
     pub max_cpu: Option<Duration>,
     pub max_message_size: Option<u64>,
@@ -217,14 +225,7 @@ struct RawDir {
     read_only: bool,
 }
 
-/// Whether `name` may name a guest or group: letters, digits, `-`, `_`, `.`.
-pub fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 128
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-}
+pub use wasmproc_protocol::valid_name;
 
 /// Read and check the manifest at `path`.
 ///
@@ -362,19 +363,21 @@ pub fn parse(
                 backoff: duration(&guest.backoff, defaults::BACKOFF)?,
                 backoff_max: duration(&guest.backoff_max, defaults::BACKOFF_MAX)?,
                 grace: duration(&guest.grace, defaults::GRACE)?,
-                timeout: guest
-                    .timeout
-                    .as_ref()
-                    .map(|t| duration(&Some(t.clone()), Duration::ZERO))
-                    .transpose()?,
-                max_memory: size(&guest.max_memory)?,
-                max_cpu: guest
-                    .max_cpu
-                    .as_ref()
-                    .map(|t| duration(&Some(t.clone()), Duration::ZERO))
-                    .transpose()?,
-                max_message_size: size(&guest.max_message_size)?,
-                inbox_size: guest.inbox_size,
+                limits: GuestLimits {
+                    timeout: guest
+                        .timeout
+                        .as_ref()
+                        .map(|t| duration(&Some(t.clone()), Duration::ZERO))
+                        .transpose()?,
+                    max_memory: size(&guest.max_memory)?,
+                    max_cpu: guest
+                        .max_cpu
+                        .as_ref()
+                        .map(|t| duration(&Some(t.clone()), Duration::ZERO))
+                        .transpose()?,
+                    max_message_size: size(&guest.max_message_size)?,
+                    inbox_size: guest.inbox_size,
+                },
             },
             name_span,
         ));
@@ -532,11 +535,11 @@ inbox-size = 100
         assert_eq!(p.min_uptime, Duration::from_millis(500));
         assert_eq!(p.backoff_max, Duration::from_secs(1));
         assert_eq!(p.env, vec![("MODE".to_owned(), "fast".to_owned())]);
-        assert_eq!(p.max_memory, Some(64 << 20));
-        assert_eq!(p.max_cpu, Some(Duration::from_secs(30)));
-        assert_eq!(p.max_message_size, Some(1 << 20));
-        assert_eq!(p.inbox_size, Some(100));
-        assert_eq!(c.max_memory, None);
+        assert_eq!(p.limits.max_memory, Some(64 << 20));
+        assert_eq!(p.limits.max_cpu, Some(Duration::from_secs(30)));
+        assert_eq!(p.limits.max_message_size, Some(1 << 20));
+        assert_eq!(p.limits.inbox_size, Some(100));
+        assert_eq!(c.limits.max_memory, None);
         assert_eq!(
             p.dirs,
             vec![Dir {

@@ -7,9 +7,9 @@
 
 use std::marker::PhantomData;
 
-use bytes::{Buf, BufMut, BytesMut};
+use bytes::{Buf, BytesMut};
 use serde::{Serialize, de::DeserializeOwned};
-use tokio_util::codec::{Decoder, Encoder};
+use tokio_util::codec::Decoder;
 
 /// The largest payload a message may carry, whatever a guest's own limit says.
 pub const MAX_PAYLOAD_LEN: usize = 64 * 1024 * 1024;
@@ -162,14 +162,15 @@ pub fn decode<T: DeserializeOwned>(
     Ok(Some((value, HEADER_LEN + len)))
 }
 
-/// A [`tokio_util::codec`] codec decoding `In` frames and encoding `Out` frames.
+/// A [`tokio_util::codec`] decoder of `In` frames (frames are encoded with
+/// [`encode_into`] and [`encode_head_into`], which batch writes need).
 #[derive(Debug)]
-pub struct FrameCodec<In, Out> {
+pub struct FrameCodec<In> {
     max_len: usize,
-    _types: PhantomData<fn(Out) -> In>,
+    _types: PhantomData<fn() -> In>,
 }
 
-impl<In, Out> FrameCodec<In, Out> {
+impl<In> FrameCodec<In> {
     /// A codec that refuses frames longer than `max_len` bytes.
     pub fn new(max_len: usize) -> Self {
         FrameCodec {
@@ -179,13 +180,13 @@ impl<In, Out> FrameCodec<In, Out> {
     }
 }
 
-impl<In, Out> Default for FrameCodec<In, Out> {
+impl<In> Default for FrameCodec<In> {
     fn default() -> Self {
         Self::new(MAX_FRAME_LEN)
     }
 }
 
-impl<In: DeserializeOwned, Out> Decoder for FrameCodec<In, Out> {
+impl<In: DeserializeOwned> Decoder for FrameCodec<In> {
     type Item = In;
     type Error = FrameError;
 
@@ -218,14 +219,47 @@ impl<In: DeserializeOwned, Out> Decoder for FrameCodec<In, Out> {
     }
 }
 
-impl<In, Out: Serialize> Encoder<&Out> for FrameCodec<In, Out> {
-    type Error = FrameError;
+/// Write one frame to a blocking writer.
+///
+/// # Errors
+///
+/// When the frame is too large or the write fails.
+pub fn write_frame_blocking<T: Serialize>(
+    out: &mut impl std::io::Write,
+    frame: &T,
+) -> Result<(), FrameError> {
+    let mut buf = Vec::new();
+    encode_into(frame, &mut buf, MAX_FRAME_LEN)?;
+    out.write_all(&buf)?;
+    Ok(())
+}
 
-    fn encode(&mut self, item: &Out, dst: &mut BytesMut) -> Result<(), FrameError> {
-        let mut buf = Vec::new();
-        encode_into(item, &mut buf, self.max_len)?;
-        dst.put_slice(&buf);
-        Ok(())
+/// Read one frame from a blocking reader. Returns the frame and any bytes
+/// read past it (the start of later frames).
+///
+/// # Errors
+///
+/// [`FrameError::Truncated`] when the input ends first, or any decoding error.
+pub fn read_frame_blocking<T: DeserializeOwned>(
+    input: &mut impl std::io::Read,
+) -> Result<(T, Vec<u8>), FrameError> {
+    let mut buf = Vec::with_capacity(64 * 1024);
+    let mut chunk = vec![0u8; 64 * 1024];
+    loop {
+        if let Some((frame, used)) = decode::<T>(&buf, MAX_FRAME_LEN)? {
+            return Ok((frame, buf.split_off(used)));
+        }
+        let n = match input.read(&mut chunk) {
+            Ok(n) => n,
+            Err(err) if err.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(err) => return Err(err.into()),
+        };
+        if n == 0 {
+            return Err(FrameError::Truncated {
+                buffered: buf.len(),
+            });
+        }
+        buf.extend_from_slice(&chunk[..n]);
     }
 }
 
@@ -338,11 +372,12 @@ mod tests {
             }),
             HostToRunner::Deliver(InboxItem::Shutdown),
         ];
-        let mut codec = FrameCodec::<HostToRunner, HostToRunner>::default();
-        let mut buf = BytesMut::new();
+        let mut codec = FrameCodec::<HostToRunner>::default();
+        let mut bytes = Vec::new();
         for frame in &frames {
-            codec.encode(frame, &mut buf).unwrap();
+            encode_into(frame, &mut bytes, MAX_FRAME_LEN).unwrap();
         }
+        let mut buf = BytesMut::from(&bytes[..]);
         for frame in &frames {
             assert_eq!(codec.decode(&mut buf).unwrap().as_ref(), Some(frame));
         }
@@ -370,7 +405,7 @@ mod tests {
 
     #[test]
     fn oversize_length_is_refused_before_the_body_arrives() {
-        let mut codec = FrameCodec::<RunnerToHost, RunnerToHost>::new(1024);
+        let mut codec = FrameCodec::<RunnerToHost>::new(1024);
         let mut buf = BytesMut::from(&u32::MAX.to_le_bytes()[..]);
         let err = codec.decode(&mut buf).unwrap_err();
         assert!(matches!(err, FrameError::TooLarge { len, max: 1024 } if len == u32::MAX as usize));
@@ -416,7 +451,7 @@ mod tests {
     fn stream_ending_inside_a_frame_is_truncated() {
         let mut full = Vec::new();
         encode_into(&sample_frames()[0], &mut full, MAX_FRAME_LEN).unwrap();
-        let mut codec = FrameCodec::<RunnerToHost, RunnerToHost>::default();
+        let mut codec = FrameCodec::<RunnerToHost>::default();
         let mut buf = BytesMut::from(&full[..full.len() - 1]);
         let err = codec.decode_eof(&mut buf).unwrap_err();
         assert!(matches!(err, FrameError::Truncated { .. }), "{err}");

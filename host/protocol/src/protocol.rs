@@ -112,6 +112,17 @@ pub enum InboxItem {
     Shutdown,
 }
 
+impl InboxItem {
+    /// The message bytes the item carries (0 for a notice): what inbox and
+    /// mailbox byte bounds count.
+    pub fn payload_len(&self) -> usize {
+        match self {
+            InboxItem::Message { payload, .. } => payload.len(),
+            _ => 0,
+        }
+    }
+}
+
 /// The kind of precompiled artifact a runner loads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ModuleKind {

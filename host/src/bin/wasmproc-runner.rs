@@ -1,5 +1,5 @@
 //! The runner: one guest per process, started by the wasmproc host.
 
 fn main() {
-    wasmproc::runner::main()
+    wasmproc::runner_main()
 }

@@ -29,7 +29,7 @@ pub struct GuestState {
     pub wasi: WasiCtx,
     pub table: ResourceTable,
     pub link: Arc<Link>,
-    pub limiter: super::MemoryLimiter,
+    pub limiter: super::guest::MemoryLimiter,
 }
 
 impl WasiView for GuestState {

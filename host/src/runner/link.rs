@@ -17,13 +17,11 @@ use wasmproc_protocol::{Address, GuestId, InboxItem, Limits, RunnerToHost};
 
 use crate::connection::{Batch, FrameReader, FrameWriter};
 use wasmproc_protocol::HostToRunner;
+use wasmproc_protocol::contract::EXIT_HOST_GONE;
 
 /// Above this many buffered outgoing bytes, `send` waits for the pipe to
 /// drain (the host reads slower than the guest sends).
 const OUT_HIGH_WATER: usize = 4 * 1024 * 1024;
-
-/// The runner exits with this code when the host has gone away.
-pub const EXIT_HOST_GONE: i32 = 70;
 
 /// The shared state. Each side takes a lock for a few instructions and
 /// touches a `Notify` only when the other side said it is waiting (the
@@ -53,13 +51,6 @@ struct Inbox {
     guest_waiting: bool,
     /// The reader loop waits on `inbox_space`.
     reader_waiting: bool,
-}
-
-fn payload_len(item: &InboxItem) -> u64 {
-    match item {
-        InboxItem::Message { payload, .. } => payload.len() as u64,
-        _ => 0,
-    }
 }
 
 #[derive(Debug, Default)]
@@ -111,7 +102,7 @@ impl Link {
     pub fn try_recv(&self) -> Option<InboxItem> {
         let mut inbox = self.inbox();
         let item = inbox.items.pop_front()?;
-        inbox.bytes -= payload_len(&item);
+        inbox.bytes -= item.payload_len() as u64;
         let wake_reader = inbox.reader_waiting && !self.is_full(&inbox);
         if wake_reader {
             inbox.reader_waiting = false;
@@ -243,7 +234,7 @@ impl Link {
             match reader.next().await {
                 Ok(Some(HostToRunner::Deliver(item))) => {
                     let mut inbox = self.inbox();
-                    inbox.bytes += payload_len(&item);
+                    inbox.bytes += item.payload_len() as u64;
                     inbox.items.push_back(item);
                     let wake_guest = std::mem::take(&mut inbox.guest_waiting);
                     drop(inbox);
@@ -285,8 +276,7 @@ impl Link {
                 self.out_ready.notified().await;
                 continue;
             }
-            let result = writer.write_batch(&chunk).await;
-            chunk.clear();
+            let result = writer.write(&mut chunk).await;
             let wake_senders = {
                 let mut out = self.out();
                 out.in_flight = false;

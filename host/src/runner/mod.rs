@@ -18,6 +18,7 @@
 //! It also exits as soon as the host closes the control pipe.
 
 mod drive;
+mod guest;
 mod ipc;
 mod link;
 mod probe;
@@ -27,35 +28,19 @@ use std::os::fd::{FromRawFd, OwnedFd};
 use std::sync::Arc;
 
 use tokio::net::unix::pipe;
+use wasmproc_protocol::contract::{CONTROL_IN_FD, CONTROL_OUT_FD, EXIT_FAILED, EXIT_HOST_GONE};
 use wasmproc_protocol::{
-    ExitReport, FrameError, HardeningStep, HostToRunner, LaunchSpec, ModuleKind, PROTOCOL_VERSION,
-    RunnerToHost, check_version,
+    ExitReport, FrameError, HardeningStep, HostToRunner, LaunchSpec, PROTOCOL_VERSION,
+    RunnerToHost, check_version, read_frame_blocking, write_frame_blocking,
 };
-use wasmtime::component::{Component, ResourceTable};
-use wasmtime::{
-    Engine, Linker, Module, ResourceLimiter, Store, StoreLimits, StoreLimitsBuilder, Trap,
-    WasmBacktrace,
-};
-use wasmtime_wasi::I32Exit;
-use wasmtime_wasi::p1::WasiP1Ctx;
 
-use crate::connection::{
-    FrameReader, FrameWriter, WriteStats, read_frame_blocking, write_frame_blocking,
-};
+use crate::connection::{FrameReader, FrameWriter, WriteStats};
 use crate::sandbox::os::OsPolicy;
-use crate::{engine, sandbox};
-use link::{EXIT_HOST_GONE, Link};
-
-/// The fd on which the runner reads frames from the host.
-pub const CONTROL_IN_FD: i32 = 3;
-/// The fd on which the runner writes frames to the host.
-pub const CONTROL_OUT_FD: i32 = 4;
-
-/// The runner's exit code when it could not start its guest.
-const EXIT_FAILED: i32 = 71;
+use guest::{Prepared, run_guest};
+use link::Link;
 
 /// Run the guest the host sends. Never returns.
-pub fn main() -> ! {
+pub(crate) fn main() -> ! {
     let (mut from_host, mut to_host) = match control_pipes() {
         Some(pipes) => pipes,
         None => {
@@ -67,7 +52,7 @@ pub fn main() -> ! {
         }
     };
     die_with_host();
-    crate::connection::keep_large_buffers_in_heap();
+    crate::os::keep_large_buffers_in_heap();
     let hello = RunnerToHost::Hello {
         protocol_version: PROTOCOL_VERSION,
     };
@@ -129,23 +114,6 @@ pub fn main() -> ! {
         ),
     };
     runtime.block_on(run(prepared, spec, from_host, to_host, leftover))
-}
-
-/// The engine and the component linker (WASI and `ipc`): the same for
-/// every guest.
-struct Prepared {
-    engine: Engine,
-    linker: wasmtime::component::Linker<ipc::GuestState>,
-}
-
-impl Prepared {
-    fn new() -> anyhow::Result<Prepared> {
-        let engine = Engine::new(&engine::runtime_config())?;
-        let mut linker = wasmtime::component::Linker::<ipc::GuestState>::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
-        ipc::add_to_linker(&mut linker)?;
-        Ok(Prepared { engine, linker })
-    }
 }
 
 /// No orphans: ask for SIGKILL when the host's spawner thread ends, even if
@@ -234,198 +202,4 @@ async fn run(
     // the same turn too.
     drive::Drive::new(vec![reader, guest, writer]).await;
     std::process::exit(EXIT_FAILED);
-}
-
-/// Load and run the guest; `Err` only when it could not start.
-async fn run_guest(
-    prepared: &Prepared,
-    spec: &LaunchSpec,
-    link: Arc<Link>,
-) -> anyhow::Result<ExitReport> {
-    let engine = &prepared.engine;
-    let wasi = sandbox::wasi_builder(spec)?;
-    match spec.kind {
-        ModuleKind::Component => {
-            // SAFETY: the host compiled this artifact itself with the same
-            // engine configuration, and wrote it atomically to its cache.
-            let component = unsafe { Component::deserialize_file(engine, &spec.artifact) }
-                .map_err(|err| anyhow::anyhow!("cannot load artifact {}: {err}", spec.artifact))?;
-            run_component(engine, &prepared.linker, &component, wasi, link).await
-        }
-        ModuleKind::Module => {
-            // SAFETY: as above.
-            let module = unsafe { Module::deserialize_file(engine, &spec.artifact) }
-                .map_err(|err| anyhow::anyhow!("cannot load artifact {}: {err}", spec.artifact))?;
-            run_module(engine, &module, wasi, spec.limits.max_memory).await
-        }
-    }
-}
-
-fn prepare_store<T>(store: &mut Store<T>) -> anyhow::Result<()> {
-    store.set_fuel(u64::MAX)?;
-    store.fuel_async_yield_interval(Some(engine::FUEL_YIELD_INTERVAL))?;
-    Ok(())
-}
-
-async fn run_component(
-    engine: &Engine,
-    linker: &wasmtime::component::Linker<ipc::GuestState>,
-    component: &Component,
-    mut wasi: wasmtime_wasi::WasiCtxBuilder,
-    link: Arc<Link>,
-) -> anyhow::Result<ExitReport> {
-    let max_memory = link.limits.max_memory;
-    let max_message_size = link.limits.max_message_size;
-    let state = ipc::GuestState {
-        wasi: wasi.build(),
-        table: ResourceTable::new(),
-        link,
-        limiter: MemoryLimiter::new(max_memory),
-    };
-    let mut store = Store::new(engine, state);
-    store.limiter(|state| &mut state.limiter);
-    prepare_store(&mut store)?;
-    // However large a list a guest hands the host, the runner copies at most
-    // a message's worth (plus room for names): beyond, the call traps.
-    store.set_hostcall_fuel(
-        usize::try_from(max_message_size)
-            .unwrap_or(usize::MAX)
-            .saturating_add(1024 * 1024),
-    );
-    let command =
-        wasmtime_wasi::p2::bindings::Command::instantiate_async(&mut store, component, linker)
-            .await
-            .map_err(|err| anyhow::anyhow!("cannot instantiate the guest: {err}"))?;
-    Ok(match command.wasi_cli_run().call_run(&mut store).await {
-        Ok(Ok(())) => ExitReport::Exited { code: 0 },
-        Ok(Err(())) => ExitReport::Exited { code: 1 },
-        Err(err) => store
-            .data()
-            .limiter
-            .report()
-            .unwrap_or_else(|| report_error(&err)),
-    })
-}
-
-/// What a core module guest's store holds.
-struct P1State {
-    wasi: WasiP1Ctx,
-    limiter: MemoryLimiter,
-}
-
-async fn run_module(
-    engine: &Engine,
-    module: &Module,
-    mut wasi: wasmtime_wasi::WasiCtxBuilder,
-    max_memory: u64,
-) -> anyhow::Result<ExitReport> {
-    let mut linker = Linker::<P1State>::new(engine);
-    wasmtime_wasi::p1::add_to_linker_async(&mut linker, |state| &mut state.wasi)?;
-    let state = P1State {
-        wasi: wasi.build_p1(),
-        limiter: MemoryLimiter::new(max_memory),
-    };
-    let mut store = Store::new(engine, state);
-    store.limiter(|state| &mut state.limiter);
-    prepare_store(&mut store)?;
-    let instance = linker
-        .instantiate_async(&mut store, module)
-        .await
-        .map_err(|err| anyhow::anyhow!("cannot instantiate the guest: {err}"))?;
-    let start = instance
-        .get_typed_func::<(), ()>(&mut store, "_start")
-        .map_err(|err| anyhow::anyhow!("the module has no `_start` function: {err}"))?;
-    Ok(match start.call_async(&mut store, ()).await {
-        Ok(()) => ExitReport::Exited { code: 0 },
-        Err(err) => store
-            .data()
-            .limiter
-            .report()
-            .unwrap_or_else(|| report_error(&err)),
-    })
-}
-
-/// Wasmtime's own limiter, plus a record of the growth it refused: the
-/// status says `memory limit` from this record, not from an error's text.
-pub(crate) struct MemoryLimiter {
-    limits: StoreLimits,
-    max: u64,
-    refused: Option<u64>,
-}
-
-impl MemoryLimiter {
-    fn new(max: u64) -> MemoryLimiter {
-        MemoryLimiter {
-            limits: StoreLimitsBuilder::new()
-                .memory_size(usize::try_from(max).unwrap_or(usize::MAX))
-                .trap_on_grow_failure(true)
-                .build(),
-            max,
-            refused: None,
-        }
-    }
-
-    /// The report, if the guest ended because a growth was refused.
-    fn report(&self) -> Option<ExitReport> {
-        self.refused.map(|requested| ExitReport::MemoryLimit {
-            limit: self.max,
-            requested,
-        })
-    }
-}
-
-impl ResourceLimiter for MemoryLimiter {
-    fn memory_growing(
-        &mut self,
-        current: usize,
-        desired: usize,
-        maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
-        let verdict = self.limits.memory_growing(current, desired, maximum);
-        if !matches!(verdict, Ok(true)) {
-            self.refused = Some(desired as u64);
-        }
-        verdict
-    }
-
-    fn table_growing(
-        &mut self,
-        current: usize,
-        desired: usize,
-        maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
-        self.limits.table_growing(current, desired, maximum)
-    }
-
-    fn memory_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
-        self.limits.memory_grow_failed(error)
-    }
-}
-
-/// Turn the error a guest ended with into its report.
-fn report_error(err: &wasmtime::Error) -> ExitReport {
-    if let Some(exit) = err.downcast_ref::<I32Exit>() {
-        return ExitReport::Exited { code: exit.0 };
-    }
-    let backtrace = err
-        .downcast_ref::<WasmBacktrace>()
-        .map(|bt| {
-            bt.frames()
-                .iter()
-                .map(|frame| match frame.func_name() {
-                    // `{:#}` leaves out the hash suffix of Rust symbols.
-                    Some(name) => format!("{:#}", rustc_demangle::demangle(name)),
-                    None => format!("<wasm function {}>", frame.func_index()),
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    let message = match err.downcast_ref::<Trap>() {
-        Some(trap) => {
-            let text = trap.to_string();
-            text.strip_prefix("wasm trap: ").unwrap_or(&text).to_owned()
-        }
-        None => err.root_cause().to_string(),
-    };
-    ExitReport::Trapped { message, backtrace }
 }

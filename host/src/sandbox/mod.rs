@@ -1,7 +1,7 @@
 //! The two walls around a guest.
 //!
-//! The first wall is this module: a guest's capabilities, turned into its
-//! WASI context. The second is [`os`]: the OS process around it.
+//! The first wall is `sandbox/wasi`: a guest's capabilities, turned into
+//! its WASI context. The second is `sandbox/os`: the OS process around it.
 //!
 //! Deny by default: the guest gets the arguments and environment it is
 //! given and nothing of the runner's own, the preopened folders and no other
@@ -9,52 +9,31 @@
 //! import every WASI interface still instantiate) but every use of them is
 //! refused.
 
-pub mod os;
+pub(crate) mod os;
+mod wasi;
 
-use anyhow::Context;
 use wasmproc_protocol::LaunchSpec;
-use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 
-/// The WASI context builder for `spec`. The guest's stdio is the runner's
-/// own stdin/stdout/stderr, which the host set up as the caller asked.
+pub(crate) use wasi::wasi_builder;
+
+use crate::command::Command;
+use crate::host::{Host, SpawnError};
+
+/// What the guest `command` describes could reach in both walls, as
+/// `wasmproc sandbox explain` prints it: from the launch spec its runner
+/// would receive and the OS policy that runner would apply to itself. The
+/// module is compiled (or found in the cache) to tell its kind; nothing runs.
 ///
 /// # Errors
 ///
-/// When a preopened folder cannot be opened.
-pub fn wasi_builder(spec: &LaunchSpec) -> anyhow::Result<WasiCtxBuilder> {
-    let mut builder = WasiCtxBuilder::new();
-    builder.args(&spec.args).inherit_stdio();
-    for (key, value) in &spec.env {
-        builder.env(key, value);
-    }
-    for preopen in &spec.preopens {
-        let perms = if preopen.read_only {
-            FsPerms::ReadOnly
-        } else {
-            FsPerms::ReadWrite
-        };
-        builder
-            .preopened_dir(&preopen.host_path, &preopen.guest_path, perms)
-            .map_err(anyhow::Error::from)
-            .with_context(|| {
-                format!(
-                    "cannot open folder {} for the guest (as {})",
-                    preopen.host_path, preopen.guest_path
-                )
-            })?;
-    }
-    builder
-        .allow_tcp(false)
-        .allow_udp(false)
-        .allow_ip_name_lookup(false)
-        .socket_addr_check(|_, _| Box::pin(async { false }));
-    Ok(builder)
+/// When the module is missing, not wasm, or does not compile.
+pub async fn explain(command: &mut Command) -> Result<String, SpawnError> {
+    let spec = Host::new().launch_spec(&command.build()).await?;
+    Ok(describe(&spec))
 }
 
-/// What a guest can reach in both walls, as `wasmproc sandbox explain`
-/// prints it: derived from the launch spec the runner receives and from the
-/// [`os::OsPolicy`] it applies to itself.
-pub fn explain(spec: &LaunchSpec) -> String {
+/// What a guest with launch spec `spec` can reach in both walls.
+fn describe(spec: &LaunchSpec) -> String {
     use std::fmt::Write;
     let mib = |bytes: u64| format!("{} MiB", bytes / (1024 * 1024));
     let mut out = String::new();

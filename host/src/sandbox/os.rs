@@ -19,6 +19,7 @@ use seccompiler::{
     TargetArch,
 };
 use wasmproc_protocol::LaunchSpec;
+use wasmproc_protocol::contract::FIRST_UNINHERITED_FD;
 
 /// Open files a runner may hold: its stdio and control pipes, the artifact,
 /// preopened folders and the guest's own files.
@@ -27,42 +28,44 @@ pub const MAX_OPEN_FILES: u64 = 256;
 /// The Landlock ABI the policy asks for (Linux 6.12+ has 6: signal scoping).
 const LANDLOCK_ABI: ABI = ABI::V6;
 
-/// System calls that fail with `EPERM` in a runner, whatever their arguments.
-pub const DENIED_SYSCALLS: &[&str] = &[
-    "execve",
-    "execveat",
-    "fork",
-    "vfork",
-    "ptrace",
-    "process_vm_readv",
-    "process_vm_writev",
-    "socket",
-    "mount",
-    "umount2",
-    "pivot_root",
-    "chroot",
-    "setns",
-    "unshare",
-    "bpf",
-    "perf_event_open",
-    "kexec_load",
-    "kexec_file_load",
-    "init_module",
-    "finit_module",
-    "delete_module",
-    "keyctl",
-    "add_key",
-    "request_key",
-    "userfaultfd",
-    "reboot",
-    "swapon",
-    "swapoff",
-    "acct",
-    "iopl",
-    "ioperm",
-    "open_by_handle_at",
-    "name_to_handle_at",
-    "tkill",
+/// System calls that fail with `EPERM` in a runner, whatever their
+/// arguments, with their numbers: one table for the filter and for
+/// `sandbox explain`.
+pub const DENIED_SYSCALLS: &[(&str, i64)] = &[
+    ("execve", libc::SYS_execve),
+    ("execveat", libc::SYS_execveat),
+    ("fork", libc::SYS_fork),
+    ("vfork", libc::SYS_vfork),
+    ("ptrace", libc::SYS_ptrace),
+    ("process_vm_readv", libc::SYS_process_vm_readv),
+    ("process_vm_writev", libc::SYS_process_vm_writev),
+    ("socket", libc::SYS_socket),
+    ("mount", libc::SYS_mount),
+    ("umount2", libc::SYS_umount2),
+    ("pivot_root", libc::SYS_pivot_root),
+    ("chroot", libc::SYS_chroot),
+    ("setns", libc::SYS_setns),
+    ("unshare", libc::SYS_unshare),
+    ("bpf", libc::SYS_bpf),
+    ("perf_event_open", libc::SYS_perf_event_open),
+    ("kexec_load", libc::SYS_kexec_load),
+    ("kexec_file_load", libc::SYS_kexec_file_load),
+    ("init_module", libc::SYS_init_module),
+    ("finit_module", libc::SYS_finit_module),
+    ("delete_module", libc::SYS_delete_module),
+    ("keyctl", libc::SYS_keyctl),
+    ("add_key", libc::SYS_add_key),
+    ("request_key", libc::SYS_request_key),
+    ("userfaultfd", libc::SYS_userfaultfd),
+    ("reboot", libc::SYS_reboot),
+    ("swapon", libc::SYS_swapon),
+    ("swapoff", libc::SYS_swapoff),
+    ("acct", libc::SYS_acct),
+    ("iopl", libc::SYS_iopl),
+    ("ioperm", libc::SYS_ioperm),
+    ("open_by_handle_at", libc::SYS_open_by_handle_at),
+    ("name_to_handle_at", libc::SYS_name_to_handle_at),
+    ("tkill", libc::SYS_tkill),
 ];
 
 /// One resource limit.
@@ -211,9 +214,6 @@ impl OsPolicy {
 
     fn seccomp(&self) -> Result<String, String> {
         let arch = TargetArch::try_from(std::env::consts::ARCH).map_err(|e| e.to_string())?;
-        let number = |name: &str| -> Result<i64, String> {
-            syscall_number(name).ok_or_else(|| format!("unknown system call {name}"))
-        };
         let cond = |arg, op, value| {
             SeccompCondition::new(arg, SeccompCmpArgLen::Qword, op, value)
                 .map_err(|e| e.to_string())
@@ -223,7 +223,7 @@ impl OsPolicy {
         // clone3 answers ENOSYS, so libc falls back to clone, whose flags a
         // filter can read.
         let mut enosys = BTreeMap::new();
-        enosys.insert(number("clone3")?, Vec::new());
+        enosys.insert(libc::SYS_clone3, Vec::new());
         let enosys = SeccompFilter::new(
             enosys,
             SeccompAction::Allow,
@@ -233,25 +233,23 @@ impl OsPolicy {
         .map_err(|e| e.to_string())?;
 
         let mut deny: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
-        for name in DENIED_SYSCALLS {
-            if let Some(nr) = syscall_number(name) {
-                deny.insert(nr, Vec::new());
-            }
+        for (_, nr) in DENIED_SYSCALLS {
+            deny.insert(*nr, Vec::new());
         }
         let thread = libc::CLONE_THREAD as u64;
         // clone without CLONE_THREAD makes a process.
         deny.insert(
-            number("clone")?,
+            libc::SYS_clone,
             vec![rule(vec![cond(0, SeccompCmpOp::MaskedEq(thread), 0)?])?],
         );
         // Signals only to itself.
         let me = u64::from(self.pid);
         deny.insert(
-            number("kill")?,
+            libc::SYS_kill,
             vec![rule(vec![cond(0, SeccompCmpOp::Ne, me)?])?],
         );
         deny.insert(
-            number("tgkill")?,
+            libc::SYS_tgkill,
             vec![rule(vec![cond(0, SeccompCmpOp::Ne, me)?])?],
         );
         let deny = SeccompFilter::new(
@@ -303,55 +301,18 @@ fn parent_death_signal() -> Result<String, String> {
 fn close_inherited() -> Result<String, String> {
     // SAFETY: close_range on descriptors this process does not use: 0-2
     // are the guest's stdio and 3-4 the control pipes.
-    let rc = unsafe { libc::syscall(libc::SYS_close_range, 5u32, u32::MAX, 0u32) };
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            FIRST_UNINHERITED_FD as u32,
+            u32::MAX,
+            0u32,
+        )
+    };
     if rc != 0 {
         return Err(std::io::Error::last_os_error().to_string());
     }
     Ok("all but stdio and the control pipes".into())
-}
-
-fn syscall_number(name: &str) -> Option<i64> {
-    Some(match name {
-        "execve" => libc::SYS_execve,
-        "execveat" => libc::SYS_execveat,
-        "fork" => libc::SYS_fork,
-        "vfork" => libc::SYS_vfork,
-        "clone" => libc::SYS_clone,
-        "clone3" => libc::SYS_clone3,
-        "ptrace" => libc::SYS_ptrace,
-        "process_vm_readv" => libc::SYS_process_vm_readv,
-        "process_vm_writev" => libc::SYS_process_vm_writev,
-        "socket" => libc::SYS_socket,
-        "mount" => libc::SYS_mount,
-        "umount2" => libc::SYS_umount2,
-        "pivot_root" => libc::SYS_pivot_root,
-        "chroot" => libc::SYS_chroot,
-        "setns" => libc::SYS_setns,
-        "unshare" => libc::SYS_unshare,
-        "bpf" => libc::SYS_bpf,
-        "perf_event_open" => libc::SYS_perf_event_open,
-        "kexec_load" => libc::SYS_kexec_load,
-        "kexec_file_load" => libc::SYS_kexec_file_load,
-        "init_module" => libc::SYS_init_module,
-        "finit_module" => libc::SYS_finit_module,
-        "delete_module" => libc::SYS_delete_module,
-        "keyctl" => libc::SYS_keyctl,
-        "add_key" => libc::SYS_add_key,
-        "request_key" => libc::SYS_request_key,
-        "userfaultfd" => libc::SYS_userfaultfd,
-        "reboot" => libc::SYS_reboot,
-        "swapon" => libc::SYS_swapon,
-        "swapoff" => libc::SYS_swapoff,
-        "acct" => libc::SYS_acct,
-        "iopl" => libc::SYS_iopl,
-        "ioperm" => libc::SYS_ioperm,
-        "open_by_handle_at" => libc::SYS_open_by_handle_at,
-        "name_to_handle_at" => libc::SYS_name_to_handle_at,
-        "kill" => libc::SYS_kill,
-        "tgkill" => libc::SYS_tgkill,
-        "tkill" => libc::SYS_tkill,
-        _ => return None,
-    })
 }
 
 impl fmt::Display for OsPolicy {
@@ -387,7 +348,8 @@ impl fmt::Display for OsPolicy {
             f,
             "              no other path; no signals or abstract sockets outside the runner"
         )?;
-        writeln!(f, "  seccomp:    EPERM for {}", DENIED_SYSCALLS.join(", "))?;
+        let denied: Vec<&str> = DENIED_SYSCALLS.iter().map(|(name, _)| *name).collect();
+        writeln!(f, "  seccomp:    EPERM for {}", denied.join(", "))?;
         writeln!(
             f,
             "              clone only with CLONE_THREAD, clone3 ENOSYS, kill/tgkill only to itself"

@@ -1,8 +1,8 @@
 //! The router: every message between guests, and between a guest and its
 //! parent, goes through here.
 //!
-//! A guest's reader task (in the supervisor) calls [`Relay::route`] for each
-//! `Send` frame. The relay finds the recipient by id, name or group, checks
+//! A guest's reader task (in its [`crate::host`] session) calls
+//! [`Relay::route`] for each `Send` frame. The relay finds the recipient by id, name or group, checks
 //! the size against the recipient's limit and queues the message in the
 //! recipient's bounded [`Mailbox`]; the recipient's writer task moves it to
 //! its runner. Per sender→receiver pair the order is kept: one reader task
@@ -15,8 +15,15 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use wasmproc_protocol::{Address, GuestId, InboxItem, UndeliverableReason};
 
+mod mailbox;
+mod policy;
+
+use wasmproc_protocol::valid_name;
+
 use crate::connection::WriteStats;
-use crate::mailbox::{Mailbox, PushError};
+pub(crate) use mailbox::{Mailbox, PushError};
+pub use policy::Refusal;
+use policy::Refusals;
 
 /// One guest as the relay knows it.
 #[derive(Debug)]
@@ -34,28 +41,6 @@ pub struct Entry {
     pub talks_to: Option<Vec<String>>,
     /// The CPU limit its runner has, to name it when the kernel enforces it.
     pub max_cpu: Option<std::time::Duration>,
-}
-
-impl Entry {
-    fn allows(&self, target: &Address, resolved: &[Arc<Entry>]) -> bool {
-        let Some(list) = &self.talks_to else {
-            return true;
-        };
-        let listed = |name: &str| list.iter().any(|n| n == name);
-        // A listed group covers its members, by name or id.
-        let member_of_listed = || {
-            !resolved.is_empty()
-                && resolved.iter().all(|t| {
-                    t.name.as_deref().is_some_and(listed) || t.group.as_deref().is_some_and(listed)
-                })
-        };
-        match target {
-            Address::Parent => true,
-            Address::Name(name) => listed(name) || member_of_listed(),
-            Address::Group(group) | Address::Broadcast(group) => listed(group),
-            Address::Id(_) => member_of_listed(),
-        }
-    }
 }
 
 /// What a new guest is, for [`Relay::register`].
@@ -89,14 +74,6 @@ pub struct Pending {
     target: Option<Arc<Entry>>,
     item: InboxItem,
     to: Address,
-}
-
-/// Something the relay refused, reported once per sender and recipient.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Refusal {
-    pub from: GuestId,
-    pub from_name: Option<String>,
-    pub to: Address,
 }
 
 /// Why a guest could not be registered.
@@ -149,9 +126,8 @@ struct Inner {
     table: RwLock<Table>,
     next_id: AtomicU64,
     stats: Arc<WriteStats>,
-    /// Sender/recipient pairs already refused, so each is reported once.
-    refused: std::sync::Mutex<HashSet<(GuestId, Address)>>,
-    refusals: std::sync::Mutex<Option<tokio::sync::mpsc::Sender<Refusal>>>,
+    /// The allow-list's refusals, reported once per sender and recipient.
+    refusals: Refusals,
 }
 
 impl Default for Relay {
@@ -159,8 +135,6 @@ impl Default for Relay {
         Relay::new()
     }
 }
-
-use wasmproc_manifest::valid_name;
 
 /// The live guests an address means now: one for an id, a name or a group
 /// (its next member, round-robin), every member for a broadcast.
@@ -194,8 +168,7 @@ impl Relay {
                 table: RwLock::new(Table::default()),
                 next_id: AtomicU64::new(1),
                 stats: Arc::new(WriteStats::default()),
-                refused: std::sync::Mutex::new(HashSet::new()),
-                refusals: std::sync::Mutex::new(None),
+                refusals: Refusals::default(),
             }),
         }
     }
@@ -260,8 +233,9 @@ impl Relay {
         Ok(entry)
     }
 
-    /// Route one message from guest `from`. Returns the notices for the
-    /// sender about what could not be delivered (usually none).
+    /// Route one message from guest `from`: queue it in each recipient's
+    /// mailbox. What could not be queued comes back in [`Routed`]: notices
+    /// for the sender, and messages waiting for room in a full mailbox.
     pub fn route(&self, from: &Entry, to: Address, payload: Vec<u8>) -> Routed {
         let mut routed = Routed::default();
         let message = |payload| InboxItem::Message {
@@ -293,9 +267,9 @@ impl Relay {
         }
         let table = self.read();
         let targets = resolve(&table, &to);
-        if !from.allows(&to, &targets) {
+        if !policy::allows(from, &to, &targets) {
             drop(table);
-            self.refuse(from, &to);
+            self.inner.refusals.refuse(from, &to);
             routed
                 .notices
                 .push(bounce(to, UndeliverableReason::NotAllowed, len));
@@ -376,43 +350,7 @@ impl Relay {
 
     /// Report refusals (once per sender and recipient) on `sink`.
     pub fn report_refusals(&self, sink: tokio::sync::mpsc::Sender<Refusal>) {
-        *self
-            .inner
-            .refusals
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = Some(sink);
-    }
-
-    fn refuse(&self, from: &Entry, to: &Address) {
-        let first = self
-            .inner
-            .refused
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert((from.id, to.clone()));
-        if !first {
-            return;
-        }
-        tracing::info!(
-            "refused: {} may not send to {to}",
-            from.name
-                .as_deref()
-                .map_or_else(|| from.id.to_string(), str::to_owned)
-        );
-        if let Some(sink) = &*self
-            .inner
-            .refusals
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-        {
-            // The report is informational and bounded: when nobody reads it
-            // fast enough it is dropped, the refusal itself is not.
-            let _ = sink.try_send(Refusal {
-                from: from.id,
-                from_name: from.name.clone(),
-                to: to.clone(),
-            });
-        }
+        self.inner.refusals.report_to(sink);
     }
 
     /// Send from the parent to any address (Node cluster's primary sending
@@ -551,11 +489,6 @@ impl Relay {
     /// How many guests are live.
     pub fn len(&self) -> usize {
         self.read().guests.len()
-    }
-
-    /// Whether no guest is live.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 

@@ -10,7 +10,7 @@
 //! back-pressure on a guest that floods others while not reading its own
 //! inbox, and on nobody else.
 //!
-//! [`push_wait`]: Mailbox::push_wait
+//! [`try_push`]: Mailbox::try_push
 //! [`push_notice`]: Mailbox::push_notice
 
 use std::collections::VecDeque;
@@ -58,13 +58,6 @@ struct State {
     closed: bool,
 }
 
-fn payload_len(item: &InboxItem) -> usize {
-    match item {
-        InboxItem::Message { payload, .. } => payload.len(),
-        _ => 0,
-    }
-}
-
 impl Default for Mailbox {
     fn default() -> Self {
         Mailbox::new(MAILBOX_ITEMS, MAILBOX_BYTES)
@@ -103,7 +96,7 @@ impl Mailbox {
         patience: Duration,
     ) -> Result<(), (PushError, InboxItem)> {
         let deadline = tokio::time::Instant::now() + patience;
-        let len = payload_len(&item);
+        let len = item.payload_len();
         loop {
             let room = self.writable.notified();
             tokio::pin!(room);
@@ -141,7 +134,7 @@ impl Mailbox {
     ///
     /// [`PushError::Full`] at the bound, [`PushError::Closed`] after [`close`](Self::close).
     pub fn try_push(&self, item: InboxItem) -> Result<(), (PushError, InboxItem)> {
-        let len = payload_len(&item);
+        let len = item.payload_len();
         {
             let mut state = self.lock();
             if state.closed {
@@ -174,7 +167,7 @@ impl Mailbox {
                     return Err(PushError::Closed);
                 }
                 if state.queue.len() < 2 * self.max_items {
-                    state.bytes += payload_len(&item);
+                    state.bytes += item.payload_len();
                     state.queue.push_back(item);
                     drop(state);
                     self.readable.notify_one();
@@ -203,7 +196,7 @@ impl Mailbox {
                         let Some(next) = state.queue.front() else {
                             break;
                         };
-                        let len = payload_len(next);
+                        let len = next.payload_len();
                         if !out.is_empty() && bytes + len > max_bytes {
                             break;
                         }
@@ -242,7 +235,7 @@ impl Mailbox {
         let item = {
             let mut state = self.lock();
             let item = state.queue.pop_front()?;
-            state.bytes -= payload_len(&item);
+            state.bytes -= item.payload_len();
             item
         };
         self.writable.notify_waiters();
@@ -276,6 +269,7 @@ impl Mailbox {
     }
 
     /// Whether nothing is queued.
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

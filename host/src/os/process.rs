@@ -6,7 +6,7 @@
 //! runners as fast as a small one, and a burst of forks costs the host almost
 //! nothing. Everything the runner needs is set up by spawn attributes and
 //! file actions, never by code running between fork and exec: the control
-//! pipes on fds 3 and 4, stdio on 0–2, every other descriptor closed, its
+//! pipes on fds 3 and 4 (see [`wasmproc_protocol::contract`]), stdio on 0–2, every other descriptor closed, its
 //! own process group, default signal mask. The runner asks for its
 //! parent-death signal itself, first thing (see [`crate::runner`]).
 //!
@@ -27,8 +27,47 @@ use std::sync::{Mutex, OnceLock, mpsc};
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 use tokio::net::unix::pipe;
+use wasmproc_protocol::contract::{CONTROL_IN_FD, CONTROL_OUT_FD, FIRST_UNINHERITED_FD};
 
-use crate::command::Stdio;
+/// Where a guest's stdin, stdout or stderr goes.
+#[derive(Debug)]
+pub enum Stdio {
+    /// The host's own.
+    Inherit,
+    /// Nothing: reads see end of file, writes vanish.
+    Null,
+    /// A pipe to the host: the handle is on [`Child::stdin`] and friends.
+    Piped,
+    /// An open file.
+    File(std::fs::File),
+    /// Any open descriptor, such as the read end of another guest's stdout
+    /// (this is how a pipeline connects its stages without the host copying).
+    Fd(OwnedFd),
+}
+
+impl Stdio {
+    pub fn inherit() -> Stdio {
+        Stdio::Inherit
+    }
+    pub fn null() -> Stdio {
+        Stdio::Null
+    }
+    pub fn piped() -> Stdio {
+        Stdio::Piped
+    }
+}
+
+impl From<OwnedFd> for Stdio {
+    fn from(fd: OwnedFd) -> Self {
+        Stdio::Fd(fd)
+    }
+}
+
+impl From<std::fs::File> for Stdio {
+    fn from(file: std::fs::File) -> Self {
+        Stdio::File(file)
+    }
+}
 
 /// The write end of a guest's stdin pipe ([`Stdio::Piped`]).
 pub type ChildStdin = pipe::Sender;
@@ -56,9 +95,6 @@ pub(crate) struct Process {
 /// Descriptors passed to the child are first moved at or above this number,
 /// so that placing one on 0–4 can never overwrite another still to be placed.
 const FIRST_FREE_FD: RawFd = 10;
-
-/// The first descriptor the runner does not inherit.
-const CLOSE_FROM_FD: RawFd = 5;
 
 impl Process {
     /// Start `program` with no arguments and an empty environment, with
@@ -109,15 +145,12 @@ impl Process {
             actions.dup2(high.as_raw_fd(), target)?;
             passed.push(high);
         }
-        for (target, fd) in [crate::runner::CONTROL_IN_FD, crate::runner::CONTROL_OUT_FD]
-            .into_iter()
-            .zip(control)
-        {
+        for (target, fd) in [CONTROL_IN_FD, CONTROL_OUT_FD].into_iter().zip(control) {
             let high = above_targets(fd)?;
             actions.dup2(high.as_raw_fd(), target)?;
             passed.push(high);
         }
-        actions.close_from(CLOSE_FROM_FD)?;
+        actions.close_from(FIRST_UNINHERITED_FD)?;
         let attributes = Attributes::new()?;
 
         let path = CString::new(program.as_os_str().as_bytes())
@@ -401,7 +434,7 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     use super::*;
-    use crate::connection::cloexec_pipe;
+    use crate::os::pipe::cloexec_pipe;
 
     /// Start `program` with `stdio` and a fresh pair of control pipes (the
     /// host's ends close at once: these children never use them).

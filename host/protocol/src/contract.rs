@@ -1,0 +1,52 @@
+//! The host↔runner contract outside the frames: which descriptors carry
+//! what, the runner's own exit codes, and what a guest name may be. One
+//! definition each, for the host, the runner and any test double.
+
+/// The control pipe from the host to the runner, as the runner sees it.
+pub const CONTROL_IN_FD: i32 = 3;
+/// The control pipe from the runner to the host, as the runner sees it.
+pub const CONTROL_OUT_FD: i32 = 4;
+/// The first descriptor a runner does not inherit: everything from here up
+/// is closed at spawn and again by the runner's hardening.
+pub const FIRST_UNINHERITED_FD: i32 = 5;
+
+/// The runner exits with this when the host is gone (its control pipe
+/// closed or broken): nobody is left to read an exit report.
+pub const EXIT_HOST_GONE: i32 = 70;
+/// The runner exits with this when it could not start or run its guest
+/// (bad launch spec, artifact, imports), after reporting why.
+pub const EXIT_FAILED: i32 = 71;
+
+/// The longest guest or group name, in bytes.
+pub const MAX_NAME_LEN: usize = 128;
+
+/// Whether `name` may name a guest or a group: 1 to [`MAX_NAME_LEN`]
+/// letters, digits, `-`, `_` and `.`.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_NAME_LEN
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_short_and_plain() {
+        assert!(valid_name("worker-2.a_b"));
+        assert!(valid_name(&"x".repeat(MAX_NAME_LEN)));
+        assert!(!valid_name(&"x".repeat(MAX_NAME_LEN + 1)));
+        assert!(!valid_name(""));
+        assert!(!valid_name("a b"));
+        assert!(!valid_name("a/b"));
+    }
+
+    #[test]
+    fn the_control_pipes_sit_between_stdio_and_the_closed_range() {
+        assert_eq!((CONTROL_IN_FD, CONTROL_OUT_FD), (3, 4));
+        assert_eq!(FIRST_UNINHERITED_FD, CONTROL_OUT_FD + 1);
+    }
+}

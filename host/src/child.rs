@@ -1,0 +1,225 @@
+//! The handle on a running guest ([`Child`]), why the host kills one
+//! ([`KillReason`]), and reading what a guest writes.
+//!
+//! The handle's other half, the task that watches the runner and publishes
+//! its status, is the host's session ([`crate::host`]): the two share the
+//! guest's relay entry, a kill channel and a status channel ([`Watch`]).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::sync::{mpsc, watch};
+use wasmproc_protocol::{GuestId, InboxItem};
+
+use crate::os::process::{ChildStderr, ChildStdin, ChildStdout, Handles};
+use crate::relay::{Entry, Relay, SendError};
+use crate::status::{ExitStatus, Limit};
+
+/// Why the host kills a runner; decides the status when the runner could
+/// not report one itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum KillReason {
+    /// `Child::kill`, or a protocol violation (which the reader reports).
+    Host,
+    /// The guest's `timeout` ran out.
+    Timeout(Duration),
+    /// The guest broke a limit.
+    Limit(Limit),
+}
+
+/// Where kill requests for one runner go.
+pub(crate) type Killer = mpsc::Sender<KillReason>;
+
+/// What a [`Child`] shares with the session that watches its runner.
+#[derive(Debug)]
+pub(crate) struct Watch {
+    pub(crate) entry: Arc<Entry>,
+    pub(crate) pid: u32,
+    pub(crate) kill: Killer,
+    /// `None` until the guest has ended.
+    pub(crate) status: watch::Receiver<Option<ExitStatus>>,
+}
+
+/// A running guest.
+#[derive(Debug)]
+pub struct Child {
+    /// The guest's stdin, if it was [`Stdio::Piped`](crate::Stdio::Piped).
+    pub stdin: Option<ChildStdin>,
+    /// The guest's stdout, if it was [`Stdio::Piped`](crate::Stdio::Piped).
+    pub stdout: Option<ChildStdout>,
+    /// The guest's stderr, if it was [`Stdio::Piped`](crate::Stdio::Piped).
+    pub stderr: Option<ChildStderr>,
+    entry: Arc<Entry>,
+    pid: u32,
+    kill: Killer,
+    status: watch::Receiver<Option<ExitStatus>>,
+    relay: Relay,
+}
+
+/// Read a guest's output stream to its end, or up to `max` bytes. Past
+/// `max` the guest is stopped through `kill` and the rest is drained unkept,
+/// so the guest never blocks on a full pipe before it dies.
+pub(crate) async fn read_output<R: AsyncRead + Unpin>(
+    stream: Option<R>,
+    max: u64,
+    kill: Option<&Killer>,
+) -> Vec<u8> {
+    let Some(mut stream) = stream else {
+        return Vec::new();
+    };
+    let mut kept = Vec::new();
+    let mut chunk = vec![0u8; 64 * 1024];
+    let mut over = false;
+    loop {
+        let n = match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if over {
+            continue;
+        }
+        let room = max.saturating_sub(kept.len() as u64) as usize;
+        kept.extend_from_slice(&chunk[..n.min(room)]);
+        if n > room {
+            over = true;
+            if let Some(kill) = kill {
+                let _ = kill.try_send(KillReason::Limit(Limit::Output { bytes: max }));
+            }
+        }
+    }
+    kept
+}
+
+impl Child {
+    /// The handle on a session the host started, with the host's ends of
+    /// its piped stdio.
+    pub(crate) fn new(watch: Watch, handles: Handles, relay: Relay) -> Child {
+        let Watch {
+            entry,
+            pid,
+            kill,
+            status,
+        } = watch;
+        Child {
+            stdin: handles.stdin,
+            stdout: handles.stdout,
+            stderr: handles.stderr,
+            entry,
+            pid,
+            kill,
+            status,
+            relay,
+        }
+    }
+
+    /// The id the host gave the guest.
+    pub fn id(&self) -> GuestId {
+        self.entry.id
+    }
+
+    /// The guest's name, if it has one.
+    pub fn name(&self) -> Option<&str> {
+        self.entry.name.as_deref()
+    }
+
+    /// The runner's OS process id (for diagnostics: the OS reuses pids, so
+    /// address guests by [`id`](Self::id)).
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Send bytes to the guest (Node's `child.send`).
+    ///
+    /// # Errors
+    ///
+    /// When the guest has exited, its mailbox is full, or the message is
+    /// over its size limit.
+    pub fn send(&self, payload: impl Into<Vec<u8>>) -> Result<(), SendError> {
+        self.relay.send_from_parent(&self.entry, payload.into())
+    }
+
+    /// Send a value encoded with postcard.
+    ///
+    /// # Errors
+    ///
+    /// As [`send`](Self::send).
+    pub fn send_value<T: Serialize + ?Sized>(&self, value: &T) -> Result<(), SendError> {
+        // Encoding serde types into a Vec cannot fail for postcard's data model.
+        self.send(postcard::to_allocvec(value).unwrap_or_default())
+    }
+
+    /// The next item the guest sent to its parent (messages, and notices
+    /// about messages the parent sent that could not be delivered). `None`
+    /// once the guest has ended and everything it sent has been read.
+    pub async fn recv(&self) -> Option<InboxItem> {
+        self.entry.parent_inbox.pop().await
+    }
+
+    /// The next message's payload decoded as a `T`, skipping nothing: any
+    /// other item is an error.
+    ///
+    /// # Errors
+    ///
+    /// When the guest ended, the next item is not a message, or it does not decode.
+    pub async fn recv_value<T: DeserializeOwned>(&self) -> anyhow::Result<T> {
+        match self.recv().await {
+            Some(InboxItem::Message { payload, .. }) => Ok(postcard::from_bytes(&payload)?),
+            Some(other) => {
+                anyhow::bail!("expected a message from guest {}, got {other:?}", self.id())
+            }
+            None => anyhow::bail!(
+                "guest {} ended without sending a message: {}",
+                self.id(),
+                self.wait().await
+            ),
+        }
+    }
+
+    /// The next item, if one is waiting.
+    pub fn try_recv(&self) -> Option<InboxItem> {
+        self.entry.parent_inbox.try_pop()
+    }
+
+    /// Read one of the guest's output streams to its end, or up to `max`
+    /// bytes, past which the guest is stopped with [`Limit::Output`].
+    pub(crate) async fn collect<R: AsyncRead + Unpin>(
+        &self,
+        stream: Option<R>,
+        max: u64,
+    ) -> Vec<u8> {
+        read_output(stream, max, Some(&self.kill)).await
+    }
+
+    /// Ask the guest to finish: a `shutdown` item arrives in its inbox.
+    pub async fn shutdown(&self) {
+        let _ = self.entry.mailbox.push_notice(InboxItem::Shutdown).await;
+    }
+
+    /// Kill the guest's runner (SIGKILL). Its status says `killed by the host`.
+    pub fn kill(&self) {
+        let _ = self.kill.try_send(KillReason::Host);
+    }
+
+    /// Wait for the guest to end.
+    pub async fn wait(&self) -> ExitStatus {
+        let mut status = self.status.clone();
+        loop {
+            if let Some(status) = status.borrow_and_update().clone() {
+                return status;
+            }
+            if status.changed().await.is_err() {
+                return status.borrow().clone().unwrap_or(ExitStatus::Failed {
+                    reason: "the host stopped watching the guest".to_owned(),
+                });
+            }
+        }
+    }
+
+    /// The status if the guest has ended.
+    pub fn try_wait(&self) -> Option<ExitStatus> {
+        self.status.borrow().clone()
+    }
+}

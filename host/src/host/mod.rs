@@ -1,0 +1,277 @@
+//! The host: one relay and the guests started in it.
+//!
+//! Forking a guest: compile (or find) its artifact in the [`crate::cache`],
+//! register it with the [`crate::relay`] (*reserve*), take a runner from the
+//! [`pool`] or start one from the [`spawner`] thread, and hand both to a
+//! [`session`], which runs the runner's writer, reader and waiter tasks and
+//! returns the [`Child`] handle.
+//!
+//! - [`pool`]: runners started ahead of time.
+//! - [`spawner`]: the runner binary and the long-lived spawner thread.
+//! - [`session`]: one runner's session, from launch spec to status.
+//! - [`spec`]: what the host consumes: a built command.
+
+mod pool;
+mod session;
+mod spawner;
+mod spec;
+
+use std::io;
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use wasmproc_protocol::{Address, LaunchSpec};
+
+use crate::cache::{Cache, CompileError};
+use crate::child::Child;
+use crate::relay::{Entry, RegisterError, Registration, Relay, SendError};
+use pool::Pool;
+use session::Session;
+pub use spawner::{RUNNER_ENV, RUNNER_NAME};
+use spawner::{default_stdio, runner_path, spawn_runner};
+pub(crate) use spec::Spec;
+
+/// Why a guest could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    #[error(transparent)]
+    Module(#[from] CompileError),
+    #[error(transparent)]
+    Name(#[from] RegisterError),
+    #[error(
+        "cannot find the runner binary `{RUNNER_NAME}` (looked in {searched}); build it with \
+         `cargo build` or name it in ${RUNNER_ENV}"
+    )]
+    RunnerNotFound { searched: String },
+    #[error("cannot start the runner {}: {source}", path.display())]
+    Spawn {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Why [`Host::fork_all`] started none of its guests.
+#[derive(Debug, thiserror::Error)]
+#[error("{error}")]
+pub struct ForkAllError {
+    /// The command that failed, by its index.
+    pub index: usize,
+    pub error: SpawnError,
+}
+
+/// A guest registered with the relay whose runner is not started yet.
+struct Reserved {
+    entry: Arc<Entry>,
+    launch: LaunchSpec,
+    runner: PathBuf,
+}
+
+/// A host: one relay (one namespace of guest ids, names and groups) and the
+/// guests started in it.
+#[derive(Debug, Clone, Default)]
+pub struct Host {
+    relay: Relay,
+    runner: Option<PathBuf>,
+    pool: Option<Arc<Pool>>,
+}
+
+impl Host {
+    /// A new host with an empty relay.
+    pub fn new() -> Host {
+        Host::default()
+    }
+
+    /// The host that [`Command::fork`](crate::Command::fork) uses when no
+    /// other is given.
+    pub fn global() -> &'static Host {
+        static HOST: OnceLock<Host> = OnceLock::new();
+        HOST.get_or_init(Host::new)
+    }
+
+    /// A host whose guests run in the runner binary at `path` instead of the
+    /// one found by default (for a runner built elsewhere, or a test double).
+    pub fn with_runner(path: impl Into<PathBuf>) -> Host {
+        Host {
+            runner: Some(path.into()),
+            ..Host::default()
+        }
+    }
+
+    /// A host that keeps `size` runners started ahead of time, so that a
+    /// fork with the default stdio only sends a launch spec to a waiting
+    /// process (the pool refills in the background). Idle pooled runners
+    /// cost about one idle guest each.
+    pub fn with_pool(size: usize) -> Host {
+        Host {
+            pool: Some(Arc::new(Pool::new(size))),
+            ..Host::default()
+        }
+    }
+
+    /// The relay, for the crate's own layers (apps, test hooks).
+    pub(crate) fn relay(&self) -> &Relay {
+        &self.relay
+    }
+
+    /// Send from the parent to any address: a guest by id or name, one
+    /// member of a group (round-robin) or all of them.
+    ///
+    /// # Errors
+    ///
+    /// When nobody has the address, or a recipient's mailbox is full.
+    pub fn send(&self, to: &Address, payload: Vec<u8>) -> Result<(), SendError> {
+        self.relay.send_from_parent_to(to, payload)
+    }
+
+    /// The launch spec a guest built as `spec` would send its runner (with id 0 and no
+    /// name registered), compiling the module if needed.
+    pub(crate) async fn launch_spec(&self, spec: &Spec) -> Result<LaunchSpec, SpawnError> {
+        let artifact = Cache::global().artifact(&spec.module).await?;
+        Ok(spec.launch_spec(wasmproc_protocol::GuestId(0), &artifact))
+    }
+
+    /// Start the guest described by `spec`.
+    pub(crate) async fn fork(&self, spec: Spec) -> Result<Child, SpawnError> {
+        let reserved = self.reserve(&spec).await?;
+        self.start(reserved, spec).await
+    }
+
+    /// Start the guests built as `specs` together (see
+    /// [`Host::fork_all`](crate::Host::fork_all)).
+    pub(crate) async fn fork_all_specs(
+        &self,
+        specs: Vec<Spec>,
+    ) -> Result<Vec<Child>, ForkAllError> {
+        // Compile the distinct modules side by side; the cache compiles each
+        // once however many commands name it.
+        let mut compiling = tokio::task::JoinSet::new();
+        for (index, spec) in specs.iter().enumerate() {
+            let module = spec.module.clone();
+            compiling.spawn(async move { (index, Cache::global().artifact(&module).await) });
+        }
+        let mut failed: Option<(usize, CompileError)> = None;
+        while let Some(done) = compiling.join_next().await {
+            if let Ok((index, Err(err))) = done
+                && failed.as_ref().is_none_or(|(first, _)| index < *first)
+            {
+                failed = Some((index, err));
+            }
+        }
+        if let Some((index, err)) = failed {
+            return Err(ForkAllError {
+                index,
+                error: err.into(),
+            });
+        }
+
+        let mut reserved = Vec::with_capacity(specs.len());
+        for (index, spec) in specs.iter().enumerate() {
+            match self.reserve(spec).await {
+                Ok(r) => reserved.push(r),
+                Err(error) => {
+                    self.release(reserved).await;
+                    return Err(ForkAllError { index, error });
+                }
+            }
+        }
+
+        let mut children = Vec::with_capacity(specs.len());
+        let mut reserved = reserved.into_iter();
+        for (index, spec) in specs.into_iter().enumerate() {
+            let Some(r) = reserved.next() else { break };
+            match self.start(r, spec).await {
+                Ok(child) => children.push(child),
+                Err(error) => {
+                    self.release(reserved).await;
+                    for child in &children {
+                        child.kill();
+                    }
+                    for child in &children {
+                        child.wait().await;
+                    }
+                    return Err(ForkAllError { index, error });
+                }
+            }
+        }
+        Ok(children)
+    }
+
+    /// Unregister guests that were reserved but will not start.
+    async fn release(&self, reserved: impl IntoIterator<Item = Reserved>) {
+        for r in reserved {
+            self.relay.unregister(r.entry.id, "failed to start").await;
+        }
+    }
+
+    /// Compile (or find) the module and register the guest with the relay:
+    /// from here on it is reachable, and what is sent to it waits in its
+    /// mailbox until its runner starts.
+    async fn reserve(&self, spec: &Spec) -> Result<Reserved, SpawnError> {
+        let artifact = Cache::global().artifact(&spec.module).await?;
+        let runner = match &self.runner {
+            Some(path) => path.clone(),
+            None => runner_path()?,
+        };
+        let entry = self.relay.register(Registration {
+            name: spec.name.clone(),
+            group: spec.group.clone(),
+            max_message_size: spec.limits.max_message_size,
+            talks_to: spec.talks_to.clone(),
+            max_cpu: spec.limits.max_cpu_ms.map(Duration::from_millis),
+        })?;
+        let launch = spec.launch_spec(entry.id, &artifact);
+        Ok(Reserved {
+            entry,
+            launch,
+            runner,
+        })
+    }
+
+    /// Start the runner of a reserved guest: a pooled one when the command
+    /// keeps the default stdio, else a new process.
+    async fn start(&self, reserved: Reserved, spec: Spec) -> Result<Child, SpawnError> {
+        let Reserved {
+            entry,
+            launch,
+            runner,
+        } = reserved;
+        let session = Session {
+            entry,
+            relay: self.relay.clone(),
+            spec: launch,
+            timeout: spec.timeout,
+        };
+        let pooled = match &self.pool {
+            Some(pool) if spec.default_stdio() => {
+                let taken = pool.take();
+                pool.refill(runner.clone());
+                taken
+            }
+            _ => None,
+        };
+        if let Some(spawned) = pooled {
+            return Ok(session.start(spawned));
+        }
+        let [stdin, stdout, stderr] = spec.stdio;
+        let [default_in, default_out, default_err] = default_stdio();
+        let stdio = [
+            stdin.unwrap_or(default_in),
+            stdout.unwrap_or(default_out),
+            stderr.unwrap_or(default_err),
+        ];
+        match spawn_runner(runner.clone(), stdio).await {
+            Ok(spawned) => Ok(session.start(spawned)),
+            Err(source) => {
+                self.relay
+                    .unregister(session.entry.id, "failed to start")
+                    .await;
+                Err(SpawnError::Spawn {
+                    path: runner,
+                    source,
+                })
+            }
+        }
+    }
+}

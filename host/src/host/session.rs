@@ -1,0 +1,700 @@
+//! One runner's session: from its launch spec to its status.
+//!
+//! A session is three tasks around one runner process, sharing the guest's
+//! relay [`Entry`]:
+//!
+//! - the **writer** sends the launch spec, then moves items from the
+//!   guest's mailbox to its runner, many frames per `write`;
+//! - the **reader** checks the order of the runner's frames ([`Frames`]),
+//!   routes every `Send` through the relay and keeps the `Exit` report;
+//!   anything malformed or out of order ends the runner as a protocol
+//!   violation;
+//! - the **waiter** waits for the process (or kills it, on a kill request
+//!   or at the guest's timeout), combines what the OS and the reader saw
+//!   into an [`ExitStatus`] ([`combine`]), unregisters the guest (its
+//!   monitors get `down`) and publishes the status to [`Child::wait`].
+
+use std::io;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use wasmproc_protocol::{
+    Address, ExitReport, HardeningStep, HostToRunner, InboxItem, LaunchSpec, RunnerToHost,
+    check_version,
+};
+
+use super::spawner::Spawned;
+use crate::child::{Child, KillReason, Killer, Watch};
+use crate::connection::{Batch, FrameReader, FrameWriter};
+use crate::os::process::Process;
+use crate::relay::{Entry, Relay};
+use crate::status::{ExitStatus, Limit};
+
+/// Frames per write when a guest's mailbox holds many.
+const WRITE_BATCH_ITEMS: usize = 512;
+/// Payload bytes per write batch (one larger message still goes alone).
+const WRITE_BATCH_BYTES: usize = 1024 * 1024;
+/// How long the waiter waits for the reader after the process has ended.
+const READER_GRACE: Duration = Duration::from_secs(2);
+/// Kill requests a session holds; more are pointless (the first one wins).
+const KILL_REQUESTS: usize = 4;
+
+/// A runner just started, and what its session needs.
+#[derive(Debug)]
+pub(crate) struct Session {
+    /// The guest as the relay knows it: its mailbox, its limits.
+    pub(crate) entry: Arc<Entry>,
+    /// The relay its sends are routed through.
+    pub(crate) relay: Relay,
+    /// What the runner is to run.
+    pub(crate) spec: LaunchSpec,
+    /// How long the guest may run before it is killed.
+    pub(crate) timeout: Option<Duration>,
+}
+
+impl Session {
+    /// Start the session's three tasks on `spawned` and return the guest's
+    /// handle.
+    pub(crate) fn start(self, spawned: Spawned) -> Child {
+        let Session {
+            entry,
+            relay,
+            spec,
+            timeout,
+        } = self;
+        let Spawned {
+            process,
+            handles,
+            to_runner,
+            from_runner,
+        } = spawned;
+        let pid = process.id();
+        let (kill, kill_rx) = mpsc::channel(KILL_REQUESTS);
+        let (status_tx, status) = watch::channel(None);
+
+        let writer = FrameWriter::new(to_runner, relay.stats().clone());
+        tokio::spawn(write_runner(writer, spec, entry.clone()));
+        let reader = Reader {
+            frames: Frames::new(entry.max_message_size),
+            entry: entry.clone(),
+            relay: relay.clone(),
+            kill: kill.clone(),
+        };
+        let reader = tokio::spawn(reader.run(FrameReader::new(from_runner, &[])));
+        let waiter = Waiter {
+            process,
+            kill: kill_rx,
+            entry: entry.clone(),
+            relay: relay.clone(),
+            status: status_tx,
+            timeout,
+        };
+        tokio::spawn(waiter.run(reader));
+        let watch = Watch {
+            entry,
+            pid,
+            kill,
+            status,
+        };
+        Child::new(watch, handles, relay)
+    }
+}
+
+/// The writer task: the launch spec, then the mailbox, in batches.
+async fn write_runner(mut writer: FrameWriter, spec: LaunchSpec, entry: Arc<Entry>) {
+    let mut batch = Batch::with_capacity(64 * 1024);
+    if let Err(err) = batch.push(&HostToRunner::Launch(spec)) {
+        tracing::error!(guest = %entry.id, "cannot encode the launch spec: {err}");
+        return;
+    }
+    let mut items = Vec::with_capacity(WRITE_BATCH_ITEMS);
+    loop {
+        if writer.write(&mut batch).await.is_err() {
+            // The runner has ended; the waiter reports how.
+            return;
+        }
+        if !entry
+            .mailbox
+            .pop_batch(&mut items, WRITE_BATCH_ITEMS, WRITE_BATCH_BYTES)
+            .await
+        {
+            return;
+        }
+        for item in items.drain(..) {
+            let queued = match item {
+                // The payload goes from the mailbox to the pipe, uncopied.
+                InboxItem::Message {
+                    from,
+                    from_name,
+                    payload,
+                } => {
+                    let head = HostToRunner::Deliver(InboxItem::Message {
+                        from,
+                        from_name,
+                        payload: Vec::new(),
+                    });
+                    batch.push_split(&head, payload)
+                }
+                other => batch.push(&HostToRunner::Deliver(other)),
+            };
+            if let Err(err) = queued {
+                tracing::error!(guest = %entry.id, "cannot encode an inbox item: {err}");
+            }
+        }
+    }
+}
+
+/// Where a runner is in its conversation with the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    /// Nothing read yet: `Hello` must come first.
+    Hello,
+    /// `Hello` read: the hardening report (or an early exit report) is next.
+    Hardening,
+    /// The guest runs: sends, monitors, and at last its exit report.
+    Running,
+    /// The exit report is in: nothing may follow.
+    Reported,
+}
+
+/// What the host does for a frame that came in order.
+#[derive(Debug, PartialEq, Eq)]
+enum Action {
+    /// Nothing more (a handshake frame, or the exit report, kept).
+    None,
+    /// Say which hardening steps are not in force.
+    Hardened(Vec<HardeningStep>),
+    /// Route a message.
+    Send { to: Address, payload: Vec<u8> },
+    /// Watch a guest for its end.
+    Monitor { name: String },
+}
+
+/// The reader's state machine: checks that a runner's frames come in the
+/// protocol's order and within the guest's limits, and keeps its report.
+#[derive(Debug)]
+struct Frames {
+    stage: Stage,
+    max_message_size: u64,
+    report: Option<ExitReport>,
+}
+
+impl Frames {
+    fn new(max_message_size: u64) -> Frames {
+        Frames {
+            stage: Stage::Hello,
+            max_message_size,
+            report: None,
+        }
+    }
+
+    /// Take the next frame. `Err` is a protocol violation, with its reason.
+    fn accept(&mut self, frame: RunnerToHost) -> Result<Action, String> {
+        match (self.stage, frame) {
+            (Stage::Hello, RunnerToHost::Hello { protocol_version }) => {
+                check_version(protocol_version).map_err(|err| err.to_string())?;
+                self.stage = Stage::Hardening;
+                Ok(Action::None)
+            }
+            (Stage::Hello, other) => {
+                Err(format!("expected Hello first, got {}", frame_kind(&other)))
+            }
+            (Stage::Hardening, RunnerToHost::Hardened { steps }) => {
+                self.stage = Stage::Running;
+                Ok(Action::Hardened(steps))
+            }
+            // A runner that failed before hardening reports that failure.
+            (Stage::Hardening, RunnerToHost::Exit(report)) => {
+                self.stage = Stage::Reported;
+                self.report = Some(report);
+                Ok(Action::None)
+            }
+            (Stage::Hardening, other) => Err(format!(
+                "expected the hardening report after Hello, got {}",
+                frame_kind(&other)
+            )),
+            (Stage::Reported, other) => {
+                Err(format!("{} after the exit report", frame_kind(&other)))
+            }
+            (Stage::Running, RunnerToHost::Send { to, payload }) => {
+                if payload.len() as u64 > self.max_message_size {
+                    return Err(format!(
+                        "a {}-byte message, over the guest's {}-byte limit",
+                        payload.len(),
+                        self.max_message_size
+                    ));
+                }
+                Ok(Action::Send { to, payload })
+            }
+            (Stage::Running, RunnerToHost::Monitor { name }) => Ok(Action::Monitor { name }),
+            (Stage::Running, RunnerToHost::Exit(report)) => {
+                self.stage = Stage::Reported;
+                self.report = Some(report);
+                Ok(Action::None)
+            }
+            (Stage::Running, RunnerToHost::Hello { .. }) => Err("a second Hello".to_owned()),
+            (Stage::Running, RunnerToHost::Hardened { .. }) => {
+                Err("a second hardening report".to_owned())
+            }
+        }
+    }
+}
+
+fn frame_kind(frame: &RunnerToHost) -> &'static str {
+    match frame {
+        RunnerToHost::Hello { .. } => "Hello",
+        RunnerToHost::Send { .. } => "Send",
+        RunnerToHost::Monitor { .. } => "Monitor",
+        RunnerToHost::Exit(_) => "Exit",
+        RunnerToHost::Hardened { .. } => "Hardened",
+    }
+}
+
+/// What the reader saw of a runner.
+#[derive(Debug, Default)]
+struct ReaderOutcome {
+    report: Option<ExitReport>,
+    violation: Option<String>,
+}
+
+/// The reader task's state.
+struct Reader {
+    frames: Frames,
+    entry: Arc<Entry>,
+    relay: Relay,
+    /// To end the runner on a protocol violation.
+    kill: Killer,
+}
+
+impl Reader {
+    /// Read until the runner's pipe ends or it breaks the protocol.
+    async fn run(mut self, mut input: FrameReader<RunnerToHost>) -> ReaderOutcome {
+        let violation = loop {
+            let frame = match input.next().await {
+                Ok(Some(frame)) => frame,
+                Ok(None) => break None,
+                Err(err) => break Some(err.to_string()),
+            };
+            match self.frames.accept(frame) {
+                Ok(action) => self.act(action).await,
+                Err(reason) => break Some(reason),
+            }
+        };
+        if let Some(reason) = &violation {
+            tracing::warn!(guest = %self.entry.id, "protocol violation: {reason}");
+            let _ = self.kill.send(KillReason::Host).await;
+        }
+        ReaderOutcome {
+            report: self.frames.report,
+            violation,
+        }
+    }
+
+    async fn act(&mut self, action: Action) {
+        let (entry, relay) = (&self.entry, &self.relay);
+        match action {
+            Action::None => {}
+            Action::Hardened(steps) => report_hardening(&steps),
+            Action::Send { to, payload } => {
+                let routed = relay.route(entry, to, payload);
+                for notice in routed.notices {
+                    let _ = entry.mailbox.push_notice(notice).await;
+                }
+                // A full mailbox holds this sender (and only it) a moment.
+                for pending in routed.waiting {
+                    if let Some(notice) = relay.deliver_pending(entry, pending).await {
+                        let _ = entry.mailbox.push_notice(notice).await;
+                    }
+                }
+            }
+            Action::Monitor { name } => {
+                if let Some(down) = relay.monitor(entry.id, &name) {
+                    let _ = entry.mailbox.push_notice(down).await;
+                }
+            }
+        }
+    }
+}
+
+/// Say once per process which hardening steps this kernel cannot do.
+fn report_hardening(steps: &[HardeningStep]) {
+    static REPORTED: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    for step in steps.iter().filter(|s| !s.applied) {
+        let mut reported = REPORTED.lock().unwrap_or_else(|e| e.into_inner());
+        if !reported.contains(&step.name) {
+            reported.push(step.name.clone());
+            tracing::warn!(
+                "runner hardening step `{}` is not in force: {}",
+                step.name,
+                step.detail
+            );
+        }
+    }
+}
+
+/// The waiter task's state.
+struct Waiter {
+    process: Process,
+    kill: mpsc::Receiver<KillReason>,
+    entry: Arc<Entry>,
+    relay: Relay,
+    /// Where [`Child::wait`] reads the status.
+    status: watch::Sender<Option<ExitStatus>>,
+    timeout: Option<Duration>,
+}
+
+impl Waiter {
+    async fn run(mut self, reader: tokio::task::JoinHandle<ReaderOutcome>) {
+        let mut killed: Option<KillReason> = None;
+        let deadline = tokio::time::sleep(self.timeout.unwrap_or(Duration::MAX));
+        tokio::pin!(deadline);
+        let os_status = loop {
+            let reason = tokio::select! {
+                status = self.process.wait() => break status,
+                Some(reason) = self.kill.recv() => reason,
+                () = &mut deadline, if self.timeout.is_some() && killed.is_none() => {
+                    KillReason::Timeout(self.timeout.unwrap_or_default())
+                }
+            };
+            // The first reason is the one reported.
+            if killed.is_none() {
+                killed = Some(reason);
+                self.process.kill();
+            }
+        };
+        // Nothing can reach the guest any more. Closing its mailbox also
+        // frees a reader waiting to queue a notice for it, so it can read
+        // the runner's last frames (its exit report among them).
+        self.entry.mailbox.close();
+        let outcome = match tokio::time::timeout(READER_GRACE, reader).await {
+            Ok(Ok(outcome)) => outcome,
+            _ => ReaderOutcome::default(),
+        };
+        let status = combine(os_status, outcome, killed, self.entry.max_cpu);
+        tracing::debug!(guest = %self.entry.id, "ended: {status}");
+        self.relay
+            .unregister(self.entry.id, &status.to_string())
+            .await;
+        let _ = self.status.send(Some(status));
+    }
+}
+
+/// The status of a guest from what the OS, the reader and the host saw: a
+/// protocol violation first, then the runner's own report, then how the
+/// process ended (with the reason the host killed it, if it did).
+fn combine(
+    os_status: io::Result<std::process::ExitStatus>,
+    outcome: ReaderOutcome,
+    killed: Option<KillReason>,
+    cpu_limit: Option<Duration>,
+) -> ExitStatus {
+    use std::os::unix::process::ExitStatusExt;
+    if let Some(reason) = outcome.violation {
+        return ExitStatus::ProtocolViolation { reason };
+    }
+    if let Some(report) = outcome.report {
+        return ExitStatus::from_report(report);
+    }
+    match os_status {
+        Ok(status) => match status.signal() {
+            Some(libc::SIGXCPU) if killed.is_none() => ExitStatus::LimitExceeded(Limit::Cpu {
+                limit: cpu_limit.unwrap_or_default(),
+            }),
+            Some(signal) => match killed {
+                Some(KillReason::Timeout(after)) => ExitStatus::TimedOut { after },
+                Some(KillReason::Limit(limit)) => ExitStatus::LimitExceeded(limit),
+                Some(KillReason::Host) => ExitStatus::Killed {
+                    signal,
+                    by_host: true,
+                },
+                None => ExitStatus::Killed {
+                    signal,
+                    by_host: false,
+                },
+            },
+            None => ExitStatus::Failed {
+                reason: format!(
+                    "the runner exited with code {} before reporting how the guest ended",
+                    status.code().unwrap_or(-1)
+                ),
+            },
+        },
+        Err(err) => ExitStatus::Failed {
+            reason: format!("cannot wait for the runner: {err}"),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::process::ExitStatusExt;
+
+    use wasmproc_protocol::{GuestId, PROTOCOL_VERSION};
+
+    use super::*;
+
+    fn hello() -> RunnerToHost {
+        RunnerToHost::Hello {
+            protocol_version: PROTOCOL_VERSION,
+        }
+    }
+
+    fn hardened() -> RunnerToHost {
+        RunnerToHost::Hardened { steps: Vec::new() }
+    }
+
+    fn send(len: usize) -> RunnerToHost {
+        RunnerToHost::Send {
+            to: Address::Id(GuestId(1)),
+            payload: vec![7; len],
+        }
+    }
+
+    fn exit(code: i32) -> RunnerToHost {
+        RunnerToHost::Exit(ExitReport::Exited { code })
+    }
+
+    /// Feed `frames` to a fresh state machine; the first violation, if any.
+    fn violation(frames: Vec<RunnerToHost>) -> Option<String> {
+        let mut state = Frames::new(100);
+        frames.into_iter().find_map(|f| state.accept(f).err())
+    }
+
+    #[test]
+    fn a_well_behaved_runner_is_accepted_and_its_report_kept() {
+        let mut state = Frames::new(100);
+        assert_eq!(state.accept(hello()), Ok(Action::None));
+        assert_eq!(state.accept(hardened()), Ok(Action::Hardened(Vec::new())));
+        assert_eq!(
+            state.accept(send(100)),
+            Ok(Action::Send {
+                to: Address::Id(GuestId(1)),
+                payload: vec![7; 100]
+            })
+        );
+        assert_eq!(
+            state.accept(RunnerToHost::Monitor { name: "b".into() }),
+            Ok(Action::Monitor { name: "b".into() })
+        );
+        assert_eq!(state.accept(exit(3)), Ok(Action::None));
+        assert_eq!(state.report, Some(ExitReport::Exited { code: 3 }));
+    }
+
+    #[test]
+    fn a_runner_that_fails_before_hardening_reports_it() {
+        let mut state = Frames::new(100);
+        state.accept(hello()).unwrap();
+        let failed = RunnerToHost::Exit(ExitReport::Failed {
+            message: "bad spec".into(),
+        });
+        assert_eq!(state.accept(failed), Ok(Action::None));
+        assert_eq!(
+            state.report,
+            Some(ExitReport::Failed {
+                message: "bad spec".into()
+            })
+        );
+    }
+
+    #[test]
+    fn each_out_of_order_frame_is_a_violation_with_its_reason() {
+        let cases: Vec<(Vec<RunnerToHost>, String)> = vec![
+            (vec![send(1)], "expected Hello first, got Send".into()),
+            (
+                vec![hardened()],
+                "expected Hello first, got Hardened".into(),
+            ),
+            (vec![exit(0)], "expected Hello first, got Exit".into()),
+            (
+                vec![RunnerToHost::Monitor { name: "b".into() }],
+                "expected Hello first, got Monitor".into(),
+            ),
+            (
+                vec![RunnerToHost::Hello {
+                    protocol_version: PROTOCOL_VERSION + 1,
+                }],
+                format!(
+                    "protocol version mismatch: this side speaks {PROTOCOL_VERSION}, the peer speaks {}",
+                    PROTOCOL_VERSION + 1
+                ),
+            ),
+            (
+                vec![hello(), hello()],
+                "expected the hardening report after Hello, got Hello".into(),
+            ),
+            (
+                vec![hello(), send(1)],
+                "expected the hardening report after Hello, got Send".into(),
+            ),
+            (vec![hello(), hardened(), hello()], "a second Hello".into()),
+            (
+                vec![hello(), hardened(), hardened()],
+                "a second hardening report".into(),
+            ),
+            (
+                vec![hello(), hardened(), send(101)],
+                "a 101-byte message, over the guest's 100-byte limit".into(),
+            ),
+            (
+                vec![hello(), hardened(), exit(0), send(1)],
+                "Send after the exit report".into(),
+            ),
+            (
+                vec![hello(), hardened(), exit(0), exit(0)],
+                "Exit after the exit report".into(),
+            ),
+            (
+                vec![hello(), exit(0), hardened()],
+                "Hardened after the exit report".into(),
+            ),
+        ];
+        for (frames, reason) in cases {
+            let kinds: Vec<&str> = frames.iter().map(frame_kind).collect();
+            assert_eq!(violation(frames), Some(reason), "frames {kinds:?}");
+        }
+    }
+
+    fn exited(code: i32) -> io::Result<std::process::ExitStatus> {
+        Ok(std::process::ExitStatus::from_raw(code << 8))
+    }
+
+    fn signalled(signal: i32) -> io::Result<std::process::ExitStatus> {
+        Ok(std::process::ExitStatus::from_raw(signal))
+    }
+
+    fn reported(report: ExitReport) -> ReaderOutcome {
+        ReaderOutcome {
+            report: Some(report),
+            violation: None,
+        }
+    }
+
+    #[test]
+    fn combine_prefers_a_violation_then_the_report_then_the_os() {
+        let violated = ReaderOutcome {
+            report: Some(ExitReport::Exited { code: 0 }),
+            violation: Some("garbage".into()),
+        };
+        assert_eq!(
+            combine(signalled(9), violated, Some(KillReason::Host), None),
+            ExitStatus::ProtocolViolation {
+                reason: "garbage".into()
+            }
+        );
+        assert_eq!(
+            combine(
+                exited(3),
+                reported(ExitReport::Exited { code: 3 }),
+                None,
+                None
+            ),
+            ExitStatus::Exited { code: 3 }
+        );
+        let trap = ExitReport::Trapped {
+            message: "unreachable".into(),
+            backtrace: vec!["main".into()],
+        };
+        assert_eq!(
+            combine(exited(134), reported(trap), None, None),
+            ExitStatus::Trapped {
+                message: "unreachable".into(),
+                backtrace: vec!["main".into()]
+            }
+        );
+        let memory = ExitReport::MemoryLimit {
+            limit: 10,
+            requested: 20,
+        };
+        assert_eq!(
+            combine(exited(134), reported(memory), None, None),
+            ExitStatus::LimitExceeded(Limit::Memory {
+                limit: 10,
+                requested: 20
+            })
+        );
+        let failed = ExitReport::Failed {
+            message: "no such import".into(),
+        };
+        assert_eq!(
+            combine(exited(71), reported(failed), None, None),
+            ExitStatus::Failed {
+                reason: "no such import".into()
+            }
+        );
+    }
+
+    #[test]
+    fn combine_names_why_an_unreported_runner_ended() {
+        let none = ReaderOutcome::default;
+        let second = Duration::from_secs(1);
+        assert_eq!(
+            combine(signalled(libc::SIGKILL), none(), None, None),
+            ExitStatus::Killed {
+                signal: libc::SIGKILL,
+                by_host: false
+            }
+        );
+        assert_eq!(
+            combine(
+                signalled(libc::SIGKILL),
+                none(),
+                Some(KillReason::Host),
+                None
+            ),
+            ExitStatus::Killed {
+                signal: libc::SIGKILL,
+                by_host: true
+            }
+        );
+        assert_eq!(
+            combine(
+                signalled(libc::SIGKILL),
+                none(),
+                Some(KillReason::Timeout(second)),
+                None
+            ),
+            ExitStatus::TimedOut { after: second }
+        );
+        let output = Limit::Output { bytes: 5 };
+        assert_eq!(
+            combine(
+                signalled(libc::SIGKILL),
+                none(),
+                Some(KillReason::Limit(output.clone())),
+                None
+            ),
+            ExitStatus::LimitExceeded(output)
+        );
+        assert_eq!(
+            combine(signalled(libc::SIGXCPU), none(), None, Some(second)),
+            ExitStatus::LimitExceeded(Limit::Cpu { limit: second })
+        );
+        // A host kill that raced the kernel's CPU limit says what the host did.
+        assert_eq!(
+            combine(
+                signalled(libc::SIGXCPU),
+                none(),
+                Some(KillReason::Host),
+                Some(second)
+            ),
+            ExitStatus::Killed {
+                signal: libc::SIGXCPU,
+                by_host: true
+            }
+        );
+        assert_eq!(
+            combine(exited(70), none(), None, None),
+            ExitStatus::Failed {
+                reason: "the runner exited with code 70 before reporting how the guest ended"
+                    .into()
+            }
+        );
+        assert_eq!(
+            combine(Err(io::Error::other("gone")), none(), None, None),
+            ExitStatus::Failed {
+                reason: "cannot wait for the runner: gone".into()
+            }
+        );
+    }
+}

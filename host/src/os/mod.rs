@@ -1,0 +1,14 @@
+//! The host's OS layer: every `libc` call the host makes for its runners is
+//! in this folder (the runner's own hardening is in [`crate::sandbox::os`]).
+//!
+//! - [`process`]: a runner's process: `posix_spawn`, pidfd, `waitid`, the
+//!   reaper; [`Stdio`] and the host's ends of piped stdio.
+//! - [`pipe`]: close-on-exec pipes and their buffer size.
+//! - [`alloc`]: the allocator settings for large messages.
+
+pub(crate) mod alloc;
+pub(crate) mod pipe;
+pub(crate) mod process;
+
+pub use alloc::keep_large_buffers_in_heap;
+pub use process::{ChildStderr, ChildStdin, ChildStdout, Stdio};

@@ -1,0 +1,54 @@
+//! Hooks for this repository's own tests, benchmarks and examples: not part
+//! of the library's API, and hidden from its documentation.
+
+use std::path::PathBuf;
+
+use crate::{Command, Host};
+
+/// `(frames, writes)`: frames `host` has written to runners and the `write`
+/// calls that carried them. Fewer writes than frames means batching works.
+pub fn write_stats(host: &Host) -> (u64, u64) {
+    host.relay().stats().snapshot()
+}
+
+/// How many guests `host` has registered (live or reserved).
+pub fn live_guests(host: &Host) -> usize {
+    host.relay().len()
+}
+
+/// Whether a live guest of `host` is called `name`.
+pub fn is_registered(host: &Host, name: &str) -> bool {
+    host.relay().lookup(name).is_some()
+}
+
+/// Test mode: the runner hardens itself, then tries forbidden operations
+/// natively and prints each result on stdout instead of running the guest.
+/// For checking the second wall from outside.
+pub fn probe_sandbox(command: &mut Command) -> &mut Command {
+    command.probe_sandbox()
+}
+
+/// The repository's root folder.
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or_default()
+}
+
+/// The guest `name` as `make guests` builds it (a wasm32-wasip2 component).
+///
+/// # Errors
+///
+/// When it is not built, with the command that builds it.
+pub fn guest(name: &str) -> anyhow::Result<PathBuf> {
+    let path = repo_root()
+        .join("guests/target/wasm32-wasip2/release")
+        .join(format!("{name}.wasm"));
+    anyhow::ensure!(
+        path.is_file(),
+        "guest `{name}` is not built ({} is missing): run `make guests`",
+        path.display()
+    );
+    Ok(path)
+}
