@@ -210,7 +210,7 @@ impl Command {
     }
 
     /// The most linear memory the guest may use (default 512 MiB). Growing
-    /// past it ends the guest with [`Limit::Memory`].
+    /// past it ends the guest with [`Limit::Memory`](crate::Limit::Memory).
     pub fn max_memory(&mut self, bytes: u64) -> &mut Command {
         self.limits.max_memory = bytes;
         self
@@ -218,7 +218,7 @@ impl Command {
 
     /// The CPU time the guest's process may use (whole seconds, rounded
     /// up; default: no limit). The kernel stops it past that, and the status
-    /// is [`Limit::Cpu`].
+    /// is [`Limit::Cpu`](crate::Limit::Cpu).
     pub fn max_cpu(&mut self, limit: Duration) -> &mut Command {
         self.limits.max_cpu_ms = Some(u64::try_from(limit.as_millis()).unwrap_or(u64::MAX));
         self

@@ -114,7 +114,8 @@ impl Pipeline {
     ///
     /// # Errors
     ///
-    /// As [`parse`].
+    /// [`ExecError::Syntax`] for unbalanced quotes, [`ExecError::EmptyStage`]
+    /// for `a.wasm | | b.wasm` and the like.
     pub fn parse(line: &str) -> Result<Pipeline, ExecError> {
         let stages = parse(line)?
             .into_iter()

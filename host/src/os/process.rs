@@ -36,7 +36,7 @@ pub enum Stdio {
     Inherit,
     /// Nothing: reads see end of file, writes vanish.
     Null,
-    /// A pipe to the host: the handle is on [`Child::stdin`] and friends.
+    /// A pipe to the host: the handle is on [`Child::stdin`](crate::Child::stdin) and friends.
     Piped,
     /// An open file.
     File(std::fs::File),

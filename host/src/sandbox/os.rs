@@ -362,3 +362,53 @@ impl fmt::Display for OsPolicy {
         write!(f, "  rlimits:    {}", limits.join(", "))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_denied_call_has_one_name_and_its_own_number() {
+        let mut names: Vec<&str> = DENIED_SYSCALLS.iter().map(|(name, _)| *name).collect();
+        let mut numbers: Vec<i64> = DENIED_SYSCALLS.iter().map(|(_, nr)| *nr).collect();
+        names.sort_unstable();
+        names.dedup();
+        numbers.sort_unstable();
+        numbers.dedup();
+        assert_eq!(names.len(), DENIED_SYSCALLS.len(), "a name is listed twice");
+        assert_eq!(
+            numbers.len(),
+            DENIED_SYSCALLS.len(),
+            "a number is listed twice"
+        );
+        assert!(
+            DENIED_SYSCALLS
+                .iter()
+                .any(|(name, nr)| *name == "execve" && *nr == libc::SYS_execve)
+        );
+    }
+
+    #[test]
+    fn explain_lists_every_denied_call() {
+        let spec = LaunchSpec {
+            protocol_version: wasmproc_protocol::PROTOCOL_VERSION,
+            id: wasmproc_protocol::GuestId(1),
+            name: None,
+            artifact: "/nonexistent.cwasm".into(),
+            kind: wasmproc_protocol::ModuleKind::Component,
+            args: Vec::new(),
+            env: Vec::new(),
+            preopens: Vec::new(),
+            limits: wasmproc_protocol::Limits::default(),
+            probe: false,
+        };
+        let text = OsPolicy::for_spec(&spec, 1).to_string();
+        let line = text
+            .lines()
+            .find(|l| l.contains("seccomp:"))
+            .expect("a seccomp line");
+        for (name, _) in DENIED_SYSCALLS {
+            assert!(line.contains(name), "{name} is missing from `{line}`");
+        }
+    }
+}
