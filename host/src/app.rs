@@ -72,6 +72,12 @@ pub enum Event {
         from: String,
         to: String,
     },
+    /// The app has stopped and the host dropped notices rather than wait
+    /// for a guest that did not read its mailbox (see
+    /// [`Host::dropped_notices`]); sent only when there were any.
+    Stopped {
+        dropped_notices: u64,
+    },
 }
 
 /// Run every guest of `manifest` until all have ended for good, or until
@@ -146,6 +152,10 @@ pub async fn run(
         clean &= matches!(task.await, Ok(true));
     }
     refusals_task.abort();
+    let dropped_notices = host.dropped_notices();
+    if dropped_notices > 0 {
+        let _ = events.send(Event::Stopped { dropped_notices }).await;
+    }
     clean
 }
 

@@ -22,8 +22,10 @@ use crate::status::{ExitStatus, Limit};
 /// not report one itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum KillReason {
-    /// `Child::kill`, or a protocol violation (which the reader reports).
+    /// `Child::kill`.
     Host,
+    /// The runner broke the protocol (the reader says how).
+    Violation,
     /// The guest's `timeout` ran out.
     Timeout(Duration),
     /// The guest broke a limit.
@@ -194,8 +196,11 @@ impl Child {
     }
 
     /// Ask the guest to finish: a `shutdown` item arrives in its inbox.
+    /// Never waits: a guest whose mailbox is full past its notice headroom
+    /// does not get it (the drop is counted), and a caller's grace period
+    /// then ends in a kill as it would for a guest that ignores it.
     pub async fn shutdown(&self) {
-        let _ = self.entry.mailbox.push_notice(InboxItem::Shutdown).await;
+        self.relay.notify(&self.entry.mailbox, InboxItem::Shutdown);
     }
 
     /// Kill the guest's runner (SIGKILL). Its status says `killed by the host`.

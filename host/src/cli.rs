@@ -364,6 +364,9 @@ impl Printer {
             Event::Refused { from, to } => {
                 eprintln!("wasmproc: refused: {from} may not send to {to}");
             }
+            Event::Stopped { dropped_notices } => eprintln!(
+                "wasmproc: stopped; {dropped_notices} notices dropped for guests whose mailbox was full"
+            ),
         }
     }
 }
@@ -418,6 +421,9 @@ fn event_json(event: &wasmproc::app::Event) -> serde_json::Value {
             "window_ms": window.as_millis() as u64,
         }),
         Event::Refused { from, to } => json!({"event": "refused", "from": from, "to": to}),
+        Event::Stopped { dropped_notices } => {
+            json!({"event": "stopped", "dropped_notices": dropped_notices})
+        }
     }
 }
 

@@ -11,7 +11,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 /// Bumped whenever a frame type changes shape.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// A guest's id: given by the host, never the OS pid (which the OS reuses).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -242,6 +242,11 @@ pub enum RunnerToHost {
     },
     /// The guest asks for a `Down` item when the guest called `name` ends.
     Monitor { name: String },
+    /// How many delivered inbox items the guest has taken so far, in all
+    /// (a cumulative count, sent at most once per write, before the frames
+    /// the guest sent after taking them). What the host delivered beyond
+    /// it when the runner ends goes back to its senders.
+    Taken { count: u64 },
     /// The guest has ended; the last frame.
     Exit(ExitReport),
 }

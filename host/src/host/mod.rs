@@ -11,6 +11,7 @@
 //! - [`session`]: one runner's session, from launch spec to status.
 //! - [`spec`]: what the host consumes: a built command.
 
+mod delivered;
 mod pool;
 mod session;
 mod spawner;
@@ -123,6 +124,13 @@ impl Host {
     /// When nobody has the address, or a recipient's mailbox is full.
     pub fn send(&self, to: &Address, payload: Vec<u8>) -> Result<(), SendError> {
         self.relay.send_from_parent_to(to, payload)
+    }
+
+    /// Notices (undeliverable, down, shutdown) that were dropped because
+    /// their guest's mailbox had no room: the host never waits on a guest
+    /// that does not read, and counts what that cost instead.
+    pub fn dropped_notices(&self) -> u64 {
+        self.relay.dropped_notices()
     }
 
     /// The launch spec a guest built as `spec` would send its runner (with id 0 and no

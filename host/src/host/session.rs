@@ -24,6 +24,7 @@ use wasmproc_protocol::{
     check_version,
 };
 
+use super::delivered::Delivered;
 use super::spawner::Spawned;
 use crate::child::{Child, KillReason, Killer, Watch};
 use crate::connection::{Batch, FrameReader, FrameWriter};
@@ -72,13 +73,15 @@ impl Session {
         let pid = process.id();
         let (kill, kill_rx) = mpsc::channel(KILL_REQUESTS);
         let (status_tx, status) = watch::channel(None);
+        let delivered = Arc::new(Delivered::default());
 
         let writer = FrameWriter::new(to_runner, relay.stats().clone());
-        tokio::spawn(write_runner(writer, spec, entry.clone()));
+        let writer = tokio::spawn(write_runner(writer, spec, entry.clone(), delivered.clone()));
         let reader = Reader {
             frames: Frames::new(entry.max_message_size),
             entry: entry.clone(),
             relay: relay.clone(),
+            delivered: delivered.clone(),
             kill: kill.clone(),
         };
         let reader = tokio::spawn(reader.run(FrameReader::new(from_runner, &[])));
@@ -87,10 +90,11 @@ impl Session {
             kill: kill_rx,
             entry: entry.clone(),
             relay: relay.clone(),
+            delivered,
             status: status_tx,
             timeout,
         };
-        tokio::spawn(waiter.run(reader));
+        tokio::spawn(waiter.run(writer, reader));
         let watch = Watch {
             entry,
             pid,
@@ -101,8 +105,14 @@ impl Session {
     }
 }
 
-/// The writer task: the launch spec, then the mailbox, in batches.
-async fn write_runner(mut writer: FrameWriter, spec: LaunchSpec, entry: Arc<Entry>) {
+/// The writer task: the launch spec, then the mailbox, in batches. Every
+/// item is recorded as delivered before it is written.
+async fn write_runner(
+    mut writer: FrameWriter,
+    spec: LaunchSpec,
+    entry: Arc<Entry>,
+    delivered: Arc<Delivered>,
+) {
     let mut batch = Batch::with_capacity(64 * 1024);
     if let Err(err) = batch.push(&HostToRunner::Launch(spec)) {
         tracing::error!(guest = %entry.id, "cannot encode the launch spec: {err}");
@@ -121,6 +131,7 @@ async fn write_runner(mut writer: FrameWriter, spec: LaunchSpec, entry: Arc<Entr
         {
             return;
         }
+        delivered.record(&items);
         for item in items.drain(..) {
             let queued = match item {
                 // The payload goes from the mailbox to the pipe, uncopied.
@@ -169,6 +180,8 @@ enum Action {
     Send { to: Address, payload: Vec<u8> },
     /// Watch a guest for its end.
     Monitor { name: String },
+    /// The guest has taken this many delivered items in all.
+    Taken(u64),
 }
 
 /// The reader's state machine: checks that a runner's frames come in the
@@ -228,6 +241,7 @@ impl Frames {
                 Ok(Action::Send { to, payload })
             }
             (Stage::Running, RunnerToHost::Monitor { name }) => Ok(Action::Monitor { name }),
+            (Stage::Running, RunnerToHost::Taken { count }) => Ok(Action::Taken(count)),
             (Stage::Running, RunnerToHost::Exit(report)) => {
                 self.stage = Stage::Reported;
                 self.report = Some(report);
@@ -248,6 +262,7 @@ fn frame_kind(frame: &RunnerToHost) -> &'static str {
         RunnerToHost::Monitor { .. } => "Monitor",
         RunnerToHost::Exit(_) => "Exit",
         RunnerToHost::Hardened { .. } => "Hardened",
+        RunnerToHost::Taken { .. } => "Taken",
     }
 }
 
@@ -263,6 +278,8 @@ struct Reader {
     frames: Frames,
     entry: Arc<Entry>,
     relay: Relay,
+    /// What the writer delivered; the runner's `Taken` frames settle it.
+    delivered: Arc<Delivered>,
     /// To end the runner on a protocol violation.
     kill: Killer,
 }
@@ -276,14 +293,17 @@ impl Reader {
                 Ok(None) => break None,
                 Err(err) => break Some(err.to_string()),
             };
-            match self.frames.accept(frame) {
+            let acted = match self.frames.accept(frame) {
                 Ok(action) => self.act(action).await,
-                Err(reason) => break Some(reason),
+                Err(reason) => Err(reason),
+            };
+            if let Err(reason) = acted {
+                break Some(reason);
             }
         };
         if let Some(reason) = &violation {
             tracing::warn!(guest = %self.entry.id, "protocol violation: {reason}");
-            let _ = self.kill.send(KillReason::Host).await;
+            let _ = self.kill.send(KillReason::Violation).await;
         }
         ReaderOutcome {
             report: self.frames.report,
@@ -291,10 +311,11 @@ impl Reader {
         }
     }
 
-    async fn act(&mut self, action: Action) {
+    async fn act(&mut self, action: Action) -> Result<(), String> {
         let (entry, relay) = (&self.entry, &self.relay);
         match action {
             Action::None => {}
+            Action::Taken(count) => self.delivered.taken(count)?,
             Action::Hardened(steps) => report_hardening(&steps),
             Action::Send { to, payload } => {
                 let routed = relay.route(entry, to, payload);
@@ -314,6 +335,7 @@ impl Reader {
                 }
             }
         }
+        Ok(())
     }
 }
 
@@ -339,13 +361,19 @@ struct Waiter {
     kill: mpsc::Receiver<KillReason>,
     entry: Arc<Entry>,
     relay: Relay,
+    /// What was delivered and not taken goes back when the runner ends.
+    delivered: Arc<Delivered>,
     /// Where [`Child::wait`] reads the status.
     status: watch::Sender<Option<ExitStatus>>,
     timeout: Option<Duration>,
 }
 
 impl Waiter {
-    async fn run(mut self, reader: tokio::task::JoinHandle<ReaderOutcome>) {
+    async fn run(
+        mut self,
+        writer: tokio::task::JoinHandle<()>,
+        reader: tokio::task::JoinHandle<ReaderOutcome>,
+    ) {
         let mut killed: Option<KillReason> = None;
         let deadline = tokio::time::sleep(self.timeout.unwrap_or(Duration::MAX));
         tokio::pin!(deadline);
@@ -371,6 +399,15 @@ impl Waiter {
             Ok(Ok(outcome)) => outcome,
             _ => ReaderOutcome::default(),
         };
+        // The writer's last batch fails on the dead runner's pipe; once it
+        // has stopped, nothing more is delivered.
+        if tokio::time::timeout(READER_GRACE, writer).await.is_err() {
+            tracing::warn!(guest = %self.entry.id, "the writer did not stop");
+        }
+        // Taken or returned: what the runner never took goes back first
+        // (it is older), then what was still in the host's mailbox.
+        self.relay
+            .return_to_senders(&self.entry, self.delivered.drain());
         let status = combine(os_status, outcome, killed, self.entry.max_cpu);
         tracing::debug!(guest = %self.entry.id, "ended: {status}");
         self.relay
@@ -381,8 +418,10 @@ impl Waiter {
 }
 
 /// The status of a guest from what the OS, the reader and the host saw: a
-/// protocol violation first, then the runner's own report, then how the
-/// process ended (with the reason the host killed it, if it did).
+/// protocol violation that made the host kill the runner first, then the
+/// runner's own report, then a kill the host ordered (timeout, limit,
+/// `kill`: it decides even when the frame stream was cut mid-frame by it),
+/// then a violation seen at the stream's end, then how the process ended.
 fn combine(
     os_status: io::Result<std::process::ExitStatus>,
     outcome: ReaderOutcome,
@@ -390,28 +429,37 @@ fn combine(
     cpu_limit: Option<Duration>,
 ) -> ExitStatus {
     use std::os::unix::process::ExitStatusExt;
-    if let Some(reason) = outcome.violation {
+    if killed == Some(KillReason::Violation)
+        && let Some(reason) = outcome.violation.clone()
+    {
         return ExitStatus::ProtocolViolation { reason };
     }
     if let Some(report) = outcome.report {
         return ExitStatus::from_report(report);
+    }
+    let signal = os_status.as_ref().ok().and_then(|s| s.signal());
+    match (&killed, signal) {
+        (Some(KillReason::Timeout(after)), _) => return ExitStatus::TimedOut { after: *after },
+        (Some(KillReason::Limit(limit)), _) => return ExitStatus::LimitExceeded(limit.clone()),
+        (Some(KillReason::Host), Some(signal)) => {
+            return ExitStatus::Killed {
+                signal,
+                by_host: true,
+            };
+        }
+        _ => {}
+    }
+    if let Some(reason) = outcome.violation {
+        return ExitStatus::ProtocolViolation { reason };
     }
     match os_status {
         Ok(status) => match status.signal() {
             Some(libc::SIGXCPU) if killed.is_none() => ExitStatus::LimitExceeded(Limit::Cpu {
                 limit: cpu_limit.unwrap_or_default(),
             }),
-            Some(signal) => match killed {
-                Some(KillReason::Timeout(after)) => ExitStatus::TimedOut { after },
-                Some(KillReason::Limit(limit)) => ExitStatus::LimitExceeded(limit),
-                Some(KillReason::Host) => ExitStatus::Killed {
-                    signal,
-                    by_host: true,
-                },
-                None => ExitStatus::Killed {
-                    signal,
-                    by_host: false,
-                },
+            Some(signal) => ExitStatus::Killed {
+                signal,
+                by_host: killed.is_some(),
             },
             None => ExitStatus::Failed {
                 reason: format!(
@@ -577,9 +625,34 @@ mod tests {
             violation: Some("garbage".into()),
         };
         assert_eq!(
-            combine(signalled(9), violated, Some(KillReason::Host), None),
+            combine(signalled(9), violated, Some(KillReason::Violation), None),
             ExitStatus::ProtocolViolation {
                 reason: "garbage".into()
+            }
+        );
+        // A kill the host ordered cuts the stream mid-frame: the kill's
+        // reason decides, not the truncated frame.
+        let cut = || ReaderOutcome {
+            report: None,
+            violation: Some("stream ended inside a frame".into()),
+        };
+        let second = Duration::from_secs(1);
+        assert_eq!(
+            combine(signalled(9), cut(), Some(KillReason::Timeout(second)), None),
+            ExitStatus::TimedOut { after: second }
+        );
+        assert_eq!(
+            combine(signalled(9), cut(), Some(KillReason::Host), None),
+            ExitStatus::Killed {
+                signal: 9,
+                by_host: true
+            }
+        );
+        // A stream cut with nobody killing the runner is still a violation.
+        assert_eq!(
+            combine(exited(1), cut(), None, None),
+            ExitStatus::ProtocolViolation {
+                reason: "stream ended inside a frame".into()
             }
         );
         assert_eq!(

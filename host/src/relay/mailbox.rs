@@ -150,6 +150,29 @@ impl Mailbox {
         Ok(())
     }
 
+    /// Queue a notice if the mailbox is within its bound plus the notice
+    /// headroom; never waits.
+    ///
+    /// # Errors
+    ///
+    /// [`PushError::Full`] past the headroom, [`PushError::Closed`] once the
+    /// guest has ended.
+    pub fn try_push_notice(&self, item: InboxItem) -> Result<(), PushError> {
+        {
+            let mut state = self.lock();
+            if state.closed {
+                return Err(PushError::Closed);
+            }
+            if state.queue.len() >= 2 * self.max_items {
+                return Err(PushError::Full);
+            }
+            state.bytes += item.payload_len();
+            state.queue.push_back(item);
+        }
+        self.readable.notify_one();
+        Ok(())
+    }
+
     /// Queue a notice, waiting while the mailbox is past its bound plus the
     /// notice headroom.
     ///

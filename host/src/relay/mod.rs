@@ -9,7 +9,7 @@
 //! handles a sender's frames in order, and each mailbox is FIFO. What cannot
 //! be delivered comes back to the sender as an `undeliverable` notice.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
@@ -106,7 +106,8 @@ struct Table {
     /// Names of guests that have ended, to tell "exited" from "unknown".
     exited_names: HashSet<String>,
     /// Watched guest → the guests that monitor it.
-    monitors: HashMap<GuestId, Vec<GuestId>>,
+    /// (A set: monitoring one guest twice costs nothing more.)
+    monitors: HashMap<GuestId, BTreeSet<GuestId>>,
 }
 
 #[derive(Debug, Default)]
@@ -128,6 +129,8 @@ struct Inner {
     stats: Arc<WriteStats>,
     /// The allow-list's refusals, reported once per sender and recipient.
     refusals: Refusals,
+    /// Notices that found no room in their guest's mailbox.
+    dropped_notices: AtomicU64,
 }
 
 impl Default for Relay {
@@ -169,6 +172,7 @@ impl Relay {
                 next_id: AtomicU64::new(1),
                 stats: Arc::new(WriteStats::default()),
                 refusals: Refusals::default(),
+                dropped_notices: AtomicU64::new(0),
             }),
         }
     }
@@ -400,7 +404,7 @@ impl Relay {
         let mut table = self.write();
         match table.names.get(name).copied() {
             Some(target) => {
-                table.monitors.entry(target).or_default().push(watcher);
+                table.monitors.entry(target).or_default().insert(watcher);
                 None
             }
             None => Some(InboxItem::Down {
@@ -436,39 +440,73 @@ impl Relay {
                 }
             }
             for watchers in table.monitors.values_mut() {
-                watchers.retain(|w| *w != id);
+                watchers.remove(&id);
             }
             let watchers = table.monitors.remove(&id).unwrap_or_default();
             (entry, watchers)
         };
 
         // Messages the guest never received go back to their senders.
-        for item in entry.mailbox.close_and_drain() {
-            if let InboxItem::Message { from, payload, .. } = item {
-                let notice = InboxItem::Undeliverable {
-                    to: Address::Id(id),
-                    reason: UndeliverableReason::RecipientExited,
-                    payload_len: payload.len() as u64,
-                };
-                if from == GuestId::PARENT {
-                    let _ = entry.parent_inbox.try_push(notice);
-                } else if let Some(sender) = self.entry(from) {
-                    let _ = sender.mailbox.push_notice(notice).await;
-                }
-            }
-        }
+        let never_delivered = entry
+            .mailbox
+            .close_and_drain()
+            .into_iter()
+            .filter_map(|item| match item {
+                InboxItem::Message { from, payload, .. } => Some((from, payload.len() as u64)),
+                _ => None,
+            });
+        self.return_to_senders(&entry, never_delivered);
         entry.parent_inbox.close();
 
+        let down = InboxItem::Down {
+            id,
+            name: entry.name.clone(),
+            reason: reason.to_owned(),
+        };
         for watcher in watchers {
             if let Some(w) = self.entry(watcher) {
-                let down = InboxItem::Down {
-                    id,
-                    name: entry.name.clone(),
-                    reason: reason.to_owned(),
-                };
-                let _ = w.mailbox.push_notice(down).await;
+                self.notify(&w.mailbox, down.clone());
             }
         }
+    }
+
+    /// Tell the senders of messages `recipient` will never take (by sender
+    /// and length, oldest first) that they came back: `recipient exited`.
+    /// Never waits; a notice that finds no room is dropped and counted.
+    pub fn return_to_senders(
+        &self,
+        recipient: &Entry,
+        messages: impl IntoIterator<Item = (GuestId, u64)>,
+    ) {
+        for (from, len) in messages {
+            let notice = InboxItem::Undeliverable {
+                to: Address::Id(recipient.id),
+                reason: UndeliverableReason::RecipientExited,
+                payload_len: len,
+            };
+            if from == GuestId::PARENT {
+                self.notify(&recipient.parent_inbox, notice);
+            } else if let Some(sender) = self.entry(from) {
+                self.notify(&sender.mailbox, notice);
+            } else {
+                // The sender has ended too: nobody is left to tell.
+            }
+        }
+    }
+
+    /// Queue a notice without waiting: a guest that does not read its own
+    /// mailbox must not hold up the host. A notice that finds no room is
+    /// dropped and counted ([`Relay::dropped_notices`]).
+    pub fn notify(&self, mailbox: &Mailbox, notice: InboxItem) {
+        if mailbox.try_push_notice(notice).is_err() {
+            self.inner.dropped_notices.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Notices dropped because their guest's mailbox had no room (or had
+    /// closed), in all.
+    pub fn dropped_notices(&self) -> u64 {
+        self.inner.dropped_notices.load(Ordering::Relaxed)
     }
 
     /// The live guest `id`.

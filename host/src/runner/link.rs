@@ -9,6 +9,7 @@
 //! pile up in one buffer and leave in a single `write`.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use tokio::sync::Notify;
@@ -41,6 +42,11 @@ pub struct Link {
     out_ready: Notify,
     /// Wakes senders (and the final flush) when the writer has written.
     out_drained: Notify,
+    /// Inbox items the guest has taken, in all. The host learns it from a
+    /// `Taken` frame queued before the guest's next frame, or when the guest
+    /// waits for its inbox: what the host delivered and never saw taken, it
+    /// returns to the senders when this runner ends.
+    taken: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -58,6 +64,8 @@ struct Outgoing {
     buf: Batch,
     in_flight: bool,
     host_gone: bool,
+    /// The taken count last queued for the host.
+    reported_taken: u64,
     /// The writer loop waits on `out_ready`.
     writer_waiting: bool,
     /// A sender or the final flush waits on `out_drained`.
@@ -82,6 +90,7 @@ impl Link {
             out: Mutex::new(Outgoing::default()),
             out_ready: Notify::new(),
             out_drained: Notify::new(),
+            taken: AtomicU64::new(0),
         }
     }
 
@@ -103,6 +112,7 @@ impl Link {
         let mut inbox = self.inbox();
         let item = inbox.items.pop_front()?;
         inbox.bytes -= item.payload_len() as u64;
+        self.taken.fetch_add(1, Ordering::Relaxed);
         let wake_reader = inbox.reader_waiting && !self.is_full(&inbox);
         if wake_reader {
             inbox.reader_waiting = false;
@@ -124,8 +134,12 @@ impl Link {
         }
     }
 
-    /// Wait until the inbox holds an item, without taking it.
+    /// Wait until the inbox holds an item, without taking it. Before the
+    /// guest waits, the host hears what it has taken so far.
     pub async fn ready(&self) {
+        if self.inbox().items.is_empty() {
+            let _ = self.queue_with(|_| Ok(())).await;
+        }
         loop {
             let changed = self.inbox_changed.notified();
             tokio::pin!(changed);
@@ -178,10 +192,23 @@ impl Link {
                     return Err(QueueError::HostGone);
                 }
                 if out.buf.len() < OUT_HIGH_WATER {
+                    // What the guest took goes first: the host must never see
+                    // a frame the guest sent after taking an item before it
+                    // knows the item was taken.
+                    let taken = self.taken.load(Ordering::Relaxed);
+                    if taken != out.reported_taken {
+                        out.reported_taken = taken;
+                        if out.buf.push(&RunnerToHost::Taken { count: taken }).is_err() {
+                            return Err(QueueError::HostGone);
+                        }
+                    }
                     // Our frames are within the limit: the guest's payload was
                     // checked against its (smaller) message limit.
                     if push(&mut out.buf).is_err() {
                         return Err(QueueError::HostGone);
+                    }
+                    if out.buf.is_empty() {
+                        return Ok(());
                     }
                     let wake_writer = std::mem::take(&mut out.writer_waiting);
                     drop(out);

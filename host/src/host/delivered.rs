@@ -1,0 +1,131 @@
+//! What the host has delivered to a runner and not yet seen taken.
+//!
+//! The host owns every message until the recipient's guest takes it. The
+//! session's writer records each item it writes to the runner, in order;
+//! the runner's `Taken { count }` frames say how many of them the guest has
+//! taken so far. When the runner ends, whatever is left here was in the
+//! pipe or in the runner's inbox: each message goes back to its sender as
+//! `undeliverable: recipient exited`. Payloads are not kept: a notice
+//! carries only the length.
+
+use std::collections::VecDeque;
+use std::sync::{Mutex, MutexGuard};
+
+use wasmproc_protocol::{GuestId, InboxItem};
+
+/// A delivered message's sender and length; `None` for a notice.
+type Record = Option<(GuestId, u64)>;
+
+/// The delivered-but-not-taken items of one runner.
+#[derive(Debug, Default)]
+pub(crate) struct Delivered {
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// Oldest first: the runner takes items in the order they were written.
+    pending: VecDeque<Record>,
+    /// Items recorded, in all.
+    delivered: u64,
+    /// Items the runner has said were taken, in all.
+    taken: u64,
+}
+
+impl Delivered {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Record items about to be written to the runner, in order.
+    pub(crate) fn record<'a>(&self, items: impl IntoIterator<Item = &'a InboxItem>) {
+        let mut state = self.lock();
+        for item in items {
+            state.delivered += 1;
+            state.pending.push_back(match item {
+                InboxItem::Message { from, payload, .. } => Some((*from, payload.len() as u64)),
+                _ => None,
+            });
+        }
+    }
+
+    /// The runner says `count` items have been taken in all.
+    ///
+    /// # Errors
+    ///
+    /// A protocol violation when the count goes back or is beyond what was
+    /// delivered.
+    pub(crate) fn taken(&self, count: u64) -> Result<(), String> {
+        let mut state = self.lock();
+        if count < state.taken {
+            return Err(format!(
+                "the taken count went back from {} to {count}",
+                state.taken
+            ));
+        }
+        if count > state.delivered {
+            return Err(format!(
+                "{count} items taken, but only {} were delivered",
+                state.delivered
+            ));
+        }
+        let newly = (count - state.taken) as usize;
+        state.pending.drain(..newly);
+        state.taken = count;
+        Ok(())
+    }
+
+    /// Everything never taken, in order: the senders and lengths of the
+    /// messages (notices are dropped: nobody is waiting for them).
+    pub(crate) fn drain(&self) -> Vec<(GuestId, u64)> {
+        let mut state = self.lock();
+        let messages = state.pending.drain(..).flatten().collect();
+        state.taken = state.delivered;
+        messages
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(from: u64, len: usize) -> InboxItem {
+        InboxItem::Message {
+            from: GuestId(from),
+            from_name: None,
+            payload: vec![0; len],
+        }
+    }
+
+    #[test]
+    fn what_was_not_taken_is_returned_in_order() {
+        let d = Delivered::default();
+        let items = [
+            message(1, 10),
+            InboxItem::Shutdown,
+            message(2, 20),
+            message(3, 30),
+        ];
+        d.record(&items[..2]);
+        d.record(&items[2..]);
+        d.taken(1).unwrap();
+        assert_eq!(d.drain(), vec![(GuestId(2), 20), (GuestId(3), 30)]);
+        assert_eq!(d.drain(), Vec::new());
+    }
+
+    #[test]
+    fn counts_that_go_back_or_run_ahead_are_violations() {
+        let d = Delivered::default();
+        d.record(&[message(1, 1), message(1, 1)]);
+        d.taken(2).unwrap();
+        assert_eq!(
+            d.taken(1),
+            Err("the taken count went back from 2 to 1".to_owned())
+        );
+        assert_eq!(
+            d.taken(3),
+            Err("3 items taken, but only 2 were delivered".to_owned())
+        );
+        assert_eq!(d.drain(), Vec::new());
+    }
+}
