@@ -347,6 +347,59 @@ async fn a_guest_that_ignores_shutdown_is_killed_after_the_grace_period() {
 }
 
 #[tokio::test]
+async fn sigterm_stops_a_guest_that_floods_and_never_reads_within_grace_and_a_second() {
+    let _one_at_a_time = DEADLINES.lock().await;
+    within(60, async {
+        let path = manifest(
+            "flood",
+            "[guests.flood]\nmodule = \"{crasher}\"\nargs = [\"flood\"]\ngrace = \"500ms\"\n",
+        );
+        let mut app = App::start(&path);
+        app.started(1).await;
+        // Long enough for its mailbox to fill with notices it never reads.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let sent = Instant::now();
+        app.signal(libc::SIGTERM);
+        let events = app.rest().await;
+        let took = sent.elapsed();
+        assert_eq!(app.exit_code().await, Some(1));
+        assert!(took < Duration::from_millis(1500), "shutdown took {took:?}");
+        let briefs: Vec<String> = events.iter().map(brief).collect();
+        assert_eq!(briefs[0], "exited flood: killed by the host (SIGKILL)");
+        // The shutdown notice found no room: dropped and counted.
+        assert_eq!(briefs[1..], ["stopped "]);
+        assert!(events[1]["dropped_notices"].as_u64().unwrap() >= 1);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_over_long_output_line_is_cut_and_the_next_ten_lines_still_arrive() {
+    within(60, async {
+        let path = manifest(
+            "longline",
+            "[guests.talker]\nmodule = \"{crasher}\"\nargs = [\"longline\", \"131072\"]\n",
+        );
+        let mut app = App::start(&path);
+        let events = app.rest().await;
+        assert_eq!(app.exit_code().await, Some(0));
+        let lines: Vec<&str> = events
+            .iter()
+            .filter(|e| e["event"] == "output")
+            .map(|e| e["line"].as_str().unwrap())
+            .collect();
+        let mut expected = vec!["[line over 65536 bytes cut]".to_owned()];
+        expected.extend((0..10).map(|i| format!("line {i}")));
+        assert_eq!(lines, expected);
+        assert_eq!(
+            events.last().map(brief).as_deref(),
+            Some("exited talker: exit code 0")
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn sigkill_to_the_host_leaves_no_runner_alive_a_second_later() {
     let _one_at_a_time = DEADLINES.lock().await;
     within(60, async {
@@ -412,6 +465,30 @@ fn bad_manifests_are_refused_before_anything_starts_naming_line_and_key() {
         assert!(err.starts_with(&prefix), "expected `{prefix}`, got `{err}`");
         assert!(!err.contains("started"), "{err}");
     }
+}
+
+#[test]
+fn an_app_with_more_guests_than_open_files_allow_is_refused_before_any_starts() {
+    let path = manifest(
+        "too-many",
+        "[guests.a]\nmodule = \"{echo}\"\nreplicas = 300\n\n\
+         [guests.b]\nmodule = \"{echo}\"\nreplicas = 300\n",
+    );
+    // `ulimit -n` sets the soft and the hard limit: the host cannot raise it.
+    let out = common::output_within(
+        std::process::Command::new("sh")
+            .arg("-c")
+            .arg("ulimit -n 2048 && exec \"$0\" run \"$1\"")
+            .arg(cli())
+            .arg(&path),
+        60,
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8(out.stderr).unwrap(),
+        "wasmproc: the app has 600 guests, but this host can start at most 396 (5 open files \
+         each, of a limit of 2048): raise the limit with `ulimit -n` or run fewer replicas\n"
+    );
 }
 
 #[test]

@@ -148,6 +148,24 @@ async fn a_one_gigabyte_message_is_refused_at_once() {
     .await;
 }
 
+/// A guest killed by its timeout while it writes a 16 MiB message to a
+/// parent that does not read: the timeout decides the status, not the frame
+/// the kill cut in half.
+#[tokio::test]
+async fn a_timeout_during_a_16_mib_send_says_timed_out() {
+    within(60, async {
+        let child = Command::new(guest("crasher"))
+            .args(["big", "16", "100"])
+            .stdout(wasmproc::Stdio::Null)
+            .timeout(Duration::from_secs(2))
+            .fork()
+            .await
+            .unwrap();
+        assert_eq!(child.wait().await.to_string(), "timed out after 2s");
+    })
+    .await;
+}
+
 /// A million sends to ids nobody has: each comes back `unknown recipient`,
 /// and the host (measured in its own process) stays small.
 #[tokio::test]

@@ -16,9 +16,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
 use tokio::sync::mpsc;
-use tokio_util::codec::{AnyDelimiterCodec, AnyDelimiterCodecError, FramedRead};
 use tokio_util::sync::CancellationToken;
 use wasmproc_manifest::{GuestDef, Manifest, RestartPolicy};
 
@@ -26,6 +24,7 @@ use crate::child::Child;
 use crate::command::{Command, default_arg0};
 use crate::host::Host;
 use crate::os::Stdio;
+use crate::os::limits::{FILES_PER_GUEST, guests_for, raise_open_files};
 use crate::status::ExitStatus;
 
 /// Longest output line forwarded whole; longer lines are cut.
@@ -80,15 +79,61 @@ pub enum Event {
     },
 }
 
+/// Why an app did not start at all.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// More guests than this process can hold open.
+    #[error(
+        "the app has {guests} guests, but this host can start at most {capacity} \
+         ({FILES_PER_GUEST} open files each, of a limit of {files}): raise the limit with \
+         `ulimit -n` or run fewer replicas"
+    )]
+    TooManyGuests {
+        guests: u64,
+        capacity: u64,
+        files: u64,
+    },
+    /// The open-files limit cannot be read.
+    #[error("cannot read the open-files limit: {0}")]
+    Limits(#[source] std::io::Error),
+}
+
+/// Check that this process can hold every guest of `manifest` at once,
+/// before any starts (after raising its soft open-files limit to the hard
+/// one).
+///
+/// # Errors
+///
+/// [`AppError::TooManyGuests`] with the number it can take.
+pub fn check_capacity(manifest: &Manifest) -> Result<(), AppError> {
+    let guests: u64 = manifest.guests.iter().map(|g| u64::from(g.replicas)).sum();
+    let files = raise_open_files().map_err(AppError::Limits)?;
+    let capacity = guests_for(files);
+    if guests > capacity {
+        return Err(AppError::TooManyGuests {
+            guests,
+            capacity,
+            files,
+        });
+    }
+    Ok(())
+}
+
 /// Run every guest of `manifest` until all have ended for good, or until
 /// `shutdown` is cancelled (then every guest gets `shutdown`, and a kill
 /// after its grace period). Returns whether every guest's last run ended
 /// with exit code 0.
+///
+/// # Errors
+///
+/// Before anything starts, when this process cannot hold every guest
+/// (see [`check_capacity`]).
 pub async fn run(
     manifest: &Manifest,
     events: mpsc::Sender<Event>,
     shutdown: CancellationToken,
-) -> bool {
+) -> Result<bool, AppError> {
+    check_capacity(manifest)?;
     let host = Host::new();
     let (refusals_tx, mut refusals) = mpsc::channel(256);
     host.relay().report_refusals(refusals_tx);
@@ -133,7 +178,7 @@ pub async fn run(
                 })
                 .await;
             refusals_task.abort();
-            return false;
+            return Ok(false);
         }
     };
     let mut tasks = Vec::new();
@@ -156,7 +201,7 @@ pub async fn run(
     if dropped_notices > 0 {
         let _ = events.send(Event::Stopped { dropped_notices }).await;
     }
-    clean
+    Ok(clean)
 }
 
 /// Supervise one instance, started as `first`; returns whether its last
@@ -322,34 +367,126 @@ where
     let events = events.clone();
     tokio::spawn(async move {
         let Some(stream) = stream else { return };
-        let codec = AnyDelimiterCodec::new_with_max_length(b"\n".to_vec(), Vec::new(), MAX_LINE);
-        let mut lines = FramedRead::new(stream, codec);
+        let mut lines = Lines::new(stream);
         while let Some(line) = lines.next().await {
-            let line = match line {
-                Ok(bytes) => String::from_utf8_lossy(bytes.strip_suffix(b"\r").unwrap_or(&bytes))
-                    .into_owned(),
-                // An over-long line is replaced by a note (the codec skips to
-                // its end), so a guest cannot make the host buffer without bound.
-                Err(AnyDelimiterCodecError::MaxChunkLengthExceeded) => {
-                    format!("[line over {MAX_LINE} bytes cut]")
-                }
-                Err(AnyDelimiterCodecError::Io(_)) => break,
-            };
             let event = Event::Output {
                 guest: guest.clone(),
                 stream: which,
                 line,
             };
             if events.send(event).await.is_err() {
+                // Nobody prints any more; keep reading so the guest never
+                // sees a closed pipe while the host runs.
+                while lines.next().await.is_some() {}
                 break;
             }
         }
     })
 }
 
+/// A guest's output as lines. A line over [`MAX_LINE`] bytes is replaced by
+/// a note and skipped to its end, so a guest cannot make the host buffer
+/// without bound, and reading goes on after it.
+struct Lines<R> {
+    stream: R,
+    buf: Vec<u8>,
+    /// Bytes of `buf` already searched for a newline.
+    scanned: usize,
+    /// Inside a line that was too long: drop bytes until its newline.
+    skipping: bool,
+    ended: bool,
+}
+
+impl<R: tokio::io::AsyncRead + Unpin> Lines<R> {
+    fn new(stream: R) -> Self {
+        Lines {
+            stream,
+            buf: Vec::with_capacity(8 * 1024),
+            scanned: 0,
+            skipping: false,
+            ended: false,
+        }
+    }
+
+    /// The next line, without its `\n` (or `\r\n`); `None` at the end.
+    async fn next(&mut self) -> Option<String> {
+        use tokio::io::AsyncReadExt;
+        loop {
+            if let Some(at) = self.buf[self.scanned..].iter().position(|&b| b == b'\n') {
+                let end = self.scanned + at;
+                let line: Vec<u8> = self.buf.drain(..=end).take(end).collect();
+                self.scanned = 0;
+                if std::mem::take(&mut self.skipping) {
+                    return Some(format!("[line over {MAX_LINE} bytes cut]"));
+                }
+                return Some(text(&line));
+            }
+            self.scanned = self.buf.len();
+            if self.buf.len() > MAX_LINE {
+                self.skipping = true;
+                self.buf.clear();
+                self.scanned = 0;
+            }
+            if self.ended {
+                if self.buf.is_empty() && !self.skipping {
+                    return None;
+                }
+                let rest = std::mem::take(&mut self.buf);
+                self.scanned = 0;
+                if std::mem::take(&mut self.skipping) {
+                    return Some(format!("[line over {MAX_LINE} bytes cut]"));
+                }
+                return Some(text(&rest));
+            }
+            let mut chunk = [0u8; 8 * 1024];
+            match self.stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => self.ended = true,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+}
+
+fn text(line: &[u8]) -> String {
+    String::from_utf8_lossy(line.strip_suffix(b"\r").unwrap_or(line)).into_owned()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    async fn lines_of(input: Vec<u8>) -> Vec<String> {
+        let mut lines = Lines::new(&input[..]);
+        let mut out = Vec::new();
+        while let Some(line) = lines.next().await {
+            out.push(line);
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn an_over_long_line_is_cut_and_reading_goes_on() {
+        let mut input = vec![b'x'; 128 * 1024];
+        input.push(b'\n');
+        for i in 0..10 {
+            input.extend_from_slice(format!("line {i}\r\n").as_bytes());
+        }
+        input.extend_from_slice(b"no newline at the end");
+        let mut expected = vec![format!("[line over {MAX_LINE} bytes cut]")];
+        expected.extend((0..10).map(|i| format!("line {i}")));
+        expected.push("no newline at the end".to_owned());
+        assert_eq!(lines_of(input).await, expected);
+    }
+
+    #[tokio::test]
+    async fn a_line_at_the_limit_is_kept_whole() {
+        let mut input = vec![b'y'; MAX_LINE];
+        input.extend_from_slice(b"\n\nend\n");
+        let lines = lines_of(input).await;
+        assert_eq!(lines.len(), 3);
+        assert_eq!(lines[0].len(), MAX_LINE);
+        assert_eq!(&lines[1..], ["", "end"]);
+    }
 
     #[test]
     fn backoff_doubles_per_short_run_and_is_capped() {

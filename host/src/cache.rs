@@ -167,12 +167,23 @@ fn default_dir() -> PathBuf {
 }
 
 /// Read, hash and (if the cache lacks it) compile one module. Blocking.
+/// The header is checked before the file is read whole, so a large file
+/// that is not wasm costs eight bytes, not its size in memory.
 fn compile_to_cache(path: &Path, dir: &Path) -> Result<Artifact, CompileError> {
-    let bytes = std::fs::read(path).map_err(|source| CompileError::Read {
+    use std::io::Read;
+    let read_error = |source| CompileError::Read {
         path: path.to_owned(),
         source,
-    })?;
-    let kind = module_kind(&bytes, path)?;
+    };
+    let mut file = std::fs::File::open(path).map_err(read_error)?;
+    let mut header = Vec::with_capacity(8);
+    (&mut file)
+        .take(8)
+        .read_to_end(&mut header)
+        .map_err(read_error)?;
+    let kind = module_kind(&header, path)?;
+    let mut bytes = header;
+    file.read_to_end(&mut bytes).map_err(read_error)?;
     let engine = engine::engine().map_err(|err| CompileError::Compile {
         path: path.to_owned(),
         message: format!("{err:#}"),

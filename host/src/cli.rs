@@ -70,7 +70,7 @@ struct GuestOptions {
     #[arg(long, value_name = "SIZE", value_parser = wasmproc::manifest::parse_size)]
     max_memory: Option<u64>,
     /// The CPU time the guest may use (`10s`; default: no limit).
-    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = parse_cpu)]
     max_cpu: Option<Duration>,
     /// The largest message the guest may send or receive (`1MiB`; default 16MiB).
     #[arg(long, value_name = "SIZE", value_parser = wasmproc::manifest::parse_size)]
@@ -120,6 +120,13 @@ struct RunArgs {
     /// Arguments for the guest (after `--`).
     #[arg(last = true)]
     args: Vec<String>,
+}
+
+fn parse_cpu(text: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(text).map_err(|err| err.to_string())? {
+        Duration::ZERO => Err(format!("`{text}` {}", wasmproc::manifest::NO_CPU)),
+        limit => Ok(limit),
+    }
 }
 
 fn parse_env(text: &str) -> Result<(String, String), String> {
@@ -277,9 +284,9 @@ async fn run_app(path: &std::path::Path, json: bool) -> anyhow::Result<u8> {
             out.print(&event);
         }
     });
-    let clean = wasmproc::app::run(&manifest, tx, shutdown).await;
+    let result = wasmproc::app::run(&manifest, tx, shutdown).await;
     let _ = printer.await;
-    Ok(if clean { 0 } else { 1 })
+    Ok(if result? { 0 } else { 1 })
 }
 
 /// Prints app events for people (prefixed, coloured on a terminal) or as JSON lines.

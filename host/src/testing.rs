@@ -21,6 +21,11 @@ pub fn is_registered(host: &Host, name: &str) -> bool {
     host.relay().lookup(name).is_some()
 }
 
+/// Items waiting in the host's mailbox of the live guest called `name`.
+pub fn mailbox_len(host: &Host, name: &str) -> Option<usize> {
+    host.relay().lookup(name).map(|entry| entry.mailbox.len())
+}
+
 /// Test mode: the runner hardens itself, then tries forbidden operations
 /// natively and prints each result on stdout instead of running the guest.
 /// For checking the second wall from outside.

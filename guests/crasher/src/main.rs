@@ -5,10 +5,13 @@
 //! - `stderr TEXT`: writes TEXT to stdout and `err:TEXT` to stderr, exits 0;
 //! - `wait`: waits for one message, answers it, then traps;
 //! - `idle`: sleeps forever and never reads its inbox;
-//! - `big MB`: tries to send the parent a message of MB mebibytes and prints
-//!   what `send` said;
+//! - `big MB [TIMES]`: tries to send the parent a message of MB mebibytes
+//!   (TIMES times, default once) and prints what each `send` said;
 //! - `unknown N`: sends to N guest ids nobody has, then counts the
-//!   undeliverable notices that come back and prints `N notices: REASON`.
+//!   undeliverable notices that come back and prints `N notices: REASON`;
+//! - `flood [NAME]`: monitors NAME if given, then sends to guest ids nobody
+//!   has, forever, and never reads its inbox (whose notices pile up);
+//! - `longline N`: prints a line of N `x`, then `line 0` to `line 9`.
 
 use wasmproc_guest::{self as ipc, InboxItem};
 
@@ -33,10 +36,13 @@ fn main() {
         }
         Some("big") => {
             let mb: usize = args.get(1).and_then(|m| m.parse().ok()).unwrap_or(1024);
+            let times: usize = args.get(2).and_then(|t| t.parse().ok()).unwrap_or(1);
             let payload = vec![7u8; mb * 1024 * 1024];
-            match ipc::send(ipc::Address::Parent, &payload) {
-                Ok(()) => println!("send: ok"),
-                Err(err) => println!("send: {err:?}"),
+            for _ in 0..times {
+                match ipc::send(ipc::Address::Parent, &payload) {
+                    Ok(()) => println!("send: ok"),
+                    Err(err) => println!("send: {err:?}"),
+                }
             }
         }
         Some("unknown") => {
@@ -64,6 +70,22 @@ fn main() {
             }
             for (reason, count) in reasons {
                 println!("{count} notices: {reason}");
+            }
+        }
+        Some("flood") => {
+            if let Some(name) = args.get(1) {
+                ipc::monitor(name);
+            }
+            let base = 1u64 << 40;
+            for i in 0.. {
+                ipc::send(ipc::Address::Id(base + i), b"x").expect("send");
+            }
+        }
+        Some("longline") => {
+            let n: usize = args.get(1).and_then(|m| m.parse().ok()).unwrap_or(1 << 17);
+            println!("{}", "x".repeat(n));
+            for i in 0..10 {
+                println!("line {i}");
             }
         }
         Some("idle") => loop {

@@ -227,6 +227,9 @@ struct RawDir {
 
 pub use wasmproc_protocol::valid_name;
 
+/// Why a CPU limit of zero is refused (the manifest and the CLI say the same).
+pub const NO_CPU: &str = "is no CPU time at all: give a limit above zero, like 10s";
+
 /// Read and check the manifest at `path`.
 ///
 /// # Errors
@@ -279,7 +282,8 @@ pub fn parse(
             return Err(at(
                 name_span,
                 format!(
-                    "`{name}` is not a valid guest name: use letters, digits, `-`, `_` and `.`"
+                    "`{name}` is not a valid guest name: {}",
+                    wasmproc_protocol::contract::NAME_RULE
                 ),
             ));
         }
@@ -370,11 +374,18 @@ pub fn parse(
                         .map(|t| duration(&Some(t.clone()), Duration::ZERO))
                         .transpose()?,
                     max_memory: size(&guest.max_memory)?,
-                    max_cpu: guest
-                        .max_cpu
-                        .as_ref()
-                        .map(|t| duration(&Some(t.clone()), Duration::ZERO))
-                        .transpose()?,
+                    max_cpu: match &guest.max_cpu {
+                        None => None,
+                        Some(text) => match duration(&Some(text.clone()), Duration::ZERO)? {
+                            Duration::ZERO => {
+                                return Err(at(
+                                    text.span().start,
+                                    format!("`{}` {NO_CPU}", text.get_ref()),
+                                ));
+                            }
+                            limit => Some(limit),
+                        },
+                    },
                     max_message_size: size(&guest.max_message_size)?,
                     inbox_size: guest.inbox_size,
                 },
@@ -612,6 +623,37 @@ inbox-size = 100
     }
 
     #[test]
+    fn a_cpu_limit_of_zero_and_dot_names_are_refused() {
+        let exists = |_: &Path| true;
+        let err = parse(
+            "[guests.a]\nmodule = \"a.wasm\"\nmax-cpu = \"0s\"\n",
+            Path::new("app.toml"),
+            Path::new("/apps"),
+            &exists,
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "app.toml:3: guests.a.max-cpu: `0s` is no CPU time at all: give a limit above zero, like 10s"
+        );
+        for name in [".", ".."] {
+            let err = parse(
+                &format!("[guests.\"{name}\"]\nmodule = \"a.wasm\"\n"),
+                Path::new("app.toml"),
+                Path::new("/apps"),
+                &exists,
+            )
+            .unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                format!(
+                    "app.toml:1: guests.{name}: `{name}` is not a valid guest name: use up to 128 letters, digits, `-`, `_` and `.` (but not `.` or `..` alone)"
+                )
+            );
+        }
+    }
+
+    #[test]
     fn bad_duration_and_replicas_and_name() {
         assert_eq!(
             error("[guests.a]\nmodule = \"a.wasm\"\ngrace = \"soon\"\n"),
@@ -624,7 +666,7 @@ inbox-size = 100
         );
         assert_eq!(
             error("[guests.\"a b\"]\nmodule = \"a.wasm\"\n"),
-            "app.toml:1: guests.a b: `a b` is not a valid guest name: use letters, digits, `-`, `_` and `.`"
+            "app.toml:1: guests.a b: `a b` is not a valid guest name: use up to 128 letters, digits, `-`, `_` and `.` (but not `.` or `..` alone)"
         );
     }
 

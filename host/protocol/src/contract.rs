@@ -20,19 +20,48 @@ pub const EXIT_FAILED: i32 = 71;
 /// The longest guest or group name, in bytes.
 pub const MAX_NAME_LEN: usize = 128;
 
+/// What a valid name is, for error messages.
+pub const NAME_RULE: &str =
+    "use up to 128 letters, digits, `-`, `_` and `.` (but not `.` or `..` alone)";
+
 /// Whether `name` may name a guest or a group: 1 to [`MAX_NAME_LEN`]
-/// letters, digits, `-`, `_` and `.`.
+/// letters, digits, `-`, `_` and `.`, and not `.` or `..` (which would read
+/// as folders wherever a name becomes a path).
 pub fn valid_name(name: &str) -> bool {
     !name.is_empty()
+        && name != "."
+        && name != ".."
         && name.len() <= MAX_NAME_LEN
         && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
+/// `name` cut to at most [`MAX_NAME_LEN`] bytes (at a character boundary,
+/// with `…` after it when cut): what the host repeats of a name no guest
+/// can have, so a notice about it stays small.
+pub fn bounded_name(name: &str) -> String {
+    if name.len() <= MAX_NAME_LEN {
+        return name.to_owned();
+    }
+    let mut end = MAX_NAME_LEN;
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &name[..end])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn long_names_are_cut_at_a_character_boundary() {
+        assert_eq!(bounded_name("short"), "short");
+        let long = "é".repeat(100);
+        let cut = bounded_name(&long);
+        assert_eq!(cut, format!("{}…", "é".repeat(64)));
+    }
 
     #[test]
     fn names_are_short_and_plain() {
@@ -42,6 +71,9 @@ mod tests {
         assert!(!valid_name(""));
         assert!(!valid_name("a b"));
         assert!(!valid_name("a/b"));
+        assert!(!valid_name("."));
+        assert!(!valid_name(".."));
+        assert!(valid_name("..."));
     }
 
     #[test]

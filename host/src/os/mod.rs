@@ -5,8 +5,10 @@
 //!   reaper; [`Stdio`] and the host's ends of piped stdio.
 //! - [`pipe`]: close-on-exec pipes and their buffer size.
 //! - [`alloc`]: the allocator settings for large messages.
+//! - [`limits`]: how many guests the open-files limit leaves room for.
 
 pub(crate) mod alloc;
+pub(crate) mod limits;
 pub(crate) mod pipe;
 pub(crate) mod process;
 

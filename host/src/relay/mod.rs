@@ -18,6 +18,7 @@ use wasmproc_protocol::{Address, GuestId, InboxItem, UndeliverableReason};
 mod mailbox;
 mod policy;
 
+use wasmproc_protocol::contract::{MAX_NAME_LEN, bounded_name};
 use wasmproc_protocol::valid_name;
 
 use crate::connection::WriteStats;
@@ -81,7 +82,7 @@ pub struct Pending {
 pub enum RegisterError {
     #[error("a guest named `{0}` is already running")]
     NameTaken(String),
-    #[error("`{0}` is not a valid guest name: use letters, digits, `-`, `_` and `.`")]
+    #[error("`{0}` is not a valid guest name: {rule}", rule = wasmproc_protocol::contract::NAME_RULE)]
     BadName(String),
 }
 
@@ -253,6 +254,23 @@ impl Relay {
             payload_len: len as u64,
         };
         let len = payload.len();
+        // A name longer than any guest's names nobody; the notice repeats
+        // only its start, so a guest cannot make the host (or its own
+        // runner) hold a large name once per send.
+        if let Address::Name(name) | Address::Group(name) | Address::Broadcast(name) = &to
+            && name.len() > MAX_NAME_LEN
+        {
+            let short = bounded_name(name);
+            let to = match to {
+                Address::Group(_) => Address::Group(short),
+                Address::Broadcast(_) => Address::Broadcast(short),
+                _ => Address::Name(short),
+            };
+            routed
+                .notices
+                .push(bounce(to, UndeliverableReason::UnknownRecipient, len));
+            return routed;
+        }
         if to == Address::Parent {
             match from.parent_inbox.try_push(message(payload)) {
                 Ok(()) => {}
@@ -409,7 +427,7 @@ impl Relay {
             }
             None => Some(InboxItem::Down {
                 id: GuestId(0),
-                name: Some(name.to_owned()),
+                name: Some(bounded_name(name)),
                 reason: if table.exited_names.contains(name) {
                     "already exited".to_owned()
                 } else {
@@ -446,6 +464,7 @@ impl Relay {
             (entry, watchers)
         };
 
+        self.inner.refusals.forget(id, entry.name.clone());
         // Messages the guest never received go back to their senders.
         let never_delivered = entry
             .mailbox
@@ -532,6 +551,7 @@ impl Relay {
 
 #[cfg(test)]
 mod tests {
+    use super::policy::Refused;
     use super::*;
 
     fn reg(name: Option<&str>, group: Option<&str>) -> Registration {
@@ -601,9 +621,55 @@ mod tests {
         assert!(c.mailbox.is_empty());
         assert_eq!(b.mailbox.len(), 1);
         // Reported once per pair: `c` by name, then `c` by id.
-        assert_eq!(rx.try_recv().unwrap().to, Address::Name("c".into()));
-        assert_eq!(rx.try_recv().unwrap().to, Address::Id(c.id));
+        assert_eq!(
+            rx.try_recv().unwrap().to,
+            Refused::Address(Address::Name("c".into()))
+        );
+        assert_eq!(
+            rx.try_recv().unwrap().to,
+            Refused::Address(Address::Id(c.id))
+        );
         assert!(rx.try_recv().is_err());
+    }
+
+    #[tokio::test]
+    async fn refusals_past_the_first_64_are_summed_up_when_the_sender_ends() {
+        let relay = Relay::new();
+        let (tx, mut rx) = tokio::sync::mpsc::channel(1000);
+        relay.report_refusals(tx);
+        let mut a = reg(Some("a"), None);
+        a.talks_to = Some(Vec::new());
+        let a = relay.register(a).unwrap();
+        for i in 0..30_000 {
+            let to = Address::Name(format!("n{i}"));
+            assert_eq!(relay.route(&a, to, vec![1]).notices.len(), 1);
+        }
+        let mut reported = 0;
+        while let Ok(refusal) = rx.try_recv() {
+            assert!(matches!(refusal.to, Refused::Address(_)));
+            reported += 1;
+        }
+        assert_eq!(reported, policy::REPORTED_PER_SENDER);
+        relay.unregister(a.id, "exit code 0").await;
+        let summary = rx.try_recv().unwrap();
+        assert_eq!(summary.to, Refused::Others { sends: 30_000 - 64 });
+        assert_eq!(summary.to.to_string(), "other addresses (29936 more sends)");
+    }
+
+    #[test]
+    fn a_name_longer_than_any_guests_comes_back_short() {
+        let relay = Relay::new();
+        let a = relay.register(reg(Some("a"), None)).unwrap();
+        let long = "x".repeat(1 << 20);
+        let notices = relay.route(&a, Address::Name(long), vec![1]).notices;
+        assert_eq!(
+            notices,
+            vec![InboxItem::Undeliverable {
+                to: Address::Name(format!("{}…", "x".repeat(128))),
+                reason: UndeliverableReason::UnknownRecipient,
+                payload_len: 1
+            }]
+        );
     }
 
     fn payload_of(item: InboxItem) -> Vec<u8> {

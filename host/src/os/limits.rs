@@ -1,0 +1,57 @@
+//! How many guests this process can hold: each costs the host a few open
+//! files (two control pipes, a pidfd, and in an app its piped stdout and
+//! stderr), so the open-files limit decides.
+
+use std::io;
+
+/// Open files the host holds per guest: two control pipes, a pidfd, and the
+/// read ends of a piped stdout and stderr.
+pub(crate) const FILES_PER_GUEST: u64 = 5;
+/// Open files kept for the host itself (its runtime, the cache, the CLI).
+const FILES_RESERVED: u64 = 64;
+
+/// Raise this process's soft open-files limit to its hard limit (what any
+/// process may do for itself) and return the soft limit now in force.
+///
+/// # Errors
+///
+/// When the limit cannot be read.
+pub(crate) fn raise_open_files() -> io::Result<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit struct we own.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if limit.rlim_cur < limit.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: limit.rlim_max,
+            rlim_max: limit.rlim_max,
+        };
+        // SAFETY: setrlimit reads one rlimit struct we own.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            limit = raised;
+        }
+    }
+    Ok(limit.rlim_cur)
+}
+
+/// How many guests the open-files limit `files` leaves room for.
+pub(crate) fn guests_for(files: u64) -> u64 {
+    files.saturating_sub(FILES_RESERVED) / FILES_PER_GUEST
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_guest_costs_five_files_after_a_reserve() {
+        assert_eq!(guests_for(1024), 192);
+        assert_eq!(guests_for(64), 0);
+        assert_eq!(guests_for(0), 0);
+        assert!(raise_open_files().unwrap() >= 64);
+    }
+}
