@@ -6,7 +6,7 @@ GUEST_DIR := guests/target/$(GUEST_TARGET)/release
 # Compiled guest artifacts for tests and the demo stay inside the tree.
 export WASMPROC_CACHE_DIR ?= $(CURDIR)/target/wasmproc-cache
 
-.PHONY: all setup guests build test run bench lint fmt fuzz clean
+.PHONY: all setup guests build test run bench soak lint fmt fuzz clean
 
 all: build guests
 
@@ -35,6 +35,12 @@ run: guests build
 bench: guests
 	$(CARGO) build --release -p wasmproc --bins -p wasmproc-bench
 	./target/release/wasmproc-bench
+
+## soak: 1,000 guests relaying tokens in a ring for 10 minutes (release build)
+SOAK_ARGS ?= --guests 1000 --tokens 1000 --minutes 10
+soak: guests
+	$(CARGO) build --release -p wasmproc --bins -p wasmproc-bench
+	./target/release/soak $(SOAK_ARGS)
 
 ## lint: formatting and clippy, as the project keeps them
 lint:

@@ -148,7 +148,14 @@ async fn a_monitor_gets_down_with_the_trap_reason() {
 fn manifest(tag: &str, body: &str) -> PathBuf {
     let dir = common::scratch_dir(&format!("app-{tag}"));
     let mut text = body.to_owned();
-    for name in ["echo", "crasher", "primes", "coordinator"] {
+    for name in [
+        "echo",
+        "crasher",
+        "primes",
+        "coordinator",
+        "taker",
+        "sender",
+    ] {
         text = text.replace(&format!("{{{name}}}"), &guest(name).display().to_string());
     }
     let path = dir.join("app.toml");
@@ -394,6 +401,58 @@ async fn an_over_long_output_line_is_cut_and_the_next_ten_lines_still_arrive() {
         assert_eq!(
             events.last().map(brief).as_deref(),
             Some("exited talker: exit code 0")
+        );
+    })
+    .await;
+}
+
+/// A receiver restarted by its policy, twice, in the middle of a stream:
+/// every message its sender sent was taken by one of its instances or
+/// came back, exactly once.
+#[tokio::test]
+async fn a_receiver_restarted_by_its_policy_loses_nothing() {
+    let _one_at_a_time = DEADLINES.lock().await;
+    within(120, async {
+        let path = manifest(
+            "restart-accounting",
+            "[guests.s]\nmodule = \"{sender}\"\nargs = [\"r\", \"1\", \"10000\", \"100\"]\n\n\
+             [guests.r0]\nmodule = \"{taker}\"\nargs = [\"all\", \"exit\", \"100\"]\n\
+             restart = \"always\"\nbackoff = \"50ms\"\n",
+        );
+        let mut app = App::start(&path);
+        let mut kills = 0;
+        let mut report = None;
+        while report.is_none() {
+            let event = app.next().await.expect("the app ended early");
+            match (event["event"].as_str(), event["guest"].as_str()) {
+                (Some("started"), Some("r0")) if kills < 2 => {
+                    tokio::time::sleep(Duration::from_millis(150)).await;
+                    let pid = event["pid"].as_i64().unwrap() as i32;
+                    // SAFETY: kill(2) on a runner of the app this test started.
+                    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+                    kills += 1;
+                }
+                (Some("output"), Some("s")) => report = event["line"].as_str().map(str::to_owned),
+                _ => {}
+            }
+        }
+        let report = report.unwrap();
+        let fields: Vec<u64> = report.split(' ').filter_map(|w| w.parse().ok()).collect();
+        let [taken, returned, duplicates, disorders] = fields[..] else {
+            panic!("bad report `{report}`");
+        };
+        assert_eq!(taken + returned, 10_000, "{report}");
+        assert_eq!((duplicates, disorders), (0, 0), "{report}");
+        assert!(returned > 0, "the kills came too late to matter: {report}");
+        assert_eq!(kills, 2);
+        app.signal(libc::SIGTERM);
+        let events = app.rest().await;
+        assert!(
+            events
+                .iter()
+                .map(brief)
+                .any(|b| b == "exited s: exit code 0"),
+            "{events:?}"
         );
     })
     .await;

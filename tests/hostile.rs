@@ -172,8 +172,11 @@ async fn a_timeout_during_a_16_mib_send_says_timed_out() {
 async fn a_million_sends_to_unknown_ids_come_back_and_host_memory_stays_bounded() {
     within(300, async {
         let crasher = guest("crasher");
-        let stdout =
-            common::run_helper("unknown-probe", [crasher.as_os_str(), "1000000".as_ref()]).await;
+        let stdout = common::run_helper(
+            "unknown-probe",
+            [crasher.as_os_str(), "unknown".as_ref(), "1000000".as_ref()],
+        )
+        .await;
         let mut lines = stdout.lines();
         assert_eq!(lines.next(), Some("1000000 notices: unknown recipient"));
         let peak = common::parse_kib(lines.next().unwrap(), "peak_rss_kib");
@@ -181,6 +184,65 @@ async fn a_million_sends_to_unknown_ids_come_back_and_host_memory_stays_bounded(
     })
     .await;
 }
+
+/// 120 sends to a 16 MiB name: each comes back `unknown recipient` with the
+/// name cut to 128 bytes, and neither the host nor the guest's runner holds
+/// the name once per send.
+#[tokio::test]
+async fn sends_to_a_huge_name_come_back_short_and_the_host_stays_small() {
+    within(300, async {
+        let crasher = guest("crasher");
+        let stdout = common::run_helper(
+            "unknown-probe",
+            [
+                crasher.as_os_str(),
+                "longname".as_ref(),
+                "16".as_ref(),
+                "120".as_ref(),
+            ],
+        )
+        .await;
+        let mut lines = stdout.lines();
+        // 128 bytes of the name and a three-byte `…`.
+        assert_eq!(
+            lines.next(),
+            Some("120 notices: unknown recipient, name of 131 bytes")
+        );
+        let peak = common::parse_kib(lines.next().unwrap(), "peak_rss_kib");
+        println!("host peak with 120 sends to a 16 MiB name: {peak} KiB");
+        assert!(peak < HOST_PEAK_KIB, "the host peaked at {peak} KiB");
+    })
+    .await;
+}
+
+/// 8 broadcasts of 16 MiB to 50 members that never read: the members share
+/// one copy of each payload in the host.
+#[tokio::test]
+async fn broadcasts_to_members_that_never_read_share_one_copy_in_the_host() {
+    within(300, async {
+        let crasher = guest("crasher");
+        let stdout = common::run_helper(
+            "broadcast-probe",
+            [
+                crasher.as_os_str(),
+                "50".as_ref(),
+                "8".as_ref(),
+                "16".as_ref(),
+            ],
+        )
+        .await;
+        let mut lines = stdout.lines();
+        assert_eq!(lines.next(), Some("50 members, 8 broadcasts of 16 MiB"));
+        let peak = common::parse_kib(lines.next().unwrap(), "peak_rss_kib");
+        println!("host peak with 8 x 16 MiB broadcasts to 50 members: {peak} KiB");
+        assert!(peak < HOST_PEAK_KIB, "the host peaked at {peak} KiB");
+    })
+    .await;
+}
+
+/// What the host may peak at in the memory tests above: its own baseline
+/// (about 80 MiB with the compiler loaded) plus 8 payloads of 16 MiB.
+const HOST_PEAK_KIB: u64 = 320 * 1024;
 
 /// Each way a runner can lie ends that runner with `protocol violation`.
 #[tokio::test]

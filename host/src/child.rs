@@ -157,7 +157,7 @@ impl Child {
     /// about messages the parent sent that could not be delivered). `None`
     /// once the guest has ended and everything it sent has been read.
     pub async fn recv(&self) -> Option<InboxItem> {
-        self.entry.parent_inbox.pop().await
+        self.entry.parent_inbox.pop().await.map(InboxItem::from)
     }
 
     /// The next message's payload decoded as a `T`, skipping nothing: any
@@ -182,7 +182,7 @@ impl Child {
 
     /// The next item, if one is waiting.
     pub fn try_recv(&self) -> Option<InboxItem> {
-        self.entry.parent_inbox.try_pop()
+        self.entry.parent_inbox.try_pop().map(InboxItem::from)
     }
 
     /// Read one of the guest's output streams to its end, or up to `max`

@@ -13,7 +13,7 @@ use std::io::{self, IoSlice};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -95,7 +95,7 @@ const MAX_IOVECS: usize = 1024;
 pub struct Batch {
     bytes: Vec<u8>,
     /// (offset in `bytes`, payload), offsets in order.
-    tails: Vec<(usize, Vec<u8>)>,
+    tails: Vec<(usize, Bytes)>,
     tail_bytes: usize,
     /// Frames pushed since the last clear.
     frames: u64,
@@ -122,8 +122,8 @@ impl Batch {
     }
 
     /// Add a frame given as its `head` (the frame with an empty payload as
-    /// its last field) and its `payload`, which is moved, not copied, when it
-    /// is large.
+    /// its last field) and its `payload`, which is kept (shared, not copied)
+    /// when it is large.
     ///
     /// # Errors
     ///
@@ -131,8 +131,9 @@ impl Batch {
     pub fn push_split<T: Serialize>(
         &mut self,
         head: &T,
-        payload: Vec<u8>,
+        payload: impl Into<Bytes>,
     ) -> Result<(), FrameError> {
+        let payload = payload.into();
         framing::encode_head_into(head, payload.len(), &mut self.bytes, MAX_FRAME_LEN)?;
         if payload.len() < OUT_OF_LINE {
             self.bytes.extend_from_slice(&payload);

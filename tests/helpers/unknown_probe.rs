@@ -1,8 +1,9 @@
-//! A host process for the "sends to a million unknown ids" test, measured
-//! from outside the test process. Runs `crasher unknown N` and prints its
-//! stdout, then `peak_rss_kib=KIB`.
+//! A host process for the tests of sends nobody can take (a million unknown
+//! ids, huge names), measured from outside the test process. Runs the
+//! crasher with the given arguments and prints its stdout, then
+//! `peak_rss_kib=KIB`.
 //!
-//! Usage: `unknown-probe CRASHER_WASM N`.
+//! Usage: `unknown-probe CRASHER_WASM ARGS...`.
 
 use wasmproc::Command;
 
@@ -12,10 +13,13 @@ mod peak;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let [crasher, n] = args.as_slice() else {
-        anyhow::bail!("usage: unknown-probe CRASHER_WASM N");
+    let Some((crasher, args)) = args.split_first() else {
+        anyhow::bail!("usage: unknown-probe CRASHER_WASM ARGS...");
     };
-    let out = Command::new(crasher).args(["unknown", n]).output().await?;
+    let out = Command::new(crasher)
+        .args(args.iter().cloned())
+        .output()
+        .await?;
     anyhow::ensure!(
         out.status.success(),
         "the guest ended badly: {}",

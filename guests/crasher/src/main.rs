@@ -11,7 +11,9 @@
 //!   undeliverable notices that come back and prints `N notices: REASON`;
 //! - `flood [NAME]`: monitors NAME if given, then sends to guest ids nobody
 //!   has, forever, and never reads its inbox (whose notices pile up);
-//! - `longline N`: prints a line of N `x`, then `line 0` to `line 9`.
+//! - `longline N`: prints a line of N `x`, then `line 0` to `line 9`;
+//! - `longname MB N`: sends N messages to a name of MB mebibytes, then
+//!   prints `N notices: REASON, name of LEN bytes` for what came back.
 
 use wasmproc_guest::{self as ipc, InboxItem};
 
@@ -79,6 +81,27 @@ fn main() {
             let base = 1u64 << 40;
             for i in 0.. {
                 ipc::send(ipc::Address::Id(base + i), b"x").expect("send");
+            }
+        }
+        Some("longname") => {
+            let mb: usize = args.get(1).and_then(|m| m.parse().ok()).unwrap_or(1);
+            let n: usize = args.get(2).and_then(|m| m.parse().ok()).unwrap_or(1);
+            let name = "x".repeat(mb * 1024 * 1024);
+            for _ in 0..n {
+                ipc::send(ipc::Address::Name(name.clone()), b"x").expect("send");
+            }
+            let mut seen = std::collections::BTreeMap::new();
+            for _ in 0..n {
+                if let InboxItem::Undeliverable(notice) = ipc::recv() {
+                    let len = match &notice.to {
+                        ipc::Address::Name(name) => name.len(),
+                        _ => 0,
+                    };
+                    *seen.entry((notice.reason.to_string(), len)).or_insert(0u64) += 1;
+                }
+            }
+            for ((reason, len), count) in seen {
+                println!("{count} notices: {reason}, name of {len} bytes");
             }
         }
         Some("longline") => {

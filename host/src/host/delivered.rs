@@ -11,7 +11,9 @@
 use std::collections::VecDeque;
 use std::sync::{Mutex, MutexGuard};
 
-use wasmproc_protocol::{GuestId, InboxItem};
+use wasmproc_protocol::GuestId;
+
+use crate::relay::Item;
 
 /// A delivered message's sender and length; `None` for a notice.
 type Record = Option<(GuestId, u64)>;
@@ -38,13 +40,13 @@ impl Delivered {
     }
 
     /// Record items about to be written to the runner, in order.
-    pub(crate) fn record<'a>(&self, items: impl IntoIterator<Item = &'a InboxItem>) {
+    pub(crate) fn record<'a>(&self, items: impl IntoIterator<Item = &'a Item>) {
         let mut state = self.lock();
         for item in items {
             state.delivered += 1;
             state.pending.push_back(match item {
-                InboxItem::Message { from, payload, .. } => Some((*from, payload.len() as u64)),
-                _ => None,
+                Item::Message { from, payload, .. } => Some((*from, payload.len() as u64)),
+                Item::Notice(_) => None,
             });
         }
     }
@@ -87,13 +89,15 @@ impl Delivered {
 
 #[cfg(test)]
 mod tests {
+    use wasmproc_protocol::InboxItem;
+
     use super::*;
 
-    fn message(from: u64, len: usize) -> InboxItem {
-        InboxItem::Message {
+    fn message(from: u64, len: usize) -> Item {
+        Item::Message {
             from: GuestId(from),
             from_name: None,
-            payload: vec![0; len],
+            payload: vec![0; len].into(),
         }
     }
 
@@ -102,7 +106,7 @@ mod tests {
         let d = Delivered::default();
         let items = [
             message(1, 10),
-            InboxItem::Shutdown,
+            Item::Notice(InboxItem::Shutdown),
             message(2, 20),
             message(3, 30),
         ];

@@ -29,7 +29,7 @@ use super::spawner::Spawned;
 use crate::child::{Child, KillReason, Killer, Watch};
 use crate::connection::{Batch, FrameReader, FrameWriter};
 use crate::os::process::Process;
-use crate::relay::{Entry, Relay};
+use crate::relay::{Entry, Item, Relay};
 use crate::status::{ExitStatus, Limit};
 
 /// Frames per write when a guest's mailbox holds many.
@@ -135,7 +135,7 @@ async fn write_runner(
         for item in items.drain(..) {
             let queued = match item {
                 // The payload goes from the mailbox to the pipe, uncopied.
-                InboxItem::Message {
+                Item::Message {
                     from,
                     from_name,
                     payload,
@@ -147,7 +147,7 @@ async fn write_runner(
                     });
                     batch.push_split(&head, payload)
                 }
-                other => batch.push(&HostToRunner::Deliver(other)),
+                Item::Notice(notice) => batch.push(&HostToRunner::Deliver(notice)),
             };
             if let Err(err) = queued {
                 tracing::error!(guest = %entry.id, "cannot encode an inbox item: {err}");

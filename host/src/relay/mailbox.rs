@@ -14,18 +14,103 @@
 //! [`push_notice`]: Mailbox::push_notice
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use bytes::Bytes;
 use tokio::sync::Notify;
-use wasmproc_protocol::InboxItem;
+use wasmproc_protocol::{GuestId, InboxItem};
+
+/// An inbox item as the host holds it: a message's payload is shared (the
+/// members of a broadcast hold one buffer), never copied to be queued.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Item {
+    Message {
+        from: GuestId,
+        from_name: Option<String>,
+        payload: Bytes,
+    },
+    /// Anything else: undeliverable, down, shutdown.
+    Notice(InboxItem),
+}
+
+impl Item {
+    /// The message bytes the item carries (0 for a notice).
+    pub fn payload_len(&self) -> usize {
+        match self {
+            Item::Message { payload, .. } => payload.len(),
+            Item::Notice(_) => 0,
+        }
+    }
+}
+
+impl From<InboxItem> for Item {
+    fn from(item: InboxItem) -> Item {
+        match item {
+            InboxItem::Message {
+                from,
+                from_name,
+                payload,
+            } => Item::Message {
+                from,
+                from_name,
+                payload: Bytes::from(payload),
+            },
+            notice => Item::Notice(notice),
+        }
+    }
+}
+
+impl From<Item> for InboxItem {
+    /// A payload nobody else shares moves over uncopied.
+    fn from(item: Item) -> InboxItem {
+        match item {
+            Item::Message {
+                from,
+                from_name,
+                payload,
+            } => InboxItem::Message {
+                from,
+                from_name,
+                payload: Vec::from(payload),
+            },
+            Item::Notice(notice) => notice,
+        }
+    }
+}
 
 /// Items the host holds for one guest.
 pub const MAILBOX_ITEMS: usize = 16 * 1024;
 /// Payload bytes the host holds for one guest (one message of any allowed
 /// size is always accepted into an empty mailbox).
 pub const MAILBOX_BYTES: usize = 16 * 1024 * 1024;
+
+/// Message bytes one host may hold in all its guests' mailboxes together
+/// (each mailbox has its own bound too): past it, sends are refused with
+/// `mailbox full` whoever the recipient is.
+pub const HOST_BYTES: usize = 1024 * 1024 * 1024;
+
+/// Message bytes held in all of one host's mailboxes, against a cap.
+#[derive(Debug)]
+pub struct HostBudget {
+    held: AtomicUsize,
+    cap: usize,
+}
+
+impl HostBudget {
+    pub fn new(cap: usize) -> HostBudget {
+        HostBudget {
+            held: AtomicUsize::new(0),
+            cap,
+        }
+    }
+
+    fn has_room(&self, len: usize) -> bool {
+        self.held.load(Ordering::Relaxed).saturating_add(len) <= self.cap
+    }
+}
 
 /// Why an item was not queued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,6 +130,8 @@ pub struct Mailbox {
     writable: Notify,
     max_items: usize,
     max_bytes: usize,
+    /// The host's cap over all its mailboxes.
+    budget: Arc<HostBudget>,
     /// Set when a sender waited [`push_wait`](Self::push_wait)'s whole time
     /// in vain: the guest is not reading, so later senders are refused at
     /// once instead of waiting too, until it has drained half its mailbox.
@@ -53,7 +140,7 @@ pub struct Mailbox {
 
 #[derive(Debug, Default)]
 struct State {
-    queue: VecDeque<InboxItem>,
+    queue: VecDeque<Item>,
     bytes: usize,
     closed: bool,
 }
@@ -66,7 +153,13 @@ impl Default for Mailbox {
 
 impl Mailbox {
     pub fn new(max_items: usize, max_bytes: usize) -> Self {
+        Mailbox::with_budget(max_items, max_bytes, Arc::new(HostBudget::new(usize::MAX)))
+    }
+
+    /// A mailbox whose bytes also count against `budget`.
+    pub fn with_budget(max_items: usize, max_bytes: usize, budget: Arc<HostBudget>) -> Self {
         Mailbox {
+            budget,
             state: Mutex::new(State::default()),
             readable: Notify::new(),
             writable: Notify::new(),
@@ -79,6 +172,7 @@ impl Mailbox {
     fn has_room(&self, state: &State, len: usize) -> bool {
         state.queue.len() < self.max_items
             && (state.queue.is_empty() || state.bytes + len <= self.max_bytes)
+            && self.budget.has_room(len)
     }
 
     /// Queue a message, waiting up to `patience` for room (back-pressure on
@@ -92,9 +186,10 @@ impl Mailbox {
     /// stalled), [`PushError::Closed`] once the guest has ended.
     pub async fn push_wait(
         &self,
-        item: InboxItem,
+        item: impl Into<Item>,
         patience: Duration,
-    ) -> Result<(), (PushError, InboxItem)> {
+    ) -> Result<(), (PushError, Item)> {
+        let item = item.into();
         let deadline = tokio::time::Instant::now() + patience;
         let len = item.payload_len();
         loop {
@@ -107,7 +202,7 @@ impl Mailbox {
                     return Err((PushError::Closed, item));
                 }
                 if self.has_room(&state, len) {
-                    state.bytes += len;
+                    self.hold(&mut state, len);
                     state.queue.push_back(item);
                     drop(state);
                     self.readable.notify_one();
@@ -124,6 +219,16 @@ impl Mailbox {
         }
     }
 
+    fn hold(&self, state: &mut State, len: usize) {
+        state.bytes += len;
+        self.budget.held.fetch_add(len, Ordering::Relaxed);
+    }
+
+    fn release(&self, state: &mut State, len: usize) {
+        state.bytes -= len;
+        self.budget.held.fetch_sub(len, Ordering::Relaxed);
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -133,7 +238,8 @@ impl Mailbox {
     /// # Errors
     ///
     /// [`PushError::Full`] at the bound, [`PushError::Closed`] after [`close`](Self::close).
-    pub fn try_push(&self, item: InboxItem) -> Result<(), (PushError, InboxItem)> {
+    pub fn try_push(&self, item: impl Into<Item>) -> Result<(), (PushError, Item)> {
+        let item = item.into();
         let len = item.payload_len();
         {
             let mut state = self.lock();
@@ -143,7 +249,7 @@ impl Mailbox {
             if !self.has_room(&state, len) {
                 return Err((PushError::Full, item));
             }
-            state.bytes += len;
+            self.hold(&mut state, len);
             state.queue.push_back(item);
         }
         self.readable.notify_one();
@@ -157,7 +263,8 @@ impl Mailbox {
     ///
     /// [`PushError::Full`] past the headroom, [`PushError::Closed`] once the
     /// guest has ended.
-    pub fn try_push_notice(&self, item: InboxItem) -> Result<(), PushError> {
+    pub fn try_push_notice(&self, item: impl Into<Item>) -> Result<(), PushError> {
+        let item = item.into();
         {
             let mut state = self.lock();
             if state.closed {
@@ -166,7 +273,7 @@ impl Mailbox {
             if state.queue.len() >= 2 * self.max_items {
                 return Err(PushError::Full);
             }
-            state.bytes += item.payload_len();
+            self.hold(&mut state, item.payload_len());
             state.queue.push_back(item);
         }
         self.readable.notify_one();
@@ -179,7 +286,8 @@ impl Mailbox {
     /// # Errors
     ///
     /// [`PushError::Closed`] once the guest has ended.
-    pub async fn push_notice(&self, item: InboxItem) -> Result<(), PushError> {
+    pub async fn push_notice(&self, item: impl Into<Item>) -> Result<(), PushError> {
+        let item = item.into();
         loop {
             let room = self.writable.notified();
             tokio::pin!(room);
@@ -190,7 +298,7 @@ impl Mailbox {
                     return Err(PushError::Closed);
                 }
                 if state.queue.len() < 2 * self.max_items {
-                    state.bytes += item.payload_len();
+                    self.hold(&mut state, item.payload_len());
                     state.queue.push_back(item);
                     drop(state);
                     self.readable.notify_one();
@@ -204,12 +312,7 @@ impl Mailbox {
     /// Wait for items and move up to `max_items` of them (and at least one,
     /// however large) into `out`. Returns `false` once the mailbox is closed
     /// and empty.
-    pub async fn pop_batch(
-        &self,
-        out: &mut Vec<InboxItem>,
-        max_items: usize,
-        max_bytes: usize,
-    ) -> bool {
+    pub async fn pop_batch(&self, out: &mut Vec<Item>, max_items: usize, max_bytes: usize) -> bool {
         loop {
             {
                 let mut state = self.lock();
@@ -224,7 +327,7 @@ impl Mailbox {
                             break;
                         }
                         bytes += len;
-                        state.bytes -= len;
+                        self.release(&mut state, len);
                         out.extend(state.queue.pop_front());
                     }
                     if state.queue.len() <= self.max_items / 2 && state.bytes <= self.max_bytes / 2
@@ -244,7 +347,7 @@ impl Mailbox {
     }
 
     /// Wait for the next item; `None` once closed and empty.
-    pub async fn pop(&self) -> Option<InboxItem> {
+    pub async fn pop(&self) -> Option<Item> {
         let mut out = Vec::with_capacity(1);
         if self.pop_batch(&mut out, 1, usize::MAX).await {
             out.pop()
@@ -254,11 +357,11 @@ impl Mailbox {
     }
 
     /// The next item if one is queued.
-    pub fn try_pop(&self) -> Option<InboxItem> {
+    pub fn try_pop(&self) -> Option<Item> {
         let item = {
             let mut state = self.lock();
             let item = state.queue.pop_front()?;
-            state.bytes -= item.payload_len();
+            self.release(&mut state, item.payload_len());
             item
         };
         self.writable.notify_waiters();
@@ -274,11 +377,12 @@ impl Mailbox {
 
     /// Drop everything queued and close (the guest is gone: nobody will read).
     /// Returns the messages that were dropped, for undeliverable notices.
-    pub fn close_and_drain(&self) -> Vec<InboxItem> {
-        let drained: Vec<InboxItem> = {
+    pub fn close_and_drain(&self) -> Vec<Item> {
+        let drained: Vec<Item> = {
             let mut state = self.lock();
             state.closed = true;
-            state.bytes = 0;
+            let held = state.bytes;
+            self.release(&mut state, held);
             state.queue.drain(..).collect()
         };
         self.readable.notify_one();
@@ -301,7 +405,6 @@ impl Mailbox {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use wasmproc_protocol::GuestId;
 
     fn msg(len: usize) -> InboxItem {
         InboxItem::Message {
@@ -324,6 +427,23 @@ mod tests {
         assert_eq!(out.len(), 3);
         // An empty mailbox takes one message of any size.
         mb.try_push(msg(500)).unwrap();
+    }
+
+    #[test]
+    fn the_host_budget_bounds_every_mailbox_together() {
+        let budget = Arc::new(HostBudget::new(150));
+        let a = Mailbox::with_budget(10, 100, budget.clone());
+        let b = Mailbox::with_budget(10, 100, budget.clone());
+        a.try_push(msg(100)).unwrap();
+        // `b` is empty, but the host holds 100 of its 150 bytes.
+        assert_eq!(b.try_push(msg(60)).unwrap_err().0, PushError::Full);
+        b.try_push(msg(50)).unwrap();
+        assert_eq!(budget.held.load(Ordering::Relaxed), 150);
+        // Notices carry no payload and still fit.
+        b.try_push_notice(InboxItem::Shutdown).unwrap();
+        assert!(a.try_pop().is_some());
+        drop(b.close_and_drain());
+        assert_eq!(budget.held.load(Ordering::Relaxed), 0);
     }
 
     #[tokio::test]

@@ -18,11 +18,14 @@ use wasmproc_protocol::{Address, GuestId, InboxItem, UndeliverableReason};
 mod mailbox;
 mod policy;
 
+use bytes::Bytes;
 use wasmproc_protocol::contract::{MAX_NAME_LEN, bounded_name};
 use wasmproc_protocol::valid_name;
 
 use crate::connection::WriteStats;
-pub(crate) use mailbox::{Mailbox, PushError};
+pub(crate) use mailbox::{
+    HOST_BYTES, HostBudget, Item, MAILBOX_BYTES, MAILBOX_ITEMS, Mailbox, PushError,
+};
 pub use policy::Refusal;
 use policy::Refusals;
 
@@ -73,7 +76,7 @@ pub struct Routed {
 pub struct Pending {
     /// The recipient; `None` for the sender's parent.
     target: Option<Arc<Entry>>,
-    item: InboxItem,
+    item: Item,
     to: Address,
 }
 
@@ -132,6 +135,8 @@ struct Inner {
     refusals: Refusals,
     /// Notices that found no room in their guest's mailbox.
     dropped_notices: AtomicU64,
+    /// Message bytes held in every mailbox of this relay, capped.
+    budget: Arc<HostBudget>,
 }
 
 impl Default for Relay {
@@ -174,6 +179,7 @@ impl Relay {
                 stats: Arc::new(WriteStats::default()),
                 refusals: Refusals::default(),
                 dropped_notices: AtomicU64::new(0),
+                budget: Arc::new(HostBudget::new(HOST_BYTES)),
             }),
         }
     }
@@ -221,8 +227,12 @@ impl Relay {
             id,
             name: name.clone(),
             group: group.clone(),
-            mailbox: Mailbox::default(),
-            parent_inbox: Mailbox::default(),
+            mailbox: Mailbox::with_budget(MAILBOX_ITEMS, MAILBOX_BYTES, self.inner.budget.clone()),
+            parent_inbox: Mailbox::with_budget(
+                MAILBOX_ITEMS,
+                MAILBOX_BYTES,
+                self.inner.budget.clone(),
+            ),
             max_message_size,
             talks_to,
             max_cpu,
@@ -243,7 +253,8 @@ impl Relay {
     /// for the sender, and messages waiting for room in a full mailbox.
     pub fn route(&self, from: &Entry, to: Address, payload: Vec<u8>) -> Routed {
         let mut routed = Routed::default();
-        let message = |payload| InboxItem::Message {
+        let payload = Bytes::from(payload);
+        let message = |payload| Item::Message {
             from: from.id,
             from_name: from.name.clone(),
             payload,
@@ -313,20 +324,13 @@ impl Relay {
         drop(table);
 
         let notices = &mut routed.notices;
-        let last = targets.len() - 1;
-        let mut payload = Some(payload);
-        for (i, target) in targets.iter().enumerate() {
+        for target in &targets {
             if len as u64 > target.max_message_size {
                 notices.push(bounce(to.clone(), UndeliverableReason::TooLarge, len));
                 continue;
             }
-            // Only a broadcast copies the payload, once per extra member.
-            let body = if i == last {
-                payload.take().unwrap_or_default()
-            } else {
-                payload.clone().unwrap_or_default()
-            };
-            match target.mailbox.try_push(message(body)) {
+            // A broadcast's members share one payload: no copy per member.
+            match target.mailbox.try_push(message(payload.clone())) {
                 Ok(()) => {}
                 Err((PushError::Full, item)) => routed.waiting.push(Pending {
                     target: Some(target.clone()),
@@ -354,10 +358,7 @@ impl Relay {
             Some(target) => &target.mailbox,
             None => &from.parent_inbox,
         };
-        let len = match &item {
-            InboxItem::Message { payload, .. } => payload.len() as u64,
-            _ => 0,
-        };
+        let len = item.payload_len() as u64;
         let reason = match mailbox.push_wait(item, MAILBOX_PATIENCE).await {
             Ok(()) => return None,
             Err((PushError::Full, _)) => UndeliverableReason::MailboxFull,
@@ -387,8 +388,10 @@ impl Relay {
         if targets.is_empty() {
             return Err(SendError::Unknown(to.clone()));
         }
+        // One payload, shared by every member of a broadcast.
+        let payload = Bytes::from(payload);
         for target in targets {
-            self.send_from_parent(&target, payload.clone())?;
+            self.parent_send(&target, payload.clone())?;
         }
         Ok(())
     }
@@ -399,13 +402,17 @@ impl Relay {
     ///
     /// When the guest has exited, its mailbox is full or the message is too large.
     pub fn send_from_parent(&self, to: &Entry, payload: Vec<u8>) -> Result<(), SendError> {
+        self.parent_send(to, Bytes::from(payload))
+    }
+
+    fn parent_send(&self, to: &Entry, payload: Bytes) -> Result<(), SendError> {
         if payload.len() as u64 > to.max_message_size {
             return Err(SendError::TooLarge {
                 len: payload.len(),
                 limit: to.max_message_size,
             });
         }
-        let item = InboxItem::Message {
+        let item = Item::Message {
             from: GuestId::PARENT,
             from_name: Some("parent".to_owned()),
             payload,
@@ -471,8 +478,8 @@ impl Relay {
             .close_and_drain()
             .into_iter()
             .filter_map(|item| match item {
-                InboxItem::Message { from, payload, .. } => Some((from, payload.len() as u64)),
-                _ => None,
+                Item::Message { from, payload, .. } => Some((from, payload.len() as u64)),
+                Item::Notice(_) => None,
             });
         self.return_to_senders(&entry, never_delivered);
         entry.parent_inbox.close();
@@ -672,8 +679,8 @@ mod tests {
         );
     }
 
-    fn payload_of(item: InboxItem) -> Vec<u8> {
-        match item {
+    fn payload_of(item: Item) -> Vec<u8> {
+        match InboxItem::from(item) {
             InboxItem::Message { payload, .. } => payload,
             other => panic!("not a message: {other:?}"),
         }
@@ -798,7 +805,7 @@ mod tests {
         assert_eq!(relay.monitor(watcher.id, "t"), None);
         relay.unregister(target.id, "trap: unreachable").await;
         assert_eq!(
-            watcher.mailbox.try_pop(),
+            watcher.mailbox.try_pop().map(InboxItem::from),
             Some(InboxItem::Down {
                 id: target.id,
                 name: Some("t".into()),
