@@ -13,9 +13,15 @@ use wasmproc::{Command, ExitStatus, Host, Limit};
 #[tokio::test]
 async fn the_hardened_runner_cannot_exec_fork_open_sockets_leave_its_files_or_signal_others() {
     within(60, async {
+        let rw = common::scratch_dir("probe-rw");
         let mut command = Command::new(guest("echo"));
         let out = wasmproc::testing::probe_sandbox(&mut command)
-            .args([std::process::id().to_string(), "/etc/passwd".to_owned()])
+            .args([
+                std::process::id().to_string(),
+                "/etc/passwd".to_owned(),
+                rw.display().to_string(),
+            ])
+            .preopen(&rw, "/data", false)
             .output()
             .await
             .unwrap();
@@ -30,8 +36,29 @@ async fn the_hardened_runner_cannot_exec_fork_open_sockets_leave_its_files_or_si
                 "kill other: denied: Operation not permitted (os error 1)\n",
                 "ptrace: denied: Operation not permitted (os error 1)\n",
                 "kill self: ALLOWED (permitted)\n",
+                "io_uring: denied: Operation not permitted (os error 1)\n",
+                "packet socket: denied: Operation not permitted (os error 1)\n",
+                "sigqueue other: denied: Operation not permitted (os error 1)\n",
+                "pidfd_open other: denied: Operation not permitted (os error 1)\n",
+                "pidfd_getfd: denied: Operation not permitted (os error 1)\n",
+                "open_tree: denied: Operation not permitted (os error 1)\n",
+                "clone new namespace: denied: Operation not permitted (os error 1)\n",
+                "sethostname: denied: Operation not permitted (os error 1)\n",
+                "adjtimex: denied: Operation not permitted (os error 1)\n",
+                "setpriority other: denied: Operation not permitted (os error 1)\n",
+                "memfd_create: denied: Operation not permitted (os error 1)\n",
+                "TIOCSTI: denied: Operation not permitted (os error 1)\n",
+                "mknod: denied: Operation not permitted (os error 1)\n",
+                "setuid chmod: denied: Operation not permitted (os error 1)\n",
+                "capabilities: effective 0x0, permitted 0x0, bounding 0x0\n",
             )
         );
+        // Nothing was made in the read-write folder but the plain file.
+        assert!(!rw.join("node").exists());
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(rw.join("suid")).unwrap().permissions(),
+        );
+        assert_eq!(mode & 0o7777, 0o755);
     })
     .await;
 }
@@ -376,7 +403,8 @@ fn sandbox_explain_prints_both_walls_from_the_policy_the_runner_applies() {
         "second wall (the runner process):",
         "              read folders /tmp",
         "              read-write folders nothing",
-        "              clone only with CLONE_THREAD, clone3 ENOSYS, kill/tgkill only to itself",
+        "              clone only with CLONE_THREAD, clone3 ENOSYS, kill/tgkill/rt_*sigqueueinfo only to itself, no ioctl TIOCSTI/TIOCLINUX, no set-id chmod",
+        "  process:    its own, dies with the host (SIGKILL on parent death), no new privileges, no capabilities (securebits locked)",
         "  rlimits:    RLIMIT_CORE 0, RLIMIT_NOFILE 256, RLIMIT_CPU 10",
     ] {
         assert!(

@@ -330,7 +330,7 @@ impl Reader {
                 }
             }
             Action::Monitor { name } => {
-                if let Some(down) = relay.monitor(entry.id, &name) {
+                if let Some(down) = relay.monitor(entry, &name) {
                     let _ = entry.mailbox.push_notice(down).await;
                 }
             }

@@ -424,23 +424,32 @@ impl Relay {
     }
 
     /// `watcher` monitors the guest called `name`. Returns the `Down` notice
-    /// to give at once when no such guest is alive.
-    pub fn monitor(&self, watcher: GuestId, name: &str) -> Option<InboxItem> {
-        let mut table = self.write();
-        match table.names.get(name).copied() {
-            Some(target) => {
-                table.monitors.entry(target).or_default().insert(watcher);
-                None
-            }
-            None => Some(InboxItem::Down {
+    /// to give at once when no such guest is alive, or when the watcher may
+    /// not talk to it (then nothing about the target is revealed).
+    pub fn monitor(&self, watcher: &Entry, name: &str) -> Option<InboxItem> {
+        let down = |reason: &str| {
+            Some(InboxItem::Down {
                 id: GuestId(0),
                 name: Some(bounded_name(name)),
-                reason: if table.exited_names.contains(name) {
-                    "already exited".to_owned()
-                } else {
-                    "no such guest".to_owned()
-                },
-            }),
+                reason: reason.to_owned(),
+            })
+        };
+        let mut table = self.write();
+        let target = table.names.get(name).copied();
+        let resolved: Vec<Arc<Entry>> = target
+            .and_then(|id| table.guests.get(&id).cloned())
+            .into_iter()
+            .collect();
+        if !policy::allows(watcher, &Address::Name(name.to_owned()), &resolved) {
+            return down("not allowed");
+        }
+        match target {
+            Some(target) => {
+                table.monitors.entry(target).or_default().insert(watcher.id);
+                None
+            }
+            None if table.exited_names.contains(name) => down("already exited"),
+            None => down("no such guest"),
         }
     }
 
@@ -798,11 +807,39 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_guest_may_monitor_only_whom_it_may_talk_to() {
+        let relay = Relay::new();
+        let target = relay.register(reg(Some("t"), None)).unwrap();
+        let mut quiet = reg(Some("q"), None);
+        quiet.talks_to = Some(Vec::new());
+        let quiet = relay.register(quiet).unwrap();
+        let down = |reason: &str| {
+            Some(InboxItem::Down {
+                id: GuestId(0),
+                name: Some("t".into()),
+                reason: reason.into(),
+            })
+        };
+        assert_eq!(relay.monitor(&quiet, "t"), down("not allowed"));
+        // Nothing tells it whether `t` exists: the same answer either way.
+        assert_eq!(
+            relay.monitor(&quiet, "nobody"),
+            Some(InboxItem::Down {
+                id: GuestId(0),
+                name: Some("nobody".into()),
+                reason: "not allowed".into(),
+            })
+        );
+        relay.unregister(target.id, "exit code 0").await;
+        assert_eq!(quiet.mailbox.try_pop(), None);
+    }
+
+    #[tokio::test]
     async fn monitors_get_down_with_the_reason() {
         let relay = Relay::new();
         let watcher = relay.register(reg(Some("w"), None)).unwrap();
         let target = relay.register(reg(Some("t"), None)).unwrap();
-        assert_eq!(relay.monitor(watcher.id, "t"), None);
+        assert_eq!(relay.monitor(&watcher, "t"), None);
         relay.unregister(target.id, "trap: unreachable").await;
         assert_eq!(
             watcher.mailbox.try_pop().map(InboxItem::from),

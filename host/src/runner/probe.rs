@@ -21,6 +21,46 @@ fn outcome(ok: bool, what: &str) -> String {
     }
 }
 
+/// The capability sets this process holds, as the kernel reports them
+/// (`capget` and `PR_CAPBSET_READ`: Landlock keeps `/proc` out of reach).
+fn capabilities() -> String {
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: libc::c_int,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy, Default)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    let mut header = Header {
+        version: 0x2008_0522, // _LINUX_CAPABILITY_VERSION_3
+        pid: 0,
+    };
+    let mut data = [Data::default(); 2];
+    // SAFETY: capget writes one header and two data structs we own.
+    let rc = unsafe { libc::syscall(libc::SYS_capget, &mut header, data.as_mut_ptr()) };
+    if rc != 0 {
+        return format!("capabilities: unreadable: {}", errno());
+    }
+    let join = |low: u32, high: u32| u64::from(low) | (u64::from(high) << 32);
+    let mut bounding = 0u64;
+    for cap in 0..64 {
+        // SAFETY: prctl with integer arguments only.
+        if unsafe { libc::prctl(libc::PR_CAPBSET_READ, cap as libc::c_ulong, 0, 0, 0) } == 1 {
+            bounding |= 1 << cap;
+        }
+    }
+    format!(
+        "capabilities: effective {:#x}, permitted {:#x}, bounding {bounding:#x}",
+        join(data[0].effective, data[1].effective),
+        join(data[0].permitted, data[1].permitted),
+    )
+}
+
 /// Try each forbidden operation and print `NAME: RESULT` lines on stdout.
 pub fn run(spec: &LaunchSpec) {
     let mut lines = Vec::new();
@@ -71,7 +111,97 @@ pub fn run(spec: &LaunchSpec) {
 
         let rc = libc::kill(libc::getpid(), 0);
         lines.push(format!("kill self: {}", outcome(rc == 0, "permitted")));
+
+        // Other routes to a socket, a process, a mount, the clock, a device.
+        let mut params = [0u8; 120];
+        let rc = libc::syscall(libc::SYS_io_uring_setup, 1, params.as_mut_ptr());
+        if rc >= 0 {
+            libc::close(rc as libc::c_int);
+        }
+        lines.push(format!("io_uring: {}", outcome(rc >= 0, "ring made")));
+
+        let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0x0300);
+        if fd >= 0 {
+            libc::close(fd);
+        }
+        lines.push(format!("packet socket: {}", outcome(fd >= 0, "opened")));
+
+        let mut info: libc::siginfo_t = std::mem::zeroed();
+        info.si_signo = 0;
+        let rc = libc::syscall(libc::SYS_rt_sigqueueinfo, target, 0, &mut info);
+        lines.push(format!("sigqueue other: {}", outcome(rc == 0, "permitted")));
+
+        let rc = libc::syscall(libc::SYS_pidfd_open, target, 0);
+        if rc >= 0 {
+            libc::close(rc as libc::c_int);
+        }
+        lines.push(format!("pidfd_open other: {}", outcome(rc >= 0, "opened")));
+
+        let rc = libc::syscall(libc::SYS_pidfd_getfd, 0, 0, 0);
+        lines.push(format!("pidfd_getfd: {}", outcome(rc >= 0, "took one")));
+
+        let root = CString::new("/").unwrap_or_default();
+        let rc = libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, root.as_ptr(), 1);
+        if rc >= 0 {
+            libc::close(rc as libc::c_int);
+        }
+        lines.push(format!("open_tree: {}", outcome(rc >= 0, "cloned /")));
+
+        let rc = libc::syscall(
+            libc::SYS_clone,
+            (libc::CLONE_NEWNS | libc::SIGCHLD) as libc::c_ulong,
+            0,
+            0,
+            0,
+            0,
+        );
+        if rc == 0 {
+            libc::_exit(0);
+        }
+        lines.push(format!(
+            "clone new namespace: {}",
+            outcome(rc > 0, "cloned")
+        ));
+
+        let name = b"escaped";
+        let rc = libc::sethostname(name.as_ptr().cast(), name.len());
+        lines.push(format!("sethostname: {}", outcome(rc == 0, "renamed")));
+
+        let mut timex: libc::timex = std::mem::zeroed();
+        let rc = libc::adjtimex(&mut timex);
+        lines.push(format!("adjtimex: {}", outcome(rc >= 0, "read the clock")));
+
+        let rc = libc::setpriority(libc::PRIO_PROCESS, target as libc::id_t, 19);
+        lines.push(format!(
+            "setpriority other: {}",
+            outcome(rc == 0, "reniced")
+        ));
+
+        let rc = libc::syscall(libc::SYS_memfd_create, root.as_ptr(), 0);
+        if rc >= 0 {
+            libc::close(rc as libc::c_int);
+        }
+        lines.push(format!("memfd_create: {}", outcome(rc >= 0, "made one")));
+
+        let byte = b'x';
+        let rc = libc::ioctl(0, libc::TIOCSTI, &byte);
+        lines.push(format!("TIOCSTI: {}", outcome(rc == 0, "typed")));
+
+        if let Some(dir) = spec.args.get(3) {
+            let node = CString::new(format!("{dir}/node")).unwrap_or_default();
+            let rc = libc::mknod(node.as_ptr(), libc::S_IFCHR | 0o666, libc::makedev(1, 3));
+            lines.push(format!("mknod: {}", outcome(rc == 0, "made a device")));
+
+            let file = CString::new(format!("{dir}/suid")).unwrap_or_default();
+            let fd = libc::open(file.as_ptr(), libc::O_CREAT | libc::O_WRONLY, 0o755);
+            if fd >= 0 {
+                libc::close(fd);
+            }
+            let rc = libc::chmod(file.as_ptr(), 0o4755);
+            lines.push(format!("setuid chmod: {}", outcome(rc == 0, "set")));
+        }
     }
+    lines.push(capabilities());
     let mut out = std::io::stdout().lock();
     for line in lines {
         let _ = writeln!(out, "{line}");

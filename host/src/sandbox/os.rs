@@ -66,7 +66,46 @@ pub const DENIED_SYSCALLS: &[(&str, i64)] = &[
     ("open_by_handle_at", libc::SYS_open_by_handle_at),
     ("name_to_handle_at", libc::SYS_name_to_handle_at),
     ("tkill", libc::SYS_tkill),
+    ("io_uring_setup", libc::SYS_io_uring_setup),
+    ("io_uring_enter", libc::SYS_io_uring_enter),
+    ("io_uring_register", libc::SYS_io_uring_register),
+    ("pidfd_open", libc::SYS_pidfd_open),
+    ("pidfd_send_signal", libc::SYS_pidfd_send_signal),
+    ("pidfd_getfd", libc::SYS_pidfd_getfd),
+    ("open_tree", libc::SYS_open_tree),
+    ("move_mount", libc::SYS_move_mount),
+    ("fsopen", libc::SYS_fsopen),
+    ("fsconfig", libc::SYS_fsconfig),
+    ("fsmount", libc::SYS_fsmount),
+    ("fspick", libc::SYS_fspick),
+    ("mount_setattr", libc::SYS_mount_setattr),
+    ("sethostname", libc::SYS_sethostname),
+    ("setdomainname", libc::SYS_setdomainname),
+    ("adjtimex", libc::SYS_adjtimex),
+    ("clock_adjtime", libc::SYS_clock_adjtime),
+    ("clock_settime", libc::SYS_clock_settime),
+    ("settimeofday", libc::SYS_settimeofday),
+    ("syslog", libc::SYS_syslog),
+    ("mknod", libc::SYS_mknod),
+    ("mknodat", libc::SYS_mknodat),
+    ("sched_setscheduler", libc::SYS_sched_setscheduler),
+    ("sched_setparam", libc::SYS_sched_setparam),
+    ("sched_setattr", libc::SYS_sched_setattr),
+    ("setpriority", libc::SYS_setpriority),
+    ("ioprio_set", libc::SYS_ioprio_set),
+    ("quotactl", libc::SYS_quotactl),
+    ("vhangup", libc::SYS_vhangup),
+    ("memfd_create", libc::SYS_memfd_create),
 ];
+
+/// `ioctl` requests refused on any descriptor: typing into a terminal's
+/// input (`TIOCSTI`) and the console's own requests (`TIOCLINUX`).
+pub const DENIED_IOCTLS: &[(&str, u64)] = &[
+    ("TIOCSTI", libc::TIOCSTI),
+    ("TIOCLINUX", libc::TIOCLINUX),
+];
+
+
 
 /// One resource limit.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -147,6 +186,7 @@ impl OsPolicy {
             step("close inherited fds", close_inherited()),
             step("rlimits", self.set_rlimits()),
             step("landlock", self.landlock()),
+            step("capabilities", drop_capabilities()),
             step("seccomp", self.seccomp()),
         ]
     }
@@ -252,6 +292,31 @@ impl OsPolicy {
             libc::SYS_tgkill,
             vec![rule(vec![cond(0, SeccompCmpOp::Ne, me)?])?],
         );
+        for nr in [libc::SYS_rt_sigqueueinfo, libc::SYS_rt_tgsigqueueinfo] {
+            deny.insert(nr, vec![rule(vec![cond(0, SeccompCmpOp::Ne, me)?])?]);
+        }
+        // No typing into a terminal, whatever descriptor it is on.
+        let mut ioctls = Vec::new();
+        for (_, request) in DENIED_IOCTLS {
+            ioctls.push(rule(vec![cond(1, SeccompCmpOp::Eq, *request)?])?);
+        }
+        deny.insert(libc::SYS_ioctl, ioctls);
+        // No set-user-id or set-group-id files (the mode argument's place
+        // differs per call).
+        for (nr, mode_arg) in [
+            (libc::SYS_chmod, 1),
+            (libc::SYS_fchmod, 1),
+            (libc::SYS_fchmodat, 2),
+            (libc::SYS_fchmodat2, 2),
+        ] {
+            let setid = |bit: u64| -> Result<SeccompRule, String> {
+                rule(vec![cond(mode_arg, SeccompCmpOp::MaskedEq(bit), bit)?])
+            };
+            deny.insert(
+                nr,
+                vec![setid(libc::S_ISUID as u64)?, setid(libc::S_ISGID as u64)?],
+            );
+        }
         let deny = SeccompFilter::new(
             deny,
             SeccompAction::Allow,
@@ -267,7 +332,8 @@ impl OsPolicy {
             seccompiler::apply_filter(&program).map_err(|e| e.to_string())?;
         }
         Ok(format!(
-            "{} system calls denied; clone only for threads; clone3 ENOSYS; kill/tgkill only to itself",
+            "{} system calls denied; clone only for threads; clone3 ENOSYS; signals only to itself; \
+             no TIOCSTI; no set-id chmod",
             DENIED_SYSCALLS.len()
         ))
     }
@@ -275,6 +341,72 @@ impl OsPolicy {
 
 fn step(name: &'static str, outcome: Result<String, String>) -> Step {
     Step { name, outcome }
+}
+
+/// Securebits that keep a root process from regaining capabilities (no
+/// root magic, no fix-ups on uid changes, no ambient raise), each locked.
+const SECUREBITS: libc::c_ulong = 0x01 | 0x02 | 0x04 | 0x08 | 0x20 | 0x40 | 0x80;
+
+/// No capabilities, even when the host runs as root: securebits locked,
+/// the bounding and ambient sets cleared, then the effective, permitted and
+/// inheritable sets emptied. A process without privilege cannot clear its
+/// bounding set; it holds no capability either, and exec is denied.
+fn drop_capabilities() -> Result<String, String> {
+    // SAFETY: prctl with integer arguments only.
+    let locked = unsafe { libc::prctl(libc::PR_SET_SECUREBITS, SECUREBITS, 0, 0, 0) } == 0;
+    let last = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+        .ok()
+        .and_then(|text| text.trim().parse::<libc::c_ulong>().ok())
+        .unwrap_or(63);
+    let mut bounding_cleared = true;
+    for cap in 0..=last {
+        // SAFETY: as above.
+        if unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) } != 0 {
+            bounding_cleared = false;
+        }
+    }
+    // SAFETY: as above.
+    unsafe {
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL,
+            0,
+            0,
+            0,
+        );
+    }
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: libc::c_int,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    let header = Header {
+        version: 0x2008_0522, // _LINUX_CAPABILITY_VERSION_3
+        pid: 0,
+    };
+    let data = [Data {
+        effective: 0,
+        permitted: 0,
+        inheritable: 0,
+    }; 2];
+    // SAFETY: capset reads one header and two data structs we own.
+    if unsafe { libc::syscall(libc::SYS_capset, &header, data.as_ptr()) } != 0 {
+        return Err(format!(
+            "cannot empty the capability sets: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok(match (locked, bounding_cleared) {
+        (true, true) => "none: sets and bounding set empty, securebits locked".into(),
+        _ => "none held (the bounding set stays: not privileged to clear it)".into(),
+    })
 }
 
 fn no_new_privs() -> Result<String, String> {
@@ -331,7 +463,8 @@ impl fmt::Display for OsPolicy {
         };
         writeln!(
             f,
-            "  process:    its own, dies with the host (SIGKILL on parent death), no new privileges"
+            "  process:    its own, dies with the host (SIGKILL on parent death), no new privileges, \
+             no capabilities (securebits locked)"
         )?;
         writeln!(
             f,
@@ -350,9 +483,12 @@ impl fmt::Display for OsPolicy {
         )?;
         let denied: Vec<&str> = DENIED_SYSCALLS.iter().map(|(name, _)| *name).collect();
         writeln!(f, "  seccomp:    EPERM for {}", denied.join(", "))?;
+        let ioctls: Vec<&str> = DENIED_IOCTLS.iter().map(|(name, _)| *name).collect();
         writeln!(
             f,
-            "              clone only with CLONE_THREAD, clone3 ENOSYS, kill/tgkill only to itself"
+            "              clone only with CLONE_THREAD, clone3 ENOSYS, kill/tgkill/rt_*sigqueueinfo \
+             only to itself, no ioctl {}, no set-id chmod",
+            ioctls.join("/")
         )?;
         let limits: Vec<String> = self
             .rlimits
