@@ -100,12 +100,8 @@ pub const DENIED_SYSCALLS: &[(&str, i64)] = &[
 
 /// `ioctl` requests refused on any descriptor: typing into a terminal's
 /// input (`TIOCSTI`) and the console's own requests (`TIOCLINUX`).
-pub const DENIED_IOCTLS: &[(&str, u64)] = &[
-    ("TIOCSTI", libc::TIOCSTI),
-    ("TIOCLINUX", libc::TIOCLINUX),
-];
-
-
+pub const DENIED_IOCTLS: &[(&str, u64)] =
+    &[("TIOCSTI", libc::TIOCSTI), ("TIOCLINUX", libc::TIOCLINUX)];
 
 /// One resource limit.
 #[derive(Debug, Clone, PartialEq, Eq)]
