@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use wasmproc::manifest::GuestLimits;
-use wasmproc::{Command, ExitStatus, Pipeline, Stdio};
+use wasmproc::{Command, ExitStatus, Pipeline};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -189,17 +189,13 @@ async fn run(args: RunArgs) -> anyhow::Result<u8> {
         return run_app(&args.module, args.json).await;
     }
     let mut command = Command::new(&args.module);
-    command
-        .args(args.args)
-        .stdin(Stdio::Inherit)
-        .stdout(Stdio::Inherit)
-        .stderr(Stdio::Inherit);
+    command.args(args.args);
     args.options.apply(&mut command);
-    let child = command
-        .fork()
+    // On a terminal, the guest gets a terminal of its own.
+    let status = command
+        .status()
         .await
         .with_context(|| format!("cannot run {}", args.module.display()))?;
-    let status = child.wait().await;
     report(&args.module.display().to_string(), &status);
     Ok(status.process_code().clamp(0, 255) as u8)
 }

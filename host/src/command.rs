@@ -271,6 +271,13 @@ impl Command {
         self
     }
 
+    /// Whether stdin, stdout and stderr are all left to inherit.
+    pub(crate) fn inherits_stdio(&self) -> bool {
+        [&self.stdin, &self.stdout, &self.stderr]
+            .iter()
+            .all(|s| matches!(s, None | Some(Stdio::Inherit)))
+    }
+
     /// The output limit set with [`max_output`](Self::max_output).
     pub(crate) fn output_limit(&self) -> Option<u64> {
         self.max_output
@@ -327,16 +334,6 @@ impl Command {
     pub async fn spawn(&mut self) -> Result<Child, SpawnError> {
         self.stdin.get_or_insert(Stdio::Inherit);
         self.fork().await
-    }
-
-    /// Run the guest to the end with stdio inherited and return its status.
-    ///
-    /// # Errors
-    ///
-    /// As [`fork`](Self::fork).
-    pub async fn status(&mut self) -> Result<ExitStatus, SpawnError> {
-        let child = self.spawn().await?;
-        Ok(child.wait().await)
     }
 
     /// Run the guest to the end and collect its stdout and stderr (Node's

@@ -48,6 +48,8 @@
 //! - `engine`: the one wasmtime configuration for compiling and running.
 //! - `cache`: compile once, map many: precompiled artifacts by content hash.
 //! - `exec`: command lines and pipelines, never through a shell.
+//! - `terminal`: the pty proxy: a guest on the user's terminal gets one
+//!   of its own (`Command::status`).
 //! - `status`: how a guest ended ([`ExitStatus`]).
 //! - [`app`]: apps of cooperating guests from a manifest: supervision,
 //!   restarts, shutdown.
@@ -88,6 +90,7 @@ mod relay;
 mod runner;
 pub mod sandbox;
 mod status;
+mod terminal;
 #[doc(hidden)]
 pub mod testing;
 

@@ -45,6 +45,8 @@ pub enum SpawnError {
          `cargo build` or name it in ${RUNNER_ENV}"
     )]
     RunnerNotFound { searched: String },
+    #[error("cannot give the guest a terminal of its own: {0}")]
+    Terminal(#[source] io::Error),
     #[error("cannot start the runner {}: {source}", path.display())]
     Spawn {
         path: PathBuf,

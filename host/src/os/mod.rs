@@ -6,11 +6,13 @@
 //! - [`pipe`]: close-on-exec pipes and their buffer size.
 //! - [`alloc`]: the allocator settings for large messages.
 //! - [`limits`]: how many guests the open-files limit leaves room for.
+//! - [`pty`]: a terminal of its own for a guest on a terminal.
 
 pub(crate) mod alloc;
 pub(crate) mod limits;
 pub(crate) mod pipe;
 pub(crate) mod process;
+pub(crate) mod pty;
 
 pub use alloc::keep_large_buffers_in_heap;
 pub use process::{ChildStderr, ChildStdin, ChildStdout, Stdio};

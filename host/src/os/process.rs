@@ -106,6 +106,10 @@ impl Process {
         stdio: [Stdio; 3],
         control: [OwnedFd; 2],
     ) -> io::Result<(Process, Handles)> {
+        // A guest given a terminal of its own leads its own session, so
+        // that terminal can become its controlling one (the runner takes it).
+        let own_terminal =
+            matches!(&stdio[0], Stdio::Fd(fd) if super::pty::is_terminal(fd.as_raw_fd()));
         let mut actions = FileActions::new()?;
         let mut handles = Handles::default();
         // The child's ends: open in the host until the child has them.
@@ -151,7 +155,7 @@ impl Process {
             passed.push(high);
         }
         actions.close_from(FIRST_UNINHERITED_FD)?;
-        let attributes = Attributes::new()?;
+        let attributes = Attributes::new(own_terminal)?;
 
         let path = CString::new(program.as_os_str().as_bytes())
             .map_err(|_| io::Error::other("the runner's path contains a NUL byte"))?;
@@ -375,7 +379,7 @@ impl Drop for FileActions {
 struct Attributes(libc::posix_spawnattr_t);
 
 impl Attributes {
-    fn new() -> io::Result<Attributes> {
+    fn new(new_session: bool) -> io::Result<Attributes> {
         let mut raw = MaybeUninit::<libc::posix_spawnattr_t>::uninit();
         // SAFETY: init writes the structure.
         check(unsafe { libc::posix_spawnattr_init(raw.as_mut_ptr()) })?;
@@ -398,13 +402,18 @@ impl Attributes {
                 pipe_only.as_ptr(),
             ))?;
             // Its own process group: a Ctrl-C at the terminal reaches the
-            // host, which shuts guests down gracefully, not every runner.
+            // host, which shuts guests down gracefully, not every runner. On
+            // a terminal of its own, its own session (and so its own group).
             check(libc::posix_spawnattr_setpgroup(&mut attributes.0, 0))?;
+            let group = if new_session {
+                libc::POSIX_SPAWN_SETSID
+            } else {
+                libc::POSIX_SPAWN_SETPGROUP as libc::c_short
+            };
             check(libc::posix_spawnattr_setflags(
                 &mut attributes.0,
-                (libc::POSIX_SPAWN_SETPGROUP
-                    | libc::POSIX_SPAWN_SETSIGMASK
-                    | libc::POSIX_SPAWN_SETSIGDEF) as libc::c_short,
+                group
+                    | (libc::POSIX_SPAWN_SETSIGMASK | libc::POSIX_SPAWN_SETSIGDEF) as libc::c_short,
             ))?;
         }
         Ok(attributes)

@@ -52,6 +52,7 @@ pub(crate) fn main() -> ! {
         }
     };
     die_with_host();
+    take_terminal();
     crate::os::keep_large_buffers_in_heap();
     let hello = RunnerToHost::Hello {
         protocol_version: PROTOCOL_VERSION,
@@ -126,6 +127,19 @@ fn die_with_host() {
     let set = unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) } == 0;
     if !set || std::os::unix::process::parent_id() != parent {
         std::process::exit(EXIT_HOST_GONE);
+    }
+}
+
+/// A runner started on a terminal of its own (its session's leader, stdin
+/// a terminal) makes it its controlling terminal, so the guest reads it in
+/// the foreground and Ctrl-C on it reaches the guest. Best effort: without
+/// it the guest still reads and writes the terminal.
+fn take_terminal() {
+    // SAFETY: isatty, getsid, getpid and ioctl(TIOCSCTTY) take integers only.
+    unsafe {
+        if libc::isatty(0) == 1 && libc::getsid(0) == libc::getpid() {
+            libc::ioctl(0, libc::TIOCSCTTY, 0);
+        }
     }
 }
 

@@ -1,0 +1,96 @@
+//! The pty proxy: a guest run on the user's terminal gets a terminal of its
+//! own (see [`crate::os::pty`]), and the host copies between the two.
+
+use std::os::fd::{AsFd, AsRawFd};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::command::Command;
+use crate::host::SpawnError;
+use crate::os::Stdio;
+use crate::os::pipe::cloexec_pipe;
+use crate::os::pty::{self, RawMode, is_terminal};
+use crate::status::ExitStatus;
+
+/// How long the output copy may take to drain after the guest has ended.
+const DRAIN: Duration = Duration::from_secs(2);
+
+impl Command {
+    /// Run the guest to the end with stdio inherited and return its status.
+    ///
+    /// When stdin and stdout are the user's terminal, the guest gets a
+    /// terminal of its own instead (a pseudo-terminal, with the user's
+    /// window size, kept up to date), which the host copies to and from
+    /// the user's terminal, in raw mode until the guest ends. The guest
+    /// sees a terminal but never holds the user's: it cannot type into the
+    /// user's shell, and it reads its terminal in the foreground.
+    ///
+    /// # Errors
+    ///
+    /// As [`fork`](Self::fork), and when no pseudo-terminal can be had.
+    pub async fn status(&mut self) -> Result<ExitStatus, SpawnError> {
+        if self.inherits_stdio() && is_terminal(0) && is_terminal(1) {
+            return on_terminal(self).await;
+        }
+        let child = self.spawn().await?;
+        Ok(child.wait().await)
+    }
+}
+
+async fn on_terminal(command: &mut Command) -> Result<ExitStatus, SpawnError> {
+    let (master, slave) = pty::open().map_err(SpawnError::Terminal)?;
+    pty::copy_window_size(1, master.as_fd());
+    let slave_copy = || {
+        slave
+            .try_clone()
+            .map(Stdio::Fd)
+            .map_err(SpawnError::Terminal)
+    };
+    command.stdin(slave_copy()?).stdout(slave_copy()?);
+    if is_terminal(2) {
+        command.stderr(slave_copy()?);
+    } else {
+        command.stderr(Stdio::Inherit);
+    }
+    let child = command.fork().await?;
+    // From here only the runner holds the guest's terminal: when it ends,
+    // reading the master fails and the output copy stops.
+    drop(slave);
+
+    let raw = RawMode::enter(0).ok();
+    let master = Arc::new(master);
+    let (stop_input, stop) = cloexec_pipe().map_err(SpawnError::Terminal)?;
+    let input = {
+        let master = master.clone();
+        std::thread::spawn(move || pty::copy(0, master.as_raw_fd(), Some(stop_input.as_raw_fd())))
+    };
+    let output = {
+        let master = master.clone();
+        tokio::task::spawn_blocking(move || pty::copy(master.as_raw_fd(), 1, None))
+    };
+
+    let signals = (
+        signal(SignalKind::window_change()),
+        signal(SignalKind::terminate()),
+        signal(SignalKind::hangup()),
+    );
+    let status = match signals {
+        (Ok(mut winch), Ok(mut term), Ok(mut hup)) => loop {
+            tokio::select! {
+                status = child.wait() => break status,
+                _ = winch.recv() => pty::copy_window_size(1, master.as_fd()),
+                // Ended from outside: end the guest, then restore the terminal.
+                _ = term.recv() => child.kill(),
+                _ = hup.recv() => child.kill(),
+            }
+        },
+        _ => child.wait().await,
+    };
+    let _ = tokio::time::timeout(DRAIN, output).await;
+    drop(stop);
+    let _ = input.join();
+    drop(raw);
+    Ok(status)
+}
