@@ -75,6 +75,26 @@ async fn the_hardened_runner_cannot_exec_fork_open_sockets_leave_its_files_or_si
     .await;
 }
 
+/// A system call on neither the allow-list nor the deny-list stops the
+/// runner, and its status names the call.
+#[tokio::test]
+async fn a_call_outside_the_allow_list_stops_the_runner_and_is_named() {
+    within(60, async {
+        let mut command = Command::new(guest("echo"));
+        let out = wasmproc::testing::probe_sandbox(&mut command)
+            .args(["unlisted"])
+            .output()
+            .await
+            .unwrap();
+        assert_eq!(
+            out.status.to_string(),
+            "stopped: the sandbox refused system call uname"
+        );
+        assert_eq!(out.status.process_code(), 1);
+    })
+    .await;
+}
+
 /// This process's capability bounding set, which a runner started without
 /// privilege inherits.
 fn own_bounding_set() -> u64 {

@@ -27,6 +27,9 @@ pub enum ExitStatus {
     /// The runner broke the protocol (garbage, out-of-order or oversized
     /// frames) and the host ended it.
     ProtocolViolation { reason: String },
+    /// The runner's sandbox refused a system call it does not allow, and the
+    /// runner was stopped (named by the call).
+    SandboxRefused { syscall: String },
     /// The guest could not start: a bad artifact, imports the host does not
     /// provide, a folder that cannot be opened, or a runner that died before
     /// reporting.
@@ -57,6 +60,7 @@ impl ExitStatus {
             | ExitStatus::TimedOut { .. }
             | ExitStatus::LimitExceeded(_)
             | ExitStatus::ProtocolViolation { .. }
+            | ExitStatus::SandboxRefused { .. }
             | ExitStatus::Failed { .. } => 1,
         }
     }
@@ -141,6 +145,9 @@ impl fmt::Display for ExitStatus {
             ExitStatus::TimedOut { after } => write!(f, "timed out after {after:?}"),
             ExitStatus::LimitExceeded(limit) => write!(f, "stopped: {limit}"),
             ExitStatus::ProtocolViolation { reason } => write!(f, "protocol violation: {reason}"),
+            ExitStatus::SandboxRefused { syscall } => {
+                write!(f, "stopped: the sandbox refused system call {syscall}")
+            }
             ExitStatus::Failed { reason } => write!(f, "failed to start: {reason}"),
         }
     }

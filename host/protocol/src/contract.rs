@@ -6,9 +6,13 @@
 pub const CONTROL_IN_FD: i32 = 3;
 /// The control pipe from the runner to the host, as the runner sees it.
 pub const CONTROL_OUT_FD: i32 = 4;
+/// Where a runner reports, from its `SIGSYS` handler, the number of a
+/// system call its sandbox refused (4 bytes, little-endian), before it
+/// dies. A pipe of its own, so the report can never land inside a frame.
+pub const SANDBOX_REPORT_FD: i32 = 5;
 /// The first descriptor a runner does not inherit: everything from here up
 /// is closed at spawn and again by the runner's hardening.
-pub const FIRST_UNINHERITED_FD: i32 = 5;
+pub const FIRST_UNINHERITED_FD: i32 = 6;
 
 /// The runner exits with this when the host is gone (its control pipe
 /// closed or broken): nobody is left to read an exit report.
@@ -16,6 +20,9 @@ pub const EXIT_HOST_GONE: i32 = 70;
 /// The runner exits with this when it could not start or run its guest
 /// (bad launch spec, artifact, imports), after reporting why.
 pub const EXIT_FAILED: i32 = 71;
+/// The runner exits with this when its sandbox refused a system call
+/// (reported on [`SANDBOX_REPORT_FD`]).
+pub const EXIT_SANDBOX_REFUSED: i32 = 72;
 
 /// The longest guest or group name, in bytes.
 pub const MAX_NAME_LEN: usize = 128;
@@ -78,7 +85,10 @@ mod tests {
 
     #[test]
     fn the_control_pipes_sit_between_stdio_and_the_closed_range() {
-        assert_eq!((CONTROL_IN_FD, CONTROL_OUT_FD), (3, 4));
-        assert_eq!(FIRST_UNINHERITED_FD, CONTROL_OUT_FD + 1);
+        assert_eq!(
+            (CONTROL_IN_FD, CONTROL_OUT_FD, SANDBOX_REPORT_FD),
+            (3, 4, 5)
+        );
+        assert_eq!(FIRST_UNINHERITED_FD, SANDBOX_REPORT_FD + 1);
     }
 }

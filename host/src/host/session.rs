@@ -69,6 +69,7 @@ impl Session {
             handles,
             to_runner,
             from_runner,
+            report,
         } = spawned;
         let pid = process.id();
         let (kill, kill_rx) = mpsc::channel(KILL_REQUESTS);
@@ -91,6 +92,7 @@ impl Session {
             entry: entry.clone(),
             relay: relay.clone(),
             delivered,
+            report,
             status: status_tx,
             timeout,
         };
@@ -363,6 +365,8 @@ struct Waiter {
     relay: Relay,
     /// What was delivered and not taken goes back when the runner ends.
     delivered: Arc<Delivered>,
+    /// The runner's sandbox report pipe (read end).
+    report: std::os::fd::OwnedFd,
     /// Where [`Child::wait`] reads the status.
     status: watch::Sender<Option<ExitStatus>>,
     timeout: Option<Duration>,
@@ -408,13 +412,30 @@ impl Waiter {
         // (it is older), then what was still in the host's mailbox.
         self.relay
             .return_to_senders(&self.entry, self.delivered.drain());
-        let status = combine(os_status, outcome, killed, self.entry.max_cpu);
+        let refused = refused_syscall(&self.report);
+        let status = match refused {
+            // The sandbox stopped it: that is the news, whatever followed.
+            Some(nr) if killed != Some(KillReason::Violation) => ExitStatus::SandboxRefused {
+                syscall: crate::sandbox::syscall_name(nr),
+            },
+            _ => combine(os_status, outcome, killed, self.entry.max_cpu),
+        };
         tracing::debug!(guest = %self.entry.id, "ended: {status}");
         self.relay
             .unregister(self.entry.id, &status.to_string())
             .await;
         let _ = self.status.send(Some(status));
     }
+}
+
+/// The system call the runner's sandbox refused, if it said so before
+/// dying (the write end closed with the runner, so this never blocks).
+fn refused_syscall(report: &std::os::fd::OwnedFd) -> Option<i64> {
+    use std::os::fd::AsRawFd;
+    let mut bytes = [0u8; 4];
+    // SAFETY: read writes at most 4 bytes into `bytes`.
+    let n = unsafe { libc::read(report.as_raw_fd(), bytes.as_mut_ptr().cast(), 4) };
+    (n == 4).then(|| i64::from(i32::from_le_bytes(bytes)))
 }
 
 /// The status of a guest from what the OS, the reader and the host saw: a

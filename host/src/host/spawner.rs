@@ -6,7 +6,7 @@
 //! worker thread would die with it.
 
 use std::io;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock, mpsc};
 
@@ -28,6 +28,8 @@ pub(crate) struct Spawned {
     pub(crate) handles: Handles,
     pub(crate) to_runner: pipe::Sender,
     pub(crate) from_runner: pipe::Receiver,
+    /// Where the runner says which system call its sandbox refused.
+    pub(crate) report: OwnedFd,
 }
 
 /// The stdio of a fork that sets none: stdin null, stdout and stderr inherited.
@@ -112,13 +114,15 @@ pub(crate) async fn spawn_runner(runner: PathBuf, stdio: [Stdio; 3]) -> io::Resu
 fn spawn_now(runner: &Path, stdio: [Stdio; 3]) -> io::Result<Spawned> {
     let (runner_in, host_out) = cloexec_pipe()?;
     let (host_in, runner_out) = cloexec_pipe()?;
+    let (report, runner_report) = cloexec_pipe()?;
     enlarge_pipe(host_out.as_fd());
     enlarge_pipe(host_in.as_fd());
-    let (process, handles) = Process::spawn(runner, stdio, [runner_in, runner_out])?;
+    let (process, handles) = Process::spawn(runner, stdio, [runner_in, runner_out, runner_report])?;
     Ok(Spawned {
         process,
         handles,
         to_runner: pipe::Sender::from_owned_fd(host_out)?,
         from_runner: pipe::Receiver::from_owned_fd(host_in)?,
+        report,
     })
 }

@@ -27,7 +27,9 @@ use std::sync::{Mutex, OnceLock, mpsc};
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 use tokio::net::unix::pipe;
-use wasmproc_protocol::contract::{CONTROL_IN_FD, CONTROL_OUT_FD, FIRST_UNINHERITED_FD};
+use wasmproc_protocol::contract::{
+    CONTROL_IN_FD, CONTROL_OUT_FD, FIRST_UNINHERITED_FD, SANDBOX_REPORT_FD,
+};
 
 /// Where a guest's stdin, stdout or stderr goes.
 #[derive(Debug)]
@@ -98,13 +100,14 @@ const FIRST_FREE_FD: RawFd = 10;
 
 impl Process {
     /// Start `program` with no arguments and an empty environment, with
-    /// `control` (runner's in, runner's out) on fds 3 and 4.
+    /// `control` (runner's in, runner's out, sandbox report) on fds 3, 4
+    /// and 5.
     ///
     /// Must run inside a tokio runtime (the pidfd and pipes register with it).
     pub(crate) fn spawn(
         program: &Path,
         stdio: [Stdio; 3],
-        control: [OwnedFd; 2],
+        control: [OwnedFd; 3],
     ) -> io::Result<(Process, Handles)> {
         // A guest given a terminal of its own leads its own session, so
         // that terminal can become its controlling one (the runner takes it).
@@ -149,7 +152,10 @@ impl Process {
             actions.dup2(high.as_raw_fd(), target)?;
             passed.push(high);
         }
-        for (target, fd) in [CONTROL_IN_FD, CONTROL_OUT_FD].into_iter().zip(control) {
+        for (target, fd) in [CONTROL_IN_FD, CONTROL_OUT_FD, SANDBOX_REPORT_FD]
+            .into_iter()
+            .zip(control)
+        {
             let high = above_targets(fd)?;
             actions.dup2(high.as_raw_fd(), target)?;
             passed.push(high);
@@ -445,16 +451,21 @@ mod tests {
     use super::*;
     use crate::os::pipe::cloexec_pipe;
 
-    /// Start `program` with `stdio` and a fresh pair of control pipes (the
+    /// Start `program` with `stdio` and fresh control and report pipes (the
     /// host's ends close at once: these children never use them).
     fn start(program: &str, stdio: [Stdio; 3]) -> io::Result<(Process, Handles)> {
         let (runner_in, _host_out) = cloexec_pipe()?;
         let (_host_in, runner_out) = cloexec_pipe()?;
-        Process::spawn(Path::new(program), stdio, [runner_in, runner_out])
+        let (_report_in, report_out) = cloexec_pipe()?;
+        Process::spawn(
+            Path::new(program),
+            stdio,
+            [runner_in, runner_out, report_out],
+        )
     }
 
-    /// `/bin/sh` reading `script` from a piped stdin, with a control pipe
-    /// pair on fds 3 and 4: its status and stdout.
+    /// `/bin/sh` reading `script` from a piped stdin, with the control and
+    /// report pipes on fds 3 to 5: its status and stdout.
     async fn shell(script: &str) -> (std::process::ExitStatus, String) {
         let (mut process, handles) =
             start("/bin/sh", [Stdio::Piped, Stdio::Piped, Stdio::Null]).unwrap();
@@ -486,7 +497,7 @@ mod tests {
             .map(|e| e.unwrap().file_name().to_string_lossy().parse().unwrap())
             .collect();
         held.sort_unstable();
-        assert_eq!(held, [0, 1, 2, 3, 4]);
+        assert_eq!(held, [0, 1, 2, 3, 4, 5]);
         let mut stdin = handles.stdin.unwrap();
         stdin.write_all(b"exit 3\n").await.unwrap();
         drop(stdin);

@@ -19,7 +19,7 @@ use seccompiler::{
     TargetArch,
 };
 use wasmproc_protocol::LaunchSpec;
-use wasmproc_protocol::contract::FIRST_UNINHERITED_FD;
+use wasmproc_protocol::contract::{EXIT_SANDBOX_REFUSED, FIRST_UNINHERITED_FD, SANDBOX_REPORT_FD};
 
 /// Open files a runner may hold: its stdio and control pipes, the artifact,
 /// preopened folders and the guest's own files.
@@ -96,6 +96,114 @@ pub const DENIED_SYSCALLS: &[(&str, i64)] = &[
     ("quotactl", libc::SYS_quotactl),
     ("vhangup", libc::SYS_vhangup),
     ("memfd_create", libc::SYS_memfd_create),
+];
+
+/// System calls a runner may make: what wasmtime, tokio, the WASI
+/// implementation and the runner's own code use (enumerated by running the
+/// whole test suite under the filter, plus the WASI file operations the
+/// conformance suite does not happen to reach), each with the reason it is
+/// there. Files are Landlock's to confine; descriptors are the runner's own.
+/// [`DENIED_SYSCALLS`] answer `EPERM`; any other call stops the runner, and
+/// its status names the call.
+pub const ALLOWED_SYSCALLS: &[(&str, i64)] = &[
+    // memory
+    ("brk", libc::SYS_brk),
+    ("mmap", libc::SYS_mmap),
+    ("munmap", libc::SYS_munmap),
+    ("mprotect", libc::SYS_mprotect),
+    ("madvise", libc::SYS_madvise),
+    ("mremap", libc::SYS_mremap),
+    ("membarrier", libc::SYS_membarrier),
+    // threads (tokio's blocking pool runs WASI file operations)
+    ("clone", libc::SYS_clone),
+    ("clone3", libc::SYS_clone3),
+    ("futex", libc::SYS_futex),
+    ("set_robust_list", libc::SYS_set_robust_list),
+    ("rseq", libc::SYS_rseq),
+    ("gettid", libc::SYS_gettid),
+    ("getpid", libc::SYS_getpid),
+    ("sched_yield", libc::SYS_sched_yield),
+    ("sched_getaffinity", libc::SYS_sched_getaffinity),
+    ("prctl", libc::SYS_prctl),
+    ("exit", libc::SYS_exit),
+    ("exit_group", libc::SYS_exit_group),
+    ("restart_syscall", libc::SYS_restart_syscall),
+    // signals (wasmtime's trap handlers; signals only to itself, below)
+    ("rt_sigaction", libc::SYS_rt_sigaction),
+    ("rt_sigprocmask", libc::SYS_rt_sigprocmask),
+    ("rt_sigreturn", libc::SYS_rt_sigreturn),
+    ("sigaltstack", libc::SYS_sigaltstack),
+    ("kill", libc::SYS_kill),
+    ("tgkill", libc::SYS_tgkill),
+    ("rt_sigqueueinfo", libc::SYS_rt_sigqueueinfo),
+    ("rt_tgsigqueueinfo", libc::SYS_rt_tgsigqueueinfo),
+    // time
+    ("clock_gettime", libc::SYS_clock_gettime),
+    ("clock_getres", libc::SYS_clock_getres),
+    ("gettimeofday", libc::SYS_gettimeofday),
+    ("nanosleep", libc::SYS_nanosleep),
+    ("clock_nanosleep", libc::SYS_clock_nanosleep),
+    // the event loop
+    ("epoll_create1", libc::SYS_epoll_create1),
+    ("epoll_ctl", libc::SYS_epoll_ctl),
+    ("epoll_wait", libc::SYS_epoll_wait),
+    ("epoll_pwait", libc::SYS_epoll_pwait),
+    ("epoll_pwait2", libc::SYS_epoll_pwait2),
+    ("eventfd2", libc::SYS_eventfd2),
+    ("poll", libc::SYS_poll),
+    ("ppoll", libc::SYS_ppoll),
+    ("pipe2", libc::SYS_pipe2),
+    ("socketpair", libc::SYS_socketpair),
+    // reading and writing its own descriptors
+    ("read", libc::SYS_read),
+    ("write", libc::SYS_write),
+    ("readv", libc::SYS_readv),
+    ("writev", libc::SYS_writev),
+    ("pread64", libc::SYS_pread64),
+    ("pwrite64", libc::SYS_pwrite64),
+    ("preadv", libc::SYS_preadv),
+    ("pwritev", libc::SYS_pwritev),
+    ("preadv2", libc::SYS_preadv2),
+    ("pwritev2", libc::SYS_pwritev2),
+    ("close", libc::SYS_close),
+    ("close_range", libc::SYS_close_range),
+    ("dup", libc::SYS_dup),
+    ("dup3", libc::SYS_dup3),
+    ("fcntl", libc::SYS_fcntl),
+    ("ioctl", libc::SYS_ioctl),
+    ("lseek", libc::SYS_lseek),
+    ("fsync", libc::SYS_fsync),
+    ("fdatasync", libc::SYS_fdatasync),
+    ("ftruncate", libc::SYS_ftruncate),
+    ("fallocate", libc::SYS_fallocate),
+    ("fadvise64", libc::SYS_fadvise64),
+    // files, as Landlock allows (WASI's filesystem)
+    ("openat", libc::SYS_openat),
+    ("openat2", libc::SYS_openat2),
+    ("newfstatat", libc::SYS_newfstatat),
+    ("fstat", libc::SYS_fstat),
+    ("statx", libc::SYS_statx),
+    ("fstatfs", libc::SYS_fstatfs),
+    ("getdents64", libc::SYS_getdents64),
+    ("unlinkat", libc::SYS_unlinkat),
+    ("mkdirat", libc::SYS_mkdirat),
+    ("renameat", libc::SYS_renameat),
+    ("renameat2", libc::SYS_renameat2),
+    ("symlinkat", libc::SYS_symlinkat),
+    ("linkat", libc::SYS_linkat),
+    ("readlinkat", libc::SYS_readlinkat),
+    ("utimensat", libc::SYS_utimensat),
+    ("faccessat", libc::SYS_faccessat),
+    ("faccessat2", libc::SYS_faccessat2),
+    ("fchmod", libc::SYS_fchmod),
+    ("fchmodat", libc::SYS_fchmodat),
+    ("fchmodat2", libc::SYS_fchmodat2),
+    ("chmod", libc::SYS_chmod),
+    ("getcwd", libc::SYS_getcwd),
+    // randomness
+    ("getrandom", libc::SYS_getrandom),
+    // reading its own (empty) capability sets
+    ("capget", libc::SYS_capget),
 ];
 
 /// `ioctl` requests refused on any descriptor: typing into a terminal's
@@ -268,6 +376,28 @@ impl OsPolicy {
         )
         .map_err(|e| e.to_string())?;
 
+        // The allow-list: anything neither allowed nor denied traps, and the
+        // SIGSYS handler reports which call it was, then ends the runner.
+        // (Denied calls pass this filter so the next one answers EPERM: of
+        // two filters' answers the kernel keeps the stricter, and TRAP is
+        // stricter than EPERM.)
+        let mut allow: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
+        for (_, nr) in ALLOWED_SYSCALLS.iter().chain(DENIED_SYSCALLS) {
+            allow.insert(*nr, Vec::new());
+        }
+        // Only Unix socket pairs (tokio's and the WASI implementation's).
+        allow.insert(
+            libc::SYS_socketpair,
+            vec![rule(vec![cond(
+                0,
+                SeccompCmpOp::Eq,
+                libc::AF_UNIX as u64,
+            )?])?],
+        );
+        let allow = SeccompFilter::new(allow, SeccompAction::Trap, SeccompAction::Allow, arch)
+            .map_err(|e| e.to_string())?;
+        install_sigsys_report()?;
+
         let mut deny: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
         for (_, nr) in DENIED_SYSCALLS {
             deny.insert(*nr, Vec::new());
@@ -321,18 +451,58 @@ impl OsPolicy {
         )
         .map_err(|e| e.to_string())?;
 
-        for filter in [enosys, deny] {
+        // The allow-list last: once it is in, installing a filter is refused.
+        for filter in [enosys, deny, allow] {
             let program: seccompiler::BpfProgram = filter
                 .try_into()
                 .map_err(|e: seccompiler::BackendError| e.to_string())?;
             seccompiler::apply_filter(&program).map_err(|e| e.to_string())?;
         }
         Ok(format!(
-            "{} system calls denied; clone only for threads; clone3 ENOSYS; signals only to itself; \
-             no TIOCSTI; no set-id chmod",
+            "{} system calls allowed, {} denied, any other stops the runner; clone only for \
+             threads; clone3 ENOSYS; signals only to itself; no TIOCSTI; no set-id chmod",
+            ALLOWED_SYSCALLS.len(),
             DENIED_SYSCALLS.len()
         ))
     }
+}
+
+/// Where a `SIGSYS` from the seccomp filter lands: report the refused
+/// call's number on the sandbox report pipe and end the runner. Only
+/// async-signal-safe calls: `write` and `_exit`.
+extern "C" fn report_refused_call(
+    _signal: libc::c_int,
+    info: *mut libc::siginfo_t,
+    _context: *mut libc::c_void,
+) {
+    // For SIGSYS the union after the first three ints (and padding) holds
+    // the call's address, then its number: offset 24 on 64-bit Linux.
+    // SAFETY: the kernel passes a valid siginfo_t for SA_SIGINFO handlers.
+    let nr = unsafe { std::ptr::read_unaligned(info.cast::<u8>().add(24).cast::<i32>()) };
+    let bytes = nr.to_le_bytes();
+    // SAFETY: write and _exit are async-signal-safe; `bytes` lives here.
+    unsafe {
+        libc::write(SANDBOX_REPORT_FD, bytes.as_ptr().cast(), bytes.len());
+        libc::_exit(EXIT_SANDBOX_REFUSED);
+    }
+}
+
+fn install_sigsys_report() -> Result<(), String> {
+    // SAFETY: a zeroed sigaction with our handler and SA_SIGINFO; the
+    // handler is an `extern "C"` function that lives forever.
+    unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = report_refused_call as *const () as usize;
+        action.sa_flags = libc::SA_SIGINFO;
+        libc::sigemptyset(&mut action.sa_mask);
+        if libc::sigaction(libc::SIGSYS, &action, std::ptr::null_mut()) != 0 {
+            return Err(format!(
+                "cannot catch SIGSYS: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn step(name: &'static str, outcome: Result<String, String>) -> Step {
@@ -479,6 +649,12 @@ impl fmt::Display for OsPolicy {
         )?;
         let denied: Vec<&str> = DENIED_SYSCALLS.iter().map(|(name, _)| *name).collect();
         writeln!(f, "  seccomp:    EPERM for {}", denied.join(", "))?;
+        let allowed: Vec<&str> = ALLOWED_SYSCALLS.iter().map(|(name, _)| *name).collect();
+        writeln!(
+            f,
+            "              allowed only {}; any other call stops the runner",
+            allowed.join(", ")
+        )?;
         let ioctls: Vec<&str> = DENIED_IOCTLS.iter().map(|(name, _)| *name).collect();
         writeln!(
             f,
@@ -521,6 +697,26 @@ mod tests {
     }
 
     #[test]
+    fn the_allow_list_has_each_call_once_and_none_that_is_denied() {
+        let mut numbers: Vec<i64> = ALLOWED_SYSCALLS.iter().map(|(_, nr)| *nr).collect();
+        numbers.sort_unstable();
+        numbers.dedup();
+        assert_eq!(
+            numbers.len(),
+            ALLOWED_SYSCALLS.len(),
+            "a call is allowed twice"
+        );
+        for (name, nr) in ALLOWED_SYSCALLS {
+            assert!(
+                !DENIED_SYSCALLS.iter().any(|(_, d)| d == nr),
+                "{name} is both allowed and denied"
+            );
+            assert_eq!(crate::sandbox::syscall_name(*nr), *name);
+        }
+        assert_eq!(crate::sandbox::syscall_name(libc::SYS_uname), "uname");
+    }
+
+    #[test]
     fn explain_lists_every_denied_call() {
         let spec = LaunchSpec {
             protocol_version: wasmproc_protocol::PROTOCOL_VERSION,
@@ -541,6 +737,16 @@ mod tests {
             .expect("a seccomp line");
         for (name, _) in DENIED_SYSCALLS {
             assert!(line.contains(name), "{name} is missing from `{line}`");
+        }
+        let allowed = text
+            .lines()
+            .find(|l| l.contains("allowed only"))
+            .expect("an allow-list line");
+        for (name, _) in ALLOWED_SYSCALLS {
+            assert!(
+                allowed.contains(&format!(" {name},")) || allowed.contains(&format!(" {name};")),
+                "{name} is missing from `{allowed}`"
+            );
         }
     }
 }
