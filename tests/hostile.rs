@@ -43,6 +43,7 @@ async fn the_hardened_runner_cannot_exec_fork_open_sockets_leave_its_files_or_si
                 "execve: denied: Operation not permitted (os error 1)\n",
                 "fork: denied: Operation not permitted (os error 1)\n",
                 "socket: denied: Operation not permitted (os error 1)\n",
+                "tcp connect: denied: Operation not permitted (os error 1)\n",
                 "open outside: denied: Permission denied (os error 13)\n",
                 "kill other: denied: Operation not permitted (os error 1)\n",
                 "ptrace: denied: Operation not permitted (os error 1)\n",
@@ -71,6 +72,91 @@ async fn the_hardened_runner_cannot_exec_fork_open_sockets_leave_its_files_or_si
             &std::fs::metadata(rw.join("suid")).unwrap().permissions(),
         );
         assert_eq!(mode & 0o7777, 0o755);
+    })
+    .await;
+}
+
+/// Which part of the second wall answers for each route the probe tries:
+/// `S` seccomp, `L` Landlock (capabilities are dropped in every mode).
+const ROUTES: &[(&str, &str)] = &[
+    ("execve", "SL"),
+    ("fork", "S"),
+    ("socket", "S"),
+    ("tcp connect", "SL"),
+    ("open outside", "L"),
+    ("kill other", "SL"),
+    ("ptrace", "SL"),
+    ("io_uring", "S"),
+    ("packet socket", "S"),
+    ("sigqueue other", "SL"),
+    ("pidfd_open other", "S"),
+    ("pidfd_getfd", "S"),
+    ("open_tree", "S"),
+    ("clone new namespace", "S"),
+    ("sethostname", "S"),
+    ("adjtimex", "S"),
+    ("setpriority other", "S"),
+    ("memfd_create", "S"),
+    ("TIOCSTI", "S"),
+    ("mknod", "S"),
+    ("setuid chmod", "S"),
+];
+
+/// Each wall alone holds what it answers for: the probe runs with seccomp
+/// only, Landlock only and both, and every route an enabled wall answers
+/// for fails. That the other wall is really down shows in a route it alone
+/// would stop succeeding.
+#[tokio::test]
+async fn each_wall_alone_stops_the_routes_it_answers_for() {
+    within(120, async {
+        for (landlock, seccomp, must_open) in [
+            (false, true, "open outside"),
+            (true, false, "io_uring"),
+            (true, true, ""),
+        ] {
+            let rw = common::scratch_dir(&format!("walls-{landlock}-{seccomp}"));
+            let mut command = Command::new(guest("echo"));
+            let out = wasmproc::testing::probe_sandbox_with(&mut command, landlock, seccomp)
+                .args([
+                    std::process::id().to_string(),
+                    "/etc/passwd".to_owned(),
+                    rw.display().to_string(),
+                ])
+                .preopen(&rw, "/data", false)
+                .output()
+                .await
+                .unwrap();
+            let mode = format!("landlock {landlock}, seccomp {seccomp}");
+            assert_eq!(out.status, ExitStatus::Exited { code: 0 }, "{mode}");
+            let text = String::from_utf8(out.stdout).unwrap();
+            let result = |route: &str| {
+                text.lines()
+                    .find_map(|l| l.strip_prefix(&format!("{route}: ")))
+                    .unwrap_or_else(|| panic!("{mode}: no `{route}` in\n{text}"))
+                    .to_owned()
+            };
+            for (route, walls) in ROUTES {
+                let answered =
+                    (seccomp && walls.contains('S')) || (landlock && walls.contains('L'));
+                if answered {
+                    let got = result(route);
+                    // Refused by a wall, not by the far end.
+                    assert!(
+                        got.starts_with("denied: ") && !got.contains("Connection refused"),
+                        "{mode}: {route}: {got}"
+                    );
+                }
+            }
+            assert_eq!(result("kill self"), "ALLOWED (permitted)", "{mode}");
+            assert!(
+                result("capabilities").starts_with("effective 0x0, permitted 0x0"),
+                "{mode}"
+            );
+            if !must_open.is_empty() {
+                let got = result(must_open);
+                assert!(got.starts_with("ALLOWED"), "{mode}: {must_open}: {got}");
+            }
+        }
     })
     .await;
 }

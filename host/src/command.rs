@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use wasmproc_manifest::GuestLimits;
-use wasmproc_protocol::{Limits, Preopen};
+use wasmproc_protocol::{Limits, Preopen, Walls};
 
 use crate::child::Child;
 use crate::host::{ForkAllError, Host, SpawnError, Spec};
@@ -47,7 +47,7 @@ pub struct Command {
     timeout: Option<Duration>,
     max_output: Option<u64>,
     talks_to: Option<Vec<String>>,
-    probe: bool,
+    probe: Option<Walls>,
     host: Option<Host>,
 }
 
@@ -77,7 +77,7 @@ impl Command {
             timeout: None,
             max_output: None,
             talks_to: None,
-            probe: false,
+            probe: None,
             host: None,
         }
     }
@@ -266,8 +266,8 @@ impl Command {
     /// Test mode: the runner hardens itself, then tries forbidden
     /// operations natively and prints each result on stdout instead of
     /// running the guest (see [`crate::testing`]).
-    pub(crate) fn probe_sandbox(&mut self) -> &mut Command {
-        self.probe = true;
+    pub(crate) fn probe_sandbox(&mut self, walls: Walls) -> &mut Command {
+        self.probe = Some(walls);
         self
     }
 

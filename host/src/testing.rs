@@ -30,7 +30,13 @@ pub fn mailbox_len(host: &Host, name: &str) -> Option<usize> {
 /// natively and prints each result on stdout instead of running the guest.
 /// For checking the second wall from outside.
 pub fn probe_sandbox(command: &mut Command) -> &mut Command {
-    command.probe_sandbox()
+    command.probe_sandbox(wasmproc_protocol::Walls::ALL)
+}
+
+/// The probe with only some walls of the second wall raised (capabilities,
+/// no-new-privs and rlimits always are), to show what each holds alone.
+pub fn probe_sandbox_with(command: &mut Command, landlock: bool, seccomp: bool) -> &mut Command {
+    command.probe_sandbox(wasmproc_protocol::Walls { landlock, seccomp })
 }
 
 /// The repository's root folder.

@@ -363,7 +363,7 @@ mod tests {
                     read_only: true,
                 }],
                 limits: Limits::default(),
-                probe: false,
+                probe: None,
             }),
             HostToRunner::Deliver(InboxItem::Undeliverable {
                 to: Address::Group("g".into()),

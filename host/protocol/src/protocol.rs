@@ -185,9 +185,26 @@ pub struct LaunchSpec {
     pub env: Vec<(String, String)>,
     pub preopens: Vec<Preopen>,
     pub limits: Limits,
-    /// Test mode: once hardened, try forbidden operations natively, print
-    /// each result on stdout and exit, without running the guest.
-    pub probe: bool,
+    /// Test mode: once hardened with these walls, try forbidden operations
+    /// natively, print each result on stdout and exit, without running the
+    /// guest. `None`: run the guest, with every wall.
+    pub probe: Option<Walls>,
+}
+
+/// Which parts of the second wall a probing runner raises, so that a test
+/// can show each holds on its own. A guest always gets all of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Walls {
+    pub landlock: bool,
+    pub seccomp: bool,
+}
+
+impl Walls {
+    /// Every wall: what a guest gets.
+    pub const ALL: Walls = Walls {
+        landlock: true,
+        seccomp: true,
+    };
 }
 
 /// How a guest ended, as the runner saw it.

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use wasmproc_protocol::{GuestId, LaunchSpec, Limits, PROTOCOL_VERSION, Preopen};
+use wasmproc_protocol::{GuestId, LaunchSpec, Limits, PROTOCOL_VERSION, Preopen, Walls};
 
 use crate::cache::Artifact;
 use crate::os::Stdio;
@@ -24,7 +24,7 @@ pub(crate) struct Spec {
     pub(crate) limits: Limits,
     pub(crate) timeout: Option<Duration>,
     pub(crate) talks_to: Option<Vec<String>>,
-    pub(crate) probe: bool,
+    pub(crate) probe: Option<Walls>,
 }
 
 impl Spec {

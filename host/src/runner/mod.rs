@@ -90,7 +90,7 @@ pub(crate) fn main() -> ! {
     if write_frame_blocking(&mut to_host, &RunnerToHost::Hardened { steps }).is_err() {
         std::process::exit(EXIT_HOST_GONE);
     }
-    if spec.probe {
+    if spec.probe.is_some() {
         probe::run(&spec);
         let report = RunnerToHost::Exit(ExitReport::Exited { code: 0 });
         let _ = write_frame_blocking(&mut to_host, &report);

@@ -11,15 +11,15 @@ use std::fmt;
 use std::path::PathBuf;
 
 use landlock::{
-    ABI, Access, AccessFs, CompatLevel, Compatible, Ruleset, RulesetAttr, RulesetCreatedAttr,
-    RulesetStatus, Scope, path_beneath_rules,
+    ABI, Access, AccessFs, AccessNet, CompatLevel, Compatible, Ruleset, RulesetAttr,
+    RulesetCreatedAttr, RulesetStatus, Scope, path_beneath_rules,
 };
 use seccompiler::{
     SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter, SeccompRule,
     TargetArch,
 };
-use wasmproc_protocol::LaunchSpec;
 use wasmproc_protocol::contract::{EXIT_SANDBOX_REFUSED, FIRST_UNINHERITED_FD, SANDBOX_REPORT_FD};
+use wasmproc_protocol::{LaunchSpec, Walls};
 
 /// Open files a runner may hold: its stdio and control pipes, the artifact,
 /// preopened folders and the guest's own files.
@@ -232,6 +232,8 @@ pub struct OsPolicy {
     pub rlimits: Vec<Rlimit>,
     /// The runner's own pid, the only target `kill` and `tgkill` accept.
     pub pid: u32,
+    /// Which walls to raise: all of them, but for a probe that tests one.
+    pub walls: Walls,
 }
 
 /// How one hardening step went.
@@ -277,6 +279,7 @@ impl OsPolicy {
             write_dirs: rw.iter().map(|p| PathBuf::from(&p.host_path)).collect(),
             rlimits,
             pid,
+            walls: spec.probe.unwrap_or(Walls::ALL),
         }
     }
 
@@ -289,10 +292,23 @@ impl OsPolicy {
             step("parent-death signal", parent_death_signal()),
             step("close inherited fds", close_inherited()),
             step("rlimits", self.set_rlimits()),
-            step("landlock", self.landlock()),
+            step("landlock", self.wall(self.walls.landlock, Self::landlock)),
             step("capabilities", drop_capabilities()),
-            step("seccomp", self.seccomp()),
+            step("seccomp", self.wall(self.walls.seccomp, Self::seccomp)),
         ]
+    }
+
+    /// Raise a wall unless a probe left it out on purpose.
+    fn wall(
+        &self,
+        raise: bool,
+        step: fn(&Self) -> Result<String, String>,
+    ) -> Result<String, String> {
+        if raise {
+            step(self)
+        } else {
+            Ok("left out for this probe".into())
+        }
     }
 
     fn set_rlimits(&self) -> Result<String, String> {
@@ -323,6 +339,8 @@ impl OsPolicy {
         let status = Ruleset::default()
             .set_compatibility(CompatLevel::BestEffort)
             .handle_access(AccessFs::from_all(abi))
+            // No TCP bind or connect at all (no rule grants any).
+            .and_then(|r| r.handle_access(AccessNet::from_all(abi)))
             .and_then(|r| r.scope(Scope::Signal | Scope::AbstractUnixSocket))
             .and_then(|r| r.create())
             .and_then(|r| {
@@ -347,7 +365,7 @@ impl OsPolicy {
             .map_err(|err| err.to_string())?;
         match status.ruleset {
             RulesetStatus::FullyEnforced => {
-                Ok("fully enforced (filesystem and signal scope)".into())
+                Ok("fully enforced (filesystem, TCP, signal scope)".into())
             }
             RulesetStatus::PartiallyEnforced => {
                 Err("only partly enforced: this kernel lacks some Landlock features".into())
@@ -645,7 +663,7 @@ impl fmt::Display for OsPolicy {
         )?;
         writeln!(
             f,
-            "              no other path; no signals or abstract sockets outside the runner"
+            "              no other path; no TCP bind or connect; no signals or abstract sockets outside the runner"
         )?;
         let denied: Vec<&str> = DENIED_SYSCALLS.iter().map(|(name, _)| *name).collect();
         writeln!(f, "  seccomp:    EPERM for {}", denied.join(", "))?;
@@ -728,7 +746,7 @@ mod tests {
             env: Vec::new(),
             preopens: Vec::new(),
             limits: wasmproc_protocol::Limits::default(),
-            probe: false,
+            probe: None,
         };
         let text = OsPolicy::for_spec(&spec, 1).to_string();
         let line = text
