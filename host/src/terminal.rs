@@ -75,15 +75,19 @@ async fn on_terminal(command: &mut Command) -> Result<ExitStatus, SpawnError> {
         signal(SignalKind::window_change()),
         signal(SignalKind::terminate()),
         signal(SignalKind::hangup()),
+        signal(SignalKind::interrupt()),
     );
     let status = match signals {
-        (Ok(mut winch), Ok(mut term), Ok(mut hup)) => loop {
+        (Ok(mut winch), Ok(mut term), Ok(mut hup), Ok(mut int)) => loop {
+            // Keys typed on the raw terminal go to the guest's terminal
+            // (Ctrl-C there interrupts the guest); these come from outside:
+            // end the guest, then restore the terminal.
             tokio::select! {
                 status = child.wait() => break status,
                 _ = winch.recv() => pty::copy_window_size(1, master.as_fd()),
-                // Ended from outside: end the guest, then restore the terminal.
                 _ = term.recv() => child.kill(),
                 _ = hup.recv() => child.kill(),
+                _ = int.recv() => child.kill(),
             }
         },
         _ => child.wait().await,

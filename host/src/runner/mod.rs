@@ -63,6 +63,7 @@ pub(crate) fn main() -> ! {
     // Everything that does not depend on the guest, before its spec: a
     // runner waiting in the host's pool has this done already.
     let prepared = Prepared::new();
+    let filters = crate::sandbox::os::build_filters(std::process::id());
     let (spec, leftover) = match read_frame_blocking::<HostToRunner>(&mut from_host) {
         Ok((HostToRunner::Launch(spec), leftover)) => (spec, leftover),
         Ok((other, _)) => fail(
@@ -79,7 +80,7 @@ pub(crate) fn main() -> ! {
     // The second wall, before any other thread exists and before guest code.
     let policy = OsPolicy::for_spec(&spec, std::process::id());
     let steps: Vec<HardeningStep> = policy
-        .apply()
+        .apply(filters)
         .into_iter()
         .map(|step| HardeningStep {
             name: step.name.to_owned(),

@@ -220,6 +220,65 @@ pub fn run(spec: &LaunchSpec) {
         }
         lines.push(format!("memfd_create: {}", outcome(rc >= 0, "made one")));
 
+        // More routes the seccomp filter answers for; each call has
+        // arguments that do nothing where it is permitted.
+        let walls = spec.probe.unwrap_or(wasmproc_protocol::Walls::ALL);
+        if walls.seccomp {
+            // Only under seccomp: where permitted, vfork would share this stack.
+            let rc = libc::syscall(libc::SYS_vfork);
+            if rc == 0 {
+                libc::_exit(0);
+            }
+            lines.push(format!("vfork: {}", outcome(rc > 0, "forked")));
+        }
+        let empty = CString::new("").unwrap_or_default();
+        // Each result is read right after its call (errno is per call).
+        let mut tried = |name: &str, rc: i64| {
+            lines.push(format!("{name}: {}", outcome(rc >= 0, "permitted")));
+        };
+        tried(
+            "execveat",
+            libc::syscall(libc::SYS_execveat, -1, empty.as_ptr(), 0, 0, 0),
+        );
+        tried(
+            "unshare",
+            libc::syscall(libc::SYS_unshare, libc::CLONE_NEWNS),
+        );
+        tried("setns", libc::syscall(libc::SYS_setns, -1, 0));
+        tried("mount", libc::syscall(libc::SYS_mount, 0, 0, 0, 0, 0));
+        tried(
+            "move_mount",
+            libc::syscall(libc::SYS_move_mount, -1, 0, -1, 0, 0),
+        );
+        tried("fsopen", libc::syscall(libc::SYS_fsopen, 0, 0));
+        tried(
+            "tgkill other",
+            libc::syscall(libc::SYS_tgkill, target, target, 0),
+        );
+        tried(
+            "pidfd_send_signal",
+            libc::syscall(libc::SYS_pidfd_send_signal, -1, 0, 0, 0),
+        );
+        tried(
+            "process_vm_readv",
+            libc::syscall(libc::SYS_process_vm_readv, target, 0, 0, 0, 0, 0),
+        );
+        tried(
+            "open_by_handle_at",
+            libc::syscall(libc::SYS_open_by_handle_at, -1, 0, 0),
+        );
+        tried("bpf", libc::syscall(libc::SYS_bpf, -1, 0, 0));
+        tried(
+            "perf_event_open",
+            libc::syscall(libc::SYS_perf_event_open, 0, -1, -1, -1, 0),
+        );
+        tried("userfaultfd", libc::syscall(libc::SYS_userfaultfd, -1));
+        tried("keyctl", libc::syscall(libc::SYS_keyctl, -1, 0, 0, 0, 0));
+        tried(
+            "init_module",
+            libc::syscall(libc::SYS_init_module, 0, 0, empty.as_ptr()),
+        );
+
         let byte = b'x';
         let rc = libc::ioctl(0, libc::TIOCSTI, &byte);
         lines.push(format!("TIOCSTI: {}", outcome(rc == 0, "typed")));
