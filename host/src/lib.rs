@@ -32,19 +32,22 @@
 //! - `host`: [`Host`]: fork, `fork_all`, reserve and start; `host/pool`
 //!   (runners started ahead), `host/spawner` (the runner binary, the
 //!   spawner thread), `host/session` (one runner's writer, reader and
-//!   waiter).
+//!   waiter), `host/delivered` (what was delivered and not yet taken),
+//!   `host/spec` (the built command).
 //! - `relay`: routing by id, name and group, undeliverable notices,
 //!   monitors; `relay/policy` (the allow-list and its refusal reports),
 //!   `relay/mailbox` (the bounded per-guest queue).
 //! - `connection`: frames over control pipes: the reader, the batch and
 //!   the writer, the one place a frame's head and payload are laid out.
 //! - `os`: every `libc` call of the host: `os/process` (`posix_spawn`,
-//!   pidfd, reaper, [`Stdio`]), `os/pipe`, `os/alloc`.
+//!   pidfd, reaper, [`Stdio`]), `os/pipe`, `os/alloc`, `os/limits` (how
+//!   many guests the open-files limit allows), `os/pty` (pseudo-terminals).
 //! - `runner`: what runs in each guest's process: handshake, hardening,
 //!   `runner/guest` (load, run, limit, report), `ipc`, `link`, `drive`,
 //!   `probe`.
 //! - [`sandbox`]: the two walls: `sandbox/wasi` (the first: capabilities as
-//!   a WASI context), `sandbox/os` (the second: the runner's process).
+//!   a WASI context), `sandbox/os` (the second: the runner's process, from
+//!   one table of system calls), `sandbox/syscalls` (every call's name).
 //! - `engine`: the one wasmtime configuration for compiling and running.
 //! - `cache`: compile once, map many: precompiled artifacts by content hash.
 //! - `exec`: command lines and pipelines, never through a shell.
@@ -72,10 +75,14 @@
 //!    and the message (tagged with A's id and name — a runner cannot forge
 //!    them) is queued in B's bounded mailbox. If that fails, A gets an
 //!    `undeliverable` item with the reason instead.
-//! 3. B's writer task takes everything in B's mailbox and writes it to B's
-//!    control pipe as `Deliver` frames, again many per `write`.
+//! 3. B's writer task takes everything in B's mailbox, records it as
+//!    delivered, and writes it to B's control pipe as `Deliver` frames,
+//!    again many per `write`.
 //! 4. B's runner reads the frames into B's inbox; B's `recv` returns the
-//!    message.
+//!    message, and B's runner tells the host how many items B has taken
+//!    (`Taken`, before B's next frame). If B's runner ends, whatever it had
+//!    not taken goes back to its senders as `recipient exited`: every
+//!    message is taken or returned.
 
 pub mod app;
 mod cache;
