@@ -403,6 +403,34 @@ async fn sends_to_a_huge_name_come_back_short_and_the_host_stays_small() {
     .await;
 }
 
+/// A guest that may talk to nobody sends to 30,000 distinct 64 KiB names:
+/// each comes back, and the host keeps none of the names (they are longer
+/// than any guest's, so they are cut before the allow-list sees them, and
+/// what the allow-list remembers per sender is bounded anyway).
+#[tokio::test]
+async fn thirty_thousand_huge_refused_names_leave_the_host_small() {
+    within(300, async {
+        let crasher = guest("crasher");
+        let stdout = common::run_helper(
+            "unknown-probe",
+            [
+                "--talks-to-nobody".as_ref(),
+                crasher.as_os_str(),
+                "names".as_ref(),
+                "30000".as_ref(),
+                "64".as_ref(),
+            ],
+        )
+        .await;
+        let mut lines = stdout.lines();
+        assert_eq!(lines.next(), Some("30000 notices: unknown recipient"));
+        let peak = common::parse_kib(lines.next().unwrap(), "peak_rss_kib");
+        println!("host peak with 30,000 sends to distinct 64 KiB names: {peak} KiB");
+        assert!(peak < HOST_PEAK_KIB, "the host peaked at {peak} KiB");
+    })
+    .await;
+}
+
 /// 8 broadcasts of 16 MiB to 50 members that never read: the members share
 /// one copy of each payload in the host.
 #[tokio::test]

@@ -13,7 +13,10 @@
 //!   has, forever, and never reads its inbox (whose notices pile up);
 //! - `longline N`: prints a line of N `x`, then `line 0` to `line 9`;
 //! - `longname MB N`: sends N messages to a name of MB mebibytes, then
-//!   prints `N notices: REASON, name of LEN bytes` for what came back.
+//!   prints `N notices: REASON, name of LEN bytes` for what came back;
+//! - `names N KIB`: sends one message to each of N distinct names of KIB
+//!   kibibytes, reading the notices as they come, then prints
+//!   `N notices: REASON` for each reason.
 
 use wasmproc_guest::{self as ipc, InboxItem};
 
@@ -102,6 +105,33 @@ fn main() {
             }
             for ((reason, len), count) in seen {
                 println!("{count} notices: {reason}, name of {len} bytes");
+            }
+        }
+        Some("names") => {
+            let n: usize = args.get(1).and_then(|m| m.parse().ok()).unwrap_or(1);
+            let kib: usize = args.get(2).and_then(|m| m.parse().ok()).unwrap_or(1);
+            let padding = "x".repeat((kib * 1024).saturating_sub(8));
+            let mut reasons = std::collections::BTreeMap::new();
+            let mut count = |item| {
+                if let InboxItem::Undeliverable(notice) = item {
+                    *reasons.entry(notice.reason.to_string()).or_insert(0u64) += 1;
+                }
+            };
+            let mut seen = 0;
+            for i in 0..n {
+                let name = format!("{i:08}{padding}");
+                ipc::send(ipc::Address::Name(name), b"x").expect("send");
+                while let Some(item) = ipc::try_recv() {
+                    count(item);
+                    seen += 1;
+                }
+            }
+            while seen < n {
+                count(ipc::recv());
+                seen += 1;
+            }
+            for (reason, count) in reasons {
+                println!("{count} notices: {reason}");
             }
         }
         Some("longline") => {

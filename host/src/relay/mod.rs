@@ -835,6 +835,20 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn monitoring_one_guest_a_million_times_keeps_one_record() {
+        let relay = Relay::new();
+        let watcher = relay.register(reg(Some("w"), None)).unwrap();
+        let target = relay.register(reg(Some("t"), None)).unwrap();
+        for _ in 0..1_000_000 {
+            assert_eq!(relay.monitor(&watcher, "t"), None);
+        }
+        assert_eq!(relay.read().monitors[&target.id].len(), 1);
+        relay.unregister(target.id, "exit code 0").await;
+        assert!(watcher.mailbox.try_pop().is_some());
+        assert_eq!(watcher.mailbox.try_pop(), None, "one `down`, not a million");
+    }
+
+    #[tokio::test]
     async fn monitors_get_down_with_the_reason() {
         let relay = Relay::new();
         let watcher = relay.register(reg(Some("w"), None)).unwrap();
