@@ -9,6 +9,7 @@
 //! import every WASI interface still instantiate) but every use of them is
 //! refused.
 
+mod bpf;
 pub(crate) mod os;
 mod syscalls;
 mod wasi;

@@ -6,17 +6,12 @@
 //! reported, never skipped in silence. `wasmproc sandbox explain` prints the
 //! same object, so what it says is what runs.
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
 
 use landlock::{
     ABI, Access, AccessFs, AccessNet, CompatLevel, Compatible, Ruleset, RulesetAttr,
     RulesetCreatedAttr, RulesetStatus, Scope, path_beneath_rules,
-};
-use seccompiler::{
-    SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter, SeccompRule,
-    TargetArch,
 };
 use wasmproc_protocol::contract::{EXIT_SANDBOX_REFUSED, FIRST_UNINHERITED_FD, SANDBOX_REPORT_FD};
 use wasmproc_protocol::{LaunchSpec, Walls};
@@ -424,111 +419,31 @@ impl OsPolicy {
     }
 }
 
-/// Compiled seccomp programs, in the order they are installed.
-#[derive(Debug, Clone)]
-pub struct Filters(Vec<seccompiler::BpfProgram>);
+/// The compiled seccomp program (see [`super::bpf`]).
+#[derive(Clone)]
+pub struct Filters(Vec<libc::sock_filter>);
 
-/// The seccomp programs for a runner whose pid is `pid`, compiled ahead:
-/// they depend on nothing in the launch spec, so a runner builds them while
-/// it waits for one (a pooled runner has them ready).
+impl fmt::Debug for Filters {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Filters({} instructions)", self.0.len())
+    }
+}
+
+/// The seccomp program for a runner whose pid is `pid`, compiled ahead: it
+/// depends on nothing in the launch spec, so a runner builds it while it
+/// waits for one (a pooled runner has it ready).
 ///
 /// # Errors
 ///
-/// When a rule cannot be expressed for this architecture.
+/// None today; kept for architectures the generator may not cover.
 pub fn build_filters(pid: u32) -> Result<Filters, String> {
-    let arch = TargetArch::try_from(std::env::consts::ARCH).map_err(|e| e.to_string())?;
-    let cond = |arg, op, value| {
-        SeccompCondition::new(arg, SeccompCmpArgLen::Qword, op, value).map_err(|e| e.to_string())
-    };
-    let rule = |conds| SeccompRule::new(conds).map_err(|e| e.to_string());
-
-    // clone3 answers ENOSYS, so libc falls back to clone, whose flags a
-    // filter can read.
-    let mut enosys = BTreeMap::new();
-    for (_, nr, _) in SYSCALLS.iter().filter(|(_, _, r)| *r == Rule::Enosys) {
-        enosys.insert(*nr, Vec::new());
-    }
-    let enosys = SeccompFilter::new(
-        enosys,
-        SeccompAction::Allow,
-        SeccompAction::Errno(libc::ENOSYS as u32),
-        arch,
-    )
-    .map_err(|e| e.to_string())?;
-
-    // The allow-list: anything neither allowed nor denied traps, and the
-    // SIGSYS handler reports which call it was, then ends the runner.
-    // (Denied calls pass this filter so the next one answers EPERM: of
-    // two filters' answers the kernel keeps the stricter, and TRAP is
-    // stricter than EPERM.)
-    let mut allow: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
-    for (_, nr, _) in SYSCALLS {
-        allow.insert(*nr, Vec::new());
-    }
-    let allow = SeccompFilter::new(allow, SeccompAction::Trap, SeccompAction::Allow, arch)
-        .map_err(|e| e.to_string())?;
-
-    // What answers EPERM: denied calls, and allowed ones whose arguments
-    // break their rule.
-    let me = u64::from(pid);
-    let setid = |arg: u32, bit: u64| -> Result<SeccompRule, String> {
-        rule(vec![cond(arg as u8, SeccompCmpOp::MaskedEq(bit), bit)?])
-    };
-    let mut deny: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
-    for (_, nr, kind) in SYSCALLS {
-        let rules = match *kind {
-            Rule::Allow | Rule::Enosys => continue,
-            Rule::Deny => Vec::new(),
-            // clone without CLONE_THREAD makes a process.
-            Rule::ThreadsOnly => vec![rule(vec![cond(
-                0,
-                SeccompCmpOp::MaskedEq(libc::CLONE_THREAD as u64),
-                0,
-            )?])?],
-            Rule::OnlyToItself(arg) => vec![rule(vec![cond(arg as u8, SeccompCmpOp::Ne, me)?])?],
-            Rule::NoTerminalInput => DENIED_IOCTLS
-                .iter()
-                .map(|(_, request)| rule(vec![cond(1, SeccompCmpOp::Eq, *request)?]))
-                .collect::<Result<_, _>>()?,
-            Rule::NoSetId(arg) => vec![
-                setid(arg, libc::S_ISUID as u64)?,
-                setid(arg, libc::S_ISGID as u64)?,
-            ],
-            Rule::UnixOnly => {
-                vec![rule(vec![cond(
-                    0,
-                    SeccompCmpOp::Ne,
-                    libc::AF_UNIX as u64,
-                )?])?]
-            }
-        };
-        deny.insert(*nr, rules);
-    }
-    let deny = SeccompFilter::new(
-        deny,
-        SeccompAction::Allow,
-        SeccompAction::Errno(libc::EPERM as u32),
-        arch,
-    )
-    .map_err(|e| e.to_string())?;
-
-    // The allow-list last: once it is in, installing a filter is refused.
-    let mut programs = Vec::with_capacity(3);
-    for filter in [enosys, deny, allow] {
-        let program: seccompiler::BpfProgram = filter
-            .try_into()
-            .map_err(|e: seccompiler::BackendError| e.to_string())?;
-        programs.push(program);
-    }
-    Ok(Filters(programs))
+    Ok(Filters(super::bpf::program(pid)))
 }
 
-/// Install the programs, after the `SIGSYS` handler that reports refusals.
+/// Install the program, after the `SIGSYS` handler that reports refusals.
 fn install_filters(filters: &Filters) -> Result<String, String> {
     install_sigsys_report()?;
-    for program in &filters.0 {
-        seccompiler::apply_filter(program).map_err(|e| e.to_string())?;
-    }
+    super::bpf::install(&filters.0)?;
     Ok(format!(
         "{} system calls allowed, {} denied, any other stops the runner; clone only for \
          threads; clone3 ENOSYS; signals only to itself; no TIOCSTI; no set-id chmod",
