@@ -47,7 +47,8 @@
 //!   `probe`.
 //! - [`sandbox`]: the two walls: `sandbox/wasi` (the first: capabilities as
 //!   a WASI context), `sandbox/os` (the second: the runner's process, from
-//!   one table of system calls), `sandbox/syscalls` (every call's name).
+//!   one table of system calls), `sandbox/bpf` (the seccomp program that
+//!   table generates), `sandbox/syscalls` (every call's name).
 //! - `engine`: the one wasmtime configuration for compiling and running.
 //! - `cache`: compile once, map many: precompiled artifacts by content hash.
 //! - `exec`: command lines and pipelines, never through a shell.
