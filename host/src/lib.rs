@@ -41,14 +41,15 @@
 //!   the writer, the one place a frame's head and payload are laid out.
 //! - `os`: every `libc` call of the host: `os/process` (`posix_spawn`,
 //!   pidfd, reaper, [`Stdio`]), `os/pipe`, `os/alloc`, `os/limits` (how
-//!   many guests the open-files limit allows), `os/pty` (pseudo-terminals).
+//!   many guests the open-files limit allows), `os/pty` (pseudo-terminals),
+//!   `os/syscalls` (every system call's name).
 //! - `runner`: what runs in each guest's process: handshake, hardening,
 //!   `runner/guest` (load, run, limit, report), `ipc`, `link`, `drive`,
 //!   `probe`.
 //! - [`sandbox`]: the two walls: `sandbox/wasi` (the first: capabilities as
 //!   a WASI context), `sandbox/os` (the second: the runner's process, from
 //!   one table of system calls), `sandbox/bpf` (the seccomp program that
-//!   table generates), `sandbox/syscalls` (every call's name).
+//!   table generates).
 //! - `engine`: the one wasmtime configuration for compiling and running.
 //! - `cache`: compile once, map many: precompiled artifacts by content hash.
 //! - `exec`: command lines and pipelines, never through a shell.

@@ -416,7 +416,7 @@ impl Waiter {
         let status = match refused {
             // The sandbox stopped it: that is the news, whatever followed.
             Some(nr) if killed != Some(KillReason::Violation) => ExitStatus::SandboxRefused {
-                syscall: crate::sandbox::syscall_name(nr),
+                syscall: crate::os::syscalls::name(nr),
             },
             _ => combine(os_status, outcome, killed, self.entry.max_cpu),
         };

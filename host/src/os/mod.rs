@@ -7,12 +7,15 @@
 //! - [`alloc`]: the allocator settings for large messages.
 //! - [`limits`]: how many guests the open-files limit leaves room for.
 //! - [`pty`]: a terminal of its own for a guest on a terminal.
+//! - [`syscalls`]: every system call's name, to say which one a sandbox
+//!   refused.
 
 pub(crate) mod alloc;
 pub(crate) mod limits;
 pub(crate) mod pipe;
 pub(crate) mod process;
 pub(crate) mod pty;
+pub(crate) mod syscalls;
 
 pub use alloc::keep_large_buffers_in_heap;
 pub use process::{ChildStderr, ChildStdin, ChildStdout, Stdio};

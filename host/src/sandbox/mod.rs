@@ -11,12 +11,10 @@
 
 mod bpf;
 pub(crate) mod os;
-mod syscalls;
 mod wasi;
 
 use wasmproc_protocol::LaunchSpec;
 
-pub(crate) use syscalls::name as syscall_name;
 pub(crate) use wasi::wasi_builder;
 
 use crate::command::Command;

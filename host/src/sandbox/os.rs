@@ -675,9 +675,9 @@ mod tests {
         numbers.dedup();
         assert_eq!(numbers.len(), SYSCALLS.len(), "a call is listed twice");
         for (name, nr, _) in SYSCALLS {
-            assert_eq!(crate::sandbox::syscall_name(*nr), *name);
+            assert_eq!(crate::os::syscalls::name(*nr), *name);
         }
-        assert_eq!(crate::sandbox::syscall_name(libc::SYS_uname), "uname");
+        assert_eq!(crate::os::syscalls::name(libc::SYS_uname), "uname");
         assert!(!SYSCALLS.iter().any(|(name, _, _)| *name == "uname"));
         let rule = |name: &str| SYSCALLS.iter().find(|(n, _, _)| *n == name).map(|e| e.2);
         assert_eq!(rule("execve"), Some(Rule::Deny));
