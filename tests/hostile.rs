@@ -8,23 +8,30 @@ use std::time::Duration;
 use common::{guest, recv_text, tool_p1, within};
 use wasmproc::{Command, ExitStatus, Host, Limit};
 
+/// The probe in the real runner, with the walls asked for: the test process
+/// as the other process to reach, `/etc/passwd` as the file outside, and
+/// `rw` as a read-write folder.
+async fn probe(rw: &std::path::Path, landlock: bool, seccomp: bool) -> wasmproc::Output {
+    let mut command = Command::new(guest("echo"));
+    wasmproc::testing::probe_sandbox_with(&mut command, landlock, seccomp)
+        .args([
+            std::process::id().to_string(),
+            "/etc/passwd".to_owned(),
+            rw.display().to_string(),
+        ])
+        .preopen(rw, "/data", false)
+        .output()
+        .await
+        .unwrap()
+}
+
 /// The second wall, proven in the real runner binary after its real
 /// hardening: the probe mode tries each forbidden operation natively.
 #[tokio::test]
 async fn the_hardened_runner_cannot_exec_fork_open_sockets_leave_its_files_or_signal_others() {
     within(60, async {
         let rw = common::scratch_dir("probe-rw");
-        let mut command = Command::new(guest("echo"));
-        let out = wasmproc::testing::probe_sandbox(&mut command)
-            .args([
-                std::process::id().to_string(),
-                "/etc/passwd".to_owned(),
-                rw.display().to_string(),
-            ])
-            .preopen(&rw, "/data", false)
-            .output()
-            .await
-            .unwrap();
+        let out = probe(&rw, true, true).await;
         assert_eq!(out.status, ExitStatus::Exited { code: 0 });
         // As root (how CI runs) the runner clears its bounding set too; a
         // process without privilege cannot, and holds no capability anyway.
@@ -147,17 +154,7 @@ async fn each_wall_alone_stops_the_routes_it_answers_for() {
             (true, true, ""),
         ] {
             let rw = common::scratch_dir(&format!("walls-{landlock}-{seccomp}"));
-            let mut command = Command::new(guest("echo"));
-            let out = wasmproc::testing::probe_sandbox_with(&mut command, landlock, seccomp)
-                .args([
-                    std::process::id().to_string(),
-                    "/etc/passwd".to_owned(),
-                    rw.display().to_string(),
-                ])
-                .preopen(&rw, "/data", false)
-                .output()
-                .await
-                .unwrap();
+            let out = probe(&rw, landlock, seccomp).await;
             let mode = format!("landlock {landlock}, seccomp {seccomp}");
             assert_eq!(out.status, ExitStatus::Exited { code: 0 }, "{mode}");
             let text = String::from_utf8(out.stdout).unwrap();

@@ -51,31 +51,9 @@ fn main() {
             }
         }
         Some("unknown") => {
-            let n: u64 = args.get(1).and_then(|m| m.parse().ok()).unwrap_or(1000);
+            let n: usize = args.get(1).and_then(|m| m.parse().ok()).unwrap_or(1000);
             let base = 1u64 << 40;
-            let mut reasons = std::collections::BTreeMap::new();
-            let mut count = |item| {
-                if let InboxItem::Undeliverable(notice) = item {
-                    *reasons.entry(notice.reason.to_string()).or_insert(0u64) += 1;
-                }
-            };
-            // Read the notices while sending: a guest that floods and never
-            // reads its own inbox is slowed down by the host until it does.
-            let mut seen = 0;
-            for i in 0..n {
-                ipc::send(ipc::Address::Id(base + i), b"x").expect("send");
-                while let Some(item) = ipc::try_recv() {
-                    count(item);
-                    seen += 1;
-                }
-            }
-            while seen < n {
-                count(ipc::recv());
-                seen += 1;
-            }
-            for (reason, count) in reasons {
-                println!("{count} notices: {reason}");
-            }
+            send_and_count(n, |i| ipc::Address::Id(base + i as u64));
         }
         Some("flood") => {
             if let Some(name) = args.get(1) {
@@ -111,28 +89,7 @@ fn main() {
             let n: usize = args.get(1).and_then(|m| m.parse().ok()).unwrap_or(1);
             let kib: usize = args.get(2).and_then(|m| m.parse().ok()).unwrap_or(1);
             let padding = "x".repeat((kib * 1024).saturating_sub(8));
-            let mut reasons = std::collections::BTreeMap::new();
-            let mut count = |item| {
-                if let InboxItem::Undeliverable(notice) = item {
-                    *reasons.entry(notice.reason.to_string()).or_insert(0u64) += 1;
-                }
-            };
-            let mut seen = 0;
-            for i in 0..n {
-                let name = format!("{i:08}{padding}");
-                ipc::send(ipc::Address::Name(name), b"x").expect("send");
-                while let Some(item) = ipc::try_recv() {
-                    count(item);
-                    seen += 1;
-                }
-            }
-            while seen < n {
-                count(ipc::recv());
-                seen += 1;
-            }
-            for (reason, count) in reasons {
-                println!("{count} notices: {reason}");
-            }
+            send_and_count(n, |i| ipc::Address::Name(format!("{i:08}{padding}")));
         }
         Some("longline") => {
             let n: usize = args.get(1).and_then(|m| m.parse().ok()).unwrap_or(1 << 17);
@@ -148,6 +105,34 @@ fn main() {
             eprintln!("crasher: unknown mode {other:?}");
             std::process::exit(2);
         }
+    }
+}
+
+/// Send one message to each of `n` addresses nobody has, reading the
+/// notices as they come (a guest that floods and never reads its own inbox
+/// is slowed down by the host until it does), then print
+/// `COUNT notices: REASON` for each reason.
+fn send_and_count(n: usize, address: impl Fn(usize) -> ipc::Address) {
+    let mut reasons = std::collections::BTreeMap::new();
+    let mut count = |item| {
+        if let InboxItem::Undeliverable(notice) = item {
+            *reasons.entry(notice.reason.to_string()).or_insert(0u64) += 1;
+        }
+    };
+    let mut seen = 0;
+    for i in 0..n {
+        ipc::send(address(i), b"x").expect("send");
+        while let Some(item) = ipc::try_recv() {
+            count(item);
+            seen += 1;
+        }
+    }
+    while seen < n {
+        count(ipc::recv());
+        seen += 1;
+    }
+    for (reason, count) in reasons {
+        println!("{count} notices: {reason}");
     }
 }
 

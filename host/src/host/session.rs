@@ -412,14 +412,8 @@ impl Waiter {
         // (it is older), then what was still in the host's mailbox.
         self.relay
             .return_to_senders(&self.entry, self.delivered.drain());
-        let refused = refused_syscall(&self.report);
-        let status = match refused {
-            // The sandbox stopped it: that is the news, whatever followed.
-            Some(nr) if killed != Some(KillReason::Violation) => ExitStatus::SandboxRefused {
-                syscall: crate::os::syscalls::name(nr),
-            },
-            _ => combine(os_status, outcome, killed, self.entry.max_cpu),
-        };
+        let refused = refused_syscall(&self.report).map(crate::os::syscalls::name);
+        let status = combine(os_status, outcome, refused, killed, self.entry.max_cpu);
         tracing::debug!(guest = %self.entry.id, "ended: {status}");
         self.relay
             .unregister(self.entry.id, &status.to_string())
@@ -438,14 +432,16 @@ fn refused_syscall(report: &std::os::fd::OwnedFd) -> Option<i64> {
     (n == 4).then(|| i64::from(i32::from_le_bytes(bytes)))
 }
 
-/// The status of a guest from what the OS, the reader and the host saw: a
-/// protocol violation that made the host kill the runner first, then the
-/// runner's own report, then a kill the host ordered (timeout, limit,
+/// The status of a guest from what the OS, the reader, the runner's sandbox
+/// report and the host saw: a protocol violation that made the host kill
+/// the runner first, then a system call the sandbox refused (the news,
+/// whatever followed), then the runner's own report, then a kill the host ordered (timeout, limit,
 /// `kill`: it decides even when the frame stream was cut mid-frame by it),
 /// then a violation seen at the stream's end, then how the process ended.
 fn combine(
     os_status: io::Result<std::process::ExitStatus>,
     outcome: ReaderOutcome,
+    refused: Option<String>,
     killed: Option<KillReason>,
     cpu_limit: Option<Duration>,
 ) -> ExitStatus {
@@ -454,6 +450,9 @@ fn combine(
         && let Some(reason) = outcome.violation.clone()
     {
         return ExitStatus::ProtocolViolation { reason };
+    }
+    if let Some(syscall) = refused {
+        return ExitStatus::SandboxRefused { syscall };
     }
     if let Some(report) = outcome.report {
         return ExitStatus::from_report(report);
@@ -646,7 +645,13 @@ mod tests {
             violation: Some("garbage".into()),
         };
         assert_eq!(
-            combine(signalled(9), violated, Some(KillReason::Violation), None),
+            combine(
+                signalled(9),
+                violated,
+                None,
+                Some(KillReason::Violation),
+                None
+            ),
             ExitStatus::ProtocolViolation {
                 reason: "garbage".into()
             }
@@ -659,11 +664,17 @@ mod tests {
         };
         let second = Duration::from_secs(1);
         assert_eq!(
-            combine(signalled(9), cut(), Some(KillReason::Timeout(second)), None),
+            combine(
+                signalled(9),
+                cut(),
+                None,
+                Some(KillReason::Timeout(second)),
+                None
+            ),
             ExitStatus::TimedOut { after: second }
         );
         assert_eq!(
-            combine(signalled(9), cut(), Some(KillReason::Host), None),
+            combine(signalled(9), cut(), None, Some(KillReason::Host), None),
             ExitStatus::Killed {
                 signal: 9,
                 by_host: true
@@ -671,7 +682,7 @@ mod tests {
         );
         // A stream cut with nobody killing the runner is still a violation.
         assert_eq!(
-            combine(exited(1), cut(), None, None),
+            combine(exited(1), cut(), None, None, None),
             ExitStatus::ProtocolViolation {
                 reason: "stream ended inside a frame".into()
             }
@@ -680,6 +691,7 @@ mod tests {
             combine(
                 exited(3),
                 reported(ExitReport::Exited { code: 3 }),
+                None,
                 None,
                 None
             ),
@@ -690,7 +702,7 @@ mod tests {
             backtrace: vec!["main".into()],
         };
         assert_eq!(
-            combine(exited(134), reported(trap), None, None),
+            combine(exited(134), reported(trap), None, None, None),
             ExitStatus::Trapped {
                 message: "unreachable".into(),
                 backtrace: vec!["main".into()]
@@ -701,7 +713,7 @@ mod tests {
             requested: 20,
         };
         assert_eq!(
-            combine(exited(134), reported(memory), None, None),
+            combine(exited(134), reported(memory), None, None, None),
             ExitStatus::LimitExceeded(Limit::Memory {
                 limit: 10,
                 requested: 20
@@ -711,7 +723,7 @@ mod tests {
             message: "no such import".into(),
         };
         assert_eq!(
-            combine(exited(71), reported(failed), None, None),
+            combine(exited(71), reported(failed), None, None, None),
             ExitStatus::Failed {
                 reason: "no such import".into()
             }
@@ -721,9 +733,22 @@ mod tests {
     #[test]
     fn combine_names_why_an_unreported_runner_ended() {
         let none = ReaderOutcome::default;
+        // The sandbox's refusal is the news, even if a kill followed.
+        assert_eq!(
+            combine(
+                exited(72),
+                none(),
+                Some("uname".into()),
+                Some(KillReason::Host),
+                None
+            ),
+            ExitStatus::SandboxRefused {
+                syscall: "uname".into()
+            }
+        );
         let second = Duration::from_secs(1);
         assert_eq!(
-            combine(signalled(libc::SIGKILL), none(), None, None),
+            combine(signalled(libc::SIGKILL), none(), None, None, None),
             ExitStatus::Killed {
                 signal: libc::SIGKILL,
                 by_host: false
@@ -733,6 +758,7 @@ mod tests {
             combine(
                 signalled(libc::SIGKILL),
                 none(),
+                None,
                 Some(KillReason::Host),
                 None
             ),
@@ -745,6 +771,7 @@ mod tests {
             combine(
                 signalled(libc::SIGKILL),
                 none(),
+                None,
                 Some(KillReason::Timeout(second)),
                 None
             ),
@@ -755,13 +782,14 @@ mod tests {
             combine(
                 signalled(libc::SIGKILL),
                 none(),
+                None,
                 Some(KillReason::Limit(output.clone())),
                 None
             ),
             ExitStatus::LimitExceeded(output)
         );
         assert_eq!(
-            combine(signalled(libc::SIGXCPU), none(), None, Some(second)),
+            combine(signalled(libc::SIGXCPU), none(), None, None, Some(second)),
             ExitStatus::LimitExceeded(Limit::Cpu { limit: second })
         );
         // A host kill that raced the kernel's CPU limit says what the host did.
@@ -769,6 +797,7 @@ mod tests {
             combine(
                 signalled(libc::SIGXCPU),
                 none(),
+                None,
                 Some(KillReason::Host),
                 Some(second)
             ),
@@ -778,14 +807,14 @@ mod tests {
             }
         );
         assert_eq!(
-            combine(exited(70), none(), None, None),
+            combine(exited(70), none(), None, None, None),
             ExitStatus::Failed {
                 reason: "the runner exited with code 70 before reporting how the guest ended"
                     .into()
             }
         );
         assert_eq!(
-            combine(Err(io::Error::other("gone")), none(), None, None),
+            combine(Err(io::Error::other("gone")), none(), None, None, None),
             ExitStatus::Failed {
                 reason: "cannot wait for the runner: gone".into()
             }

@@ -264,20 +264,7 @@ impl Mailbox {
     /// [`PushError::Full`] past the headroom, [`PushError::Closed`] once the
     /// guest has ended.
     pub fn try_push_notice(&self, item: impl Into<Item>) -> Result<(), PushError> {
-        let item = item.into();
-        {
-            let mut state = self.lock();
-            if state.closed {
-                return Err(PushError::Closed);
-            }
-            if state.queue.len() >= 2 * self.max_items {
-                return Err(PushError::Full);
-            }
-            self.hold(&mut state, item.payload_len());
-            state.queue.push_back(item);
-        }
-        self.readable.notify_one();
-        Ok(())
+        self.queue_notice(item.into()).map_err(|(err, _)| err)
     }
 
     /// Queue a notice, waiting while the mailbox is past its bound plus the
@@ -287,26 +274,35 @@ impl Mailbox {
     ///
     /// [`PushError::Closed`] once the guest has ended.
     pub async fn push_notice(&self, item: impl Into<Item>) -> Result<(), PushError> {
-        let item = item.into();
+        let mut item = item.into();
         loop {
             let room = self.writable.notified();
             tokio::pin!(room);
             room.as_mut().enable();
-            {
-                let mut state = self.lock();
-                if state.closed {
-                    return Err(PushError::Closed);
-                }
-                if state.queue.len() < 2 * self.max_items {
-                    self.hold(&mut state, item.payload_len());
-                    state.queue.push_back(item);
-                    drop(state);
-                    self.readable.notify_one();
-                    return Ok(());
-                }
+            match self.queue_notice(item) {
+                Ok(()) => return Ok(()),
+                Err((PushError::Closed, _)) => return Err(PushError::Closed),
+                Err((PushError::Full, back)) => item = back,
             }
             room.await;
         }
+    }
+
+    /// Queue a notice within the headroom, or give it back.
+    fn queue_notice(&self, item: Item) -> Result<(), (PushError, Item)> {
+        {
+            let mut state = self.lock();
+            if state.closed {
+                return Err((PushError::Closed, item));
+            }
+            if state.queue.len() >= 2 * self.max_items {
+                return Err((PushError::Full, item));
+            }
+            self.hold(&mut state, item.payload_len());
+            state.queue.push_back(item);
+        }
+        self.readable.notify_one();
+        Ok(())
     }
 
     /// Wait for items and move up to `max_items` of them (and at least one,

@@ -80,7 +80,7 @@ pub(crate) fn main() -> ! {
     // The second wall, before any other thread exists and before guest code.
     let policy = OsPolicy::for_spec(&spec, std::process::id());
     let steps: Vec<HardeningStep> = policy
-        .apply(filters)
+        .apply(&filters)
         .into_iter()
         .map(|step| HardeningStep {
             name: step.name.to_owned(),
