@@ -400,6 +400,66 @@ async fn sends_to_a_huge_name_come_back_short_and_the_host_stays_small() {
     .await;
 }
 
+/// 3,000 sends to a 1 MiB name, all sent before any notice is read: the
+/// notices the guest's own runner holds repeat only the cut name.
+#[tokio::test]
+async fn the_runner_holding_notices_about_a_huge_name_stays_small() {
+    within(300, async {
+        let crasher = guest("crasher");
+        let stdout = common::run_helper(
+            "unknown-probe",
+            [
+                crasher.as_os_str(),
+                "longname".as_ref(),
+                "1".as_ref(),
+                "3000".as_ref(),
+            ],
+        )
+        .await;
+        let mut lines = stdout.lines();
+        assert_eq!(
+            lines.next(),
+            Some("3000 notices: unknown recipient, name of 131 bytes")
+        );
+        let host = common::parse_kib(lines.next().unwrap(), "peak_rss_kib");
+        let runner = common::parse_kib(lines.next().unwrap(), "runner_peak_rss_kib");
+        println!("3,000 sends to a 1 MiB name: host peak {host} KiB, runner peak {runner} KiB");
+        assert!(host < HOST_PEAK_KIB, "the host peaked at {host} KiB");
+        assert!(
+            runner < RUNNER_PEAK_KIB,
+            "the runner peaked at {runner} KiB"
+        );
+    })
+    .await;
+}
+
+/// A guest that monitors one guest (itself) five million times: the host
+/// keeps one record.
+#[tokio::test]
+async fn monitoring_one_guest_five_million_times_keeps_the_host_small() {
+    within(300, async {
+        let crasher = guest("crasher");
+        let stdout = common::run_helper(
+            "unknown-probe",
+            [
+                "--name".as_ref(),
+                "watcher".as_ref(),
+                crasher.as_os_str(),
+                "monitor".as_ref(),
+                "watcher".as_ref(),
+                "5000000".as_ref(),
+            ],
+        )
+        .await;
+        let mut lines = stdout.lines();
+        assert_eq!(lines.next(), Some("monitored 5000000 times"));
+        let peak = common::parse_kib(lines.next().unwrap(), "peak_rss_kib");
+        println!("5,000,000 monitors of one guest: host peak {peak} KiB");
+        assert!(peak < MONITOR_PEAK_KIB, "the host peaked at {peak} KiB");
+    })
+    .await;
+}
+
 /// A guest that may talk to nobody sends to 30,000 distinct 64 KiB names:
 /// each comes back, and the host keeps none of the names (they are longer
 /// than any guest's, so they are cut before the allow-list sees them, and
@@ -456,6 +516,12 @@ async fn broadcasts_to_members_that_never_read_share_one_copy_in_the_host() {
 /// What the host may peak at in the memory tests above: its own baseline
 /// (about 80 MiB with the compiler loaded) plus 8 payloads of 16 MiB.
 const HOST_PEAK_KIB: u64 = 320 * 1024;
+/// What a guest's runner may peak at holding 3,000 notices.
+const RUNNER_PEAK_KIB: u64 = 256 * 1024;
+/// What the probe's host may peak at after five million monitors (about
+/// 8 MiB, or 24 MiB when it compiles the module first): one record kept per
+/// watcher and target, where one per call took 40 MB more.
+const MONITOR_PEAK_KIB: u64 = 48 * 1024;
 
 /// Each way a runner can lie ends that runner with `protocol violation`.
 #[tokio::test]

@@ -13,7 +13,10 @@
 //!   has, forever, and never reads its inbox (whose notices pile up);
 //! - `longline N`: prints a line of N `x`, then `line 0` to `line 9`;
 //! - `longname MB N`: sends N messages to a name of MB mebibytes, then
-//!   prints `N notices: REASON, name of LEN bytes` for what came back;
+//!   prints `N notices: REASON, name of LEN bytes` for what came back, then
+//!   `waiting`, and exits at the next message (so its runner can be
+//!   measured while it holds what it got);
+//! - `monitor NAME N`: monitors NAME N times, then prints `monitored N times`;
 //! - `names N KIB`: sends one message to each of N distinct names of KIB
 //!   kibibytes, reading the notices as they come, then prints
 //!   `N notices: REASON` for each reason.
@@ -84,6 +87,16 @@ fn main() {
             for ((reason, len), count) in seen {
                 println!("{count} notices: {reason}, name of {len} bytes");
             }
+            println!("waiting");
+            let _ = ipc::recv();
+        }
+        Some("monitor") => {
+            let name = args.get(1).cloned().unwrap_or_default();
+            let n: usize = args.get(2).and_then(|m| m.parse().ok()).unwrap_or(1);
+            for _ in 0..n {
+                ipc::monitor(&name);
+            }
+            println!("monitored {n} times");
         }
         Some("names") => {
             let n: usize = args.get(1).and_then(|m| m.parse().ok()).unwrap_or(1);
