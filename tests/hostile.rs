@@ -351,51 +351,72 @@ async fn a_timeout_during_a_16_mib_send_says_timed_out() {
     .await;
 }
 
+/// What a memory probe printed: its one report line and the peaks, in KiB,
+/// of the host's process and (when the probe measured it) of the runner's.
+struct Peaks {
+    report: String,
+    host: u64,
+    runner: Option<u64>,
+}
+
+/// Run probe `helper` with `args`, where `CRASHER` stands for the built
+/// crasher guest.
+async fn measure(helper: &str, args: &[&str]) -> Peaks {
+    let crasher = guest("crasher");
+    let args = args.iter().map(|a| {
+        if *a == "CRASHER" {
+            crasher.clone().into_os_string()
+        } else {
+            a.into()
+        }
+    });
+    let stdout = common::run_helper(helper, args).await;
+    let mut lines = stdout.lines();
+    let report = lines.next().unwrap_or_default().to_owned();
+    let host = common::parse_kib(lines.next().unwrap(), "peak_rss_kib");
+    let runner = lines
+        .next()
+        .map(|line| common::parse_kib(line, "runner_peak_rss_kib"));
+    println!("{helper} ({report}): host peak {host} KiB, runner peak {runner:?} KiB");
+    Peaks {
+        report,
+        host,
+        runner,
+    }
+}
+
 /// A million sends to ids nobody has: each comes back `unknown recipient`,
 /// and the host (measured in its own process) stays small.
 #[tokio::test]
 async fn a_million_sends_to_unknown_ids_come_back_and_host_memory_stays_bounded() {
     within(300, async {
-        let crasher = guest("crasher");
-        let stdout = common::run_helper(
-            "unknown-probe",
-            [crasher.as_os_str(), "unknown".as_ref(), "1000000".as_ref()],
-        )
-        .await;
-        let mut lines = stdout.lines();
-        assert_eq!(lines.next(), Some("1000000 notices: unknown recipient"));
-        let peak = common::parse_kib(lines.next().unwrap(), "peak_rss_kib");
-        assert!(peak < 64 * 1024, "the host peaked at {peak} KiB");
+        let peaks = measure("unknown-probe", &["CRASHER", "unknown", "1000000"]).await;
+        assert_eq!(peaks.report, "1000000 notices: unknown recipient");
+        assert!(
+            peaks.host < 64 * 1024,
+            "the host peaked at {} KiB",
+            peaks.host
+        );
     })
     .await;
 }
 
 /// 120 sends to a 16 MiB name: each comes back `unknown recipient` with the
-/// name cut to 128 bytes, and neither the host nor the guest's runner holds
+/// name cut to 128 bytes (and a three-byte `…`), and the host does not hold
 /// the name once per send.
 #[tokio::test]
 async fn sends_to_a_huge_name_come_back_short_and_the_host_stays_small() {
     within(300, async {
-        let crasher = guest("crasher");
-        let stdout = common::run_helper(
-            "unknown-probe",
-            [
-                crasher.as_os_str(),
-                "longname".as_ref(),
-                "16".as_ref(),
-                "120".as_ref(),
-            ],
-        )
-        .await;
-        let mut lines = stdout.lines();
-        // 128 bytes of the name and a three-byte `…`.
+        let peaks = measure("unknown-probe", &["CRASHER", "longname", "16", "120"]).await;
         assert_eq!(
-            lines.next(),
-            Some("120 notices: unknown recipient, name of 131 bytes")
+            peaks.report,
+            "120 notices: unknown recipient, name of 131 bytes"
         );
-        let peak = common::parse_kib(lines.next().unwrap(), "peak_rss_kib");
-        println!("host peak with 120 sends to a 16 MiB name: {peak} KiB");
-        assert!(peak < HOST_PEAK_KIB, "the host peaked at {peak} KiB");
+        assert!(
+            peaks.host < HOST_PEAK_KIB,
+            "the host peaked at {} KiB",
+            peaks.host
+        );
     })
     .await;
 }
@@ -405,26 +426,17 @@ async fn sends_to_a_huge_name_come_back_short_and_the_host_stays_small() {
 #[tokio::test]
 async fn the_runner_holding_notices_about_a_huge_name_stays_small() {
     within(300, async {
-        let crasher = guest("crasher");
-        let stdout = common::run_helper(
-            "unknown-probe",
-            [
-                crasher.as_os_str(),
-                "longname".as_ref(),
-                "1".as_ref(),
-                "3000".as_ref(),
-            ],
-        )
-        .await;
-        let mut lines = stdout.lines();
+        let peaks = measure("unknown-probe", &["CRASHER", "longname", "1", "3000"]).await;
         assert_eq!(
-            lines.next(),
-            Some("3000 notices: unknown recipient, name of 131 bytes")
+            peaks.report,
+            "3000 notices: unknown recipient, name of 131 bytes"
         );
-        let host = common::parse_kib(lines.next().unwrap(), "peak_rss_kib");
-        let runner = common::parse_kib(lines.next().unwrap(), "runner_peak_rss_kib");
-        println!("3,000 sends to a 1 MiB name: host peak {host} KiB, runner peak {runner} KiB");
-        assert!(host < HOST_PEAK_KIB, "the host peaked at {host} KiB");
+        assert!(
+            peaks.host < HOST_PEAK_KIB,
+            "the host peaked at {} KiB",
+            peaks.host
+        );
+        let runner = peaks.runner.expect("the runner's peak");
         assert!(
             runner < RUNNER_PEAK_KIB,
             "the runner peaked at {runner} KiB"
@@ -438,24 +450,16 @@ async fn the_runner_holding_notices_about_a_huge_name_stays_small() {
 #[tokio::test]
 async fn monitoring_one_guest_five_million_times_keeps_the_host_small() {
     within(300, async {
-        let crasher = guest("crasher");
-        let stdout = common::run_helper(
-            "unknown-probe",
-            [
-                "--name".as_ref(),
-                "watcher".as_ref(),
-                crasher.as_os_str(),
-                "monitor".as_ref(),
-                "watcher".as_ref(),
-                "5000000".as_ref(),
-            ],
-        )
-        .await;
-        let mut lines = stdout.lines();
-        assert_eq!(lines.next(), Some("monitored 5000000 times"));
-        let peak = common::parse_kib(lines.next().unwrap(), "peak_rss_kib");
-        println!("5,000,000 monitors of one guest: host peak {peak} KiB");
-        assert!(peak < MONITOR_PEAK_KIB, "the host peaked at {peak} KiB");
+        let args = [
+            "--name", "watcher", "CRASHER", "monitor", "watcher", "5000000",
+        ];
+        let peaks = measure("unknown-probe", &args).await;
+        assert_eq!(peaks.report, "monitored 5000000 times");
+        assert!(
+            peaks.host < MONITOR_PEAK_KIB,
+            "the host peaked at {} KiB",
+            peaks.host
+        );
     })
     .await;
 }
@@ -467,23 +471,14 @@ async fn monitoring_one_guest_five_million_times_keeps_the_host_small() {
 #[tokio::test]
 async fn thirty_thousand_huge_refused_names_leave_the_host_small() {
     within(300, async {
-        let crasher = guest("crasher");
-        let stdout = common::run_helper(
-            "unknown-probe",
-            [
-                "--talks-to-nobody".as_ref(),
-                crasher.as_os_str(),
-                "names".as_ref(),
-                "30000".as_ref(),
-                "64".as_ref(),
-            ],
-        )
-        .await;
-        let mut lines = stdout.lines();
-        assert_eq!(lines.next(), Some("30000 notices: unknown recipient"));
-        let peak = common::parse_kib(lines.next().unwrap(), "peak_rss_kib");
-        println!("host peak with 30,000 sends to distinct 64 KiB names: {peak} KiB");
-        assert!(peak < HOST_PEAK_KIB, "the host peaked at {peak} KiB");
+        let args = ["--talks-to-nobody", "CRASHER", "names", "30000", "64"];
+        let peaks = measure("unknown-probe", &args).await;
+        assert_eq!(peaks.report, "30000 notices: unknown recipient");
+        assert!(
+            peaks.host < HOST_PEAK_KIB,
+            "the host peaked at {} KiB",
+            peaks.host
+        );
     })
     .await;
 }
@@ -493,22 +488,13 @@ async fn thirty_thousand_huge_refused_names_leave_the_host_small() {
 #[tokio::test]
 async fn broadcasts_to_members_that_never_read_share_one_copy_in_the_host() {
     within(300, async {
-        let crasher = guest("crasher");
-        let stdout = common::run_helper(
-            "broadcast-probe",
-            [
-                crasher.as_os_str(),
-                "50".as_ref(),
-                "8".as_ref(),
-                "16".as_ref(),
-            ],
-        )
-        .await;
-        let mut lines = stdout.lines();
-        assert_eq!(lines.next(), Some("50 members, 8 broadcasts of 16 MiB"));
-        let peak = common::parse_kib(lines.next().unwrap(), "peak_rss_kib");
-        println!("host peak with 8 x 16 MiB broadcasts to 50 members: {peak} KiB");
-        assert!(peak < HOST_PEAK_KIB, "the host peaked at {peak} KiB");
+        let peaks = measure("broadcast-probe", &["CRASHER", "50", "8", "16"]).await;
+        assert_eq!(peaks.report, "50 members, 8 broadcasts of 16 MiB");
+        assert!(
+            peaks.host < HOST_PEAK_KIB,
+            "the host peaked at {} KiB",
+            peaks.host
+        );
     })
     .await;
 }
