@@ -36,6 +36,7 @@ fn main() {
     let hardened = RunnerToHost::Hardened { steps: Vec::new() };
     let send = |len: usize| RunnerToHost::Send {
         to: Address::Parent,
+        taken: 0,
         payload: vec![1; len],
     };
     let mut write =

@@ -4,11 +4,14 @@
 //! (4 bytes, little-endian) to the guests named `PREFIX0` ..
 //! `PREFIX{RECEIVERS-1}` in turn, with at most WINDOW without an outcome.
 //! Each message must come back exactly once: echoed by a receiver that took
-//! it, or as an `undeliverable` notice. When all have, it prints
+//! it, or as an `undeliverable` notice. When all have (and nothing more came
+//! within 300 ms: a further item would be a second outcome, counted as a
+//! duplicate), it prints
 //! `taken T returned R duplicates D disorders O` (a disorder: a receiver
 //! instance echoed a number lower than one it echoed before) and exits 0.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use wasmproc_guest::{self as ipc, Address, InboxItem};
 
@@ -58,6 +61,13 @@ fn main() {
             InboxItem::Undeliverable(_) => returned += 1,
             InboxItem::Shutdown => break,
             _ => {}
+        }
+    }
+    // Every message has had one outcome: anything more that comes is a
+    // second outcome for one of them.
+    while let Some(item) = ipc::recv_timeout(Duration::from_millis(300)) {
+        if matches!(item, InboxItem::Message(_) | InboxItem::Undeliverable(_)) {
+            duplicates += 1;
         }
     }
     println!("taken {taken} returned {returned} duplicates {duplicates} disorders {disorders}");

@@ -273,10 +273,12 @@ mod tests {
         for len in [0usize, 1, 127, 128, 16_383, 16_384, 70_000, 3 << 20] {
             let payload: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
             let whole = RunnerToHost::Send {
+                taken: 0,
                 to: Address::Name("sink".into()),
                 payload: payload.clone(),
             };
             let head = RunnerToHost::Send {
+                taken: 0,
                 to: Address::Name("sink".into()),
                 payload: Vec::new(),
             };
@@ -314,10 +316,12 @@ mod tests {
                 protocol_version: PROTOCOL_VERSION,
             },
             RunnerToHost::Send {
+                taken: 0,
                 to: Address::Name("worker-1".into()),
                 payload: b"hello".to_vec(),
             },
             RunnerToHost::Send {
+                taken: 0,
                 to: Address::Id(GuestId(7)),
                 payload: vec![0xff; 70_000],
             },
@@ -416,6 +420,7 @@ mod tests {
     #[test]
     fn encoding_over_the_limit_is_refused_and_leaves_the_buffer() {
         let frame = RunnerToHost::Send {
+            taken: 0,
             to: Address::Parent,
             payload: vec![1; 2000],
         };

@@ -11,7 +11,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 /// Bumped whenever a frame type changes shape.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// A guest's id: given by the host, never the OS pid (which the OS reuses).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -254,15 +254,20 @@ pub enum RunnerToHost {
     /// The guest sends a message.
     Send {
         to: Address,
+        /// The inbox items the guest had taken, in all, when it sent this:
+        /// the host hears it before it routes what the guest sent after
+        /// taking them.
+        taken: u64,
         #[serde(with = "serde_bytes")]
         payload: Vec<u8>,
     },
     /// The guest asks for a `Down` item when the guest called `name` ends.
     Monitor { name: String },
     /// How many delivered inbox items the guest has taken so far, in all
-    /// (a cumulative count, sent at most once per write, before the frames
-    /// the guest sent after taking them). What the host delivered beyond
-    /// it when the runner ends goes back to its senders.
+    /// (cumulative, like `Send::taken`), when there is no send to carry it:
+    /// when the guest waits for its inbox, and before its exit report. What
+    /// the host delivered beyond it when the runner ends goes back to its
+    /// senders.
     Taken { count: u64 },
     /// The guest has ended; the last frame.
     Exit(ExitReport),

@@ -178,8 +178,12 @@ enum Action {
     None,
     /// Say which hardening steps are not in force.
     Hardened(Vec<HardeningStep>),
-    /// Route a message.
-    Send { to: Address, payload: Vec<u8> },
+    /// Note what the guest had taken, then route its message.
+    Send {
+        to: Address,
+        taken: u64,
+        payload: Vec<u8>,
+    },
     /// Watch a guest for its end.
     Monitor { name: String },
     /// The guest has taken this many delivered items in all.
@@ -232,7 +236,7 @@ impl Frames {
             (Stage::Reported, other) => {
                 Err(format!("{} after the exit report", frame_kind(&other)))
             }
-            (Stage::Running, RunnerToHost::Send { to, payload }) => {
+            (Stage::Running, RunnerToHost::Send { to, taken, payload }) => {
                 if payload.len() as u64 > self.max_message_size {
                     return Err(format!(
                         "a {}-byte message, over the guest's {}-byte limit",
@@ -240,7 +244,7 @@ impl Frames {
                         self.max_message_size
                     ));
                 }
-                Ok(Action::Send { to, payload })
+                Ok(Action::Send { to, taken, payload })
             }
             (Stage::Running, RunnerToHost::Monitor { name }) => Ok(Action::Monitor { name }),
             (Stage::Running, RunnerToHost::Taken { count }) => Ok(Action::Taken(count)),
@@ -319,7 +323,8 @@ impl Reader {
             Action::None => {}
             Action::Taken(count) => self.delivered.taken(count)?,
             Action::Hardened(steps) => report_hardening(&steps),
-            Action::Send { to, payload } => {
+            Action::Send { to, taken, payload } => {
+                self.delivered.taken(taken)?;
                 let routed = relay.route(entry, to, payload);
                 for notice in routed.notices {
                     let _ = entry.mailbox.push_notice(notice).await;
@@ -515,6 +520,7 @@ mod tests {
     fn send(len: usize) -> RunnerToHost {
         RunnerToHost::Send {
             to: Address::Id(GuestId(1)),
+            taken: 0,
             payload: vec![7; len],
         }
     }
@@ -538,6 +544,7 @@ mod tests {
             state.accept(send(100)),
             Ok(Action::Send {
                 to: Address::Id(GuestId(1)),
+                taken: 0,
                 payload: vec![7; 100]
             })
         );

@@ -138,7 +138,7 @@ impl Link {
     /// guest waits, the host hears what it has taken so far.
     pub async fn ready(&self) {
         if self.inbox().items.is_empty() {
-            let _ = self.queue_with(|_| Ok(())).await;
+            let _ = self.queue_with(|_, _| Ok(()), false).await;
         }
         loop {
             let changed = self.inbox_changed.notified();
@@ -161,7 +161,7 @@ impl Link {
     ///
     /// [`QueueError::HostGone`] once writing to the host has failed.
     pub async fn queue(&self, frame: &RunnerToHost) -> Result<(), QueueError> {
-        self.queue_with(|batch| batch.push(frame)).await
+        self.queue_with(|batch, _| batch.push(frame), false).await
     }
 
     /// Queue a message for the host (a large payload is not copied).
@@ -170,18 +170,31 @@ impl Link {
     ///
     /// [`QueueError::HostGone`] once writing to the host has failed.
     pub async fn queue_send(&self, to: Address, payload: Vec<u8>) -> Result<(), QueueError> {
-        let head = RunnerToHost::Send {
-            to,
-            payload: Vec::new(),
-        };
+        let mut to = Some(to);
         let mut payload = Some(payload);
-        self.queue_with(|batch| batch.push_split(&head, payload.take().unwrap_or_default()))
-            .await
+        self.queue_with(
+            |batch, taken| {
+                let head = RunnerToHost::Send {
+                    to: to.take().unwrap_or(Address::Parent),
+                    taken,
+                    payload: Vec::new(),
+                };
+                batch.push_split(&head, payload.take().unwrap_or_default())
+            },
+            true,
+        )
+        .await
     }
 
+    /// Queue what `push` adds (given the guest's taken count). Unless the
+    /// frame carries that count itself (`carries_taken`, as `Send` does), a
+    /// `Taken` frame goes first when the count has moved since it was last
+    /// told: the host must know an item was taken before it sees anything
+    /// the guest sent after taking it.
     async fn queue_with(
         &self,
-        mut push: impl FnMut(&mut Batch) -> Result<(), FrameError>,
+        mut push: impl FnMut(&mut Batch, u64) -> Result<(), FrameError>,
+        carries_taken: bool,
     ) -> Result<(), QueueError> {
         loop {
             let drained = self.out_drained.notified();
@@ -196,15 +209,16 @@ impl Link {
                     // a frame the guest sent after taking an item before it
                     // knows the item was taken.
                     let taken = self.taken.load(Ordering::Relaxed);
-                    if taken != out.reported_taken {
-                        out.reported_taken = taken;
-                        if out.buf.push(&RunnerToHost::Taken { count: taken }).is_err() {
-                            return Err(QueueError::HostGone);
-                        }
+                    if !carries_taken
+                        && taken != out.reported_taken
+                        && out.buf.push(&RunnerToHost::Taken { count: taken }).is_err()
+                    {
+                        return Err(QueueError::HostGone);
                     }
+                    out.reported_taken = taken;
                     // Our frames are within the limit: the guest's payload was
                     // checked against its (smaller) message limit.
-                    if push(&mut out.buf).is_err() {
+                    if push(&mut out.buf, taken).is_err() {
                         return Err(QueueError::HostGone);
                     }
                     if out.buf.is_empty() {
