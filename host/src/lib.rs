@@ -82,7 +82,8 @@
 //!    again many per `write`.
 //! 4. B's runner reads the frames into B's inbox; B's `recv` returns the
 //!    message, and B's runner tells the host how many items B has taken
-//!    (`Taken`, before B's next frame). If B's runner ends, whatever it had
+//!    (carried on B's next `Send`, or a `Taken` frame when B waits). If
+//!    B's runner ends, whatever it had
 //!    not taken goes back to its senders as `recipient exited`: every
 //!    message is taken or returned.
 
