@@ -21,8 +21,10 @@ async fn parent_and_guest_exchange_messages() {
             Some(InboxItem::Message {
                 from,
                 from_name,
+                request,
                 payload,
             }) => {
+                assert_eq!(request, None);
                 assert_eq!(from, echo.id());
                 assert_eq!(from_name.as_deref(), Some("echo"));
                 assert_eq!(payload, b"hello");

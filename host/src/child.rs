@@ -12,7 +12,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::{mpsc, watch};
-use wasmproc_protocol::{GuestId, InboxItem};
+use wasmproc_protocol::{Address, CallError, GuestId, InboxItem, ReplyError, RequestId};
 
 use crate::os::process::{ChildStderr, ChildStdin, ChildStdout, Handles};
 use crate::relay::{Entry, Relay, SendError};
@@ -153,11 +153,67 @@ impl Child {
         self.send(postcard::to_allocvec(value).unwrap_or_default())
     }
 
-    /// The next item the guest sent to its parent (messages, and notices
-    /// about messages the parent sent that could not be delivered). `None`
-    /// once the guest has ended and everything it sent has been read.
+    /// Call the guest: send `payload` as a request and wait for its reply,
+    /// at most `timeout`. The guest is watched meanwhile: if it ends, the
+    /// call fails at once with [`CallError::CalleeExited`] and the reason.
+    ///
+    /// # Errors
+    ///
+    /// Why no reply came: [`CallError::Timeout`], `CalleeExited`,
+    /// `MailboxFull`, `TooLarge`, `InvalidTimeout` for a zero timeout.
+    pub async fn call(
+        &self,
+        payload: impl Into<Vec<u8>>,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, CallError> {
+        let to = Address::Id(self.entry.id);
+        let reply = self
+            .relay
+            .call_from_parent(&to, timeout, payload.into())
+            .await?;
+        Ok(Vec::from(reply))
+    }
+
+    /// Call the guest with a value encoded with postcard, and decode its
+    /// reply as an `R`.
+    ///
+    /// # Errors
+    ///
+    /// As [`call`](Self::call), or when the reply does not decode.
+    pub async fn call_value<T: Serialize + ?Sized, R: DeserializeOwned>(
+        &self,
+        value: &T,
+        timeout: Duration,
+    ) -> anyhow::Result<R> {
+        let request = postcard::to_allocvec(value).unwrap_or_default();
+        let reply = self.call(request, timeout).await?;
+        Ok(postcard::from_bytes(&reply)?)
+    }
+
+    /// Answer a call the guest made to its parent (a message whose
+    /// `request` is set).
+    ///
+    /// # Errors
+    ///
+    /// [`ReplyError::Expired`] when the call has ended (the guest's timeout
+    /// passed, or it exited), `AlreadyReplied`, `UnknownRequest`.
+    pub fn reply(&self, request: RequestId, payload: impl Into<Vec<u8>>) -> Result<(), ReplyError> {
+        self.relay.reply_from_parent(request, payload.into())
+    }
+
+    /// The next item the guest sent to its parent (messages and calls, and
+    /// notices about messages the parent sent that could not be
+    /// delivered). `None` once the guest has ended and everything it sent
+    /// has been read.
     pub async fn recv(&self) -> Option<InboxItem> {
-        self.entry.parent_inbox.pop().await.map(InboxItem::from)
+        // The parent's inbox holds inbox items only (its calls are answered
+        // directly), so nothing is skipped here.
+        loop {
+            let item = self.entry.parent_inbox.pop().await?;
+            if let Some(item) = item.into_inbox() {
+                return Some(item);
+            }
+        }
     }
 
     /// The next message's payload decoded as a `T`, skipping nothing: any
@@ -182,7 +238,10 @@ impl Child {
 
     /// The next item, if one is waiting.
     pub fn try_recv(&self) -> Option<InboxItem> {
-        self.entry.parent_inbox.try_pop().map(InboxItem::from)
+        self.entry
+            .parent_inbox
+            .try_pop()
+            .and_then(crate::relay::Item::into_inbox)
     }
 
     /// Read one of the guest's output streams to its end, or up to `max`

@@ -29,6 +29,9 @@ enum Cmd {
     /// Run a command line or pipeline (`a.wasm x | b.wasm`), split like a
     /// shell would but never run by one.
     Exec(ExecArgs),
+    /// Start a module, call it once with PAYLOAD and print its reply on
+    /// stdout (the guest's own stdout goes to stderr), then shut it down.
+    Call(CallArgs),
     /// Inspect the sandbox.
     #[command(subcommand)]
     Sandbox(SandboxCmd),
@@ -79,6 +82,9 @@ struct GuestOptions {
     /// over (default 65536).
     #[arg(long, value_name = "ITEMS")]
     inbox_size: Option<u32>,
+    /// The longest a call the guest makes may wait (`10s`; default 60s).
+    #[arg(long, value_name = "DURATION", value_parser = parse_call_timeout)]
+    max_call_timeout: Option<Duration>,
 }
 
 impl GuestOptions {
@@ -96,6 +102,7 @@ impl GuestOptions {
             max_cpu: self.max_cpu,
             max_message_size: self.max_message_size,
             inbox_size: self.inbox_size,
+            max_call_timeout: self.max_call_timeout,
         });
     }
 }
@@ -122,11 +129,36 @@ struct RunArgs {
     args: Vec<String>,
 }
 
-fn parse_cpu(text: &str) -> Result<Duration, String> {
+#[derive(Debug, clap::Args)]
+struct CallArgs {
+    #[command(flatten)]
+    options: GuestOptions,
+    /// How long to wait for the reply.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_call_timeout)]
+    deadline: Duration,
+    /// The module (`.wasm`) to start and call.
+    module: PathBuf,
+    /// The request's bytes (as given, UTF-8).
+    payload: String,
+    /// Arguments for the guest (after `--`).
+    #[arg(last = true)]
+    args: Vec<String>,
+}
+
+/// A duration that must be above zero; `refusal` says why zero is wrong.
+fn above_zero(text: &str, refusal: &str) -> Result<Duration, String> {
     match humantime::parse_duration(text).map_err(|err| err.to_string())? {
-        Duration::ZERO => Err(format!("`{text}` {}", wasmproc::manifest::NO_CPU)),
+        Duration::ZERO => Err(format!("`{text}` {refusal}")),
         limit => Ok(limit),
     }
+}
+
+fn parse_cpu(text: &str) -> Result<Duration, String> {
+    above_zero(text, wasmproc::manifest::NO_CPU)
+}
+
+fn parse_call_timeout(text: &str) -> Result<Duration, String> {
+    above_zero(text, wasmproc::manifest::NO_CALL_TIMEOUT)
 }
 
 fn parse_env(text: &str) -> Result<(String, String), String> {
@@ -168,6 +200,7 @@ pub fn main() -> ExitCode {
         match cli.command {
             Cmd::Run(args) => run(args).await,
             Cmd::Exec(args) => exec(args).await,
+            Cmd::Call(args) => call(args).await,
             Cmd::Sandbox(SandboxCmd::Explain(args)) => explain(args).await,
         }
     });
@@ -199,6 +232,54 @@ async fn run(args: RunArgs) -> anyhow::Result<u8> {
     report(&args.module.display().to_string(), &status);
     Ok(status.process_code().clamp(0, 255) as u8)
 }
+
+/// How long `wasmproc call` waits for the guest to finish after its reply.
+const CALL_GRACE: Duration = Duration::from_secs(5);
+
+async fn call(args: CallArgs) -> anyhow::Result<u8> {
+    use std::io::Write;
+    use std::os::fd::AsFd;
+    let module = args.module.display().to_string();
+    let mut command = Command::new(&args.module);
+    command.args(args.args);
+    args.options.apply(&mut command);
+    // Stdout carries the reply alone: the guest's own output goes to stderr.
+    let stderr = std::io::stderr().as_fd().try_clone_to_owned()?;
+    command
+        .stdin(wasmproc::Stdio::Null)
+        .stdout(wasmproc::Stdio::Fd(stderr));
+    let child = command
+        .fork()
+        .await
+        .with_context(|| format!("cannot run {module}"))?;
+    let answer = child.call(args.payload.into_bytes(), args.deadline).await;
+    child.shutdown().await;
+    let status = match tokio::time::timeout(CALL_GRACE, child.wait()).await {
+        Ok(status) => status,
+        Err(_) => {
+            child.kill();
+            child.wait().await
+        }
+    };
+    match answer {
+        Ok(reply) => {
+            let mut out = std::io::stdout().lock();
+            out.write_all(&reply)?;
+            out.flush()?;
+            if !status.success() {
+                report(&module, &status);
+            }
+            Ok(0)
+        }
+        Err(error) => {
+            eprintln!("wasmproc: call to {module} failed: {error}");
+            Ok(EXIT_CALL_FAILED)
+        }
+    }
+}
+
+/// `wasmproc call`'s exit code when no reply came.
+const EXIT_CALL_FAILED: u8 = 3;
 
 async fn exec(args: ExecArgs) -> anyhow::Result<u8> {
     let mut pipeline = Pipeline::parse(&args.line)?;

@@ -224,6 +224,15 @@ impl Command {
         self
     }
 
+    /// The longest a call the guest makes may wait for its reply (default
+    /// 60 s): a call asking for longer waits this long. At least 1 ms.
+    pub fn max_call_timeout(&mut self, limit: Duration) -> &mut Command {
+        self.limits.max_call_ms = u64::try_from(limit.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        self
+    }
+
     /// How many items the guest's runner holds before the host's mailbox
     /// takes over (default 65,536).
     pub fn inbox_size(&mut self, items: u32) -> &mut Command {
@@ -248,6 +257,9 @@ impl Command {
         }
         if let Some(items) = limits.inbox_size {
             self.inbox_size(items);
+        }
+        if let Some(limit) = limits.max_call_timeout {
+            self.max_call_timeout(limit);
         }
         self
     }

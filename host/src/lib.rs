@@ -114,7 +114,9 @@ pub use host::{ForkAllError, Host, RUNNER_ENV, RUNNER_NAME, SpawnError};
 pub use os::{ChildStderr, ChildStdin, ChildStdout, Stdio, keep_large_buffers_in_heap};
 pub use relay::{RegisterError, SendError};
 pub use status::{ExitStatus, Limit};
-pub use wasmproc_protocol::{Address, GuestId, InboxItem, UndeliverableReason};
+pub use wasmproc_protocol::{
+    Address, CallError, GuestId, InboxItem, ReplyError, RequestId, UndeliverableReason,
+};
 
 /// The `wasmproc-runner` binary's entry point: run the guest the host
 /// sends on the control pipes. Never returns.

@@ -26,6 +26,12 @@ pub fn mailbox_len(host: &Host, name: &str) -> Option<usize> {
     host.relay().lookup(name).map(|entry| entry.mailbox.len())
 }
 
+/// Calls of `host` waiting for their answer: none once every call has
+/// been answered, timed out or failed.
+pub fn calls_open(host: &Host) -> usize {
+    host.relay().calls_open()
+}
+
 /// Test mode: the runner hardens itself, then tries forbidden operations
 /// natively and prints each result on stdout instead of running the guest.
 /// For checking the second wall from outside.

@@ -87,6 +87,7 @@ fn main() {
             let forged = HostToRunner::Deliver(InboxItem::Message {
                 from: GuestId(1),
                 from_name: Some("someone-else".into()),
+                request: None,
                 payload: b"trust me".to_vec(),
             });
             write_frame_blocking(&mut to_host, &forged).expect("write");

@@ -1,21 +1,21 @@
 //! Splits a range over prime workers and sums their answers.
 //!
 //! `coordinator [--compare] [--stop] LO HI CHUNKS WORKER...` counts the
-//! primes in `LO..HI` by handing `CHUNKS` slices to the workers, then sends
-//! the total to the parent as a postcard `u64`. Each worker holds two slices
-//! at a time and gets a new one as soon as it answers: it never waits for
-//! work, and a fast worker does more.
+//! primes in `LO..HI` by calling the workers with `CHUNKS` slices, then
+//! sends the total to the parent as a postcard `u64`. Each worker has two
+//! calls in flight at a time and gets a new one as soon as it answers: it
+//! never waits for work, and a fast worker does more. A worker that ends
+//! mid-slice fails its call at once, with the reason.
 //!
 //! With `--compare` it counts twice, first with the first worker alone and
 //! then with all of them, and prints the total, both times and the speedup.
 //! With `--stop` it then sends each worker an empty message (stop) so that
 //! the whole app ends, also when counting failed.
 
-use std::collections::VecDeque;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use wasmproc_guest::{self as ipc, Address, InboxItem};
+use wasmproc_guest::{self as ipc, Address, CallSet};
 
 fn main() -> ExitCode {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
@@ -90,48 +90,40 @@ fn timed<T>(f: impl FnOnce() -> T) -> (T, Duration) {
 /// How many slices each worker holds at a time.
 const SLICES_AHEAD: usize = 2;
 
-/// Count the primes in `lo..hi` with `workers`; `None` if a worker is unreachable.
+/// The longest one slice may take.
+const SLICE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Count the primes in `lo..hi` with `workers`; `None` if a call failed.
 fn count(lo: u64, hi: u64, chunks: u64, workers: &[Address]) -> Option<u64> {
     let step = (hi - lo).div_ceil(chunks).max(1);
-    let mut pending: VecDeque<(u64, u64)> = (0..chunks)
+    let mut slices = (0..chunks)
         .map(|i| (lo + i * step, (lo + (i + 1) * step).min(hi)))
-        .filter(|(a, b)| a < b)
-        .collect();
-    let mut outstanding = 0usize;
-    // The second slice waits in the worker's inbox while it counts the first.
+        .filter(|(a, b)| a < b);
+    // Each call is tagged with its worker; the second slice waits in the
+    // worker's inbox while it counts the first.
+    let mut calls = CallSet::new();
+    let mut ask = |calls: &mut CallSet<Address>, worker: &Address| match slices.next() {
+        Some(slice) => calls.start_value(worker.clone(), &slice, SLICE_TIMEOUT, worker.clone()),
+        None => Ok(()),
+    };
     for _ in 0..SLICES_AHEAD {
         for worker in workers {
-            if let Some(range) = pending.pop_front() {
-                send_or_die(worker.clone(), &range);
-                outstanding += 1;
-            }
+            ask(&mut calls, worker).ok()?;
         }
     }
     let mut total = 0u64;
-    while outstanding > 0 {
-        match ipc::recv() {
-            InboxItem::Message(msg) => {
-                let Ok((_, _, count)) = msg.decode::<(u64, u64, u64)>() else {
-                    eprintln!("coordinator: unexpected message from {}", msg.reply_to());
-                    continue;
-                };
-                total += count;
-                outstanding -= 1;
-                if let Some(range) = pending.pop_front() {
-                    send_or_die(msg.reply_to(), &range);
-                    outstanding += 1;
-                }
-            }
-            InboxItem::Undeliverable(notice) => {
-                eprintln!(
-                    "coordinator: worker {} unreachable: {}",
-                    notice.to, notice.reason
-                );
+    while let Some((worker, answer)) = calls.next() {
+        let counted = answer
+            .map_err(|err| err.describe())
+            .and_then(|reply| ipc::decode::<u64>(&reply).map_err(|e| e.to_string()));
+        match counted {
+            Ok(count) => total += count,
+            Err(err) => {
+                eprintln!("coordinator: worker {worker} failed: {err}");
                 return None;
             }
-            InboxItem::Shutdown => std::process::exit(4),
-            InboxItem::Down(_) => {}
         }
+        ask(&mut calls, &worker).ok()?;
     }
     Some(total)
 }

@@ -1,6 +1,6 @@
-//! A prime-counting worker: every message is a range `(lo, hi)`; the answer,
-//! sent back to the sender, is `(lo, hi, count)`: how many primes are in
-//! `lo..hi`. An empty message asks it to stop (exit 0), as does `shutdown`.
+//! A prime-counting worker: every call is a range `(lo, hi)`; the reply is
+//! how many primes are in `lo..hi` (a postcard `u64`). An empty message
+//! asks it to stop (exit 0), as does `shutdown`.
 
 use wasmproc_guest::{self as ipc, InboxItem};
 
@@ -8,14 +8,14 @@ fn main() {
     for item in ipc::inbox() {
         match item {
             InboxItem::Message(msg) if msg.payload.is_empty() => return,
-            InboxItem::Message(msg) => match msg.decode::<(u64, u64)>() {
-                Ok((lo, hi)) => {
-                    let count = count_primes(lo, hi);
-                    if let Err(err) = ipc::send_value(msg.reply_to(), &(lo, hi, count)) {
-                        eprintln!("primes: answer failed: {err}");
+            InboxItem::Message(msg) => match msg.into_request::<(u64, u64)>() {
+                Ok(request) => {
+                    let (lo, hi) = request.value;
+                    if let Err(err) = request.reply_value(&count_primes(lo, hi)) {
+                        eprintln!("primes: answer to {lo}..{hi} failed: {err}");
                     }
                 }
-                Err(err) => eprintln!("primes: not a range from {}: {err}", msg.reply_to()),
+                Err(err) => eprintln!("primes: {err}"),
             },
             InboxItem::Shutdown => return,
             _ => {}

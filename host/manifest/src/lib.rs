@@ -20,6 +20,7 @@
 //! max-cpu = "10m"                      # CPU time (default: none)
 //! max-message-size = "1MiB"            # largest message (default 16MiB)
 //! inbox-size = 1000                    # items held in the runner (default 65536)
+//! max-call-timeout = "10s"             # longest a call may wait (default 60s)
 //! ```
 //!
 //! Everything is checked before anything starts: unknown keys, wrong types,
@@ -90,6 +91,8 @@ pub struct GuestLimits {
     pub max_cpu: Option<Duration>,
     pub max_message_size: Option<u64>,
     pub inbox_size: Option<u32>,
+    /// The longest a call the guest makes may wait for its reply.
+    pub max_call_timeout: Option<Duration>,
 }
 
 /// Read a size such as `512MiB`, `64 KiB`, `1GB` or `4096` (bytes).
@@ -214,6 +217,7 @@ struct RawGuest {
     max_cpu: Option<Spanned<String>>,
     max_message_size: Option<Spanned<String>>,
     inbox_size: Option<u32>,
+    max_call_timeout: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -229,6 +233,10 @@ pub use wasmproc_protocol::valid_name;
 
 /// Why a CPU limit of zero is refused (the manifest and the CLI say the same).
 pub const NO_CPU: &str = "is no CPU time at all: give a limit above zero, like 10s";
+
+/// What a zero `max-call-timeout` is told.
+pub const NO_CALL_TIMEOUT: &str =
+    "would fail every call at once: give a limit above zero, like 60s";
 
 /// Read and check the manifest at `path`.
 ///
@@ -299,6 +307,19 @@ pub fn parse(
                     ),
                 )
             }),
+        };
+        // A limit that must be above zero; `refusal` says why zero is wrong.
+        let above_zero = |value: &Option<Spanned<String>>,
+                          refusal: &str|
+         -> Result<Option<Duration>, ManifestError> {
+            let Some(text) = value else { return Ok(None) };
+            match duration(value, Duration::ZERO)? {
+                Duration::ZERO => Err(at(
+                    text.span().start,
+                    format!("`{}` {refusal}", text.get_ref()),
+                )),
+                limit => Ok(Some(limit)),
+            }
         };
         let size = |value: &Option<Spanned<String>>| -> Result<Option<u64>, ManifestError> {
             value
@@ -374,20 +395,10 @@ pub fn parse(
                         .map(|t| duration(&Some(t.clone()), Duration::ZERO))
                         .transpose()?,
                     max_memory: size(&guest.max_memory)?,
-                    max_cpu: match &guest.max_cpu {
-                        None => None,
-                        Some(text) => match duration(&Some(text.clone()), Duration::ZERO)? {
-                            Duration::ZERO => {
-                                return Err(at(
-                                    text.span().start,
-                                    format!("`{}` {NO_CPU}", text.get_ref()),
-                                ));
-                            }
-                            limit => Some(limit),
-                        },
-                    },
+                    max_cpu: above_zero(&guest.max_cpu, NO_CPU)?,
                     max_message_size: size(&guest.max_message_size)?,
                     inbox_size: guest.inbox_size,
+                    max_call_timeout: above_zero(&guest.max_call_timeout, NO_CALL_TIMEOUT)?,
                 },
             },
             name_span,
@@ -525,6 +536,7 @@ max-memory = "64MiB"
 max-cpu = "30s"
 max-message-size = "1MiB"
 inbox-size = 100
+max-call-timeout = "5s"
 "#;
 
     #[test]
@@ -550,7 +562,9 @@ inbox-size = 100
         assert_eq!(p.limits.max_cpu, Some(Duration::from_secs(30)));
         assert_eq!(p.limits.max_message_size, Some(1 << 20));
         assert_eq!(p.limits.inbox_size, Some(100));
+        assert_eq!(p.limits.max_call_timeout, Some(Duration::from_secs(5)));
         assert_eq!(c.limits.max_memory, None);
+        assert_eq!(c.limits.max_call_timeout, None);
         assert_eq!(
             p.dirs,
             vec![Dir {
@@ -568,7 +582,7 @@ inbox-size = 100
             "app.toml:3: guests.a.replica: unknown field `replica`, expected one of `module`, \
              `args`, `env`, `dirs`, `replicas`, `talks-to`, `restart`, `max-restarts`, \
              `restart-window`, `min-uptime`, `backoff`, `backoff-max`, `grace`, `timeout`, \
-             `max-memory`, `max-cpu`, `max-message-size`, `inbox-size`"
+             `max-memory`, `max-cpu`, `max-message-size`, `inbox-size`, `max-call-timeout`"
         );
     }
 
@@ -635,6 +649,17 @@ inbox-size = 100
         assert_eq!(
             err.to_string(),
             "app.toml:3: guests.a.max-cpu: `0s` is no CPU time at all: give a limit above zero, like 10s"
+        );
+        let err = parse(
+            "[guests.a]\nmodule = \"a.wasm\"\nmax-call-timeout = \"0ms\"\n",
+            Path::new("app.toml"),
+            Path::new("/apps"),
+            &exists,
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "app.toml:3: guests.a.max-call-timeout: `0ms` would fail every call at once: give a limit above zero, like 60s"
         );
         for name in [".", ".."] {
             let err = parse(

@@ -296,6 +296,7 @@ mod tests {
         let head = HostToRunner::Deliver(InboxItem::Message {
             from: GuestId(1),
             from_name: None,
+            request: None,
             payload: Vec::new(),
         });
         let mut out = vec![9];

@@ -11,7 +11,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 /// Bumped whenever a frame type changes shape.
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// A guest's id: given by the host, never the OS pid (which the OS reuses).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -31,6 +31,69 @@ impl fmt::Display for GuestId {
         }
     }
 }
+
+/// A request's id: given by the host when it delivers a call, and good
+/// only for answering that call, once, from the guest it was delivered to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct RequestId(pub u64);
+
+impl fmt::Display for RequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "request {}", self.0)
+    }
+}
+
+/// Why a call ended without a reply.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, thiserror::Error)]
+pub enum CallError {
+    /// No reply came before the call's deadline.
+    #[error("no reply before the deadline")]
+    Timeout,
+    /// No guest has this id, name or group.
+    #[error("unknown recipient")]
+    UnknownRecipient,
+    /// The callee ended before it replied (or before it took the request).
+    #[error("the callee exited: {0}")]
+    CalleeExited(String),
+    /// The caller may not talk to the callee, or called a broadcast address
+    /// (a call has one callee).
+    #[error("not allowed")]
+    NotAllowed,
+    /// The callee's mailbox is full (or the caller's, for the reply).
+    #[error("mailbox full")]
+    MailboxFull,
+    /// The request is over the callee's message size limit, or the reply
+    /// over the caller's.
+    #[error("too large")]
+    TooLarge,
+    /// The host has gone away.
+    #[error("the host is gone")]
+    HostGone,
+    /// The timeout was zero: every call has a deadline.
+    #[error("a call needs a timeout above zero")]
+    InvalidTimeout,
+    /// The caller already has as many calls in flight as it may.
+    #[error("too many calls in flight")]
+    TooManyCalls,
+}
+
+/// Why a reply was not sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, thiserror::Error)]
+pub enum ReplyError {
+    /// The call has ended without this reply: the caller timed out, gave up
+    /// or exited. Nothing reaches the caller.
+    #[error("the call has expired")]
+    Expired,
+    /// The request has been answered already.
+    #[error("the request was answered already")]
+    AlreadyReplied,
+    /// No such request was delivered here.
+    #[error("no such request was delivered here")]
+    UnknownRequest,
+}
+
+/// Calls one guest (or the parent) may have in flight at once.
+pub const MAX_CALLS_IN_FLIGHT: usize = 4096;
 
 /// Where a message goes.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -93,6 +156,8 @@ pub enum InboxItem {
     Message {
         from: GuestId,
         from_name: Option<String>,
+        /// Set when the message is a call: answer it with this id.
+        request: Option<RequestId>,
         #[serde(with = "serde_bytes")]
         payload: Vec<u8>,
     },
@@ -155,7 +220,13 @@ pub struct Limits {
     pub max_memory: u64,
     /// CPU time the runner may use, in milliseconds (`None`: no limit).
     pub max_cpu_ms: Option<u64>,
+    /// The longest a call of the guest may wait for its reply, in
+    /// milliseconds: a longer timeout is cut to it.
+    pub max_call_ms: u64,
 }
+
+/// The longest a call may wait unless a guest's limits say otherwise.
+pub const DEFAULT_MAX_CALL_MS: u64 = 60_000;
 
 impl Default for Limits {
     fn default() -> Self {
@@ -165,6 +236,7 @@ impl Default for Limits {
             inbox_bytes: 64 * 1024 * 1024,
             max_memory: 512 * 1024 * 1024,
             max_cpu_ms: None,
+            max_call_ms: DEFAULT_MAX_CALL_MS,
         }
     }
 }
@@ -242,6 +314,17 @@ pub enum HostToRunner {
     Launch(LaunchSpec),
     /// An item for the guest's inbox.
     Deliver(InboxItem),
+    /// The reply to the guest's call `call` (its own number for the call).
+    Replied {
+        call: u64,
+        #[serde(with = "serde_bytes")]
+        payload: Vec<u8>,
+    },
+    /// The guest's call `call` ended without a reply.
+    CallFailed { call: u64, error: CallError },
+    /// A request delivered to the guest has ended unanswered (its caller
+    /// timed out, gave up or exited): a reply now gets `expired`.
+    Expired { request: RequestId },
 }
 
 /// Frames a runner sends to the host.
@@ -261,6 +344,30 @@ pub enum RunnerToHost {
         #[serde(with = "serde_bytes")]
         payload: Vec<u8>,
     },
+    /// The guest calls `to`: one request, one reply or error. `call` is the
+    /// guest's own number for it (new for every call), to match the answer.
+    Call {
+        to: Address,
+        call: u64,
+        /// Milliseconds until the call fails with `timeout` (above zero; the
+        /// host caps it at the guest's maximum).
+        timeout_ms: u64,
+        /// As in `Send`.
+        taken: u64,
+        #[serde(with = "serde_bytes")]
+        payload: Vec<u8>,
+    },
+    /// The guest answers a request delivered to it.
+    Reply {
+        request: RequestId,
+        /// As in `Send`.
+        taken: u64,
+        #[serde(with = "serde_bytes")]
+        payload: Vec<u8>,
+    },
+    /// The guest gives up its call `call` before its answer came: a reply
+    /// to it is now late.
+    Abandon { call: u64 },
     /// The guest asks for a `Down` item when the guest called `name` ends.
     Monitor { name: String },
     /// How many delivered inbox items the guest has taken so far, in all

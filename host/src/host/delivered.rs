@@ -39,15 +39,24 @@ impl Delivered {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Record items about to be written to the runner, in order.
+    /// Record items about to be written to the runner, in order. Only
+    /// inbox items count (a call's answer goes to the call, not the inbox);
+    /// a request is recorded without its sender, whose call hears instead.
     pub(crate) fn record<'a>(&self, items: impl IntoIterator<Item = &'a Item>) {
         let mut state = self.lock();
         for item in items {
+            let record = match item {
+                Item::Message {
+                    from,
+                    request: None,
+                    payload,
+                    ..
+                } => Some((*from, payload.len() as u64)),
+                Item::Message { .. } | Item::Notice(_) => None,
+                Item::Answer { .. } | Item::Expired(_) => continue,
+            };
             state.delivered += 1;
-            state.pending.push_back(match item {
-                Item::Message { from, payload, .. } => Some((*from, payload.len() as u64)),
-                Item::Notice(_) => None,
-            });
+            state.pending.push_back(record);
         }
     }
 
@@ -97,6 +106,7 @@ mod tests {
         Item::Message {
             from: GuestId(from),
             from_name: None,
+            request: None,
             payload: vec![0; len].into(),
         }
     }

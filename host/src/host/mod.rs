@@ -22,7 +22,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use wasmproc_protocol::{Address, LaunchSpec};
+use wasmproc_protocol::{Address, CallError, LaunchSpec, ReplyError, RequestId};
 
 use crate::cache::{Cache, CompileError};
 use crate::child::Child;
@@ -126,6 +126,37 @@ impl Host {
     /// When nobody has the address, or a recipient's mailbox is full.
     pub fn send(&self, to: &Address, payload: Vec<u8>) -> Result<(), SendError> {
         self.relay.send_from_parent_to(to, payload)
+    }
+
+    /// Call a guest by any one-guest address (id, name, or a group's next
+    /// member) and wait for its reply, at most `timeout`.
+    ///
+    /// # Errors
+    ///
+    /// Why no reply came; a broadcast address is [`CallError::NotAllowed`].
+    pub async fn call(
+        &self,
+        to: &Address,
+        payload: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, CallError> {
+        let reply = self.relay.call_from_parent(to, timeout, payload).await?;
+        Ok(Vec::from(reply))
+    }
+
+    /// Answer a call a guest of this host made to its parent.
+    ///
+    /// # Errors
+    ///
+    /// As [`Child::reply`].
+    pub fn reply(&self, request: RequestId, payload: Vec<u8>) -> Result<(), ReplyError> {
+        self.relay.reply_from_parent(request, payload)
+    }
+
+    /// Replies that reached nobody because their call had ended first (the
+    /// caller timed out, gave up or exited).
+    pub fn late_replies(&self) -> u64 {
+        self.relay.late_replies()
     }
 
     /// Notices (undeliverable, down, shutdown) that were dropped because

@@ -6,7 +6,8 @@
 //! - the **writer** sends the launch spec, then moves items from the
 //!   guest's mailbox to its runner, many frames per `write`;
 //! - the **reader** checks the order of the runner's frames ([`Frames`]),
-//!   routes every `Send` through the relay and keeps the `Exit` report;
+//!   routes every `Send`, `Call` and `Reply` through the relay and keeps the
+//!   `Exit` report;
 //!   anything malformed or out of order ends the runner as a protocol
 //!   violation;
 //! - the **waiter** waits for the process (or kills it, on a kill request
@@ -20,8 +21,8 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 use wasmproc_protocol::{
-    Address, ExitReport, HardeningStep, HostToRunner, InboxItem, LaunchSpec, RunnerToHost,
-    check_version,
+    Address, ExitReport, HardeningStep, HostToRunner, InboxItem, LaunchSpec, RequestId,
+    RunnerToHost, check_version,
 };
 
 use super::delivered::Delivered;
@@ -77,9 +78,16 @@ impl Session {
         let delivered = Arc::new(Delivered::default());
 
         let writer = FrameWriter::new(to_runner, relay.stats().clone());
-        let writer = tokio::spawn(write_runner(writer, spec, entry.clone(), delivered.clone()));
+        let max_call = Duration::from_millis(spec.limits.max_call_ms);
+        let writer = tokio::spawn(write_runner(
+            writer,
+            spec,
+            entry.clone(),
+            relay.clone(),
+            delivered.clone(),
+        ));
         let reader = Reader {
-            frames: Frames::new(entry.max_message_size),
+            frames: Frames::new(entry.max_message_size, max_call),
             entry: entry.clone(),
             relay: relay.clone(),
             delivered: delivered.clone(),
@@ -108,11 +116,13 @@ impl Session {
 }
 
 /// The writer task: the launch spec, then the mailbox, in batches. Every
-/// item is recorded as delivered before it is written.
+/// inbox item is recorded as delivered before it is written; a request
+/// whose call has ended meanwhile is not written at all.
 async fn write_runner(
     mut writer: FrameWriter,
     spec: LaunchSpec,
     entry: Arc<Entry>,
+    relay: Relay,
     delivered: Arc<Delivered>,
 ) {
     let mut batch = Batch::with_capacity(64 * 1024);
@@ -133,6 +143,13 @@ async fn write_runner(
         {
             return;
         }
+        items.retain(|item| match item {
+            Item::Message {
+                request: Some(request),
+                ..
+            } => relay.call_is_open(*request),
+            _ => true,
+        });
         delivered.record(&items);
         for item in items.drain(..) {
             let queued = match item {
@@ -140,16 +157,33 @@ async fn write_runner(
                 Item::Message {
                     from,
                     from_name,
+                    request,
                     payload,
                 } => {
                     let head = HostToRunner::Deliver(InboxItem::Message {
                         from,
                         from_name,
+                        request,
                         payload: Vec::new(),
                     });
                     batch.push_split(&head, payload)
                 }
                 Item::Notice(notice) => batch.push(&HostToRunner::Deliver(notice)),
+                Item::Answer {
+                    call,
+                    answer: Ok(payload),
+                } => batch.push_split(
+                    &HostToRunner::Replied {
+                        call,
+                        payload: Vec::new(),
+                    },
+                    payload,
+                ),
+                Item::Answer {
+                    call,
+                    answer: Err(error),
+                } => batch.push(&HostToRunner::CallFailed { call, error }),
+                Item::Expired(request) => batch.push(&HostToRunner::Expired { request }),
             };
             if let Err(err) = queued {
                 tracing::error!(guest = %entry.id, "cannot encode an inbox item: {err}");
@@ -184,6 +218,22 @@ enum Action {
         taken: u64,
         payload: Vec<u8>,
     },
+    /// Note what the guest had taken, then place its call.
+    Call {
+        to: Address,
+        call: u64,
+        timeout: Duration,
+        taken: u64,
+        payload: Vec<u8>,
+    },
+    /// Note what the guest had taken, then deliver its reply.
+    Reply {
+        request: RequestId,
+        taken: u64,
+        payload: Vec<u8>,
+    },
+    /// The guest gives its call up.
+    Abandon { call: u64 },
     /// Watch a guest for its end.
     Monitor { name: String },
     /// The guest has taken this many delivered items in all.
@@ -196,16 +246,33 @@ enum Action {
 struct Frames {
     stage: Stage,
     max_message_size: u64,
+    /// The longest a call of this guest may wait.
+    max_call: Duration,
+    /// The number of the guest's last call: each is above the one before.
+    last_call: Option<u64>,
     report: Option<ExitReport>,
 }
 
 impl Frames {
-    fn new(max_message_size: u64) -> Frames {
+    fn new(max_message_size: u64, max_call: Duration) -> Frames {
         Frames {
             stage: Stage::Hello,
             max_message_size,
+            max_call,
+            last_call: None,
             report: None,
         }
+    }
+
+    fn check_size(&self, payload: &[u8]) -> Result<(), String> {
+        if payload.len() as u64 > self.max_message_size {
+            return Err(format!(
+                "a {}-byte message, over the guest's {}-byte limit",
+                payload.len(),
+                self.max_message_size
+            ));
+        }
+        Ok(())
     }
 
     /// Take the next frame. `Err` is a protocol violation, with its reason.
@@ -237,15 +304,52 @@ impl Frames {
                 Err(format!("{} after the exit report", frame_kind(&other)))
             }
             (Stage::Running, RunnerToHost::Send { to, taken, payload }) => {
-                if payload.len() as u64 > self.max_message_size {
-                    return Err(format!(
-                        "a {}-byte message, over the guest's {}-byte limit",
-                        payload.len(),
-                        self.max_message_size
-                    ));
-                }
+                self.check_size(&payload)?;
                 Ok(Action::Send { to, taken, payload })
             }
+            (
+                Stage::Running,
+                RunnerToHost::Call {
+                    to,
+                    call,
+                    timeout_ms,
+                    taken,
+                    payload,
+                },
+            ) => {
+                self.check_size(&payload)?;
+                if let Some(last) = self.last_call
+                    && call <= last
+                {
+                    return Err(format!("call number {call} after call number {last}"));
+                }
+                self.last_call = Some(call);
+                // Zero stays zero, for the relay to refuse; the rest is capped.
+                let timeout = Duration::from_millis(timeout_ms).min(self.max_call);
+                Ok(Action::Call {
+                    to,
+                    call,
+                    timeout,
+                    taken,
+                    payload,
+                })
+            }
+            (
+                Stage::Running,
+                RunnerToHost::Reply {
+                    request,
+                    taken,
+                    payload,
+                },
+            ) => {
+                self.check_size(&payload)?;
+                Ok(Action::Reply {
+                    request,
+                    taken,
+                    payload,
+                })
+            }
+            (Stage::Running, RunnerToHost::Abandon { call }) => Ok(Action::Abandon { call }),
             (Stage::Running, RunnerToHost::Monitor { name }) => Ok(Action::Monitor { name }),
             (Stage::Running, RunnerToHost::Taken { count }) => Ok(Action::Taken(count)),
             (Stage::Running, RunnerToHost::Exit(report)) => {
@@ -269,6 +373,9 @@ fn frame_kind(frame: &RunnerToHost) -> &'static str {
         RunnerToHost::Exit(_) => "Exit",
         RunnerToHost::Hardened { .. } => "Hardened",
         RunnerToHost::Taken { .. } => "Taken",
+        RunnerToHost::Call { .. } => "Call",
+        RunnerToHost::Reply { .. } => "Reply",
+        RunnerToHost::Abandon { .. } => "Abandon",
     }
 }
 
@@ -336,6 +443,36 @@ impl Reader {
                     }
                 }
             }
+            Action::Call {
+                to,
+                call,
+                timeout,
+                taken,
+                payload,
+            } => {
+                self.delivered.taken(taken)?;
+                if let Err(error) = relay
+                    .call_from_guest(entry, &to, call, timeout, payload)
+                    .await
+                {
+                    let answer = Item::Answer {
+                        call,
+                        answer: Err(error),
+                    };
+                    let _ = entry.mailbox.push_notice(answer).await;
+                }
+            }
+            Action::Reply {
+                request,
+                taken,
+                payload,
+            } => {
+                self.delivered.taken(taken)?;
+                relay
+                    .reply_from_guest(entry, request, payload)
+                    .map_err(|_| format!("a reply to {request}, which was delivered elsewhere"))?;
+            }
+            Action::Abandon { call } => relay.abandon(entry, call),
             Action::Monitor { name } => {
                 if let Some(down) = relay.monitor(entry, &name) {
                     let _ = entry.mailbox.push_notice(down).await;
@@ -531,13 +668,13 @@ mod tests {
 
     /// Feed `frames` to a fresh state machine; the first violation, if any.
     fn violation(frames: Vec<RunnerToHost>) -> Option<String> {
-        let mut state = Frames::new(100);
+        let mut state = Frames::new(100, Duration::from_secs(60));
         frames.into_iter().find_map(|f| state.accept(f).err())
     }
 
     #[test]
     fn a_well_behaved_runner_is_accepted_and_its_report_kept() {
-        let mut state = Frames::new(100);
+        let mut state = Frames::new(100, Duration::from_secs(60));
         assert_eq!(state.accept(hello()), Ok(Action::None));
         assert_eq!(state.accept(hardened()), Ok(Action::Hardened(Vec::new())));
         assert_eq!(
@@ -558,7 +695,7 @@ mod tests {
 
     #[test]
     fn a_runner_that_fails_before_hardening_reports_it() {
-        let mut state = Frames::new(100);
+        let mut state = Frames::new(100, Duration::from_secs(60));
         state.accept(hello()).unwrap();
         let failed = RunnerToHost::Exit(ExitReport::Failed {
             message: "bad spec".into(),

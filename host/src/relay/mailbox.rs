@@ -21,27 +21,62 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::Notify;
-use wasmproc_protocol::{GuestId, InboxItem};
+use wasmproc_protocol::{GuestId, InboxItem, RequestId};
 
-/// An inbox item as the host holds it: a message's payload is shared (the
-/// members of a broadcast hold one buffer), never copied to be queued.
+use super::calls::Answer;
+
+/// What the host holds for a guest: inbox items, with a message's payload
+/// shared (the members of a broadcast hold one buffer), never copied to be
+/// queued; and the answers of the guest's calls, which its runner keeps for
+/// the calls rather than in its inbox.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Item {
     Message {
         from: GuestId,
         from_name: Option<String>,
+        /// Set when the message is a call.
+        request: Option<RequestId>,
         payload: Bytes,
     },
     /// Anything else: undeliverable, down, shutdown.
     Notice(InboxItem),
+    /// The answer to the guest's call `call`.
+    Answer { call: u64, answer: Answer },
+    /// A request delivered to the guest has ended unanswered.
+    Expired(RequestId),
 }
 
 impl Item {
     /// The message bytes the item carries (0 for a notice).
     pub fn payload_len(&self) -> usize {
         match self {
-            Item::Message { payload, .. } => payload.len(),
-            Item::Notice(_) => 0,
+            Item::Message { payload, .. }
+            | Item::Answer {
+                answer: Ok(payload),
+                ..
+            } => payload.len(),
+            Item::Notice(_) | Item::Answer { .. } | Item::Expired(_) => 0,
+        }
+    }
+
+    /// The item as the guest's inbox holds it; `None` for what is not an
+    /// inbox item (a call's answer, an expiry).
+    pub fn into_inbox(self) -> Option<InboxItem> {
+        match self {
+            // A payload nobody else shares moves over uncopied.
+            Item::Message {
+                from,
+                from_name,
+                request,
+                payload,
+            } => Some(InboxItem::Message {
+                from,
+                from_name,
+                request,
+                payload: Vec::from(payload),
+            }),
+            Item::Notice(notice) => Some(notice),
+            Item::Answer { .. } | Item::Expired(_) => None,
         }
     }
 }
@@ -52,31 +87,15 @@ impl From<InboxItem> for Item {
             InboxItem::Message {
                 from,
                 from_name,
+                request,
                 payload,
             } => Item::Message {
                 from,
                 from_name,
+                request,
                 payload: Bytes::from(payload),
             },
             notice => Item::Notice(notice),
-        }
-    }
-}
-
-impl From<Item> for InboxItem {
-    /// A payload nobody else shares moves over uncopied.
-    fn from(item: Item) -> InboxItem {
-        match item {
-            Item::Message {
-                from,
-                from_name,
-                payload,
-            } => InboxItem::Message {
-                from,
-                from_name,
-                payload: Vec::from(payload),
-            },
-            Item::Notice(notice) => notice,
         }
     }
 }
@@ -406,6 +425,7 @@ mod tests {
         InboxItem::Message {
             from: GuestId(1),
             from_name: None,
+            request: None,
             payload: vec![0; len],
         }
     }

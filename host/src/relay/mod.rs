@@ -8,13 +8,16 @@
 //! its runner. Per sender→receiver pair the order is kept: one reader task
 //! handles a sender's frames in order, and each mailbox is FIFO. What cannot
 //! be delivered comes back to the sender as an `undeliverable` notice.
+//! Calls ([`calls`]) take the same road, with the host keeping each call's
+//! correlation, deadline and callee until it is answered.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use wasmproc_protocol::{Address, GuestId, InboxItem, UndeliverableReason};
 
+mod calls;
 mod mailbox;
 mod policy;
 
@@ -107,8 +110,9 @@ struct Table {
     guests: HashMap<GuestId, Arc<Entry>>,
     names: HashMap<String, GuestId>,
     groups: HashMap<String, Group>,
-    /// Names of guests that have ended, to tell "exited" from "unknown".
-    exited_names: HashSet<String>,
+    /// Names of guests that have ended, to tell "exited" from "unknown",
+    /// with the reason the last of each ended.
+    exited_names: HashMap<String, String>,
     /// Watched guest → the guests that monitor it.
     /// (A set: monitoring one guest twice costs nothing more.)
     monitors: HashMap<GuestId, BTreeSet<GuestId>>,
@@ -137,6 +141,8 @@ struct Inner {
     dropped_notices: AtomicU64,
     /// Message bytes held in every mailbox of this relay, capped.
     budget: Arc<HostBudget>,
+    /// Calls in flight.
+    calls: calls::Calls,
 }
 
 impl Default for Relay {
@@ -180,6 +186,7 @@ impl Relay {
                 refusals: Refusals::default(),
                 dropped_notices: AtomicU64::new(0),
                 budget: Arc::new(HostBudget::new(HOST_BYTES)),
+                calls: calls::Calls::default(),
             }),
         }
     }
@@ -257,6 +264,7 @@ impl Relay {
         let message = |payload| Item::Message {
             from: from.id,
             from_name: from.name.clone(),
+            request: None,
             payload,
         };
         let bounce = |to: Address, reason, len: usize| InboxItem::Undeliverable {
@@ -309,14 +317,9 @@ impl Relay {
             return routed;
         }
         if targets.is_empty() {
-            let reason = match &to {
-                Address::Id(id) if id.0 < self.inner.next_id.load(Ordering::Relaxed) => {
-                    UndeliverableReason::RecipientExited
-                }
-                Address::Name(name) if table.exited_names.contains(name) => {
-                    UndeliverableReason::RecipientExited
-                }
-                _ => UndeliverableReason::UnknownRecipient,
+            let reason = match self.ended(&table, &to) {
+                Some(_) => UndeliverableReason::RecipientExited,
+                None => UndeliverableReason::UnknownRecipient,
             };
             routed.notices.push(bounce(to, reason, len));
             return routed;
@@ -347,6 +350,18 @@ impl Relay {
             }
         }
         routed
+    }
+
+    /// Why the guest `to` names ended, if it names one that has: what tells
+    /// "exited" from "unknown" when nobody live has the address.
+    fn ended(&self, table: &Table, to: &Address) -> Option<String> {
+        match to {
+            Address::Id(id) if id.0 < self.inner.next_id.load(Ordering::Relaxed) => {
+                Some("it has exited".to_owned())
+            }
+            Address::Name(name) => table.exited_names.get(name).cloned(),
+            _ => None,
+        }
     }
 
     /// Deliver a message whose recipient's mailbox was full, waiting a
@@ -415,6 +430,7 @@ impl Relay {
         let item = Item::Message {
             from: GuestId::PARENT,
             from_name: Some("parent".to_owned()),
+            request: None,
             payload,
         };
         to.mailbox.try_push(item).map_err(|(err, _)| match err {
@@ -448,13 +464,14 @@ impl Relay {
                 table.monitors.entry(target).or_default().insert(watcher.id);
                 None
             }
-            None if table.exited_names.contains(name) => down("already exited"),
+            None if table.exited_names.contains_key(name) => down("already exited"),
             None => down("no such guest"),
         }
     }
 
     /// The guest `id` has ended for `reason`: make it unreachable, bounce
-    /// what was still waiting for it, and tell its monitors.
+    /// what was still waiting for it, fail the calls it was to answer, and
+    /// tell its monitors.
     pub async fn unregister(&self, id: GuestId, reason: &str) {
         let (entry, watchers) = {
             let mut table = self.write();
@@ -463,7 +480,7 @@ impl Relay {
             };
             if let Some(name) = &entry.name {
                 table.names.remove(name);
-                table.exited_names.insert(name.clone());
+                table.exited_names.insert(name.clone(), reason.to_owned());
             }
             if let Some(group) = &entry.group
                 && let Some(g) = table.groups.get_mut(group)
@@ -481,17 +498,24 @@ impl Relay {
         };
 
         self.inner.refusals.forget(id, entry.name.clone());
-        // Messages the guest never received go back to their senders.
+        // Messages the guest never received go back to their senders (a
+        // request's caller hears below, from its call).
         let never_delivered = entry
             .mailbox
             .close_and_drain()
             .into_iter()
             .filter_map(|item| match item {
-                Item::Message { from, payload, .. } => Some((from, payload.len() as u64)),
-                Item::Notice(_) => None,
+                Item::Message {
+                    from,
+                    request: None,
+                    payload,
+                    ..
+                } => Some((from, payload.len() as u64)),
+                _ => None,
             });
         self.return_to_senders(&entry, never_delivered);
         entry.parent_inbox.close();
+        self.calls_ended_with(id, reason);
 
         let down = InboxItem::Down {
             id,
@@ -532,7 +556,7 @@ impl Relay {
     /// Queue a notice without waiting: a guest that does not read its own
     /// mailbox must not hold up the host. A notice that finds no room is
     /// dropped and counted ([`Relay::dropped_notices`]).
-    pub fn notify(&self, mailbox: &Mailbox, notice: InboxItem) {
+    pub fn notify(&self, mailbox: &Mailbox, notice: impl Into<Item>) {
         if mailbox.try_push_notice(notice).is_err() {
             self.inner.dropped_notices.fetch_add(1, Ordering::Relaxed);
         }
@@ -689,8 +713,8 @@ mod tests {
     }
 
     fn payload_of(item: Item) -> Vec<u8> {
-        match InboxItem::from(item) {
-            InboxItem::Message { payload, .. } => payload,
+        match item.into_inbox() {
+            Some(InboxItem::Message { payload, .. }) => payload,
             other => panic!("not a message: {other:?}"),
         }
     }
@@ -856,7 +880,7 @@ mod tests {
         assert_eq!(relay.monitor(&watcher, "t"), None);
         relay.unregister(target.id, "trap: unreachable").await;
         assert_eq!(
-            watcher.mailbox.try_pop().map(InboxItem::from),
+            watcher.mailbox.try_pop().and_then(Item::into_inbox),
             Some(InboxItem::Down {
                 id: target.id,
                 name: Some("t".into()),

@@ -8,13 +8,18 @@
 //! the guest's fuel interval makes it yield. Consecutive `send`s therefore
 //! pile up in one buffer and leave in a single `write`.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
 
 use tokio::sync::Notify;
+use tokio::time::Instant;
 use wasmproc_protocol::framing::FrameError;
-use wasmproc_protocol::{Address, GuestId, InboxItem, Limits, RunnerToHost};
+use wasmproc_protocol::{
+    Address, CallError, GuestId, InboxItem, Limits, MAX_CALLS_IN_FLIGHT, ReplyError, RequestId,
+    RunnerToHost,
+};
 
 use crate::connection::{Batch, FrameReader, FrameWriter};
 use wasmproc_protocol::HostToRunner;
@@ -23,6 +28,13 @@ use wasmproc_protocol::contract::EXIT_HOST_GONE;
 /// Above this many buffered outgoing bytes, `send` waits for the pipe to
 /// drain (the host reads slower than the guest sends).
 const OUT_HIGH_WATER: usize = 4 * 1024 * 1024;
+
+/// How many ended requests the runner remembers, to tell a second or late
+/// reply (`already-replied`, `expired`) from an unknown one.
+const REMEMBERED_REQUESTS: usize = 16 * 1024;
+
+/// A call's answer: the reply, or why there is none.
+pub type Answer = Result<Vec<u8>, CallError>;
 
 /// The shared state. Each side takes a lock for a few instructions and
 /// touches a `Notify` only when the other side said it is waiting (the
@@ -47,6 +59,48 @@ pub struct Link {
     /// waits for its inbox: what the host delivered and never saw taken, it
     /// returns to the senders when this runner ends.
     taken: AtomicU64,
+    /// The guest's calls in flight and the requests delivered to it.
+    calls: Mutex<Calls>,
+    /// Wakes calls waiting for their answer.
+    answered: Notify,
+}
+
+/// The guest's side of calls. The host decides every answer; the runner
+/// keeps what it has heard, so that waiting for an answer and refusing a
+/// second or late reply cost no round trip.
+#[derive(Debug, Default)]
+struct Calls {
+    /// The number of the guest's next call.
+    next: u64,
+    /// Calls in flight, by number.
+    outgoing: HashMap<u64, CallInFlight>,
+    /// Requests delivered to the guest and not yet answered or ended.
+    open: HashSet<RequestId>,
+    /// How recent requests ended, oldest first in `order`.
+    closed: HashMap<RequestId, ReplyError>,
+    order: VecDeque<RequestId>,
+}
+
+#[derive(Debug)]
+struct CallInFlight {
+    /// When the guest stops waiting (the host's deadline is the same
+    /// timeout, counted from a moment later).
+    deadline: Instant,
+    answer: Option<Answer>,
+}
+
+impl Calls {
+    fn close(&mut self, request: RequestId, how: ReplyError) {
+        if self.open.remove(&request) {
+            self.closed.insert(request, how);
+            self.order.push_back(request);
+            if self.order.len() > REMEMBERED_REQUESTS
+                && let Some(oldest) = self.order.pop_front()
+            {
+                self.closed.remove(&oldest);
+            }
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -91,6 +145,190 @@ impl Link {
             out_ready: Notify::new(),
             out_drained: Notify::new(),
             taken: AtomicU64::new(0),
+            calls: Mutex::new(Calls::default()),
+            answered: Notify::new(),
+        }
+    }
+
+    fn calls(&self) -> MutexGuard<'_, Calls> {
+        self.calls.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Start a call and return its number; what is known at once (a bad
+    /// timeout, a payload over the limit, too many calls) fails here.
+    ///
+    /// # Errors
+    ///
+    /// Why the call did not leave.
+    pub async fn start_call(
+        &self,
+        to: Address,
+        payload: Vec<u8>,
+        timeout_ms: u64,
+    ) -> Result<u64, CallError> {
+        if timeout_ms == 0 {
+            return Err(CallError::InvalidTimeout);
+        }
+        if payload.len() as u64 > self.limits.max_message_size {
+            return Err(CallError::TooLarge);
+        }
+        let wait = Duration::from_millis(timeout_ms.min(self.limits.max_call_ms));
+        let call = {
+            let mut calls = self.calls();
+            if calls.outgoing.len() >= MAX_CALLS_IN_FLIGHT {
+                return Err(CallError::TooManyCalls);
+            }
+            let call = calls.next;
+            calls.next += 1;
+            calls.outgoing.insert(
+                call,
+                CallInFlight {
+                    deadline: Instant::now() + wait,
+                    answer: None,
+                },
+            );
+            call
+        };
+        let mut to = Some(to);
+        let mut payload = Some(payload);
+        let queued = self
+            .queue_with(
+                |batch, taken| {
+                    let head = RunnerToHost::Call {
+                        to: to.take().unwrap_or(Address::Parent),
+                        call,
+                        timeout_ms,
+                        taken,
+                        payload: Vec::new(),
+                    };
+                    batch.push_split(&head, payload.take().unwrap_or_default())
+                },
+                true,
+            )
+            .await;
+        if queued.is_err() {
+            self.calls().outgoing.remove(&call);
+            return Err(CallError::HostGone);
+        }
+        Ok(call)
+    }
+
+    /// Wait until call `call` has its answer or is past its deadline (at
+    /// once for a call that is not in flight).
+    pub async fn call_ready(&self, call: u64) {
+        loop {
+            let answered = self.answered.notified();
+            tokio::pin!(answered);
+            answered.as_mut().enable();
+            let deadline = match self.calls().outgoing.get(&call) {
+                Some(CallInFlight {
+                    answer: None,
+                    deadline,
+                }) => *deadline,
+                _ => return,
+            };
+            tokio::select! {
+                () = answered => {}
+                () = tokio::time::sleep_until(deadline) => return,
+            }
+        }
+    }
+
+    /// The answer of call `call` once it has one (a call past its deadline
+    /// is given up: `timeout`); `None` while it is in flight, and for a
+    /// call whose answer was taken.
+    pub async fn take_answer(&self, call: u64) -> Option<Answer> {
+        let expired = {
+            let mut calls = self.calls();
+            let outgoing = calls.outgoing.get_mut(&call)?;
+            if let Some(answer) = outgoing.answer.take() {
+                calls.outgoing.remove(&call);
+                return Some(answer);
+            }
+            if Instant::now() < outgoing.deadline {
+                return None;
+            }
+            calls.outgoing.remove(&call);
+            true
+        };
+        if expired {
+            let _ = self.queue(&RunnerToHost::Abandon { call }).await;
+        }
+        Some(Err(CallError::Timeout))
+    }
+
+    /// Give up call `call` if it is in flight: its reply will be late.
+    pub async fn abandon(&self, call: u64) {
+        let in_flight = matches!(
+            self.calls().outgoing.remove(&call),
+            Some(CallInFlight { answer: None, .. })
+        );
+        if in_flight {
+            let _ = self.queue(&RunnerToHost::Abandon { call }).await;
+        }
+    }
+
+    /// Call and wait for the answer.
+    pub async fn call(&self, to: Address, payload: Vec<u8>, timeout_ms: u64) -> Answer {
+        let call = self.start_call(to, payload, timeout_ms).await?;
+        loop {
+            self.call_ready(call).await;
+            if let Some(answer) = self.take_answer(call).await {
+                return answer;
+            }
+        }
+    }
+
+    /// Answer a request delivered to the guest.
+    ///
+    /// # Errors
+    ///
+    /// [`ReplyError`]: the request was answered already, has ended, or was
+    /// never delivered here.
+    pub async fn reply(&self, request: RequestId, payload: Vec<u8>) -> Result<(), ReplyError> {
+        {
+            let mut calls = self.calls();
+            if !calls.open.contains(&request) {
+                return Err(calls
+                    .closed
+                    .get(&request)
+                    .copied()
+                    .unwrap_or(ReplyError::UnknownRequest));
+            }
+            calls.close(request, ReplyError::AlreadyReplied);
+        }
+        let mut payload = Some(payload);
+        self.queue_with(
+            |batch, taken| {
+                let head = RunnerToHost::Reply {
+                    request,
+                    taken,
+                    payload: Vec::new(),
+                };
+                batch.push_split(&head, payload.take().unwrap_or_default())
+            },
+            true,
+        )
+        .await
+        // With the host gone, the caller has gone too.
+        .map_err(|_| ReplyError::Expired)
+    }
+
+    /// The host's answer to a call arrived.
+    fn answer(&self, call: u64, answer: Answer) {
+        let waiting = {
+            let mut calls = self.calls();
+            match calls.outgoing.get_mut(&call) {
+                Some(outgoing) if outgoing.answer.is_none() => {
+                    outgoing.answer = Some(answer);
+                    true
+                }
+                // Given up (past its deadline) before the answer came.
+                _ => false,
+            }
+        };
+        if waiting {
+            self.answered.notify_waiters();
         }
     }
 
@@ -273,7 +511,19 @@ impl Link {
                 self.inbox_space.notified().await;
             }
             match reader.next().await {
+                Ok(Some(HostToRunner::Replied { call, payload })) => self.answer(call, Ok(payload)),
+                Ok(Some(HostToRunner::CallFailed { call, error })) => self.answer(call, Err(error)),
+                Ok(Some(HostToRunner::Expired { request })) => {
+                    self.calls().close(request, ReplyError::Expired);
+                }
                 Ok(Some(HostToRunner::Deliver(item))) => {
+                    if let InboxItem::Message {
+                        request: Some(request),
+                        ..
+                    } = &item
+                    {
+                        self.calls().open.insert(*request);
+                    }
                     let mut inbox = self.inbox();
                     inbox.bytes += item.payload_len() as u64;
                     inbox.items.push_back(item);
