@@ -227,9 +227,7 @@ impl Command {
     /// The longest a call the guest makes may wait for its reply (default
     /// 60 s): a call asking for longer waits this long. At least 1 ms.
     pub fn max_call_timeout(&mut self, limit: Duration) -> &mut Command {
-        self.limits.max_call_ms = u64::try_from(limit.as_millis())
-            .unwrap_or(u64::MAX)
-            .max(1);
+        self.limits.max_call_ms = u64::try_from(limit.as_millis()).unwrap_or(u64::MAX).max(1);
         self
     }
 

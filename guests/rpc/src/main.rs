@@ -2,6 +2,7 @@
 //!
 //! As a callee, `rpc serve MODE` answers each call it takes:
 //! - `echo`: with the request's payload;
+//! - `name`: with its own name;
 //! - `late MS`: with the payload after MS milliseconds, then tells the
 //!   parent what `reply` said (`reply: ok`, `reply: the call has expired`);
 //! - `twice`: twice, and tells the parent both results;
@@ -14,8 +15,9 @@
 //!   the parent the result, then answers with the payload.
 //!
 //! As a caller it tells the parent how its calls ended:
-//! - `rpc call TARGET PAYLOAD TIMEOUT_MS`: one call: `ok REPLY` or
-//!   `error: WHY`;
+//! - `rpc call TARGET PAYLOAD TIMEOUT_MS [LISTEN_MS]`: one call: `ok REPLY`
+//!   or `error: WHY`; with LISTEN_MS, it then waits that long for inbox
+//!   items and tells `inbox: N items`;
 //! - `rpc fan N TARGET`: N calls in flight at once, payloads `0` to `N-1`,
 //!   then `matched M of N` (how many replies equal their request).
 
@@ -29,15 +31,30 @@ fn main() -> ExitCode {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     match args.as_slice() {
         ["serve", mode @ ..] => serve(mode),
-        ["call", target, payload, timeout_ms] => {
-            let Ok(ms) = timeout_ms.parse() else {
+        ["call", target, payload, timeout_ms, listen @ ..] => {
+            let (Ok(ms), Ok(listen)) = (
+                timeout_ms.parse(),
+                listen.first().map_or(Ok(0), |l| l.parse::<u64>()),
+            ) else {
                 return usage();
             };
             let to = Address::parse(target);
-            tell(&match ipc::call(to, payload.as_bytes(), Duration::from_millis(ms)) {
-                Ok(reply) => format!("ok {}", String::from_utf8_lossy(&reply)),
-                Err(error) => format!("error: {}", error.describe()),
-            });
+            tell(
+                &match ipc::call(to, payload.as_bytes(), Duration::from_millis(ms)) {
+                    Ok(reply) => format!("ok {}", String::from_utf8_lossy(&reply)),
+                    Err(error) => format!("error: {}", error.describe()),
+                },
+            );
+            if listen > 0 {
+                let until = std::time::Instant::now() + Duration::from_millis(listen);
+                let mut items = 0;
+                while let Some(left) = until.checked_duration_since(std::time::Instant::now()) {
+                    if ipc::recv_timeout(left).is_some() {
+                        items += 1;
+                    }
+                }
+                tell(&format!("inbox: {items} items"));
+            }
             ExitCode::SUCCESS
         }
         ["fan", n, target] => {
@@ -53,8 +70,8 @@ fn main() -> ExitCode {
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: rpc serve echo|late MS|twice|never|trap|gather N|forge \
-         | rpc call TARGET PAYLOAD TIMEOUT_MS | rpc fan N TARGET"
+        "usage: rpc serve echo|name|late MS|twice|never|trap|gather N|forge \
+         | rpc call TARGET PAYLOAD TIMEOUT_MS [LISTEN_MS] | rpc fan N TARGET"
     );
     ExitCode::from(2)
 }
@@ -94,6 +111,9 @@ fn serve(mode: &[&str]) -> ExitCode {
         match mode {
             ["echo"] => {
                 let _ = msg.reply(&msg.payload);
+            }
+            ["name"] => {
+                let _ = msg.reply(ipc::self_name().unwrap_or_default().as_bytes());
             }
             ["late", ms] => {
                 std::thread::sleep(Duration::from_millis(ms.parse().unwrap_or(0)));
@@ -151,10 +171,7 @@ fn fan(n: u32, to: &Address) -> String {
         match answer {
             Ok(reply) if reply == i.to_string().as_bytes() => matched += 1,
             Ok(reply) => {
-                return format!(
-                    "call {i} got the reply {}",
-                    String::from_utf8_lossy(&reply)
-                );
+                return format!("call {i} got the reply {}", String::from_utf8_lossy(&reply));
             }
             Err(error) => return format!("call {i} failed: {}", error.describe()),
         }

@@ -473,7 +473,6 @@ impl<T> CallSet<T> {
     pub fn is_empty(&self) -> bool {
         self.calls.is_empty()
     }
-
 }
 
 impl<T> Iterator for CallSet<T> {
@@ -487,12 +486,17 @@ impl<T> Iterator for CallSet<T> {
                 return None;
             }
             let ready = {
-                let pollables: Vec<Pollable> =
-                    self.calls.iter().map(|(_, call)| call.subscribe()).collect();
+                let pollables: Vec<Pollable> = self
+                    .calls
+                    .iter()
+                    .map(|(_, call)| call.subscribe())
+                    .collect();
                 let waiting: Vec<&Pollable> = pollables.iter().collect();
                 wasip2::io::poll::poll(&waiting)
             };
-            let Some(&first) = ready.first() else { continue };
+            let Some(&first) = ready.first() else {
+                continue;
+            };
             let index = first as usize;
             if let Some(answer) = self.calls[index].1.take_reply() {
                 let (tag, _) = self.calls.swap_remove(index);

@@ -18,9 +18,7 @@ use bytes::Bytes;
 use tokio::sync::oneshot;
 use tokio::task::AbortHandle;
 use wasmproc_protocol::contract::MAX_NAME_LEN;
-use wasmproc_protocol::{
-    Address, CallError, GuestId, MAX_CALLS_IN_FLIGHT, ReplyError, RequestId,
-};
+use wasmproc_protocol::{Address, CallError, GuestId, MAX_CALLS_IN_FLIGHT, ReplyError, RequestId};
 
 use super::{Entry, Item, MAILBOX_PATIENCE, PushError, Relay, policy, resolve};
 
@@ -328,8 +326,14 @@ impl Relay {
         payload: Vec<u8>,
     ) -> Answer {
         let (answer, answered) = oneshot::channel();
-        self.place(Caller::Parent(answer), None, to, timeout, Bytes::from(payload))
-            .await?;
+        self.place(
+            Caller::Parent(answer),
+            None,
+            to,
+            timeout,
+            Bytes::from(payload),
+        )
+        .await?;
         answered.await.unwrap_or(Err(CallError::HostGone))
     }
 
@@ -484,6 +488,7 @@ impl Relay {
     ) -> Result<(), Forged> {
         match self.inner.calls.reply(from.id, request) {
             Replied::Open(ended) => self.answer(ended.caller, Ok(Bytes::from(payload))),
+            // Counted already; a record forgotten since counts the same.
             Replied::Refused(ReplyError::Expired) => {}
             Replied::Refused(_) => self.inner.calls.count_late(),
             Replied::Forged => return Err(Forged),
@@ -571,7 +576,13 @@ mod tests {
         let Replied::Open(ended) = calls.reply(GuestId(2), r) else {
             panic!("the callee's reply was refused");
         };
-        assert!(matches!(ended.caller, Caller::Guest { id: GuestId(1), call: 7 }));
+        assert!(matches!(
+            ended.caller,
+            Caller::Guest {
+                id: GuestId(1),
+                call: 7
+            }
+        ));
         assert!(matches!(
             calls.reply(GuestId(2), r),
             Replied::Refused(ReplyError::AlreadyReplied)
@@ -613,7 +624,10 @@ mod tests {
         let asked = calls.open(guest(2, 1), GuestId(3)).unwrap();
         let other = calls.open(guest(1, 2), GuestId(3)).unwrap();
         let (to_answer, made) = calls.guest_ended(GuestId(2));
-        assert_eq!(to_answer.iter().map(|e| e.request).collect::<Vec<_>>(), [owed]);
+        assert_eq!(
+            to_answer.iter().map(|e| e.request).collect::<Vec<_>>(),
+            [owed]
+        );
         assert_eq!(made.iter().map(|e| e.request).collect::<Vec<_>>(), [asked]);
         assert!(calls.is_open(other));
         assert_eq!(calls.len(), 1);

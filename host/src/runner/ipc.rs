@@ -326,10 +326,7 @@ impl v0_1::Host for GuestState {
         Ok(self.link.try_recv().map(v0_1_item))
     }
 
-    async fn recv_timeout(
-        &mut self,
-        timeout_ns: u64,
-    ) -> wasmtime::Result<Option<v0_1::InboxItem>> {
+    async fn recv_timeout(&mut self, timeout_ns: u64) -> wasmtime::Result<Option<v0_1::InboxItem>> {
         let wait = self.link.recv();
         let item = tokio::time::timeout(Duration::from_nanos(timeout_ns), wait).await;
         Ok(item.ok().map(v0_1_item))

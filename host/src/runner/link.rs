@@ -286,17 +286,23 @@ impl Link {
     /// [`ReplyError`]: the request was answered already, has ended, or was
     /// never delivered here.
     pub async fn reply(&self, request: RequestId, payload: Vec<u8>) -> Result<(), ReplyError> {
-        {
+        let refused = {
             let mut calls = self.calls();
-            if !calls.open.contains(&request) {
-                return Err(calls
-                    .closed
-                    .get(&request)
-                    .copied()
-                    .unwrap_or(ReplyError::UnknownRequest));
+            if calls.open.contains(&request) {
+                calls.close(request, ReplyError::AlreadyReplied);
+                None
+            } else {
+                let refused = calls.closed.get(&request).copied();
+                Some(refused.unwrap_or(ReplyError::UnknownRequest))
             }
-            calls.close(request, ReplyError::AlreadyReplied);
-        }
+        };
+        // A late reply still tells the host, which counts it (without its
+        // payload: nobody will read it).
+        let payload = match refused {
+            None => payload,
+            Some(ReplyError::Expired) => Vec::new(),
+            Some(refused) => return Err(refused),
+        };
         let mut payload = Some(payload);
         self.queue_with(
             |batch, taken| {
@@ -311,7 +317,8 @@ impl Link {
         )
         .await
         // With the host gone, the caller has gone too.
-        .map_err(|_| ReplyError::Expired)
+        .map_err(|_| ReplyError::Expired)?;
+        refused.map_or(Ok(()), Err)
     }
 
     /// The host's answer to a call arrived.
