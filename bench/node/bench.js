@@ -1,7 +1,7 @@
 // Node's side of `make bench`: the same jobs with child_process.fork and
 // process.send, children talking through the parent.
 //
-//   node bench.js spawn N | burst N | rtt N SERIALIZATION | stream N SIZE SERIALIZATION | memory N
+//   node bench.js spawn N | burst N | rtt N SERIALIZATION | call N | stream N SIZE SERIALIZATION | memory N
 //
 // Prints one JSON object. SERIALIZATION is `json` (Node's default) or `advanced`.
 'use strict';
@@ -40,10 +40,10 @@ async function burst(n) {
   return { ms };
 }
 
-// A → parent → B → parent → A.
-async function rtt(n, serialization) {
-  const A = fork(CHILD, ['ping', String(n)], { serialization });
-  const B = fork(CHILD, ['pong'], { serialization });
+// A's messages → parent → B, and B's → parent → A, until A reports.
+async function throughParent(aArgs, bArgs, options) {
+  const A = fork(CHILD, aArgs, options);
+  const B = fork(CHILD, bArgs, options);
   B.on('message', (m) => A.send(m));
   const result = new Promise((resolve) => {
     A.on('message', (m) => {
@@ -54,6 +54,19 @@ async function rtt(n, serialization) {
   const r = await result;
   A.kill('SIGKILL');
   B.kill('SIGKILL');
+  return r;
+}
+
+// A → parent → B → parent → A.
+async function rtt(n, serialization) {
+  const r = await throughParent(['ping', String(n)], ['pong'], { serialization });
+  return { rtt_us: r.us / n };
+}
+
+// A calls B through the parent, request/reply by hand (correlation ids and
+// a timer per call in A).
+async function call(n) {
+  const r = await throughParent(['caller', String(n)], ['replier'], {});
   return { rtt_us: r.us / n };
 }
 
@@ -100,6 +113,7 @@ async function memory(n) {
   if (mode === 'spawn') r = await spawn(Number(a));
   else if (mode === 'burst') r = await burst(Number(a));
   else if (mode === 'rtt') r = await rtt(Number(a), b || 'json');
+  else if (mode === 'call') r = await call(Number(a));
   else if (mode === 'stream') r = await stream(Number(a), Number(b), c || 'json');
   else if (mode === 'memory') r = await memory(Number(a));
   else throw new Error('unknown mode ' + mode);

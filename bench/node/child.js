@@ -23,6 +23,40 @@ if (mode === 'hello') {
     }
   });
   process.send(payload);
+} else if (mode === 'caller') {
+  // Request/reply by hand, as Node leaves it: a correlation id per call, a
+  // table of pending calls and a timer per call for its deadline.
+  const n = Number(a);
+  const pending = new Map();
+  let next = 0;
+  const call = (payload, ms) => new Promise((resolve, reject) => {
+    const id = next++;
+    const timer = setTimeout(() => {
+      pending.delete(id);
+      reject(new Error(`call ${id} timed out`));
+    }, ms);
+    pending.set(id, (reply) => {
+      clearTimeout(timer);
+      resolve(reply);
+    });
+    process.send({ id, payload });
+  });
+  process.on('message', (m) => {
+    const done = pending.get(m.id);
+    if (done) {
+      pending.delete(m.id);
+      done(m.reply);
+    }
+  });
+  (async () => {
+    const payload = 'x'.repeat(8);
+    for (let i = 0; i < 1000; i++) await call(payload, 60000); // warm-up
+    const t = now();
+    for (let i = 0; i < n; i++) await call(payload, 60000);
+    process.send({ done: true, us: now() - t });
+  })();
+} else if (mode === 'replier') {
+  process.on('message', (m) => process.send({ id: m.id, reply: m.payload }));
 } else if (mode === 'sink') {
   const n = Number(a);
   let i = 0;

@@ -145,30 +145,42 @@ where
 }
 
 /// Guest A → relay → guest B → relay → A, 8-byte numbered messages (µs per
-/// round trip).
+/// round trip): `ping` sends and waits for the echo.
 async fn wasmproc_rtt(n: u64) -> anyhow::Result<f64> {
+    pair_rtt(["pong", "ping"], n).await
+}
+
+/// Guest A calls guest B through the relay, 8-byte numbered requests
+/// answered with the same bytes (µs per call).
+async fn wasmproc_call_rtt(n: u64) -> anyhow::Result<f64> {
+    pair_rtt(["serve", "call"], n).await
+}
+
+/// `pingpong SERVER N` named `peer`, then `pingpong CLIENT peer N`: µs per
+/// round trip, after a warm-up of 1000.
+async fn pair_rtt([server, client]: [&str; 2], n: u64) -> anyhow::Result<f64> {
     let host = Host::new();
     let pingpong = guest("pingpong")?;
-    let total = n + 1000;
-    let pong = host
+    let total = (n + 1000).to_string();
+    let peer = host
         .command(&pingpong)
-        .args(["pong".to_owned(), total.to_string()])
-        .name("pong")
+        .args([server, &total])
+        .name("peer")
         .fork()
         .await?;
     let t = Instant::now();
-    let ping = host
+    let driver = host
         .command(&pingpong)
-        .args(["ping".to_owned(), "pong".to_owned(), total.to_string()])
+        .args([client, "peer", &total])
         .fork()
         .await?;
-    let (count, ok): (u64, bool) = ping.recv_value().await?;
+    let (count, ok): (u64, bool) = driver.recv_value().await?;
     let elapsed = t.elapsed();
-    if count != total || !ok {
-        bail!("ping ended at {count} (in order: {ok})");
+    if count != n + 1000 || !ok {
+        bail!("pingpong {client} ended at {count} (in order: {ok})");
     }
-    pong.wait().await;
-    Ok(elapsed.as_secs_f64() * 1e6 / total as f64)
+    peer.wait().await;
+    Ok(elapsed.as_secs_f64() * 1e6 / (n + 1000) as f64)
 }
 
 /// Parent ↔ guest round trips (µs).
@@ -462,8 +474,17 @@ async fn rtt_rows(quick: bool, reps: usize, rows: &mut Vec<Row>) -> anyhow::Resu
     eprintln!("bench: rtt");
     let rtt_n = if quick { 5_000 } else { 20_000 };
     let (mut w, mut nj, mut fl, mut wp) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut wc, mut nc) = (Vec::new(), Vec::new());
     for _ in 0..reps {
         w.push(wasmproc_rtt(rtt_n).await?);
+        wait_idle();
+        wc.push(wasmproc_call_rtt(rtt_n).await?);
+        wait_idle();
+        nc.push(
+            node(&["call", &rtt_n.to_string()], false)?["rtt_us"]
+                .as_f64()
+                .unwrap_or(f64::NAN),
+        );
         wait_idle();
         nj.push(
             node(&["rtt", &rtt_n.to_string(), "json"], false)?["rtt_us"]
@@ -478,12 +499,22 @@ async fn rtt_rows(quick: bool, reps: usize, rows: &mut Vec<Row>) -> anyhow::Resu
         );
         wp.push(wasmproc_parent_rtt(rtt_n).await?);
     }
+    let send_rtt = median(&mut w);
     rows.push(Row {
         scenario: "rtt guest↔guest via relay, unpinned (µs)".into(),
         unit: "µs",
-        wasmproc: median(&mut w),
+        wasmproc: send_rtt,
         node: Some(median(&mut nj)),
         floor: Some(median(&mut fl)),
+        higher_better: false,
+    });
+    rows.push(Row {
+        scenario: "call guest→guest via relay, unpinned (µs; floor = the send+recv rtt above)"
+            .into(),
+        unit: "µs",
+        wasmproc: median(&mut wc),
+        node: Some(median(&mut nc)),
+        floor: Some(send_rtt),
         higher_better: false,
     });
     let me = std::env::current_exe()?;

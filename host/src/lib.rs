@@ -35,7 +35,9 @@
 //!   waiter), `host/delivered` (what was delivered and not yet taken),
 //!   `host/spec` (the built command).
 //! - `relay`: routing by id, name and group, undeliverable notices,
-//!   monitors; `relay/policy` (the allow-list and its refusal reports),
+//!   monitors; `relay/calls` (calls in flight: ids, deadlines, the watched
+//!   callee, late replies), `relay/policy` (the allow-list and its refusal
+//!   reports),
 //!   `relay/mailbox` (the bounded per-guest queue).
 //! - `connection`: frames over control pipes: the reader, the batch and
 //!   the writer, the one place a frame's head and payload are laid out.

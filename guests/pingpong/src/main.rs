@@ -10,10 +10,16 @@
 //!   answer the sender.
 //! - `pingpong count N`: like `sink`, without checking the numbers (for a
 //!   group member, which sees every n-th message).
+//! - `pingpong call PEER N`: N calls to PEER (a `serve`): call with number
+//!   i, expect i back as the reply.
+//! - `pingpong serve N`: answer N calls with their own bytes, checking that
+//!   the numbers arrive as 0, 1, 2, ...
 //!
 //! Every mode ends by sending `(count, in_order)` to the parent as postcard
 //! and exits 0 when all arrived in order, 1 otherwise. A peer is an address
 //! as `Address::parse` reads it: a number is a guest id, else a name.
+
+use std::time::Duration;
 
 use wasmproc_guest::{self as ipc, Address, InboxItem, Message};
 
@@ -40,6 +46,11 @@ fn main() {
         }
         Some("sink") => sink(num(1), true),
         Some("count") => sink(num(1), false),
+        Some("call") => call(
+            Address::parse(args.get(1).unwrap_or_else(|| usage())),
+            num(2),
+        ),
+        Some("serve") => serve(num(1)),
         _ => usage(),
     };
     if let Err(err) = ipc::send_value(Address::Parent, &(count, in_order)) {
@@ -49,7 +60,10 @@ fn main() {
 }
 
 fn usage() -> ! {
-    eprintln!("usage: pingpong ping PEER N | pong N | stream PEER N [SIZE] | sink N | count N");
+    eprintln!(
+        "usage: pingpong ping PEER N | pong N | stream PEER N [SIZE] | sink N | count N \
+         | call PEER N | serve N"
+    );
     std::process::exit(2)
 }
 
@@ -97,6 +111,35 @@ fn pong(n: u64) -> (u64, bool) {
             return (i, false);
         };
         if ipc::send(msg.reply_to(), &msg.payload).is_err() || number_of(&msg) != Some(i) {
+            return (i, false);
+        }
+    }
+    (n, true)
+}
+
+/// The longest one call of the benchmark may take.
+const CALL_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn call(peer: Address, n: u64) -> (u64, bool) {
+    for i in 0..n {
+        match ipc::call(peer.clone(), &numbered(i, 8), CALL_TIMEOUT) {
+            Ok(reply) if reply == numbered(i, 8) => {}
+            Ok(_) => return (i, false),
+            Err(err) => {
+                eprintln!("pingpong: call {i} failed: {}", err.describe());
+                return (i, false);
+            }
+        }
+    }
+    (n, true)
+}
+
+fn serve(n: u64) -> (u64, bool) {
+    for i in 0..n {
+        let Some(msg) = next_message() else {
+            return (i, false);
+        };
+        if msg.reply(&msg.payload).is_err() || number_of(&msg) != Some(i) {
             return (i, false);
         }
     }

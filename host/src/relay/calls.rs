@@ -9,14 +9,14 @@
 //! remembered for a while, to tell a late or second reply (`expired`,
 //! `already-replied`) from a forged one (`unknown-request`).
 
-use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::oneshot;
-use tokio::task::AbortHandle;
+use tokio::sync::{Notify, oneshot};
+use tokio::time::Instant;
 use wasmproc_protocol::contract::MAX_NAME_LEN;
 use wasmproc_protocol::{Address, CallError, GuestId, MAX_CALLS_IN_FLIGHT, ReplyError, RequestId};
 
@@ -62,8 +62,7 @@ pub(crate) enum Replied {
 struct Open {
     caller: Caller,
     callee: GuestId,
-    /// The deadline's task, stopped when the call ends sooner.
-    timer: Option<AbortHandle>,
+    deadline: Instant,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,6 +80,8 @@ struct Table {
     by_callee: HashMap<GuestId, HashSet<RequestId>>,
     /// Calls from the parent in flight.
     parent_calls: usize,
+    /// Every open call's deadline, soonest first.
+    deadlines: BTreeSet<(Instant, RequestId)>,
     /// How recent calls ended, with their callee; oldest first in `order`.
     closed: HashMap<RequestId, (GuestId, Closed)>,
     order: VecDeque<RequestId>,
@@ -107,9 +108,7 @@ impl Table {
                 self.by_callee.remove(&open.callee);
             }
         }
-        if let Some(timer) = open.timer {
-            timer.abort();
-        }
+        self.deadlines.remove(&(open.deadline, request));
         self.closed.insert(request, (open.callee, how));
         self.order.push_back(request);
         if self.order.len() > REMEMBERED
@@ -126,11 +125,20 @@ impl Table {
 }
 
 /// The calls of one relay.
+///
+/// One task per relay ends calls at their deadlines: it sleeps until the
+/// soonest, and is woken only when a new call's deadline is sooner still
+/// (calls with one timeout come in deadline order, so almost never): a call
+/// costs no timer of its own.
 #[derive(Debug, Default)]
 pub(crate) struct Calls {
     table: Mutex<Table>,
     next: AtomicU64,
     late_replies: AtomicU64,
+    /// Wakes the deadline task when the soonest deadline moved earlier.
+    sooner: Arc<Notify>,
+    /// Whether the deadline task has been started.
+    watching: AtomicBool,
 }
 
 impl Calls {
@@ -138,13 +146,19 @@ impl Calls {
         self.table.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Record a new call from `caller` to `callee` and give it its id.
+    /// Record a new call from `caller` to `callee`, due at `deadline`, and
+    /// give it its id; wake the deadline task if it is now the soonest.
     ///
     /// # Errors
     ///
     /// [`CallError::TooManyCalls`] when the caller has
     /// [`MAX_CALLS_IN_FLIGHT`] calls open already.
-    pub(crate) fn open(&self, caller: Caller, callee: GuestId) -> Result<RequestId, CallError> {
+    pub(crate) fn open(
+        &self,
+        caller: Caller,
+        callee: GuestId,
+        deadline: Instant,
+    ) -> Result<RequestId, CallError> {
         let mut table = self.lock();
         let request = RequestId(self.next.fetch_add(1, Ordering::Relaxed) + 1);
         match &caller {
@@ -163,30 +177,37 @@ impl Calls {
             }
         }
         table.by_callee.entry(callee).or_default().insert(request);
+        let soonest = table
+            .deadlines
+            .first()
+            .is_none_or(|(first, _)| deadline < *first);
+        table.deadlines.insert((deadline, request));
         table.open.insert(
             request,
             Open {
                 caller,
                 callee,
-                timer: None,
+                deadline,
             },
         );
+        drop(table);
+        if soonest {
+            self.sooner.notify_one();
+        }
         Ok(request)
     }
 
-    /// Attach the deadline's task to an open call; `false` (and the task
-    /// stopped) when the call has ended already.
-    pub(crate) fn set_timer(&self, request: RequestId, timer: AbortHandle) -> bool {
-        match self.lock().open.get_mut(&request) {
-            Some(open) => {
-                open.timer = Some(timer);
-                true
+    /// The open calls whose deadline has come, and the next deadline after.
+    fn due(&self, now: Instant) -> (Vec<RequestId>, Option<Instant>) {
+        let table = self.lock();
+        let mut due = Vec::new();
+        for (deadline, request) in &table.deadlines {
+            if *deadline > now {
+                return (due, Some(*deadline));
             }
-            None => {
-                timer.abort();
-                false
-            }
+            due.push(*request);
         }
+        (due, None)
     }
 
     /// Whether the call is still waiting for its answer.
@@ -359,13 +380,9 @@ impl Relay {
             (Callee::Parent, Some(from)) => (GuestId::PARENT, &from.parent_inbox),
             (Callee::Parent, None) => return Err(CallError::UnknownRecipient),
         };
-        let request = self.inner.calls.open(caller, callee_id)?;
-        let relay = self.clone();
-        let deadline = tokio::spawn(async move {
-            tokio::time::sleep(timeout).await;
-            relay.end_call(request, CallError::Timeout);
-        });
-        self.inner.calls.set_timer(request, deadline.abort_handle());
+        self.watch_deadlines();
+        let deadline = Instant::now() + timeout;
+        let request = self.inner.calls.open(caller, callee_id, deadline)?;
         let (from_id, from_name) = match from {
             Some(from) => (from.id, from.name.clone()),
             None => (GuestId::PARENT, Some("parent".to_owned())),
@@ -393,6 +410,36 @@ impl Relay {
             Some(_) => Err(error),
             None => Ok(()),
         }
+    }
+
+    /// Start the task that ends calls at their deadline, once per relay. It
+    /// holds the relay weakly: it ends when the relay is gone.
+    fn watch_deadlines(&self) {
+        if self.inner.calls.watching.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let relay = Arc::downgrade(&self.inner);
+        let sooner = self.inner.calls.sooner.clone();
+        tokio::spawn(async move {
+            loop {
+                let next = {
+                    let Some(inner) = relay.upgrade() else { return };
+                    let relay = Relay { inner };
+                    let (due, next) = relay.inner.calls.due(Instant::now());
+                    for request in due {
+                        relay.end_call(request, CallError::Timeout);
+                    }
+                    next
+                };
+                match next {
+                    Some(next) => tokio::select! {
+                        () = tokio::time::sleep_until(next) => {}
+                        () = sooner.notified() => {}
+                    },
+                    None => sooner.notified().await,
+                }
+            }
+        });
     }
 
     /// The one guest (or the parent) a call to `to` from `from` goes to.
@@ -560,6 +607,10 @@ impl Relay {
 mod tests {
     use super::*;
 
+    fn later() -> Instant {
+        Instant::now() + Duration::from_secs(60)
+    }
+
     fn guest(id: u64, call: u64) -> Caller {
         Caller::Guest {
             id: GuestId(id),
@@ -570,7 +621,7 @@ mod tests {
     #[test]
     fn a_reply_is_taken_once_from_the_callee_only() {
         let calls = Calls::default();
-        let r = calls.open(guest(1, 7), GuestId(2)).unwrap();
+        let r = calls.open(guest(1, 7), GuestId(2), later()).unwrap();
         assert_eq!(calls.caller_of(r), Some(GuestId(1)));
         assert!(matches!(calls.reply(GuestId(3), r), Replied::Forged));
         let Replied::Open(ended) = calls.reply(GuestId(2), r) else {
@@ -603,8 +654,8 @@ mod tests {
     #[test]
     fn an_expired_or_abandoned_call_refuses_its_reply_as_late() {
         let calls = Calls::default();
-        let timed_out = calls.open(guest(1, 1), GuestId(2)).unwrap();
-        let given_up = calls.open(guest(1, 2), GuestId(2)).unwrap();
+        let timed_out = calls.open(guest(1, 1), GuestId(2), later()).unwrap();
+        let given_up = calls.open(guest(1, 2), GuestId(2), later()).unwrap();
         assert!(calls.expire(timed_out).is_some());
         assert!(calls.expire(timed_out).is_none(), "answered once");
         assert_eq!(calls.abandon(GuestId(1), 2).unwrap().request, given_up);
@@ -620,9 +671,9 @@ mod tests {
     #[test]
     fn a_guests_end_ends_what_it_owed_and_what_it_asked() {
         let calls = Calls::default();
-        let owed = calls.open(guest(1, 1), GuestId(2)).unwrap();
-        let asked = calls.open(guest(2, 1), GuestId(3)).unwrap();
-        let other = calls.open(guest(1, 2), GuestId(3)).unwrap();
+        let owed = calls.open(guest(1, 1), GuestId(2), later()).unwrap();
+        let asked = calls.open(guest(2, 1), GuestId(3), later()).unwrap();
+        let other = calls.open(guest(1, 2), GuestId(3), later()).unwrap();
         let (to_answer, made) = calls.guest_ended(GuestId(2));
         assert_eq!(
             to_answer.iter().map(|e| e.request).collect::<Vec<_>>(),
@@ -634,16 +685,36 @@ mod tests {
     }
 
     #[test]
+    fn deadlines_come_due_soonest_first_and_leave_with_their_call() {
+        let calls = Calls::default();
+        let now = Instant::now();
+        let at = |ms| now + Duration::from_millis(ms);
+        let late = calls.open(guest(1, 1), GuestId(2), at(300)).unwrap();
+        let soon = calls.open(guest(1, 2), GuestId(2), at(100)).unwrap();
+        let answered = calls.open(guest(1, 3), GuestId(2), at(200)).unwrap();
+        assert!(matches!(
+            calls.reply(GuestId(2), answered),
+            Replied::Open(_)
+        ));
+        assert_eq!(calls.due(at(50)), (vec![], Some(at(100))));
+        assert_eq!(calls.due(at(250)), (vec![soon], Some(at(300))));
+        calls.expire(soon);
+        assert_eq!(calls.due(at(400)), (vec![late], None));
+    }
+
+    #[test]
     fn a_caller_has_at_most_so_many_calls_in_flight() {
         let calls = Calls::default();
         for call in 0..MAX_CALLS_IN_FLIGHT as u64 {
-            calls.open(guest(1, call), GuestId(2)).unwrap();
+            calls.open(guest(1, call), GuestId(2), later()).unwrap();
         }
         assert_eq!(
-            calls.open(guest(1, u64::MAX), GuestId(2)).unwrap_err(),
+            calls
+                .open(guest(1, u64::MAX), GuestId(2), later())
+                .unwrap_err(),
             CallError::TooManyCalls
         );
         // Others are not held back by it.
-        calls.open(guest(3, 0), GuestId(2)).unwrap();
+        calls.open(guest(3, 0), GuestId(2), later()).unwrap();
     }
 }
