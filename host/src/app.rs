@@ -237,7 +237,7 @@ async fn supervise(
                 let err = forward_lines(child.stderr.take(), &name, Stream::Stderr, &events);
                 let status = tokio::select! {
                     status = child.wait() => status,
-                    () = shutdown.cancelled() => stop(&child, def.grace).await,
+                    () = shutdown.cancelled() => child.stop(def.grace).await,
                 };
                 let _ = tokio::join!(out, err);
                 status
@@ -339,18 +339,6 @@ pub fn command_for(host: &Host, def: &GuestDef, name: &str) -> crate::Command {
     }
     command.limits(&def.limits);
     command
-}
-
-/// Ask a guest to shut down; kill it if it is still running after `grace`.
-async fn stop(child: &Child, grace: Duration) -> ExitStatus {
-    child.shutdown().await;
-    match tokio::time::timeout(grace, child.wait()).await {
-        Ok(status) => status,
-        Err(_) => {
-            child.kill();
-            child.wait().await
-        }
-    }
 }
 
 /// Forward a stream's lines as events until it ends.

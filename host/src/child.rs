@@ -117,6 +117,17 @@ impl Child {
         }
     }
 
+    /// The guest as the relay knows it.
+    pub(crate) fn entry(&self) -> &Arc<Entry> {
+        &self.entry
+    }
+
+    /// Wait until the guest is ready for work: it has waited for its inbox
+    /// for the first time.
+    pub async fn ready(&self) {
+        self.entry.wait_ready().await;
+    }
+
     /// The id the host gave the guest.
     pub fn id(&self) -> GuestId {
         self.entry.id
@@ -260,6 +271,19 @@ impl Child {
     /// then ends in a kill as it would for a guest that ignores it.
     pub async fn shutdown(&self) {
         self.relay.notify(&self.entry.mailbox, InboxItem::Shutdown);
+    }
+
+    /// Ask the guest to finish (`shutdown`), and kill it if it is still
+    /// running after `grace`; its status.
+    pub async fn stop(&self, grace: Duration) -> ExitStatus {
+        self.shutdown().await;
+        match tokio::time::timeout(grace, self.wait()).await {
+            Ok(status) => status,
+            Err(_) => {
+                self.kill();
+                self.wait().await
+            }
+        }
     }
 
     /// Kill the guest's runner (SIGKILL). Its status says `killed by the host`.

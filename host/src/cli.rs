@@ -253,14 +253,7 @@ async fn call(args: CallArgs) -> anyhow::Result<u8> {
         .await
         .with_context(|| format!("cannot run {module}"))?;
     let answer = child.call(args.payload.into_bytes(), args.deadline).await;
-    child.shutdown().await;
-    let status = match tokio::time::timeout(CALL_GRACE, child.wait()).await {
-        Ok(status) => status,
-        Err(_) => {
-            child.kill();
-            child.wait().await
-        }
-    };
+    let status = child.stop(CALL_GRACE).await;
     match answer {
         Ok(reply) => {
             let mut out = std::io::stdout().lock();

@@ -48,6 +48,7 @@ pub struct Command {
     max_output: Option<u64>,
     talks_to: Option<Vec<String>>,
     probe: Option<Walls>,
+    standby: bool,
     host: Option<Host>,
 }
 
@@ -78,6 +79,7 @@ impl Command {
             max_output: None,
             talks_to: None,
             probe: None,
+            standby: false,
             host: None,
         }
     }
@@ -281,6 +283,13 @@ impl Command {
         self
     }
 
+    /// Start as a standby for the running guest of this command's name: it
+    /// takes over the name only in a swap ([`Host::swap`]).
+    pub fn standby(&mut self) -> &mut Command {
+        self.standby = true;
+        self
+    }
+
     /// Whether stdin, stdout and stderr are all left to inherit.
     pub(crate) fn inherits_stdio(&self) -> bool {
         [&self.stdin, &self.stdout, &self.stderr]
@@ -315,6 +324,7 @@ impl Command {
             timeout: self.timeout,
             talks_to: self.talks_to.clone(),
             probe: self.probe,
+            standby: self.standby,
         }
     }
 

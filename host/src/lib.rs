@@ -112,7 +112,7 @@ pub use cache::CompileError;
 pub use child::Child;
 pub use command::{Command, Output};
 pub use exec::{ExecError, ExecOutput, Pipeline, exec};
-pub use host::{ForkAllError, Host, RUNNER_ENV, RUNNER_NAME, SpawnError};
+pub use host::{ForkAllError, Host, RUNNER_ENV, RUNNER_NAME, SpawnError, SwapError, Swapped};
 pub use os::{ChildStderr, ChildStdin, ChildStdout, Stdio, keep_large_buffers_in_heap};
 pub use relay::{RegisterError, SendError};
 pub use status::{ExitStatus, Limit};

@@ -14,6 +14,13 @@
 //!   i, expect i back as the reply.
 //! - `pingpong serve N`: answer N calls with their own bytes, checking that
 //!   the numbers arrive as 0, 1, 2, ...
+//! - `pingpong take VERSION`: take numbered messages until `shutdown`, then
+//!   send the parent `(VERSION, first, last, count, in_order)` (one version
+//!   of a guest that is swapped; `first` is `u64::MAX` if none came).
+//! - `pingpong flood PEER N`: send N numbered messages to PEER, 500 per
+//!   millisecond, then tell the parent `(N, 0)` and count the undeliverable
+//!   notices that come back until the parent sends anything: then send it
+//!   `(N, undeliverable)`.
 //!
 //! Every mode ends by sending `(count, in_order)` to the parent as postcard
 //! and exits 0 when all arrived in order, 1 otherwise. A peer is an address
@@ -51,6 +58,11 @@ fn main() {
             num(2),
         ),
         Some("serve") => serve(num(1)),
+        Some("take") => take(num(1)),
+        Some("flood") => flood(
+            Address::parse(args.get(1).unwrap_or_else(|| usage())),
+            num(2),
+        ),
         _ => usage(),
     };
     if let Err(err) = ipc::send_value(Address::Parent, &(count, in_order)) {
@@ -62,7 +74,7 @@ fn main() {
 fn usage() -> ! {
     eprintln!(
         "usage: pingpong ping PEER N | pong N | stream PEER N [SIZE] | sink N | count N \
-         | call PEER N | serve N"
+         | call PEER N | serve N | take VERSION | flood PEER N"
     );
     std::process::exit(2)
 }
@@ -144,6 +156,57 @@ fn serve(n: u64) -> (u64, bool) {
         }
     }
     (n, true)
+}
+
+fn take(version: u64) -> ! {
+    let (mut first, mut last, mut count, mut in_order) = (u64::MAX, 0u64, 0u64, true);
+    for item in ipc::inbox() {
+        match item {
+            InboxItem::Message(msg) => {
+                let Some(n) = number_of(&msg) else { continue };
+                if count == 0 {
+                    first = n;
+                } else {
+                    in_order &= n == last + 1;
+                }
+                last = n;
+                count += 1;
+            }
+            InboxItem::Shutdown => break,
+            _ => {}
+        }
+    }
+    let _ = ipc::send_value(Address::Parent, &(version, first, last, count, in_order));
+    std::process::exit(0)
+}
+
+fn flood(peer: Address, n: u64) -> ! {
+    let mut undeliverable = 0u64;
+    let mut count = |item: Option<InboxItem>| {
+        if let Some(InboxItem::Undeliverable(_)) = item {
+            undeliverable += 1;
+        }
+    };
+    for i in 0..n {
+        if ipc::send(peer.clone(), &numbered(i, 8)).is_err() {
+            std::process::exit(1);
+        }
+        if i % 500 == 499 {
+            std::thread::sleep(Duration::from_millis(1));
+            while let Some(item) = ipc::try_recv() {
+                count(Some(item));
+            }
+        }
+    }
+    let _ = ipc::send_value(Address::Parent, &(n, 0u64));
+    loop {
+        match ipc::recv() {
+            InboxItem::Message(msg) if msg.from_id == ipc::PARENT_ID => break,
+            item => count(Some(item)),
+        }
+    }
+    let _ = ipc::send_value(Address::Parent, &(n, undeliverable));
+    std::process::exit(0)
 }
 
 fn stream(peer: Address, n: u64, size: usize) -> (u64, bool) {

@@ -370,6 +370,9 @@ pub enum RunnerToHost {
     Abandon { call: u64 },
     /// The guest asks for a `Down` item when the guest called `name` ends.
     Monitor { name: String },
+    /// The guest waits for its inbox for the first time: it is ready for
+    /// work (a swap's standby takes over only then).
+    Ready,
     /// How many delivered inbox items the guest has taken so far, in all
     /// (cumulative, like `Send::taken`), when there is no send to carry it:
     /// when the guest waits for its inbox, and before its exit report. What

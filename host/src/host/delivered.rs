@@ -13,7 +13,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use wasmproc_protocol::GuestId;
 
-use crate::relay::Item;
+use crate::relay::{Counters, Item};
 
 /// A delivered message's sender and length; `None` for a notice.
 type Record = Option<(GuestId, u64)>;
@@ -34,6 +34,16 @@ struct State {
     taken: u64,
 }
 
+impl State {
+    /// Publish how many delivered items are not yet taken.
+    fn count(&self, counters: &Counters) {
+        counters.outstanding.store(
+            self.pending.len() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+}
+
 impl Delivered {
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
@@ -42,7 +52,11 @@ impl Delivered {
     /// Record items about to be written to the runner, in order. Only
     /// inbox items count (a call's answer goes to the call, not the inbox);
     /// a request is recorded without its sender, whose call hears instead.
-    pub(crate) fn record<'a>(&self, items: impl IntoIterator<Item = &'a Item>) {
+    pub(crate) fn record<'a>(
+        &self,
+        items: impl IntoIterator<Item = &'a Item>,
+        counters: &Counters,
+    ) {
         let mut state = self.lock();
         for item in items {
             let record = match item {
@@ -58,6 +72,7 @@ impl Delivered {
             state.delivered += 1;
             state.pending.push_back(record);
         }
+        state.count(counters);
     }
 
     /// The runner says `count` items have been taken in all.
@@ -66,7 +81,7 @@ impl Delivered {
     ///
     /// A protocol violation when the count goes back or is beyond what was
     /// delivered.
-    pub(crate) fn taken(&self, count: u64) -> Result<(), String> {
+    pub(crate) fn taken(&self, count: u64, counters: &Counters) -> Result<(), String> {
         let mut state = self.lock();
         if count < state.taken {
             return Err(format!(
@@ -83,15 +98,20 @@ impl Delivered {
         let newly = (count - state.taken) as usize;
         state.pending.drain(..newly);
         state.taken = count;
+        state.count(counters);
         Ok(())
     }
 
     /// Everything never taken, in order: the senders and lengths of the
     /// messages (notices are dropped: nobody is waiting for them).
-    pub(crate) fn drain(&self) -> Vec<(GuestId, u64)> {
+    pub(crate) fn drain(&self, counters: &Counters) -> Vec<(GuestId, u64)> {
         let mut state = self.lock();
-        let messages = state.pending.drain(..).flatten().collect();
+        let messages: Vec<(GuestId, u64)> = state.pending.drain(..).flatten().collect();
         state.taken = state.delivered;
+        state.count(counters);
+        counters
+            .returned
+            .fetch_add(messages.len() as u64, std::sync::atomic::Ordering::Relaxed);
         messages
     }
 }
@@ -114,32 +134,34 @@ mod tests {
     #[test]
     fn what_was_not_taken_is_returned_in_order() {
         let d = Delivered::default();
+        let c = Counters::default();
         let items = [
             message(1, 10),
             Item::Notice(InboxItem::Shutdown),
             message(2, 20),
             message(3, 30),
         ];
-        d.record(&items[..2]);
-        d.record(&items[2..]);
-        d.taken(1).unwrap();
-        assert_eq!(d.drain(), vec![(GuestId(2), 20), (GuestId(3), 30)]);
-        assert_eq!(d.drain(), Vec::new());
+        d.record(&items[..2], &c);
+        d.record(&items[2..], &c);
+        d.taken(1, &c).unwrap();
+        assert_eq!(d.drain(&c), vec![(GuestId(2), 20), (GuestId(3), 30)]);
+        assert_eq!(d.drain(&c), Vec::new());
     }
 
     #[test]
     fn counts_that_go_back_or_run_ahead_are_violations() {
         let d = Delivered::default();
-        d.record(&[message(1, 1), message(1, 1)]);
-        d.taken(2).unwrap();
+        let c = Counters::default();
+        d.record(&[message(1, 1), message(1, 1)], &c);
+        d.taken(2, &c).unwrap();
         assert_eq!(
-            d.taken(1),
+            d.taken(1, &c),
             Err("the taken count went back from 2 to 1".to_owned())
         );
         assert_eq!(
-            d.taken(3),
+            d.taken(3, &c),
             Err("3 items taken, but only 2 were delivered".to_owned())
         );
-        assert_eq!(d.drain(), Vec::new());
+        assert_eq!(d.drain(&c), Vec::new());
     }
 }

@@ -27,6 +27,7 @@ use wasmproc_protocol::{Address, CallError, LaunchSpec, ReplyError, RequestId};
 use crate::cache::{Cache, CompileError};
 use crate::child::Child;
 use crate::relay::{Entry, RegisterError, Registration, Relay, SendError};
+use crate::status::ExitStatus;
 use pool::Pool;
 use session::Session;
 pub use spawner::{RUNNER_ENV, RUNNER_NAME};
@@ -62,6 +63,31 @@ pub struct ForkAllError {
     /// The command that failed, by its index.
     pub index: usize,
     pub error: SpawnError,
+}
+
+/// What a swap did with the messages sent to the name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Swapped {
+    /// Held by the host for the old instance, moved to the new one in order.
+    pub moved: u64,
+    /// Delivered to the old instance, and taken by it while it drained.
+    pub drained: u64,
+    /// Delivered to the old instance and not taken before it ended: back
+    /// to their senders as `recipient exited`.
+    pub returned: u64,
+    /// How the old instance ended.
+    pub old_status: ExitStatus,
+}
+
+/// Why a swap did not happen; the old instance runs on.
+#[derive(Debug, thiserror::Error)]
+pub enum SwapError {
+    #[error("the standby must have the running guest's name (`{old}`, not `{new}`)")]
+    Names { old: String, new: String },
+    #[error("the new instance ended before it was ready: {0}")]
+    StandbyEnded(ExitStatus),
+    #[error("the new instance was not ready (waiting for its inbox) within {0:?}")]
+    NotReady(Duration),
 }
 
 /// A guest registered with the relay whose runner is not started yet.
@@ -151,6 +177,56 @@ impl Host {
     /// As [`Child::reply`].
     pub fn reply(&self, request: RequestId, payload: Vec<u8>) -> Result<(), ReplyError> {
         self.relay.reply_from_parent(request, payload)
+    }
+
+    /// Replace the running guest `old` with `standby`, started under the same
+    /// name with [`Command::standby`](crate::Command): wait until the
+    /// standby is ready (its first wait on its inbox) within `ready_within`,
+    /// switch the name to it atomically (what the host holds for `old` moves
+    /// to it, in order; sends from then on go to it), then let `old` finish
+    /// what it was delivered within `drain` (it gets `shutdown`, then a
+    /// kill). Its replies to calls still reach their callers. Nothing is
+    /// lost: every message is taken by one of the two, or returned.
+    ///
+    /// # Errors
+    ///
+    /// When the standby ends or is not ready in time (it is stopped, and
+    /// `old` runs on: a rollback), or the names differ.
+    pub async fn swap(
+        &self,
+        old: &Child,
+        standby: &Child,
+        ready_within: Duration,
+        drain: Duration,
+    ) -> Result<Swapped, SwapError> {
+        if old.name().is_none() || old.name() != standby.name() {
+            return Err(SwapError::Names {
+                old: old.name().unwrap_or_default().to_owned(),
+                new: standby.name().unwrap_or_default().to_owned(),
+            });
+        }
+        tokio::select! {
+            () = standby.ready() => {}
+            status = standby.wait() => return Err(SwapError::StandbyEnded(status)),
+            () = tokio::time::sleep(ready_within) => {
+                standby.kill();
+                standby.wait().await;
+                return Err(SwapError::NotReady(ready_within));
+            }
+        }
+        let moved = self.relay.switch(old.entry(), standby.entry()) as u64;
+        let counters = &old.entry().counters;
+        let outstanding = counters
+            .outstanding
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let old_status = old.stop(drain).await;
+        let returned = counters.returned.load(std::sync::atomic::Ordering::Relaxed);
+        Ok(Swapped {
+            moved,
+            drained: outstanding.saturating_sub(returned),
+            returned,
+            old_status,
+        })
     }
 
     /// Replies that reached nobody because their call had ended first (the
@@ -261,6 +337,7 @@ impl Host {
             max_message_size: spec.limits.max_message_size,
             talks_to: spec.talks_to.clone(),
             max_cpu: spec.limits.max_cpu_ms.map(Duration::from_millis),
+            standby: spec.standby,
         })?;
         let launch = spec.launch_spec(entry.id, &artifact);
         Ok(Reserved {

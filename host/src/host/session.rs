@@ -150,7 +150,7 @@ async fn write_runner(
             } => relay.call_is_open(*request),
             _ => true,
         });
-        delivered.record(&items);
+        delivered.record(&items, &entry.counters);
         for item in items.drain(..) {
             let queued = match item {
                 // The payload goes from the mailbox to the pipe, uncopied.
@@ -238,6 +238,8 @@ enum Action {
     Monitor { name: String },
     /// The guest has taken this many delivered items in all.
     Taken(u64),
+    /// The guest is ready for work.
+    Ready,
 }
 
 /// The reader's state machine: checks that a runner's frames come in the
@@ -352,6 +354,7 @@ impl Frames {
             (Stage::Running, RunnerToHost::Abandon { call }) => Ok(Action::Abandon { call }),
             (Stage::Running, RunnerToHost::Monitor { name }) => Ok(Action::Monitor { name }),
             (Stage::Running, RunnerToHost::Taken { count }) => Ok(Action::Taken(count)),
+            (Stage::Running, RunnerToHost::Ready) => Ok(Action::Ready),
             (Stage::Running, RunnerToHost::Exit(report)) => {
                 self.stage = Stage::Reported;
                 self.report = Some(report);
@@ -376,6 +379,7 @@ fn frame_kind(frame: &RunnerToHost) -> &'static str {
         RunnerToHost::Call { .. } => "Call",
         RunnerToHost::Reply { .. } => "Reply",
         RunnerToHost::Abandon { .. } => "Abandon",
+        RunnerToHost::Ready => "Ready",
     }
 }
 
@@ -428,10 +432,10 @@ impl Reader {
         let (entry, relay) = (&self.entry, &self.relay);
         match action {
             Action::None => {}
-            Action::Taken(count) => self.delivered.taken(count)?,
+            Action::Taken(count) => self.delivered.taken(count, &self.entry.counters)?,
             Action::Hardened(steps) => report_hardening(&steps),
             Action::Send { to, taken, payload } => {
-                self.delivered.taken(taken)?;
+                self.delivered.taken(taken, &self.entry.counters)?;
                 let routed = relay.route(entry, to, payload);
                 for notice in routed.notices {
                     let _ = entry.mailbox.push_notice(notice).await;
@@ -450,7 +454,7 @@ impl Reader {
                 taken,
                 payload,
             } => {
-                self.delivered.taken(taken)?;
+                self.delivered.taken(taken, &self.entry.counters)?;
                 if let Err(error) = relay
                     .call_from_guest(entry, &to, call, timeout, payload)
                     .await
@@ -467,12 +471,13 @@ impl Reader {
                 taken,
                 payload,
             } => {
-                self.delivered.taken(taken)?;
+                self.delivered.taken(taken, &self.entry.counters)?;
                 relay
                     .reply_from_guest(entry, request, payload)
                     .map_err(|_| format!("a reply to {request}, which was delivered elsewhere"))?;
             }
             Action::Abandon { call } => relay.abandon(entry, call),
+            Action::Ready => entry.set_ready(),
             Action::Monitor { name } => {
                 if let Some(down) = relay.monitor(entry, &name) {
                     let _ = entry.mailbox.push_notice(down).await;
@@ -553,7 +558,7 @@ impl Waiter {
         // Taken or returned: what the runner never took goes back first
         // (it is older), then what was still in the host's mailbox.
         self.relay
-            .return_to_senders(&self.entry, self.delivered.drain());
+            .return_to_senders(&self.entry, self.delivered.drain(&self.entry.counters));
         let refused = refused_syscall(&self.report).map(crate::os::syscalls::name);
         let status = combine(os_status, outcome, refused, killed, self.entry.max_cpu);
         tracing::debug!(guest = %self.entry.id, "ended: {status}");

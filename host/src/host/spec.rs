@@ -25,6 +25,9 @@ pub(crate) struct Spec {
     pub(crate) timeout: Option<Duration>,
     pub(crate) talks_to: Option<Vec<String>>,
     pub(crate) probe: Option<Walls>,
+    /// A standby for a swap: registered under the running guest's name,
+    /// which still leads to the running one.
+    pub(crate) standby: bool,
 }
 
 impl Spec {

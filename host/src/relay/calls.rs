@@ -20,7 +20,7 @@ use tokio::time::Instant;
 use wasmproc_protocol::contract::MAX_NAME_LEN;
 use wasmproc_protocol::{Address, CallError, GuestId, MAX_CALLS_IN_FLIGHT, ReplyError, RequestId};
 
-use super::{Entry, Item, MAILBOX_PATIENCE, PushError, Relay, policy, resolve};
+use super::{Entry, Item, MAILBOX_PATIENCE, PushError, Relay, policy, push_to, resolve};
 
 /// How many ended calls are remembered, to answer late and second replies
 /// precisely (older ones get `unknown-request`).
@@ -210,6 +210,23 @@ impl Calls {
         (due, None)
     }
 
+    /// The open call `request` now awaits `new`'s reply instead of `old`'s
+    /// (its request moved in a swap).
+    pub(crate) fn repoint(&self, request: RequestId, old: GuestId, new: GuestId) {
+        let mut table = self.lock();
+        match table.open.get_mut(&request) {
+            Some(open) if open.callee == old => open.callee = new,
+            _ => return,
+        }
+        if let Some(requests) = table.by_callee.get_mut(&old) {
+            requests.remove(&request);
+            if requests.is_empty() {
+                table.by_callee.remove(&old);
+            }
+        }
+        table.by_callee.entry(new).or_default().insert(request);
+    }
+
     /// Whether the call is still waiting for its answer.
     pub(crate) fn is_open(&self, request: RequestId) -> bool {
         self.lock().open.contains_key(&request)
@@ -370,14 +387,14 @@ impl Relay {
             return Err(CallError::InvalidTimeout);
         }
         let callee = self.find_callee(from.map(|f| &**f), to)?;
-        let (callee_id, mailbox) = match (&callee, from) {
+        let callee_id = match (&callee, from) {
             (Callee::Guest(entry), _) => {
                 if payload.len() as u64 > entry.max_message_size {
                     return Err(CallError::TooLarge);
                 }
-                (entry.id, &entry.mailbox)
+                entry.id
             }
-            (Callee::Parent, Some(from)) => (GuestId::PARENT, &from.parent_inbox),
+            (Callee::Parent, Some(_)) => GuestId::PARENT,
             (Callee::Parent, None) => return Err(CallError::UnknownRecipient),
         };
         self.watch_deadlines();
@@ -393,14 +410,32 @@ impl Relay {
             request: Some(request),
             payload,
         };
-        let pushed = match mailbox.try_push(item) {
-            Err((PushError::Full, item)) => mailbox.push_wait(item, MAILBOX_PATIENCE).await,
-            other => other,
+        let pushed = match (&callee, from) {
+            (Callee::Guest(entry), _) => {
+                let (took, pushed) = push_to(entry, item);
+                if took.id != entry.id {
+                    // The name moved on (a swap): the new instance answers.
+                    self.inner.calls.repoint(request, entry.id, took.id);
+                }
+                match pushed {
+                    Err((PushError::Full, item)) => {
+                        took.mailbox.push_wait(item, MAILBOX_PATIENCE).await
+                    }
+                    other => other,
+                }
+            }
+            (Callee::Parent, Some(from)) => match from.parent_inbox.try_push(item) {
+                Err((PushError::Full, item)) => {
+                    from.parent_inbox.push_wait(item, MAILBOX_PATIENCE).await
+                }
+                other => other,
+            },
+            (Callee::Parent, None) => Err((PushError::Closed, item)),
         };
         let error = match pushed {
             Ok(()) => return Ok(()),
             Err((PushError::Full, _)) => CallError::MailboxFull,
-            Err((PushError::Closed, _)) => {
+            Err((PushError::Closed | PushError::Moved, _)) => {
                 CallError::CalleeExited("it was exiting when the call came".to_owned())
             }
         };

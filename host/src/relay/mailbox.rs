@@ -138,6 +138,9 @@ pub enum PushError {
     Full,
     /// The guest has ended.
     Closed,
+    /// The guest's name has moved to a new instance (a swap): messages go
+    /// to that one's mailbox.
+    Moved,
 }
 
 #[derive(Debug)]
@@ -162,6 +165,8 @@ struct State {
     queue: VecDeque<Item>,
     bytes: usize,
     closed: bool,
+    /// Messages are refused with [`PushError::Moved`]: the name has moved.
+    moved: bool,
 }
 
 impl Default for Mailbox {
@@ -217,8 +222,8 @@ impl Mailbox {
             room.as_mut().enable();
             {
                 let mut state = self.lock();
-                if state.closed {
-                    return Err((PushError::Closed, item));
+                if let Some(refused) = refusal(&state, &item) {
+                    return Err((refused, item));
                 }
                 if self.has_room(&state, len) {
                     self.hold(&mut state, len);
@@ -262,8 +267,8 @@ impl Mailbox {
         let len = item.payload_len();
         {
             let mut state = self.lock();
-            if state.closed {
-                return Err((PushError::Closed, item));
+            if let Some(refused) = refusal(&state, &item) {
+                return Err((refused, item));
             }
             if !self.has_room(&state, len) {
                 return Err((PushError::Full, item));
@@ -300,7 +305,7 @@ impl Mailbox {
             room.as_mut().enable();
             match self.queue_notice(item) {
                 Ok(()) => return Ok(()),
-                Err((PushError::Closed, _)) => return Err(PushError::Closed),
+                Err((PushError::Closed | PushError::Moved, _)) => return Err(PushError::Closed),
                 Err((PushError::Full, back)) => item = back,
             }
             room.await;
@@ -383,6 +388,43 @@ impl Mailbox {
         Some(item)
     }
 
+    /// From now on refuse messages with [`PushError::Moved`] (notices,
+    /// answers and expiries still queue here: they are about this
+    /// instance), and give back the messages queued, in order, for the
+    /// name's new instance.
+    pub fn move_messages(&self) -> Vec<Item> {
+        let moved: Vec<Item> = {
+            let mut state = self.lock();
+            state.moved = true;
+            let (messages, kept): (VecDeque<Item>, VecDeque<Item>) =
+                std::mem::take(&mut state.queue)
+                    .into_iter()
+                    .partition(|item| matches!(item, Item::Message { .. }));
+            state.queue = kept;
+            let len: usize = messages.iter().map(Item::payload_len).sum();
+            self.release(&mut state, len);
+            messages.into()
+        };
+        self.writable.notify_waiters();
+        moved
+    }
+
+    /// Take the messages of a name's previous instance, ahead of anything
+    /// else, whatever the bound: they were admitted once already.
+    pub fn take_moved(&self, items: Vec<Item>) {
+        if items.is_empty() {
+            return;
+        }
+        {
+            let mut state = self.lock();
+            for item in items.into_iter().rev() {
+                self.hold(&mut state, item.payload_len());
+                state.queue.push_front(item);
+            }
+        }
+        self.readable.notify_one();
+    }
+
     /// Refuse further items; the consumer still drains what is queued.
     pub fn close(&self) {
         self.lock().closed = true;
@@ -417,9 +459,43 @@ impl Mailbox {
     }
 }
 
+/// Why `item` may not queue in a mailbox in `state`, if it may not.
+fn refusal(state: &State, item: &Item) -> Option<PushError> {
+    if state.closed {
+        Some(PushError::Closed)
+    } else if state.moved && matches!(item, Item::Message { .. }) {
+        Some(PushError::Moved)
+    } else {
+        None
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_moved_mailbox_hands_its_messages_on_and_keeps_its_notices() {
+        let old = Mailbox::new(10, 100);
+        let new = Mailbox::new(10, 100);
+        old.try_push(msg(1)).unwrap();
+        old.try_push_notice(InboxItem::Shutdown).unwrap();
+        old.try_push(msg(2)).unwrap();
+        new.try_push(msg(3)).unwrap();
+        let moved = old.move_messages();
+        assert_eq!(
+            moved.iter().map(Item::payload_len).collect::<Vec<_>>(),
+            [1, 2]
+        );
+        new.take_moved(moved);
+        assert_eq!(old.try_push(msg(4)).unwrap_err().0, PushError::Moved);
+        old.try_push_notice(InboxItem::Shutdown).unwrap();
+        assert_eq!(old.len(), 2);
+        let lens: Vec<usize> = std::iter::from_fn(|| new.try_pop())
+            .map(|i| i.payload_len())
+            .collect();
+        assert_eq!(lens, [1, 2, 3]);
+    }
 
     fn msg(len: usize) -> InboxItem {
         InboxItem::Message {

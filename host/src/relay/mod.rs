@@ -48,6 +48,43 @@ pub struct Entry {
     pub talks_to: Option<Vec<String>>,
     /// The CPU limit its runner has, to name it when the kernel enforces it.
     pub max_cpu: Option<std::time::Duration>,
+    /// The instance its name moved to in a swap: where messages sent to
+    /// this one go from then on.
+    successor: std::sync::Mutex<Option<Arc<Entry>>>,
+    /// Set once the guest first waits for its inbox: it is ready for work.
+    ready: tokio::sync::watch::Sender<bool>,
+    /// What became of the messages delivered to its runner.
+    pub counters: Counters,
+}
+
+/// Counts of one guest's delivered messages.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Messages written to the runner and not yet taken by the guest.
+    pub outstanding: AtomicU64,
+    /// Messages that went back to their senders when the guest ended.
+    pub returned: AtomicU64,
+}
+
+impl Entry {
+    /// The instance this one's name moved to, if it has.
+    pub fn successor(&self) -> Option<Arc<Entry>> {
+        self.successor
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The guest has waited for its inbox for the first time.
+    pub fn set_ready(&self) {
+        self.ready.send_replace(true);
+    }
+
+    /// Wait until the guest is ready for work (its first wait on its inbox).
+    pub async fn wait_ready(&self) {
+        let mut ready = self.ready.subscribe();
+        let _ = ready.wait_for(|ready| *ready).await;
+    }
 }
 
 /// What a new guest is, for [`Relay::register`].
@@ -58,6 +95,29 @@ pub struct Registration {
     pub max_message_size: u64,
     pub talks_to: Option<Vec<String>>,
     pub max_cpu: Option<std::time::Duration>,
+    /// A standby for a swap: it has the name, but the name still leads to
+    /// the running instance until [`Relay::switch`].
+    pub standby: bool,
+}
+
+/// Queue a message for `target`, following its name to newer instances
+/// when it has moved (a swap). Returns who took it, or the last one tried
+/// and why it did not.
+fn push_to(target: &Arc<Entry>, item: Item) -> (Arc<Entry>, Result<(), (PushError, Item)>) {
+    let mut target = target.clone();
+    let mut item = item;
+    loop {
+        match target.mailbox.try_push(item) {
+            Err((PushError::Moved, back)) => match target.successor() {
+                Some(next) => {
+                    target = next;
+                    item = back;
+                }
+                None => return (target, Err((PushError::Closed, back))),
+            },
+            other => return (target, other),
+        }
+    }
 }
 
 /// How long a sender is held while its recipient's mailbox is full, before
@@ -88,6 +148,8 @@ pub struct Pending {
 pub enum RegisterError {
     #[error("a guest named `{0}` is already running")]
     NameTaken(String),
+    #[error("no guest named `{0}` is running to be replaced")]
+    NotRunning(String),
     #[error("`{0}` is not a valid guest name: {rule}", rule = wasmproc_protocol::contract::NAME_RULE)]
     BadName(String),
 }
@@ -217,6 +279,7 @@ impl Relay {
             max_message_size,
             talks_to,
             max_cpu,
+            standby,
         } = registration;
         for n in name.iter().chain(group.iter()) {
             if !valid_name(n) {
@@ -225,9 +288,12 @@ impl Relay {
         }
         let mut table = self.write();
         if let Some(name) = &name
-            && table.names.contains_key(name)
+            && table.names.contains_key(name) != standby
         {
-            return Err(RegisterError::NameTaken(name.clone()));
+            return Err(match standby {
+                true => RegisterError::NotRunning(name.clone()),
+                false => RegisterError::NameTaken(name.clone()),
+            });
         }
         let id = GuestId(self.inner.next_id.fetch_add(1, Ordering::Relaxed));
         let entry = Arc::new(Entry {
@@ -243,7 +309,14 @@ impl Relay {
             max_message_size,
             talks_to,
             max_cpu,
+            successor: std::sync::Mutex::new(None),
+            ready: tokio::sync::watch::Sender::new(false),
+            counters: Counters::default(),
         });
+        if standby {
+            table.guests.insert(id, entry.clone());
+            return Ok(entry);
+        }
         if let Some(name) = name {
             table.exited_names.remove(&name);
             table.names.insert(name, id);
@@ -298,7 +371,7 @@ impl Relay {
                     item,
                     to,
                 }),
-                Err((PushError::Closed, _)) => {
+                Err((PushError::Closed | PushError::Moved, _)) => {
                     routed
                         .notices
                         .push(bounce(to, UndeliverableReason::RecipientExited, len))
@@ -333,14 +406,14 @@ impl Relay {
                 continue;
             }
             // A broadcast's members share one payload: no copy per member.
-            match target.mailbox.try_push(message(payload.clone())) {
-                Ok(()) => {}
-                Err((PushError::Full, item)) => routed.waiting.push(Pending {
-                    target: Some(target.clone()),
+            match push_to(target, message(payload.clone())) {
+                (_, Ok(())) => {}
+                (target, Err((PushError::Full, item))) => routed.waiting.push(Pending {
+                    target: Some(target),
                     item,
                     to: to.clone(),
                 }),
-                Err((PushError::Closed, _)) => {
+                (_, Err((PushError::Closed | PushError::Moved, _))) => {
                     notices.push(bounce(
                         to.clone(),
                         UndeliverableReason::RecipientExited,
@@ -368,16 +441,30 @@ impl Relay {
     /// moment for room. Returns the notice for the sender if it could not be
     /// delivered.
     pub async fn deliver_pending(&self, from: &Entry, pending: Pending) -> Option<InboxItem> {
-        let Pending { target, item, to } = pending;
-        let mailbox = match &target {
-            Some(target) => &target.mailbox,
-            None => &from.parent_inbox,
-        };
+        let Pending {
+            mut target,
+            mut item,
+            to,
+        } = pending;
         let len = item.payload_len() as u64;
-        let reason = match mailbox.push_wait(item, MAILBOX_PATIENCE).await {
-            Ok(()) => return None,
-            Err((PushError::Full, _)) => UndeliverableReason::MailboxFull,
-            Err((PushError::Closed, _)) => UndeliverableReason::RecipientExited,
+        let reason = loop {
+            let mailbox = match &target {
+                Some(target) => &target.mailbox,
+                None => &from.parent_inbox,
+            };
+            match mailbox.push_wait(item, MAILBOX_PATIENCE).await {
+                Ok(()) => return None,
+                Err((PushError::Full, _)) => break UndeliverableReason::MailboxFull,
+                Err((PushError::Closed, _)) => break UndeliverableReason::RecipientExited,
+                // The name moved while the sender waited: on to the new one.
+                Err((PushError::Moved, back)) => match target.and_then(|t| t.successor()) {
+                    Some(next) => {
+                        target = Some(next);
+                        item = back;
+                    }
+                    None => break UndeliverableReason::RecipientExited,
+                },
+            }
         };
         Some(InboxItem::Undeliverable {
             to,
@@ -416,11 +503,11 @@ impl Relay {
     /// # Errors
     ///
     /// When the guest has exited, its mailbox is full or the message is too large.
-    pub fn send_from_parent(&self, to: &Entry, payload: Vec<u8>) -> Result<(), SendError> {
+    pub fn send_from_parent(&self, to: &Arc<Entry>, payload: Vec<u8>) -> Result<(), SendError> {
         self.parent_send(to, Bytes::from(payload))
     }
 
-    fn parent_send(&self, to: &Entry, payload: Bytes) -> Result<(), SendError> {
+    fn parent_send(&self, to: &Arc<Entry>, payload: Bytes) -> Result<(), SendError> {
         if payload.len() as u64 > to.max_message_size {
             return Err(SendError::TooLarge {
                 len: payload.len(),
@@ -433,9 +520,10 @@ impl Relay {
             request: None,
             payload,
         };
-        to.mailbox.try_push(item).map_err(|(err, _)| match err {
+        let (to, pushed) = push_to(to, item);
+        pushed.map_err(|(err, _)| match err {
             PushError::Full => SendError::MailboxFull(to.mailbox.len()),
-            PushError::Closed => SendError::Exited,
+            PushError::Closed | PushError::Moved => SendError::Exited,
         })
     }
 
@@ -478,7 +566,10 @@ impl Relay {
             let Some(entry) = table.guests.remove(&id) else {
                 return;
             };
-            if let Some(name) = &entry.name {
+            // A name that has moved on to a newer instance stays with it.
+            if let Some(name) = &entry.name
+                && table.names.get(name) == Some(&id)
+            {
                 table.names.remove(name);
                 table.exited_names.insert(name.clone(), reason.to_owned());
             }
@@ -527,6 +618,46 @@ impl Relay {
                 self.notify(&w.mailbox, down.clone());
             }
         }
+    }
+
+    /// Swap: give `old`'s name, group membership and monitors to the
+    /// standby `new`, atomically. The messages the host holds for `old` move
+    /// to `new`'s mailbox in their order (calls among them now await
+    /// `new`'s reply), and any message that reaches `old` from now on goes
+    /// on to `new` behind them; `old` keeps its notices and the answers to
+    /// its own calls, and finishes what it was delivered. Returns how many
+    /// messages moved.
+    pub fn switch(&self, old: &Arc<Entry>, new: &Arc<Entry>) -> usize {
+        let mut table = self.write();
+        *old.successor.lock().unwrap_or_else(|e| e.into_inner()) = Some(new.clone());
+        let moved = old.mailbox.move_messages();
+        for item in &moved {
+            if let Item::Message {
+                request: Some(request),
+                ..
+            } = item
+            {
+                self.inner.calls.repoint(*request, old.id, new.id);
+            }
+        }
+        let count = moved.len();
+        new.mailbox.take_moved(moved);
+        if let Some(name) = &old.name {
+            table.names.insert(name.clone(), new.id);
+        }
+        if let Some(group) = &old.group
+            && let Some(g) = table.groups.get_mut(group)
+        {
+            for member in &mut g.members {
+                if *member == old.id {
+                    *member = new.id;
+                }
+            }
+        }
+        if let Some(watchers) = table.monitors.remove(&old.id) {
+            table.monitors.entry(new.id).or_default().extend(watchers);
+        }
+        count
     }
 
     /// Tell the senders of messages `recipient` will never take (by sender
@@ -601,6 +732,7 @@ mod tests {
             max_message_size: 1024,
             talks_to: None,
             max_cpu: None,
+            standby: false,
         }
     }
 

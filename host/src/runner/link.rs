@@ -63,6 +63,8 @@ pub struct Link {
     calls: Mutex<Calls>,
     /// Wakes calls waiting for their answer.
     answered: Notify,
+    /// Whether the host has heard that the guest is ready.
+    said_ready: std::sync::atomic::AtomicBool,
 }
 
 /// The guest's side of calls. The host decides every answer; the runner
@@ -147,6 +149,7 @@ impl Link {
             taken: AtomicU64::new(0),
             calls: Mutex::new(Calls::default()),
             answered: Notify::new(),
+            said_ready: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -380,8 +383,12 @@ impl Link {
     }
 
     /// Wait until the inbox holds an item, without taking it. Before the
-    /// guest waits, the host hears what it has taken so far.
+    /// guest waits, the host hears what it has taken so far (and, the first
+    /// time, that the guest is ready for work).
     pub async fn ready(&self) {
+        if !self.said_ready.swap(true, Ordering::Relaxed) {
+            let _ = self.queue(&RunnerToHost::Ready).await;
+        }
         if self.inbox().items.is_empty() {
             let _ = self.queue_with(|_, _| Ok(()), false).await;
         }
