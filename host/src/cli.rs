@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use serde_json::json;
 
 use wasmproc::manifest::GuestLimits;
 use wasmproc::{Command, ExitStatus, Pipeline};
@@ -29,9 +30,29 @@ enum Cmd {
     /// Run a command line or pipeline (`a.wasm x | b.wasm`), split like a
     /// shell would but never run by one.
     Exec(ExecArgs),
-    /// Start a module, call it once with PAYLOAD and print its reply on
-    /// stdout (the guest's own stdout goes to stderr), then shut it down.
+    /// Call a guest once with PAYLOAD (or @FILE) and print its reply on
+    /// stdout: a guest NAME of a running app, or a MODULE.wasm started for
+    /// the call (its own stdout goes to stderr) and shut down after.
     Call(CallArgs),
+    /// Run an app as a long-lived host with a control socket (`-d`: in the
+    /// background).
+    Up(UpArgs),
+    /// Shut a running app down (as SIGTERM does).
+    Down(AppArg),
+    /// List a running app's guests.
+    Ps(PsArgs),
+    /// Print a running app's recent guest output.
+    Logs(LogsArgs),
+    /// Plug a new module into a running app.
+    Start(StartArgs),
+    /// Stop a guest (or every member of a group) of a running app.
+    Stop(TargetArgs),
+    /// Restart a guest, or a group one member at a time.
+    Restart(TargetArgs),
+    /// Send PAYLOAD (or @FILE) to a guest of a running app.
+    Send(SendArgs),
+    /// Replace a guest's module in a running app, losing no message.
+    Swap(SwapArgs),
     /// Inspect the sandbox.
     #[command(subcommand)]
     Sandbox(SandboxCmd),
@@ -133,13 +154,117 @@ struct RunArgs {
 struct CallArgs {
     #[command(flatten)]
     options: GuestOptions,
+    #[command(flatten)]
+    app: AppArg,
     /// How long to wait for the reply.
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_call_timeout)]
     deadline: Duration,
-    /// The module (`.wasm`) to start and call.
-    module: PathBuf,
-    /// The request's bytes (as given, UTF-8).
+    /// A guest of a running app, or a module (`.wasm`) to start and call.
+    target: String,
+    /// The request's bytes (as given, UTF-8), or @FILE.
     payload: String,
+    /// Arguments for a module's guest (after `--`).
+    #[arg(last = true)]
+    args: Vec<String>,
+}
+
+/// Which running app a verb is for.
+#[derive(Debug, clap::Args)]
+struct AppArg {
+    /// The app's name (default: the only one running).
+    #[arg(long = "app", value_name = "NAME")]
+    app: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
+struct UpArgs {
+    /// Run in the background; the host's own log goes to a file it names.
+    #[arg(short = 'd', long)]
+    detach: bool,
+    /// The app's name (default: the manifest's file name without `.toml`).
+    #[arg(long = "app", value_name = "NAME")]
+    app: Option<String>,
+    /// Print one JSON object per event instead of text.
+    #[arg(long)]
+    json: bool,
+    /// The app manifest.
+    manifest: PathBuf,
+}
+
+#[derive(Debug, clap::Args)]
+struct PsArgs {
+    #[command(flatten)]
+    app: AppArg,
+    /// The answer as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+struct LogsArgs {
+    #[command(flatten)]
+    app: AppArg,
+    /// How many lines (the last ones).
+    #[arg(short = 'n', long = "lines", default_value_t = 100)]
+    lines: usize,
+    /// The lines as JSON objects.
+    #[arg(long)]
+    json: bool,
+    /// A guest or a group (default: every guest).
+    target: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
+struct TargetArgs {
+    #[command(flatten)]
+    app: AppArg,
+    /// A guest or a group.
+    target: String,
+}
+
+#[derive(Debug, clap::Args)]
+struct SendArgs {
+    #[command(flatten)]
+    app: AppArg,
+    /// A guest, or a group (its next member).
+    target: String,
+    /// The message's bytes (as given, UTF-8), or @FILE.
+    payload: String,
+}
+
+#[derive(Debug, clap::Args)]
+struct SwapArgs {
+    #[command(flatten)]
+    app: AppArg,
+    /// How long the old instance may take to finish what it was delivered.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = humantime::parse_duration)]
+    drain: Duration,
+    /// The guest to swap.
+    target: String,
+    /// Its new module.
+    module: PathBuf,
+}
+
+#[derive(Debug, clap::Args)]
+struct StartArgs {
+    #[command(flatten)]
+    options: GuestOptions,
+    #[command(flatten)]
+    app: AppArg,
+    /// The module to run.
+    #[arg(long, value_name = "MODULE.wasm")]
+    module: PathBuf,
+    /// Instances NAME.1 to NAME.N, in the group NAME.
+    #[arg(long, default_value_t = 1)]
+    replicas: u32,
+    /// Names and groups it may send to (repeat; default: anyone).
+    #[arg(long = "talks-to", value_name = "NAME")]
+    talks_to: Vec<String>,
+    /// never, on-failure or always.
+    #[arg(long, default_value = "never")]
+    restart: String,
+    /// The new guest's name.
+    name: String,
     /// Arguments for the guest (after `--`).
     #[arg(last = true)]
     args: Vec<String>,
@@ -185,6 +310,7 @@ pub fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -200,7 +326,27 @@ pub fn main() -> ExitCode {
         match cli.command {
             Cmd::Run(args) => run(args).await,
             Cmd::Exec(args) => exec(args).await,
-            Cmd::Call(args) => call(args).await,
+            Cmd::Call(args) if args.target.ends_with(".wasm") => call(args).await,
+            Cmd::Call(args) => app_call(args).await,
+            Cmd::Up(args) => up(args).await,
+            Cmd::Down(app) => verb(&app, json!({"verb": "down"}), false).await,
+            Cmd::Ps(args) => ps(args).await,
+            Cmd::Logs(args) => logs(args).await,
+            Cmd::Start(args) => start(args).await,
+            Cmd::Stop(args) => {
+                let request = json!({"verb": "stop", "target": args.target});
+                verb(&args.app, request, false).await
+            }
+            Cmd::Restart(args) => {
+                let request = json!({"verb": "restart", "target": args.target});
+                verb(&args.app, request, false).await
+            }
+            Cmd::Send(args) => {
+                let payload = wasmproc::app::encode_bytes(&read_payload(&args.payload)?);
+                let request = json!({"verb": "send", "target": args.target, "payload": payload});
+                verb(&args.app, request, false).await
+            }
+            Cmd::Swap(args) => swap(args).await,
             Cmd::Sandbox(SandboxCmd::Explain(args)) => explain(args).await,
         }
     });
@@ -239,8 +385,8 @@ const CALL_GRACE: Duration = Duration::from_secs(5);
 async fn call(args: CallArgs) -> anyhow::Result<u8> {
     use std::io::Write;
     use std::os::fd::AsFd;
-    let module = args.module.display().to_string();
-    let mut command = Command::new(&args.module);
+    let module = args.target.clone();
+    let mut command = Command::new(&args.target);
     command.args(args.args);
     args.options.apply(&mut command);
     // Stdout carries the reply alone: the guest's own output goes to stderr.
@@ -252,7 +398,9 @@ async fn call(args: CallArgs) -> anyhow::Result<u8> {
         .fork()
         .await
         .with_context(|| format!("cannot run {module}"))?;
-    let answer = child.call(args.payload.into_bytes(), args.deadline).await;
+    let answer = child
+        .call(read_payload(&args.payload)?, args.deadline)
+        .await;
     let status = child.stop(CALL_GRACE).await;
     match answer {
         Ok(reply) => {
@@ -330,7 +478,16 @@ async fn explain(args: ExplainArgs) -> anyhow::Result<u8> {
 
 async fn run_app(path: &std::path::Path, json: bool) -> anyhow::Result<u8> {
     let manifest = wasmproc::manifest::load(path)?;
-    let (tx, mut rx) = tokio::sync::mpsc::channel(wasmproc::app::EVENT_CAPACITY);
+    let (tx, rx) = tokio::sync::mpsc::channel(wasmproc::app::EVENT_CAPACITY);
+    let shutdown = shutdown_on_signals();
+    let printer = print_events(rx, json);
+    let result = wasmproc::app::run(&manifest, tx, shutdown).await;
+    let _ = printer.await;
+    Ok(if result? { 0 } else { 1 })
+}
+
+/// A token cancelled at the first SIGINT or SIGTERM.
+fn shutdown_on_signals() -> tokio_util::sync::CancellationToken {
     let shutdown = tokio_util::sync::CancellationToken::new();
     let signals = shutdown.clone();
     tokio::spawn(async move {
@@ -348,15 +505,314 @@ async fn run_app(path: &std::path::Path, json: bool) -> anyhow::Result<u8> {
         }
         signals.cancel();
     });
-    let printer = tokio::spawn(async move {
+    shutdown
+}
+
+/// Print an app's events until the app ends.
+fn print_events(
+    mut events: tokio::sync::mpsc::Receiver<wasmproc::app::Event>,
+    json: bool,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
         let mut out = Printer::new(json);
-        while let Some(event) = rx.recv().await {
+        while let Some(event) = events.recv().await {
             out.print(&event);
         }
-    });
-    let result = wasmproc::app::run(&manifest, tx, shutdown).await;
+    })
+}
+
+/// Set in the background host that `up -d` starts.
+const DETACHED_ENV: &str = "WASMPROC_DETACHED";
+
+async fn up(args: UpArgs) -> anyhow::Result<u8> {
+    use wasmproc::app::control;
+    let app = match &args.app {
+        Some(app) => app.clone(),
+        None => args
+            .manifest
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "app".to_owned()),
+    };
+    anyhow::ensure!(
+        wasmproc::manifest::valid_name(&app),
+        "`{app}` is not a valid app name: {}",
+        wasmproc::manifest::NAME_RULE
+    );
+    let manifest = wasmproc::manifest::load(&args.manifest)?;
+    if args.detach && std::env::var_os(DETACHED_ENV).is_none() {
+        return detach(&args, &app).await;
+    }
+    let (listener, socket) = control::bind(&app).await?;
+    let (tx, rx) = tokio::sync::mpsc::channel(wasmproc::app::EVENT_CAPACITY);
+    let shutdown = shutdown_on_signals();
+    let printer = print_events(rx, args.json);
+    let Some(live) = wasmproc::app::start(&manifest, tx, shutdown, true).await? else {
+        let _ = std::fs::remove_file(&socket);
+        let _ = printer.await;
+        return Ok(1);
+    };
+    tracing::info!("app `{app}` is up; control socket {}", socket.display());
+    let server = tokio::spawn(control::serve(live.clone(), listener, socket));
+    let clean = wasmproc::app::finish(&live).await;
+    let _ = server.await;
+    drop(live);
     let _ = printer.await;
-    Ok(if result? { 0 } else { 1 })
+    Ok(if clean { 0 } else { 1 })
+}
+
+/// Start this `up` again in the background, in a session of its own with
+/// its output in a log file, and return once its socket answers.
+async fn detach(args: &UpArgs, app: &str) -> anyhow::Result<u8> {
+    use std::os::unix::process::CommandExt;
+    use wasmproc::app::control;
+    let log = control::folder()?.join(format!("{app}.log"));
+    let out = std::fs::File::create(&log)
+        .with_context(|| format!("cannot write the log file {}", log.display()))?;
+    let mut command = std::process::Command::new(std::env::current_exe()?);
+    command
+        .args(["up", "--app", app])
+        .args(args.json.then_some("--json"))
+        .arg(&args.manifest)
+        .env(DETACHED_ENV, "1")
+        .stdin(std::process::Stdio::null())
+        .stdout(out.try_clone()?)
+        .stderr(out);
+    // SAFETY: only setsid, which is async-signal-safe, runs between fork and exec.
+    unsafe {
+        command.pre_exec(|| control::new_session());
+    }
+    let mut child = command
+        .spawn()
+        .context("cannot start the background host")?;
+    for _ in 0..1000 {
+        if let Ok(Some(status)) = child.try_wait() {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            anyhow::bail!("the background host ended at once ({status}):\n{text}");
+        }
+        if control::request(app, json!({"verb": "ps"})).await.is_ok() {
+            println!(
+                "app `{app}` is up (pid {}); its log is {}",
+                child.id(),
+                log.display()
+            );
+            return Ok(0);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    anyhow::bail!(
+        "the background host did not answer within 20 s; see {}",
+        log.display()
+    )
+}
+
+/// Read a payload argument: the text itself, or the bytes of @FILE.
+fn read_payload(text: &str) -> anyhow::Result<Vec<u8>> {
+    match text.strip_prefix('@') {
+        Some(file) => std::fs::read(file).with_context(|| format!("cannot read {file}")),
+        None => Ok(text.as_bytes().to_vec()),
+    }
+}
+
+/// Send one request to a running app; on success print what the verb
+/// says (`json`: the whole answer).
+async fn ask(app: &AppArg, request: serde_json::Value) -> anyhow::Result<serde_json::Value> {
+    let name = wasmproc::app::control::which_app(app.app.as_deref())?;
+    let answer = wasmproc::app::control::request(&name, request).await?;
+    if answer["ok"] != true {
+        anyhow::bail!(
+            "{}",
+            answer["error"]
+                .as_str()
+                .unwrap_or("the app refused the request")
+        );
+    }
+    Ok(answer)
+}
+
+/// A verb whose answer is a few lines of text.
+async fn verb(app: &AppArg, request: serde_json::Value, json: bool) -> anyhow::Result<u8> {
+    let verb = request["verb"].as_str().unwrap_or_default().to_owned();
+    let answer = ask(app, request).await?;
+    if json {
+        println!("{answer}");
+        return Ok(0);
+    }
+    match verb.as_str() {
+        "down" => println!("shutting down"),
+        "send" => println!("sent"),
+        _ => {
+            for line in answer["done"].as_array().into_iter().flatten() {
+                println!("{}", line.as_str().unwrap_or_default());
+            }
+        }
+    }
+    Ok(0)
+}
+
+async fn ps(args: PsArgs) -> anyhow::Result<u8> {
+    let answer = ask(&args.app, json!({"verb": "ps"})).await?;
+    if args.json {
+        println!("{}", answer["guests"]);
+        return Ok(0);
+    }
+    let rows: Vec<[String; 8]> = answer["guests"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|g| {
+            let text = |key: &str| match &g[key] {
+                serde_json::Value::Null => "-".to_owned(),
+                serde_json::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            let uptime = g["uptime_ms"].as_u64().map_or("-".to_owned(), |ms| {
+                humantime::format_duration(Duration::from_secs(ms / 1000)).to_string()
+            });
+            [
+                text("name"),
+                text("id"),
+                text("pid"),
+                text("state"),
+                uptime,
+                text("restarts"),
+                text("last_exit"),
+                format!("{} ({})", text("module"), text("artifact")),
+            ]
+        })
+        .collect();
+    let header = [
+        "NAME",
+        "ID",
+        "PID",
+        "STATE",
+        "UPTIME",
+        "RESTARTS",
+        "LAST EXIT",
+        "MODULE",
+    ];
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let last = cells.len() - 1;
+        let mut out = String::new();
+        for (i, cell) in cells.iter().enumerate() {
+            if i == last {
+                out.push_str(cell);
+            } else {
+                out.push_str(&format!("{cell:<width$}  ", width = widths[i]));
+            }
+        }
+        println!("{}", out.trim_end());
+    };
+    line(header.to_vec());
+    for row in &rows {
+        line(row.iter().map(String::as_str).collect());
+    }
+    Ok(0)
+}
+
+async fn logs(args: LogsArgs) -> anyhow::Result<u8> {
+    let request = json!({"verb": "logs", "target": args.target, "lines": args.lines});
+    let answer = ask(&args.app, request).await?;
+    for line in answer["lines"].as_array().into_iter().flatten() {
+        if args.json {
+            println!("{line}");
+        } else {
+            println!(
+                "{} | {}",
+                line["guest"].as_str().unwrap_or_default(),
+                line["line"].as_str().unwrap_or_default()
+            );
+        }
+    }
+    Ok(0)
+}
+
+async fn start(args: StartArgs) -> anyhow::Result<u8> {
+    let module = std::fs::canonicalize(&args.module)
+        .with_context(|| format!("module {} not found", args.module.display()))?;
+    let options = &args.options;
+    let ms = |d: Option<Duration>| d.map(|d| d.as_millis() as u64);
+    let request = json!({
+        "verb": "start",
+        "target": args.name,
+        "module": module.display().to_string(),
+        "args": args.args,
+        "env": options.env.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>(),
+        "replicas": args.replicas,
+        "talks_to": (!args.talks_to.is_empty()).then_some(&args.talks_to),
+        "restart": args.restart,
+        "limits": {
+            "timeout_ms": ms(options.timeout),
+            "max_memory": options.max_memory,
+            "max_cpu_ms": ms(options.max_cpu),
+            "max_message_size": options.max_message_size,
+            "inbox_size": options.inbox_size,
+            "max_call_timeout_ms": ms(options.max_call_timeout),
+        },
+    });
+    anyhow::ensure!(
+        options.dirs.is_empty() && options.dirs_ro.is_empty(),
+        "`start` takes no --dir or --dir-ro: give folders in the manifest"
+    );
+    let answer = ask(&args.app, request).await?;
+    for name in answer["started"].as_array().into_iter().flatten() {
+        println!("started {}", name.as_str().unwrap_or_default());
+    }
+    Ok(0)
+}
+
+async fn swap(args: SwapArgs) -> anyhow::Result<u8> {
+    let module = std::fs::canonicalize(&args.module)
+        .with_context(|| format!("module {} not found", args.module.display()))?;
+    let request = json!({
+        "verb": "swap",
+        "target": args.target,
+        "module": module.display().to_string(),
+        "drain_ms": args.drain.as_millis() as u64,
+    });
+    let answer = ask(&args.app, request).await?;
+    println!(
+        "swapped {}: {} moved, {} drained, {} returned (the old one: {})",
+        args.target,
+        answer["moved"],
+        answer["drained"],
+        answer["returned"],
+        answer["old"].as_str().unwrap_or_default()
+    );
+    Ok(0)
+}
+
+/// `call NAME PAYLOAD` against a running app.
+async fn app_call(args: CallArgs) -> anyhow::Result<u8> {
+    use std::io::Write;
+    let payload = wasmproc::app::encode_bytes(&read_payload(&args.payload)?);
+    let request = json!({
+        "verb": "call",
+        "target": args.target,
+        "payload": payload,
+        // For a guest of an app, `--timeout` means the call's deadline too.
+        "timeout_ms": args.options.timeout.unwrap_or(args.deadline).as_millis() as u64,
+    });
+    match ask(&args.app, request).await {
+        Ok(answer) => {
+            let reply = wasmproc::app::decode_bytes(answer["reply"].as_str().unwrap_or_default())
+                .map_err(anyhow::Error::msg)?;
+            let mut out = std::io::stdout().lock();
+            out.write_all(&reply)?;
+            out.flush()?;
+            Ok(0)
+        }
+        Err(err) => {
+            eprintln!("wasmproc: call to {} failed: {err:#}", args.target);
+            Ok(EXIT_CALL_FAILED)
+        }
+    }
 }
 
 /// Prints app events for people (prefixed, coloured on a terminal) or as JSON lines.
@@ -392,7 +848,7 @@ impl Printer {
     fn print(&mut self, event: &wasmproc::app::Event) {
         use wasmproc::app::{Event, Stream};
         if self.json {
-            println!("{}", event_json(event));
+            println!("{}", event.to_json());
             return;
         }
         match event {
@@ -441,65 +897,25 @@ impl Printer {
             Event::Refused { from, to } => {
                 eprintln!("wasmproc: refused: {from} may not send to {to}");
             }
+            Event::Swapped {
+                guest,
+                moved,
+                drained,
+                returned,
+            } => eprintln!(
+                "wasmproc: swapped {}: {moved} moved, {drained} drained, {returned} returned",
+                self.label(guest, self.tty_err)
+            ),
+            Event::Request { verb, target } if verb == "refused" => {
+                eprintln!("wasmproc: refused a control connection from {target}");
+            }
+            Event::Request { verb, target } => {
+                eprintln!("wasmproc: request: {verb} {target}");
+            }
+            Event::ShuttingDown => eprintln!("wasmproc: shutting down"),
             Event::Stopped { dropped_notices } => eprintln!(
                 "wasmproc: stopped; {dropped_notices} notices dropped for guests whose mailbox was full"
             ),
-        }
-    }
-}
-
-/// One event as a JSON object.
-fn event_json(event: &wasmproc::app::Event) -> serde_json::Value {
-    use serde_json::json;
-    use wasmproc::app::{Event, Stream};
-    match event {
-        Event::Started { guest, id, pid } => {
-            json!({"event": "started", "guest": guest, "id": id, "pid": pid})
-        }
-        Event::Output {
-            guest,
-            stream,
-            line,
-        } => json!({
-            "event": "output",
-            "guest": guest,
-            "stream": if *stream == Stream::Stdout { "stdout" } else { "stderr" },
-            "line": line,
-        }),
-        Event::Exited {
-            guest,
-            status,
-            uptime,
-        } => json!({
-            "event": "exited",
-            "guest": guest,
-            "reason": status.to_string(),
-            "code": status.code(),
-            "uptime_ms": uptime.as_millis() as u64,
-        }),
-        Event::Restarting {
-            guest,
-            attempt,
-            delay,
-        } => json!({
-            "event": "restarted",
-            "guest": guest,
-            "attempt": attempt,
-            "delay_ms": delay.as_millis() as u64,
-        }),
-        Event::GaveUp {
-            guest,
-            restarts,
-            window,
-        } => json!({
-            "event": "gave-up",
-            "guest": guest,
-            "restarts": restarts,
-            "window_ms": window.as_millis() as u64,
-        }),
-        Event::Refused { from, to } => json!({"event": "refused", "from": from, "to": to}),
-        Event::Stopped { dropped_notices } => {
-            json!({"event": "stopped", "dropped_notices": dropped_notices})
         }
     }
 }
@@ -515,5 +931,13 @@ fn report(what: &str, status: &ExitStatus) {
             }
         }
         _ => eprintln!("wasmproc: {what}: {status}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_command_line_is_well_formed() {
+        <super::Cli as clap::CommandFactory>::command().debug_assert();
     }
 }

@@ -19,7 +19,9 @@
 //!   or `error: WHY`; with LISTEN_MS, it then waits that long for inbox
 //!   items and tells `inbox: N items`;
 //! - `rpc fan N TARGET`: N calls in flight at once, payloads `0` to `N-1`,
-//!   then `matched M of N` (how many replies equal their request).
+//!   then `matched M of N` (how many replies equal their request);
+//! - `rpc poll TARGET PAYLOAD`: call TARGET every 50 ms until a call is
+//!   answered (TARGET may not exist yet), then print `ok REPLY` on stdout.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -57,6 +59,16 @@ fn main() -> ExitCode {
             }
             ExitCode::SUCCESS
         }
+        ["poll", target, payload] => {
+            let to = Address::parse(target);
+            loop {
+                if let Ok(reply) = ipc::call(to.clone(), payload.as_bytes(), Duration::from_secs(5)) {
+                    println!("ok {}", String::from_utf8_lossy(&reply));
+                    return ExitCode::SUCCESS;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
         ["fan", n, target] => {
             let Ok(n) = n.parse::<u32>() else {
                 return usage();
@@ -71,7 +83,8 @@ fn main() -> ExitCode {
 fn usage() -> ExitCode {
     eprintln!(
         "usage: rpc serve echo|name|late MS|twice|never|trap|gather N|forge \
-         | rpc call TARGET PAYLOAD TIMEOUT_MS [LISTEN_MS] | rpc fan N TARGET"
+         | rpc call TARGET PAYLOAD TIMEOUT_MS [LISTEN_MS] | rpc fan N TARGET \
+         | rpc poll TARGET PAYLOAD"
     );
     ExitCode::from(2)
 }

@@ -229,6 +229,7 @@ struct RawDir {
     read_only: bool,
 }
 
+pub use wasmproc_protocol::contract::NAME_RULE;
 pub use wasmproc_protocol::valid_name;
 
 /// Why a CPU limit of zero is refused (the manifest and the CLI say the same).

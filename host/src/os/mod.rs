@@ -9,6 +9,8 @@
 //! - [`pty`]: a terminal of its own for a guest on a terminal.
 //! - [`syscalls`]: every system call's name, to say which one a sandbox
 //!   refused.
+//! - [`user`]: the effective user id, and a session of its own for a
+//!   daemon.
 
 pub(crate) mod alloc;
 pub(crate) mod limits;
@@ -16,6 +18,7 @@ pub(crate) mod pipe;
 pub(crate) mod process;
 pub(crate) mod pty;
 pub(crate) mod syscalls;
+pub mod user;
 
 pub use alloc::keep_large_buffers_in_heap;
 pub use process::{ChildStderr, ChildStdin, ChildStdout, Stdio};

@@ -13,14 +13,19 @@
 //! `shutdown` item, and whatever is still running after its `grace` is
 //! killed. Everything that happens is an [`Event`] on one channel.
 
-use std::collections::VecDeque;
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use wasmproc_manifest::{GuestDef, Manifest, RestartPolicy};
+use wasmproc_manifest::{GuestDef, Manifest};
 
-use crate::child::Child;
+pub mod control;
+mod live;
+mod supervise;
+
+pub use live::{Live, decode_bytes, encode_bytes, unix_ms};
+
 use crate::command::{Command, default_arg0};
 use crate::host::Host;
 use crate::os::Stdio;
@@ -71,12 +76,102 @@ pub enum Event {
         from: String,
         to: String,
     },
+    /// A swap replaced the guest's module; what became of its messages.
+    Swapped {
+        guest: String,
+        moved: u64,
+        drained: u64,
+        returned: u64,
+    },
+    /// A control request came (`verb` and its target, as given).
+    Request {
+        verb: String,
+        target: String,
+    },
+    /// The app shuts down (`down`, SIGTERM or Ctrl-C).
+    ShuttingDown,
     /// The app has stopped and the host dropped notices rather than wait
     /// for a guest that did not read its mailbox (see
     /// [`Host::dropped_notices`]); sent only when there were any.
     Stopped {
         dropped_notices: u64,
     },
+}
+
+impl Event {
+    /// The event as one JSON object, with the time it is written (`ts_ms`,
+    /// milliseconds since the Unix epoch).
+    pub fn to_json(&self) -> serde_json::Value {
+        use serde_json::json;
+        let mut value = match self {
+            Event::Started { guest, id, pid } => {
+                json!({"event": "started", "guest": guest, "id": id, "pid": pid})
+            }
+            Event::Output {
+                guest,
+                stream,
+                line,
+            } => json!({
+                "event": "output",
+                "guest": guest,
+                "stream": if *stream == Stream::Stdout { "stdout" } else { "stderr" },
+                "line": line,
+            }),
+            Event::Exited {
+                guest,
+                status,
+                uptime,
+            } => json!({
+                "event": "exited",
+                "guest": guest,
+                "reason": status.to_string(),
+                "code": status.code(),
+                "uptime_ms": uptime.as_millis() as u64,
+            }),
+            Event::Restarting {
+                guest,
+                attempt,
+                delay,
+            } => json!({
+                "event": "restarted",
+                "guest": guest,
+                "attempt": attempt,
+                "delay_ms": delay.as_millis() as u64,
+            }),
+            Event::GaveUp {
+                guest,
+                restarts,
+                window,
+            } => json!({
+                "event": "gave-up",
+                "guest": guest,
+                "restarts": restarts,
+                "window_ms": window.as_millis() as u64,
+            }),
+            Event::Refused { from, to } => json!({"event": "refused", "from": from, "to": to}),
+            Event::Swapped {
+                guest,
+                moved,
+                drained,
+                returned,
+            } => json!({
+                "event": "swapped",
+                "guest": guest,
+                "moved": moved,
+                "drained": drained,
+                "returned": returned,
+            }),
+            Event::Request { verb, target } => {
+                json!({"event": "request", "verb": verb, "target": target})
+            }
+            Event::ShuttingDown => json!({"event": "shutting-down"}),
+            Event::Stopped { dropped_notices } => {
+                json!({"event": "stopped", "dropped_notices": dropped_notices})
+            }
+        };
+        value["ts_ms"] = json!(unix_ms(std::time::SystemTime::now()));
+        value
+    }
 }
 
 /// Why an app did not start at all.
@@ -133,22 +228,46 @@ pub async fn run(
     events: mpsc::Sender<Event>,
     shutdown: CancellationToken,
 ) -> Result<bool, AppError> {
+    let Some(live) = start(manifest, events, shutdown, false).await? else {
+        return Ok(false);
+    };
+    Ok(finish(&live).await)
+}
+
+/// Start every guest of `manifest` and its supervisor: the app, live.
+/// `None` when a guest could not start (nothing runs then; the event says
+/// why). With `stay_up` the app stays up when every guest has ended, until
+/// `shutdown`.
+///
+/// # Errors
+///
+/// As [`run`].
+pub async fn start(
+    manifest: &Manifest,
+    events: mpsc::Sender<Event>,
+    shutdown: CancellationToken,
+    stay_up: bool,
+) -> Result<Option<Arc<Live>>, AppError> {
     check_capacity(manifest)?;
     let host = Host::new();
+    let live = Live::new(host.clone(), events, shutdown, stay_up);
     let (refusals_tx, mut refusals) = mpsc::channel(256);
     host.relay().report_refusals(refusals_tx);
-    let forward = events.clone();
-    let refusals_task = tokio::spawn(async move {
+    // Weakly: once the app is gone, so is its event channel.
+    let forward = Arc::downgrade(&live);
+    tokio::spawn(async move {
         while let Some(refusal) = refusals.recv().await {
+            let Some(live) = forward.upgrade() else {
+                return;
+            };
             let from = refusal
                 .from_name
                 .unwrap_or_else(|| refusal.from.to_string());
-            let _ = forward
-                .send(Event::Refused {
-                    from,
-                    to: refusal.to.to_string(),
-                })
-                .await;
+            live.emit(Event::Refused {
+                from,
+                to: refusal.to.to_string(),
+            })
+            .await;
         }
     });
 
@@ -168,153 +287,36 @@ pub async fn run(
     let children = match host.fork_all(&mut commands).await {
         Ok(children) => children,
         Err(err) => {
-            let _ = events
-                .send(Event::Exited {
-                    guest: instances[err.index].1.clone(),
-                    status: ExitStatus::Failed {
-                        reason: err.to_string(),
-                    },
-                    uptime: Duration::ZERO,
-                })
-                .await;
-            refusals_task.abort();
-            return Ok(false);
+            live.emit(Event::Exited {
+                guest: instances[err.index].1.clone(),
+                status: ExitStatus::Failed {
+                    reason: err.to_string(),
+                },
+                uptime: Duration::ZERO,
+            })
+            .await;
+            return Ok(None);
         }
     };
-    let mut tasks = Vec::new();
     for ((def, name), child) in instances.into_iter().zip(children) {
-        tasks.push(tokio::spawn(supervise(
-            host.clone(),
-            def.clone(),
-            name,
-            child,
-            events.clone(),
-            shutdown.clone(),
-        )));
+        live.adopt(def, &name, Some(child));
     }
-    let mut clean = true;
-    for task in tasks {
-        clean &= matches!(task.await, Ok(true));
+    Ok(Some(live))
+}
+
+/// Wait for a started app to end (with `stay_up`: for `shutdown`, then for
+/// its guests); whether every guest's last run exited with code 0.
+pub async fn finish(live: &Arc<Live>) -> bool {
+    if live.stay_up {
+        live.shutdown.cancelled().await;
     }
-    refusals_task.abort();
-    let dropped_notices = host.dropped_notices();
+    live.tasks.close();
+    live.tasks.wait().await;
+    let dropped_notices = live.host.dropped_notices();
     if dropped_notices > 0 {
-        let _ = events.send(Event::Stopped { dropped_notices }).await;
+        live.emit(Event::Stopped { dropped_notices }).await;
     }
-    Ok(clean)
-}
-
-/// Supervise one instance, started as `first`; returns whether its last
-/// run exited with code 0.
-async fn supervise(
-    host: Host,
-    def: GuestDef,
-    name: String,
-    first: Child,
-    events: mpsc::Sender<Event>,
-    shutdown: CancellationToken,
-) -> bool {
-    let mut short_runs: VecDeque<Instant> = VecDeque::new();
-    let mut consecutive_short: u32 = 0;
-    let mut attempt: u32 = 0;
-    let mut first = Some(first);
-    loop {
-        let started = Instant::now();
-        let child = match first.take() {
-            Some(child) => Ok(child),
-            None => start(&host, &def, &name).await,
-        };
-        let status = match child {
-            Ok(mut child) => {
-                let _ = events
-                    .send(Event::Started {
-                        guest: name.clone(),
-                        id: child.id().0,
-                        pid: child.pid(),
-                    })
-                    .await;
-                let out = forward_lines(child.stdout.take(), &name, Stream::Stdout, &events);
-                let err = forward_lines(child.stderr.take(), &name, Stream::Stderr, &events);
-                let status = tokio::select! {
-                    status = child.wait() => status,
-                    () = shutdown.cancelled() => child.stop(def.grace).await,
-                };
-                let _ = tokio::join!(out, err);
-                status
-            }
-            Err(err) => ExitStatus::Failed {
-                reason: format!("{err}"),
-            },
-        };
-        let uptime = started.elapsed();
-        let success = status.success();
-        let _ = events
-            .send(Event::Exited {
-                guest: name.clone(),
-                status: status.clone(),
-                uptime,
-            })
-            .await;
-        if shutdown.is_cancelled() {
-            return success;
-        }
-        let again = match def.restart {
-            RestartPolicy::Never => false,
-            RestartPolicy::OnFailure => !success,
-            RestartPolicy::Always => true,
-        };
-        if !again {
-            return success;
-        }
-
-        let now = Instant::now();
-        if uptime < def.min_uptime {
-            consecutive_short += 1;
-            short_runs.push_back(now);
-            while short_runs
-                .front()
-                .is_some_and(|t| now.duration_since(*t) > def.restart_window)
-            {
-                short_runs.pop_front();
-            }
-            if short_runs.len() as u32 > def.max_restarts {
-                let _ = events
-                    .send(Event::GaveUp {
-                        guest: name.clone(),
-                        restarts: attempt,
-                        window: def.restart_window,
-                    })
-                    .await;
-                return false;
-            }
-        } else {
-            consecutive_short = 0;
-        }
-        attempt += 1;
-        let delay = backoff(def.backoff, def.backoff_max, consecutive_short);
-        let _ = events
-            .send(Event::Restarting {
-                guest: name.clone(),
-                attempt,
-                delay,
-            })
-            .await;
-        tokio::select! {
-            () = tokio::time::sleep(delay) => {}
-            () = shutdown.cancelled() => return success,
-        }
-    }
-}
-
-/// The delay before a restart: `base` after a stable run, doubling with each
-/// consecutive short run, never above `max`.
-fn backoff(base: Duration, max: Duration, consecutive_short: u32) -> Duration {
-    let factor = 2u32.saturating_pow(consecutive_short.saturating_sub(1).min(20));
-    base.saturating_mul(factor).min(max)
-}
-
-async fn start(host: &Host, def: &GuestDef, name: &str) -> Result<Child, crate::host::SpawnError> {
-    command_for(host, def, name).fork().await
+    live.clean()
 }
 
 /// The command that starts instance `name` of `def`.
@@ -341,33 +343,30 @@ pub fn command_for(host: &Host, def: &GuestDef, name: &str) -> crate::Command {
     command
 }
 
-/// Forward a stream's lines as events until it ends.
+/// Forward a stream's lines as events until it ends (kept reading also
+/// when nobody prints any more, so the guest never sees a closed pipe
+/// while the host runs).
 fn forward_lines<R>(
     stream: Option<R>,
     guest: &str,
     which: Stream,
-    events: &mpsc::Sender<Event>,
+    live: &Arc<Live>,
 ) -> tokio::task::JoinHandle<()>
 where
     R: tokio::io::AsyncRead + Unpin + Send + 'static,
 {
     let guest = guest.to_owned();
-    let events = events.clone();
+    let live = live.clone();
     tokio::spawn(async move {
         let Some(stream) = stream else { return };
         let mut lines = Lines::new(stream);
         while let Some(line) = lines.next().await {
-            let event = Event::Output {
+            live.emit(Event::Output {
                 guest: guest.clone(),
                 stream: which,
                 line,
-            };
-            if events.send(event).await.is_err() {
-                // Nobody prints any more; keep reading so the guest never
-                // sees a closed pipe while the host runs.
-                while lines.next().await.is_some() {}
-                break;
-            }
+            })
+            .await;
         }
     })
 }
@@ -474,24 +473,5 @@ mod tests {
         assert_eq!(lines.len(), 3);
         assert_eq!(lines[0].len(), MAX_LINE);
         assert_eq!(&lines[1..], ["", "end"]);
-    }
-
-    #[test]
-    fn backoff_doubles_per_short_run_and_is_capped() {
-        let ms = Duration::from_millis;
-        let delays: Vec<_> = (0..8).map(|n| backoff(ms(100), ms(1500), n)).collect();
-        assert_eq!(
-            delays,
-            vec![
-                ms(100),
-                ms(100),
-                ms(200),
-                ms(400),
-                ms(800),
-                ms(1500),
-                ms(1500),
-                ms(1500)
-            ]
-        );
     }
 }

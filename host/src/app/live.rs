@@ -1,0 +1,523 @@
+//! A running app as the control verbs see it: one [`Slot`] per guest
+//! instance (its state, its numbers, the channel to its supervisor), the
+//! guests' recent output, and the verbs themselves.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime};
+
+use serde_json::{Value, json};
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use wasmproc_manifest::GuestDef;
+use wasmproc_protocol::{Address, valid_name};
+
+use super::supervise::{Control, supervise};
+use super::{Event, Stream, command_for};
+use crate::cache::Cache;
+use crate::child::Child;
+use crate::host::{Host, Swapped};
+use crate::status::ExitStatus;
+
+/// Output bytes kept per guest for `logs`; older lines make room.
+pub const LOG_BYTES: usize = 256 * 1024;
+/// Events a slow subscriber may fall behind before it misses some.
+const SUBSCRIBER_BACKLOG: usize = 4096;
+/// Control verbs waiting for one supervisor.
+const CONTROL_BACKLOG: usize = 16;
+
+/// Where an instance is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    Starting,
+    Running,
+    Restarting,
+    /// Stopped by `stop`.
+    Stopped,
+    /// Ended, and its restart policy does not start it again.
+    Exited,
+    /// Ended too often too quickly: the supervisor gave up.
+    GaveUp,
+}
+
+impl State {
+    fn as_str(self) -> &'static str {
+        match self {
+            State::Starting => "starting",
+            State::Running => "running",
+            State::Restarting => "restarting",
+            State::Stopped => "stopped",
+            State::Exited => "exited",
+            State::GaveUp => "gave-up",
+        }
+    }
+}
+
+/// One guest instance of the app.
+#[derive(Debug)]
+pub struct Slot {
+    pub name: String,
+    /// The group of its table, with replicas.
+    pub group: Option<String>,
+    control: mpsc::Sender<Control>,
+    info: Mutex<Info>,
+}
+
+#[derive(Debug)]
+struct Info {
+    state: State,
+    id: u64,
+    pid: u32,
+    since: Instant,
+    restarts: u32,
+    last_exit: Option<String>,
+    last_success: bool,
+    module: PathBuf,
+    /// The start of the module's artifact hash.
+    artifact: String,
+}
+
+impl Slot {
+    fn info(&self) -> MutexGuard<'_, Info> {
+        self.info.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A run of `child` has started.
+    pub(super) async fn running(&self, child: &Child, def: &GuestDef) {
+        let artifact = artifact_hash(&def.module).await;
+        let mut info = self.info();
+        info.state = State::Running;
+        info.id = child.id().0;
+        info.pid = child.pid();
+        info.since = Instant::now();
+        info.module = def.module.clone();
+        info.artifact = artifact;
+    }
+
+    /// A swap has put `child` (running `def`'s module) in the old one's place.
+    pub(super) async fn swapped(&self, child: &Child, def: &GuestDef) {
+        let artifact = artifact_hash(&def.module).await;
+        let mut info = self.info();
+        info.id = child.id().0;
+        info.pid = child.pid();
+        info.module = def.module.clone();
+        info.artifact = artifact;
+    }
+
+    /// A run ended with `status`; the instance is now `state`.
+    pub(super) fn set_ended(&self, status: &ExitStatus, state: State) {
+        let mut info = self.info();
+        info.state = state;
+        info.pid = 0;
+        info.last_exit = Some(status.to_string());
+        info.last_success = status.success();
+    }
+
+    /// It is being started again.
+    pub(super) fn restarted(&self) {
+        let mut info = self.info();
+        info.restarts += 1;
+        info.state = State::Starting;
+    }
+
+    /// `ps`'s row.
+    fn row(&self) -> Value {
+        let info = self.info();
+        let live = matches!(info.state, State::Running);
+        json!({
+            "name": self.name,
+            "group": self.group,
+            "id": info.id,
+            "pid": if live { Some(info.pid) } else { None },
+            "state": info.state.as_str(),
+            "uptime_ms": if live { Some(info.since.elapsed().as_millis() as u64) } else { None },
+            "restarts": info.restarts,
+            "last_exit": info.last_exit,
+            "module": info.module.display().to_string(),
+            "artifact": info.artifact,
+        })
+    }
+}
+
+/// The start of the artifact hash of `module` (the cache has it already).
+async fn artifact_hash(module: &Path) -> String {
+    match Cache::global().artifact(module).await {
+        Ok(artifact) => artifact
+            .path
+            .file_stem()
+            .map(|s| s.to_string_lossy().chars().take(12).collect())
+            .unwrap_or_default(),
+        Err(_) => String::new(),
+    }
+}
+
+/// One line a guest wrote.
+#[derive(Debug, Clone)]
+struct LogLine {
+    at: SystemTime,
+    stream: Stream,
+    line: String,
+}
+
+/// Each guest's recent output, capped in bytes.
+#[derive(Debug, Default)]
+struct Logs {
+    by_guest: BTreeMap<String, (VecDeque<LogLine>, usize)>,
+}
+
+impl Logs {
+    fn push(&mut self, guest: &str, stream: Stream, line: &str) {
+        let (lines, bytes) = self.by_guest.entry(guest.to_owned()).or_default();
+        *bytes += line.len();
+        lines.push_back(LogLine {
+            at: SystemTime::now(),
+            stream,
+            line: line.to_owned(),
+        });
+        while *bytes > LOG_BYTES {
+            match lines.pop_front() {
+                Some(old) => *bytes -= old.line.len(),
+                None => break,
+            }
+        }
+    }
+}
+
+/// A running app.
+#[derive(Debug)]
+pub struct Live {
+    pub(super) host: Host,
+    pub(super) shutdown: CancellationToken,
+    /// Whether the app stays up when every guest has ended (`up`), so that
+    /// verbs can start guests again.
+    pub(super) stay_up: bool,
+    events: mpsc::Sender<Event>,
+    subscribers: broadcast::Sender<Event>,
+    slots: Mutex<BTreeMap<String, Arc<Slot>>>,
+    logs: Mutex<Logs>,
+    pub(super) tasks: TaskTracker,
+}
+
+/// The JSON answer of a verb: `Ok` fields, or an error message.
+pub type Answer = Result<Value, String>;
+
+impl Live {
+    pub(super) fn new(
+        host: Host,
+        events: mpsc::Sender<Event>,
+        shutdown: CancellationToken,
+        stay_up: bool,
+    ) -> Arc<Live> {
+        Arc::new(Live {
+            host,
+            shutdown,
+            stay_up,
+            events,
+            subscribers: broadcast::Sender::new(SUBSCRIBER_BACKLOG),
+            slots: Mutex::new(BTreeMap::new()),
+            logs: Mutex::new(Logs::default()),
+            tasks: TaskTracker::new(),
+        })
+    }
+
+    fn slots(&self) -> MutexGuard<'_, BTreeMap<String, Arc<Slot>>> {
+        self.slots.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Record an event (output goes to the logs) and pass it on to the
+    /// printer and to subscribers.
+    pub(super) async fn emit(&self, event: Event) {
+        if let Event::Output {
+            guest,
+            stream,
+            line,
+        } = &event
+        {
+            self.logs
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(guest, *stream, line);
+        }
+        let _ = self.subscribers.send(event.clone());
+        let _ = self.events.send(event).await;
+    }
+
+    /// Events from now on, for a `subscribe` connection.
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.subscribers.subscribe()
+    }
+
+    /// Supervise instance `name` of `def`, started as `first` (or started by
+    /// the supervisor).
+    pub(super) fn adopt(self: &Arc<Self>, def: &GuestDef, name: &str, first: Option<Child>) {
+        let (control, verbs) = mpsc::channel(CONTROL_BACKLOG);
+        let slot = Arc::new(Slot {
+            name: name.to_owned(),
+            group: (def.replicas > 1).then(|| def.name.clone()),
+            control,
+            info: Mutex::new(Info {
+                state: State::Starting,
+                id: 0,
+                pid: 0,
+                since: Instant::now(),
+                restarts: 0,
+                last_exit: None,
+                last_success: false,
+                module: def.module.clone(),
+                artifact: String::new(),
+            }),
+        });
+        self.slots().insert(name.to_owned(), slot.clone());
+        self.tasks
+            .spawn(supervise(self.clone(), def.clone(), slot, first, verbs));
+    }
+
+    /// Whether every instance's last run exited with code 0.
+    pub(super) fn clean(&self) -> bool {
+        self.slots().values().all(|slot| slot.info().last_success)
+    }
+
+    /// The instances `target` names: one by name, or every member of a group.
+    fn targets(&self, target: &str) -> Result<Vec<Arc<Slot>>, String> {
+        let slots = self.slots();
+        if let Some(slot) = slots.get(target) {
+            return Ok(vec![slot.clone()]);
+        }
+        let members: Vec<Arc<Slot>> = slots
+            .values()
+            .filter(|s| s.group.as_deref() == Some(target))
+            .cloned()
+            .collect();
+        if members.is_empty() {
+            return Err(format!("no guest or group `{target}` in this app"));
+        }
+        Ok(members)
+    }
+
+    /// `ps`: every instance, by name.
+    pub fn ps(&self) -> Answer {
+        let rows: Vec<Value> = self.slots().values().map(|s| s.row()).collect();
+        Ok(json!({ "guests": rows }))
+    }
+
+    /// `stop` / `restart`: one instance, or a group one member at a time.
+    pub async fn stop_or_restart(&self, target: &str, restart: bool) -> Answer {
+        let mut done = Vec::new();
+        for slot in self.targets(target)? {
+            let (reply, answer) = oneshot::channel();
+            let verb = if restart {
+                Control::Restart(reply)
+            } else {
+                Control::Stop(reply)
+            };
+            slot.control
+                .send(verb)
+                .await
+                .map_err(|_| format!("{} is no longer supervised", slot.name))?;
+            let said = answer
+                .await
+                .map_err(|_| format!("{} ended meanwhile", slot.name))?
+                .map_err(|err| format!("{}: {err}", slot.name))?;
+            if restart {
+                // Rolling: the next member goes once this one runs again.
+                self.wait_running(&slot).await;
+            }
+            done.push(said);
+        }
+        Ok(json!({ "done": done }))
+    }
+
+    /// Wait (a while) until `slot` runs again after a restart.
+    async fn wait_running(&self, slot: &Slot) {
+        for _ in 0..500 {
+            if slot.info().state == State::Running {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// `swap`: replace instance `name`'s module with `module`.
+    pub async fn swap(&self, name: &str, module: PathBuf, drain: Duration) -> Answer {
+        let slot = self.slots().get(name).cloned().ok_or_else(|| {
+            format!("no guest `{name}` in this app (swap one member of a group at a time)")
+        })?;
+        Cache::global()
+            .artifact(&module)
+            .await
+            .map_err(|err| err.to_string())?;
+        let (reply, answer) = oneshot::channel();
+        slot.control
+            .send(Control::Swap {
+                module,
+                drain,
+                reply,
+            })
+            .await
+            .map_err(|_| format!("{name} is no longer supervised"))?;
+        let Swapped {
+            moved,
+            drained,
+            returned,
+            old_status,
+        } = answer
+            .await
+            .map_err(|_| format!("{name} ended meanwhile"))??;
+        Ok(json!({
+            "moved": moved,
+            "drained": drained,
+            "returned": returned,
+            "old": old_status.to_string(),
+        }))
+    }
+
+    /// `start`: plug a new guest (every instance of `def`) into the app,
+    /// under the manifest's rules.
+    pub async fn start(self: &Arc<Self>, def: GuestDef) -> Answer {
+        let names = def.instance_names();
+        {
+            let slots = self.slots();
+            for name in names.iter().chain(std::iter::once(&def.name)) {
+                if !valid_name(name) {
+                    return Err(format!(
+                        "`{name}` is not a valid guest name: {}",
+                        wasmproc_protocol::contract::NAME_RULE
+                    ));
+                }
+                if slots.contains_key(name)
+                    || slots.values().any(|s| s.group.as_deref() == Some(name))
+                {
+                    return Err(format!("`{name}` is in the app already"));
+                }
+            }
+            if let Some(talks_to) = &def.talks_to {
+                for to in talks_to {
+                    let known = slots.contains_key(to)
+                        || slots
+                            .values()
+                            .any(|s| s.group.as_deref() == Some(to.as_str()))
+                        || *to == def.name;
+                    if !known {
+                        return Err(format!("talks-to: `{to}` names no guest or group"));
+                    }
+                }
+            }
+        }
+        let mut commands: Vec<crate::Command> = names
+            .iter()
+            .map(|name| command_for(&self.host, &def, name))
+            .collect();
+        let children = self
+            .host
+            .fork_all(&mut commands)
+            .await
+            .map_err(|err| err.to_string())?;
+        for (name, child) in names.iter().zip(children) {
+            self.adopt(&def, name, Some(child));
+        }
+        Ok(json!({ "started": names }))
+    }
+
+    /// The address a verb's target means: a group by its name, else a name.
+    fn address(&self, target: &str) -> Address {
+        let is_group = self
+            .slots()
+            .values()
+            .any(|s| s.group.as_deref() == Some(target));
+        if is_group {
+            Address::Group(target.to_owned())
+        } else {
+            Address::Name(target.to_owned())
+        }
+    }
+
+    /// `send`: from the parent to a guest or a group's next member.
+    pub fn send(&self, target: &str, payload: Vec<u8>) -> Answer {
+        self.host
+            .send(&self.address(target), payload)
+            .map_err(|err| err.to_string())?;
+        Ok(json!({ "sent": true }))
+    }
+
+    /// `call`: from the parent, waiting for the reply.
+    pub async fn call(&self, target: &str, payload: Vec<u8>, timeout: Duration) -> Answer {
+        let reply = self
+            .host
+            .call(&self.address(target), payload, timeout)
+            .await
+            .map_err(|err| format!("the call failed: {err}"))?;
+        Ok(json!({ "reply": encode_bytes(&reply) }))
+    }
+
+    /// `logs`: the last `n` lines of `target` (a guest or a group; every
+    /// guest when `None`), oldest first.
+    pub fn logs(&self, target: Option<&str>, n: usize) -> Answer {
+        let wanted: Option<Vec<String>> = match target {
+            Some(target) => Some(
+                self.targets(target)?
+                    .iter()
+                    .map(|s| s.name.clone())
+                    .collect(),
+            ),
+            None => None,
+        };
+        let logs = self.logs.lock().unwrap_or_else(|e| e.into_inner());
+        let mut lines: Vec<(&String, &LogLine)> = logs
+            .by_guest
+            .iter()
+            .filter(|(guest, _)| wanted.as_ref().is_none_or(|w| w.contains(guest)))
+            .flat_map(|(guest, (lines, _))| lines.iter().map(move |l| (guest, l)))
+            .collect();
+        lines.sort_by_key(|(_, l)| l.at);
+        let skip = lines.len().saturating_sub(n);
+        let lines: Vec<Value> = lines[skip..]
+            .iter()
+            .map(|(guest, l)| {
+                json!({
+                    "guest": guest,
+                    "ts_ms": unix_ms(l.at),
+                    "stream": if l.stream == Stream::Stdout { "stdout" } else { "stderr" },
+                    "line": l.line,
+                })
+            })
+            .collect();
+        Ok(json!({ "lines": lines }))
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn unix_ms(at: SystemTime) -> u64 {
+    at.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Bytes for JSON: the text when it is UTF-8, else `hex:` and the bytes.
+pub fn encode_bytes(bytes: &[u8]) -> String {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => text.to_owned(),
+        Err(_) => {
+            let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+            format!("hex:{hex}")
+        }
+    }
+}
+
+/// The inverse of [`encode_bytes`].
+///
+/// # Errors
+///
+/// A `hex:` string that is not hex.
+pub fn decode_bytes(text: &str) -> Result<Vec<u8>, String> {
+    let Some(hex) = text.strip_prefix("hex:") else {
+        return Ok(text.as_bytes().to_vec());
+    };
+    if hex.len() % 2 != 0 {
+        return Err("hex: needs an even number of digits".to_owned());
+    }
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).map_err(|_| format!("`{text}` is not hex")))
+        .collect()
+}

@@ -1,0 +1,342 @@
+//! The task that supervises one guest instance: start it, forward its
+//! output, apply its restart policy, and obey the control verbs (`stop`,
+//! `restart`, `swap`) sent to its [`Slot`].
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, oneshot};
+use wasmproc_manifest::{GuestDef, RestartPolicy};
+
+use super::live::{Live, Slot, State};
+use super::{Event, Stream, command_for, forward_lines};
+use crate::child::Child;
+use crate::host::Swapped;
+use crate::status::ExitStatus;
+
+/// How long a swap's standby may take to become ready.
+pub const SWAP_READY: Duration = Duration::from_secs(10);
+
+/// A control verb for one instance, with where its answer goes.
+#[derive(Debug)]
+pub enum Control {
+    /// Stop it (`shutdown`, then a kill after its grace); it stays stopped
+    /// until `restart`.
+    Stop(oneshot::Sender<Result<String, String>>),
+    /// Stop it if it runs, then start it again at once.
+    Restart(oneshot::Sender<Result<String, String>>),
+    /// Replace its module, losing no message.
+    Swap {
+        module: PathBuf,
+        drain: Duration,
+        reply: oneshot::Sender<Result<Swapped, String>>,
+    },
+}
+
+/// How one run ended.
+enum Ended {
+    /// By itself (the restart policy decides what follows).
+    Exited(ExitStatus),
+    /// The app is shutting down.
+    Shutdown(ExitStatus),
+    /// A `stop` verb: wait for `restart`.
+    Stopped,
+    /// A `restart` verb: start again at once.
+    Restart,
+}
+
+/// Supervise instance `slot` of `def`, started as `first` (or started here
+/// when `None`); returns whether its last run exited with code 0.
+pub async fn supervise(
+    live: Arc<Live>,
+    mut def: GuestDef,
+    slot: Arc<Slot>,
+    first: Option<Child>,
+    mut control: mpsc::Receiver<Control>,
+) -> bool {
+    let name = slot.name.clone();
+    let shutdown = live.shutdown.clone();
+    let mut short_runs: VecDeque<Instant> = VecDeque::new();
+    let mut consecutive_short: u32 = 0;
+    let mut attempt: u32 = 0;
+    let mut first = first;
+    let mut success = false;
+    loop {
+        let started = Instant::now();
+        let child = match first.take() {
+            Some(child) => Ok(child),
+            None => command_for(&live.host, &def, &name).fork().await,
+        };
+        let ended = match child {
+            Ok(child) => run(&live, &mut def, &slot, child, &mut control, started).await,
+            Err(err) => {
+                let status = ExitStatus::Failed {
+                    reason: format!("{err}"),
+                };
+                live.emit(Event::Exited {
+                    guest: name.clone(),
+                    status: status.clone(),
+                    uptime: Duration::ZERO,
+                })
+                .await;
+                Ended::Exited(status)
+            }
+        };
+        let status = match ended {
+            Ended::Shutdown(status) => {
+                slot.set_ended(&status, State::Exited);
+                return status.success();
+            }
+            Ended::Restart => {
+                attempt += 1;
+                slot.restarted();
+                continue;
+            }
+            Ended::Stopped => {
+                // Stopped on request: wait for `restart` or the app's end.
+                if !wait_stopped(&live, &name, &mut control).await {
+                    return success;
+                }
+                attempt += 1;
+                slot.restarted();
+                continue;
+            }
+            Ended::Exited(status) => status,
+        };
+        let uptime = started.elapsed();
+        success = status.success();
+        let again = !shutdown.is_cancelled()
+            && match def.restart {
+                RestartPolicy::Never => false,
+                RestartPolicy::OnFailure => !success,
+                RestartPolicy::Always => true,
+            };
+        if !again {
+            slot.set_ended(&status, State::Exited);
+            if live.stay_up {
+                // A long-lived app keeps the slot: `restart` starts it again.
+                if !wait_stopped(&live, &name, &mut control).await {
+                    return success;
+                }
+                slot.restarted();
+                continue;
+            }
+            return success;
+        }
+        let now = Instant::now();
+        if uptime < def.min_uptime {
+            consecutive_short += 1;
+            short_runs.push_back(now);
+            while short_runs
+                .front()
+                .is_some_and(|t| now.duration_since(*t) > def.restart_window)
+            {
+                short_runs.pop_front();
+            }
+            if short_runs.len() as u32 > def.max_restarts {
+                slot.set_ended(&status, State::GaveUp);
+                live.emit(Event::GaveUp {
+                    guest: name.clone(),
+                    restarts: attempt,
+                    window: def.restart_window,
+                })
+                .await;
+                if live.stay_up && wait_stopped(&live, &name, &mut control).await {
+                    short_runs.clear();
+                    consecutive_short = 0;
+                    slot.restarted();
+                    continue;
+                }
+                return false;
+            }
+        } else {
+            consecutive_short = 0;
+        }
+        attempt += 1;
+        slot.set_ended(&status, State::Restarting);
+        let delay = backoff(def.backoff, def.backoff_max, consecutive_short);
+        live.emit(Event::Restarting {
+            guest: name.clone(),
+            attempt,
+            delay,
+        })
+        .await;
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = shutdown.cancelled() => return success,
+        }
+        slot.restarted();
+    }
+}
+
+/// One run of `child`, until it ends, the app shuts down, or a verb ends it.
+async fn run(
+    live: &Arc<Live>,
+    def: &mut GuestDef,
+    slot: &Slot,
+    mut child: Child,
+    control: &mut mpsc::Receiver<Control>,
+    started: Instant,
+) -> Ended {
+    let name = &slot.name;
+    let mut outputs = Vec::new();
+    announce(live, slot, &mut child, &mut outputs, def).await;
+    let ended = loop {
+        tokio::select! {
+            status = child.wait() => break Ended::Exited(status),
+            () = live.shutdown.cancelled() => break Ended::Shutdown(child.stop(def.grace).await),
+            Some(verb) = control.recv() => match verb {
+                Control::Stop(reply) => {
+                    let status = child.stop(def.grace).await;
+                    slot.set_ended(&status, State::Stopped);
+                    exited(live, name, &status, started).await;
+                    let _ = reply.send(Ok(format!("stopped {name}: {status}")));
+                    break Ended::Stopped;
+                }
+                Control::Restart(reply) => {
+                    let status = child.stop(def.grace).await;
+                    slot.set_ended(&status, State::Restarting);
+                    exited(live, name, &status, started).await;
+                    let _ = reply.send(Ok(format!("restarted {name}")));
+                    break Ended::Restart;
+                }
+                Control::Swap { module, drain, reply } => {
+                    let mut new_def = def.clone();
+                    new_def.module = module;
+                    let standby = command_for(&live.host, &new_def, name).standby().fork().await;
+                    let mut standby = match standby {
+                        Ok(standby) => standby,
+                        Err(err) => {
+                            let _ = reply.send(Err(format!("the new module did not start: {err}")));
+                            continue;
+                        }
+                    };
+                    // The standby's output is the guest's from its start.
+                    let out = forward_lines(standby.stdout.take(), name, Stream::Stdout, live);
+                    let err = forward_lines(standby.stderr.take(), name, Stream::Stderr, live);
+                    match live.host.swap(&child, &standby, SWAP_READY, drain).await {
+                        Ok(swapped) => {
+                            *def = new_def;
+                            child = standby;
+                            outputs.extend([out, err]);
+                            slot.swapped(&child, def).await;
+                            live.emit(Event::Swapped {
+                                guest: name.clone(),
+                                moved: swapped.moved,
+                                drained: swapped.drained,
+                                returned: swapped.returned,
+                            })
+                            .await;
+                            let _ = reply.send(Ok(swapped));
+                        }
+                        Err(error) => {
+                            let _ = tokio::join!(out, err);
+                            let _ = reply.send(Err(error.to_string()));
+                        }
+                    }
+                }
+            },
+        }
+    };
+    if let Ended::Exited(status) | Ended::Shutdown(status) = &ended {
+        exited(live, name, status, started).await;
+    }
+    for output in outputs {
+        let _ = output.await;
+    }
+    ended
+}
+
+/// Record and announce a run that has started.
+async fn announce(
+    live: &Arc<Live>,
+    slot: &Slot,
+    child: &mut Child,
+    outputs: &mut Vec<tokio::task::JoinHandle<()>>,
+    def: &GuestDef,
+) {
+    slot.running(child, def).await;
+    live.emit(Event::Started {
+        guest: slot.name.clone(),
+        id: child.id().0,
+        pid: child.pid(),
+    })
+    .await;
+    outputs.push(forward_lines(
+        child.stdout.take(),
+        &slot.name,
+        Stream::Stdout,
+        live,
+    ));
+    outputs.push(forward_lines(
+        child.stderr.take(),
+        &slot.name,
+        Stream::Stderr,
+        live,
+    ));
+}
+
+async fn exited(live: &Live, name: &str, status: &ExitStatus, started: Instant) {
+    live.emit(Event::Exited {
+        guest: name.to_owned(),
+        status: status.clone(),
+        uptime: started.elapsed(),
+    })
+    .await;
+}
+
+/// A stopped (or ended) instance waits for `restart`; `false` when the app
+/// shuts down first.
+async fn wait_stopped(live: &Live, name: &str, control: &mut mpsc::Receiver<Control>) -> bool {
+    loop {
+        tokio::select! {
+            () = live.shutdown.cancelled() => return false,
+            verb = control.recv() => match verb {
+                None => return false,
+                Some(Control::Restart(reply)) => {
+                    let _ = reply.send(Ok(format!("restarted {name}")));
+                    return true;
+                }
+                Some(Control::Stop(reply)) => {
+                    let _ = reply.send(Err("it is not running".to_owned()));
+                }
+                Some(Control::Swap { reply, .. }) => {
+                    let _ = reply.send(Err("it is not running: restart it first".to_owned()));
+                }
+            },
+        }
+    }
+}
+
+/// The delay before a restart: `base` after a stable run, doubling with each
+/// consecutive short run, never above `max`.
+pub fn backoff(base: Duration, max: Duration, consecutive_short: u32) -> Duration {
+    let factor = 2u32.saturating_pow(consecutive_short.saturating_sub(1).min(20));
+    base.saturating_mul(factor).min(max)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_per_short_run_and_is_capped() {
+        let ms = Duration::from_millis;
+        let delays: Vec<_> = (0..8).map(|n| backoff(ms(100), ms(1500), n)).collect();
+        assert_eq!(
+            delays,
+            vec![
+                ms(100),
+                ms(100),
+                ms(200),
+                ms(400),
+                ms(800),
+                ms(1500),
+                ms(1500),
+                ms(1500)
+            ]
+        );
+    }
+}

@@ -1,0 +1,386 @@
+//! Live apps through the real CLI against a real `wasmproc up -d`: the
+//! control verbs, plugging a module in, logs, a swap, the socket's walls.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Output;
+
+use common::{cli, guest, output_within, scratch_dir};
+
+/// One app under `up -d`, with its own socket folder; `down` when dropped.
+struct App {
+    name: String,
+    runtime: PathBuf,
+    dir: PathBuf,
+}
+
+impl App {
+    /// Write `manifest` and bring it up in the background.
+    fn up(tag: &str, manifest: &str) -> App {
+        let app = App::new(tag);
+        app.start(manifest);
+        app
+    }
+
+    /// An app's folders, before it is up.
+    fn new(tag: &str) -> App {
+        let dir = scratch_dir(tag);
+        let runtime = dir.join("run");
+        std::fs::create_dir_all(&runtime).unwrap();
+        App {
+            name: tag.to_owned(),
+            runtime,
+            dir,
+        }
+    }
+
+    /// Bring `manifest` up in the background as this app.
+    fn start(&self, manifest: &str) {
+        let tag = &self.name;
+        let path = self.dir.join(format!("{tag}.toml"));
+        std::fs::write(&path, manifest).unwrap();
+        let app = self;
+        let out = app.run(&["up", "-d", path.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        let log = app.log_path();
+        assert_eq!(
+            text(&out.stdout).split(" (pid").next().unwrap(),
+            format!("app `{tag}` is up")
+        );
+        assert!(text(&out.stdout).ends_with(&format!("; its log is {}\n", log.display())));
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.runtime
+            .join("wasmproc")
+            .join(format!("{}.log", self.name))
+    }
+
+    /// `wasmproc ARGS` against this app's socket folder.
+    fn run(&self, args: &[&str]) -> Output {
+        let mut command = std::process::Command::new(cli());
+        command.args(args).env("XDG_RUNTIME_DIR", &self.runtime);
+        output_within(&mut command, 60)
+    }
+
+    /// `wasmproc ARGS`, which must succeed; its stdout.
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+        text(&out.stdout)
+    }
+
+    /// `ps --json`, parsed.
+    fn ps(&self) -> Vec<serde_json::Value> {
+        let out = self.ok(&["ps", "--json"]);
+        serde_json::from_str::<serde_json::Value>(&out)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .clone()
+    }
+
+    fn state_of(&self, name: &str) -> serde_json::Value {
+        self.ps()
+            .into_iter()
+            .find(|g| g["name"] == name)
+            .unwrap_or_else(|| panic!("no {name} in ps"))
+    }
+}
+
+impl Drop for App {
+    fn drop(&mut self) {
+        let _ = self.run(&["down"]);
+        // Wait for the host to finish (its socket goes away).
+        let socket = self
+            .runtime
+            .join("wasmproc")
+            .join(format!("{}.sock", self.name));
+        for _ in 0..500 {
+            if !socket.exists() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn module(name: &str) -> String {
+    guest(name).display().to_string()
+}
+
+/// Wait until `check` holds, polling; fail with `what` after 20 s.
+fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    for _ in 0..2000 {
+        if check() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    panic!("{what} did not happen within 20 s");
+}
+
+#[test]
+fn up_then_ps_stop_restart_and_down() {
+    let app = App::up(
+        "basic",
+        &format!(
+            "[guests.kv]\nmodule = \"{}\"\n\n[guests.echo]\nmodule = \"{}\"\nargs = [\"serve\", \"echo\"]\nreplicas = 2\n",
+            module("kv"),
+            module("rpc")
+        ),
+    );
+    let ps = app.ok(&["ps"]);
+    let lines: Vec<&str> = ps.lines().collect();
+    assert_eq!(
+        lines[0].split_whitespace().collect::<Vec<_>>(),
+        [
+            "NAME", "ID", "PID", "STATE", "UPTIME", "RESTARTS", "LAST", "EXIT", "MODULE"
+        ]
+    );
+    let names: Vec<&str> = lines[1..]
+        .iter()
+        .map(|l| l.split_whitespace().next().unwrap())
+        .collect();
+    assert_eq!(names, ["echo.1", "echo.2", "kv"]);
+    for line in &lines[1..] {
+        let cells: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(cells[3], "running", "{line}");
+        assert_eq!(cells[5], "0", "{line}");
+    }
+    let kv = app.state_of("kv");
+    assert_eq!(kv["module"], module("kv"));
+    assert_eq!(kv["artifact"].as_str().unwrap().len(), 12);
+
+    assert_eq!(app.ok(&["call", "kv", "put colour blue"]), "ok");
+    assert_eq!(app.ok(&["call", "kv", "get colour"]), "value blue");
+    assert_eq!(app.ok(&["call", "echo", "hello"]), "hello");
+    assert_eq!(app.ok(&["send", "kv", "a plain message"]), "sent\n");
+
+    assert_eq!(app.ok(&["stop", "echo.1"]), "stopped echo.1: exit code 0\n");
+    let stopped = app.state_of("echo.1");
+    assert_eq!(
+        (
+            stopped["state"].as_str(),
+            stopped["pid"].is_null(),
+            stopped["last_exit"].as_str()
+        ),
+        (Some("stopped"), true, Some("exit code 0"))
+    );
+    // The group's other member still answers.
+    assert_eq!(app.ok(&["call", "echo", "still"]), "still");
+    assert_eq!(
+        app.ok(&["restart", "echo"]),
+        "restarted echo.1\nrestarted echo.2\n"
+    );
+    for name in ["echo.1", "echo.2"] {
+        let g = app.state_of(name);
+        assert_eq!(
+            (g["state"].as_str(), g["restarts"].as_u64()),
+            (Some("running"), Some(1))
+        );
+    }
+    // Unknown targets and verbs are named.
+    let out = app.run(&["stop", "ghost"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        text(&out.stderr),
+        "wasmproc: no guest or group `ghost` in this app\n"
+    );
+    let out = app.run(&["call", "ghost", "x"]);
+    assert_eq!(out.status.code(), Some(3));
+    assert_eq!(
+        text(&out.stderr),
+        "wasmproc: call to ghost failed: the call failed: unknown recipient\n"
+    );
+
+    assert_eq!(app.ok(&["down"]), "shutting down\n");
+    eventually("the host ending", || {
+        app.run(&["ps"]).status.code() == Some(1)
+    });
+    let log = std::fs::read_to_string(app.log_path()).unwrap();
+    assert!(log.contains("wasmproc: request: stop echo.1\n"), "{log}");
+    assert!(log.contains("wasmproc: shutting down\n"), "{log}");
+    assert!(log.contains("wasmproc: kv ended: exit code 0\n"), "{log}");
+}
+
+#[test]
+fn a_module_started_into_a_running_app_takes_calls_from_a_guest_already_there() {
+    let app = App::up(
+        "plug",
+        &format!(
+            "[guests.asker]\nmodule = \"{}\"\nargs = [\"poll\", \"fresh\", \"hello\"]\n",
+            module("rpc")
+        ),
+    );
+    assert_eq!(
+        app.ok(&[
+            "start",
+            "fresh",
+            "--module",
+            &module("rpc"),
+            "--",
+            "serve",
+            "echo"
+        ]),
+        "started fresh\n"
+    );
+    eventually("the asker's answer in its log", || {
+        app.ok(&["logs", "asker"]) == "asker | ok hello\n"
+    });
+    assert_eq!(app.ok(&["logs", "-n", "1"]), "asker | ok hello\n");
+    assert_eq!(app.state_of("fresh")["state"], "running");
+    // The same checks as a manifest's.
+    let out = app.run(&["start", "fresh", "--module", &module("rpc")]);
+    assert_eq!(
+        text(&out.stderr),
+        "wasmproc: `fresh` is in the app already\n"
+    );
+    let out = app.run(&[
+        "start",
+        "other",
+        "--module",
+        &module("rpc"),
+        "--talks-to",
+        "nobody",
+    ]);
+    assert_eq!(
+        text(&out.stderr),
+        "wasmproc: talks-to: `nobody` names no guest or group\n"
+    );
+}
+
+#[test]
+fn a_swap_through_the_cli_keeps_the_name_and_a_broken_module_rolls_back() {
+    let app = App::up(
+        "swapcli",
+        &format!(
+            "[guests.w]\nmodule = \"{}\"\nargs = [\"serve\", \"echo\"]\n",
+            module("rpc")
+        ),
+    );
+    assert_eq!(app.ok(&["call", "w", "before"]), "before");
+    let old_id = app.state_of("w")["id"].clone();
+    let out = app.ok(&["swap", "w", &module("kv")]);
+    assert_eq!(
+        out,
+        "swapped w: 0 moved, 0 drained, 0 returned (the old one: exit code 0)\n"
+    );
+    // The name now leads to the kv module.
+    assert_eq!(app.ok(&["call", "w", "get x"]), "missing");
+    let w = app.state_of("w");
+    assert_ne!(w["id"], old_id);
+    assert_eq!(w["module"], module("kv"));
+
+    let out = app.run(&["swap", "w", &module("crasher")]);
+    assert_eq!(out.status.code(), Some(1));
+    let said = text(&out.stderr);
+    assert!(
+        said.starts_with("wasmproc: the new instance ended before it was ready: "),
+        "{said}"
+    );
+    assert_eq!(app.ok(&["call", "w", "put k v"]), "ok");
+    assert_eq!(app.state_of("w")["module"], module("kv"));
+}
+
+#[test]
+fn a_stale_socket_is_replaced_and_named() {
+    let app = App::new("stale");
+    let runtime = app.runtime.clone();
+    let sockets = runtime.join("wasmproc");
+    std::fs::create_dir_all(&sockets).unwrap();
+    std::fs::set_permissions(
+        &sockets,
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )
+    .unwrap();
+    // A socket whose listener is gone, as a killed host leaves it.
+    let socket = sockets.join("stale.sock");
+    drop(std::os::unix::net::UnixListener::bind(&socket).unwrap());
+    let ps = output_within(
+        std::process::Command::new(cli())
+            .args(["ps", "--app", "stale"])
+            .env("XDG_RUNTIME_DIR", &runtime),
+        60,
+    );
+    assert_eq!(
+        text(&ps.stderr),
+        format!(
+            "wasmproc: no app named `stale` is running: its socket {} is stale (the host that made it has died)\n",
+            socket.display()
+        )
+    );
+    // `up` replaces it, and says so.
+    app.start(&format!("[guests.kv]\nmodule = \"{}\"\n", module("kv")));
+    assert_eq!(app.ok(&["call", "kv", "len"]), "0");
+    let log = std::fs::read_to_string(app.log_path()).unwrap();
+    assert!(
+        log.contains(&format!("replacing the stale socket {}", socket.display())),
+        "{log}"
+    );
+    // A second `up` of the same name is refused: that one is alive.
+    let path = app.dir.join("stale.toml");
+    let out = app.run(&["up", path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        text(&out.stderr),
+        format!(
+            "wasmproc: an app named `stale` is running already (its socket is {})\n",
+            socket.display()
+        )
+    );
+}
+
+#[test]
+fn another_user_is_kept_out_by_the_folder_and_by_the_peer_check() {
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root to run a client as another user");
+        return;
+    }
+    let app = App::up(
+        "walls",
+        &format!("[guests.kv]\nmodule = \"{}\"\n", module("kv")),
+    );
+    let as_nobody = |extra: &[&str]| {
+        let mut command = std::process::Command::new("setpriv");
+        command
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .args(extra)
+            .arg(cli())
+            .args(["ps", "--app", "walls"])
+            .env("XDG_RUNTIME_DIR", &app.runtime);
+        output_within(&mut command, 60)
+    };
+    // The 0700 folder alone keeps it out.
+    let out = as_nobody(&[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("Permission denied"),
+        "{}",
+        text(&out.stderr)
+    );
+    // Past the folder (CAP_DAC_OVERRIDE), the peer check refuses it.
+    let out = as_nobody(&["--inh-caps=+dac_override", "--ambient-caps=+dac_override"]);
+    assert_eq!(
+        text(&out.stderr),
+        "wasmproc: the app closed the connection before it answered\n"
+    );
+    eventually("the refusal in the host's log", || {
+        std::fs::read_to_string(app.log_path())
+            .unwrap()
+            .contains("refused a control connection from uid 65534")
+    });
+    // The owner still gets in.
+    assert_eq!(app.ok(&["call", "kv", "len"]), "0");
+}
