@@ -384,3 +384,183 @@ fn another_user_is_kept_out_by_the_folder_and_by_the_peer_check() {
     // The owner still gets in.
     assert_eq!(app.ok(&["call", "kv", "len"]), "0");
 }
+
+/// The address `up --metrics` says it serves, from its log.
+fn metrics_address(app: &App) -> String {
+    let mut address = None;
+    eventually("the metrics address in the log", || {
+        let log = std::fs::read_to_string(app.log_path()).unwrap_or_default();
+        address = log
+            .lines()
+            .find_map(|l| l.strip_prefix("wasmproc: metrics on http://"))
+            .and_then(|rest| rest.strip_suffix("/metrics"))
+            .map(str::to_owned);
+        address.is_some()
+    });
+    address.unwrap()
+}
+
+/// `GET http://address/metrics` with a real HTTP client: status and body.
+fn scrape(address: &str) -> (u16, String) {
+    use http_body_util::BodyExt;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http::<http_body_util::Empty<bytes::Bytes>>();
+        let uri: hyper::Uri = format!("http://{address}/metrics").parse().unwrap();
+        let response = client.get(uri).await.unwrap();
+        let status = response.status().as_u16();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8(body.to_vec()).unwrap())
+    })
+}
+
+#[test]
+fn top_counts_a_known_load_and_the_metrics_endpoint_says_the_same() {
+    let app = App::new("load");
+    let manifest = format!(
+        "[guests.kv]\nmodule = \"{}\"\n\n[guests.flood]\nmodule = \"{}\"\nargs = [\"flood\", \"kv\", \"1000\"]\n",
+        module("kv"),
+        module("pingpong")
+    );
+    let path = app.dir.join("load.toml");
+    std::fs::write(&path, manifest).unwrap();
+    app.ok(&[
+        "up",
+        "-d",
+        "--metrics",
+        "127.0.0.1:0",
+        path.to_str().unwrap(),
+    ]);
+    let top = |name: &str| {
+        let out = app.ok(&["top", "--json"]);
+        let top: serde_json::Value = serde_json::from_str(&out).unwrap();
+        top["guests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|g| g["name"] == name)
+            .cloned()
+            .unwrap()
+    };
+    eventually("1,000 messages at kv", || top("kv")["msgs_in"] == 1000);
+    let kv = top("kv");
+    assert_eq!(
+        (
+            &kv["msgs_in"],
+            &kv["bytes_in"],
+            &kv["msgs_out"],
+            &kv["undeliverable"]
+        ),
+        (
+            &serde_json::json!(1000),
+            &serde_json::json!(8000),
+            &serde_json::json!(0),
+            &serde_json::json!(0)
+        )
+    );
+    assert_eq!(kv["state"], "running");
+    assert!(kv["rss_bytes"].as_u64().unwrap() > 1 << 20, "{kv}");
+    // The 1,000 and its report to the app: (1000, 0) is 3 bytes of postcard.
+    eventually("the flood's report", || top("flood")["msgs_out"] == 1001);
+    assert_eq!(top("flood")["bytes_out"], 8003);
+    let log = std::fs::read_to_string(app.log_path()).unwrap();
+    assert!(
+        log.contains("wasmproc: message to the parent from flood: hex:e80700\n"),
+        "{log}"
+    );
+
+    let (status, text) = scrape(&metrics_address(&app));
+    assert_eq!(status, 200);
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let (series, value) = line.rsplit_once(' ').unwrap();
+        assert!(value.parse::<f64>().is_ok(), "{line}");
+        assert!(series.ends_with("\"}") || !series.contains('{'), "{line}");
+    }
+    for expected in [
+        "wasmproc_messages_in_total{guest=\"kv\"} 1000",
+        "wasmproc_message_bytes_in_total{guest=\"kv\"} 8000",
+        "wasmproc_messages_out_total{guest=\"flood\"} 1001",
+        "wasmproc_up{guest=\"kv\"} 1",
+        "# TYPE wasmproc_messages_in_total counter",
+    ] {
+        assert!(
+            text.lines().any(|l| l == expected),
+            "no `{expected}` in\n{text}"
+        );
+    }
+}
+
+#[test]
+fn logs_follow_sees_a_new_guests_lines() {
+    use std::io::BufRead;
+    let app = App::up(
+        "follow",
+        &format!("[guests.kv]\nmodule = \"{}\"\n", module("kv")),
+    );
+    let mut follow = std::process::Command::new(cli())
+        .args(["logs", "-f", "printer"])
+        .env("XDG_RUNTIME_DIR", &app.runtime)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (lines_tx, lines) = std::sync::mpsc::channel();
+    let stdout = follow.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if lines_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    // `logs -f` is subscribed once the app has seen its request.
+    eventually("the follower's subscription", || {
+        std::fs::read_to_string(app.log_path())
+            .unwrap()
+            .contains("wasmproc: request: subscribe")
+    });
+    app.ok(&[
+        "start",
+        "printer",
+        "--module",
+        &module("crasher"),
+        "--",
+        "stderr",
+        "hello",
+    ]);
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        match lines.recv_timeout(std::time::Duration::from_secs(20)) {
+            Ok(line) => seen.push(line),
+            Err(_) => break,
+        }
+    }
+    let _ = follow.kill();
+    let _ = follow.wait();
+    seen.sort();
+    assert_eq!(seen, ["printer | err:hello", "printer | hello"]);
+    assert_eq!(app.ok(&["logs", "-n", "1", "printer"]).lines().count(), 1);
+}
+
+#[test]
+fn a_message_to_the_parent_of_a_run_is_printed() {
+    let out = output_within(
+        std::process::Command::new(cli())
+            .arg("run")
+            .arg(guest("postman"))
+            .args(["--", "nobody"]),
+        60,
+    );
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(
+        text(&out.stderr),
+        "wasmproc: message to the parent: nobody: unknown recipient\n"
+    );
+}

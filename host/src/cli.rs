@@ -43,6 +43,8 @@ enum Cmd {
     Ps(PsArgs),
     /// Print a running app's recent guest output.
     Logs(LogsArgs),
+    /// Show each guest's load, refreshed every second (`--json`: once).
+    Top(PsArgs),
     /// Plug a new module into a running app.
     Start(StartArgs),
     /// Stop a guest (or every member of a group) of a running app.
@@ -187,6 +189,10 @@ struct UpArgs {
     /// Print one JSON object per event instead of text.
     #[arg(long)]
     json: bool,
+    /// Serve the guests' numbers in the Prometheus text format at
+    /// http://ADDR/metrics (`127.0.0.1:9464`; port 0 picks one).
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<std::net::SocketAddr>,
     /// The app manifest.
     manifest: PathBuf,
 }
@@ -210,6 +216,9 @@ struct LogsArgs {
     /// The lines as JSON objects.
     #[arg(long)]
     json: bool,
+    /// Then keep printing new lines as they come.
+    #[arg(short = 'f', long)]
+    follow: bool,
     /// A guest or a group (default: every guest).
     target: Option<String>,
 }
@@ -332,6 +341,7 @@ pub fn main() -> ExitCode {
             Cmd::Down(app) => verb(&app, json!({"verb": "down"}), false).await,
             Cmd::Ps(args) => ps(args).await,
             Cmd::Logs(args) => logs(args).await,
+            Cmd::Top(args) => top(args).await,
             Cmd::Start(args) => start(args).await,
             Cmd::Stop(args) => {
                 let request = json!({"verb": "stop", "target": args.target});
@@ -370,9 +380,22 @@ async fn run(args: RunArgs) -> anyhow::Result<u8> {
     let mut command = Command::new(&args.module);
     command.args(args.args);
     args.options.apply(&mut command);
-    // On a terminal, the guest gets a terminal of its own.
+    // On a terminal, the guest gets a terminal of its own (in raw mode:
+    // lines end in \r\n). What it sends its parent is printed on stderr.
+    let end = if std::io::IsTerminal::is_terminal(&std::io::stdin())
+        && std::io::IsTerminal::is_terminal(&std::io::stdout())
+    {
+        "\r\n"
+    } else {
+        "\n"
+    };
     let status = command
-        .status()
+        .status_with(|item| {
+            if let wasmproc::InboxItem::Message { payload, .. } = item {
+                let text = wasmproc::app::encode_bytes(&payload);
+                eprint!("wasmproc: message to the parent: {text}{end}");
+            }
+        })
         .await
         .with_context(|| format!("cannot run {}", args.module.display()))?;
     report(&args.module.display().to_string(), &status);
@@ -544,6 +567,14 @@ async fn up(args: UpArgs) -> anyhow::Result<u8> {
         return detach(&args, &app).await;
     }
     let (listener, socket) = control::bind(&app).await?;
+    let metrics = match args.metrics {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot serve metrics on {addr}"))?,
+        ),
+        None => None,
+    };
     let (tx, rx) = tokio::sync::mpsc::channel(wasmproc::app::EVENT_CAPACITY);
     let shutdown = shutdown_on_signals();
     let printer = print_events(rx, args.json);
@@ -553,6 +584,12 @@ async fn up(args: UpArgs) -> anyhow::Result<u8> {
         return Ok(1);
     };
     tracing::info!("app `{app}` is up; control socket {}", socket.display());
+    if let Some(metrics) = metrics {
+        if let Ok(addr) = metrics.local_addr() {
+            eprintln!("wasmproc: metrics on http://{addr}/metrics");
+        }
+        tokio::spawn(wasmproc::app::metrics::serve(live.clone(), metrics));
+    }
     let server = tokio::spawn(control::serve(live.clone(), listener, socket));
     let clean = wasmproc::app::finish(&live).await;
     let _ = server.await;
@@ -573,6 +610,11 @@ async fn detach(args: &UpArgs, app: &str) -> anyhow::Result<u8> {
     command
         .args(["up", "--app", app])
         .args(args.json.then_some("--json"))
+        .args(
+            args.metrics
+                .iter()
+                .flat_map(|addr| ["--metrics".to_owned(), addr.to_string()]),
+        )
         .arg(&args.manifest)
         .env(DETACHED_ENV, "1")
         .stdin(std::process::Stdio::null())
@@ -716,18 +758,122 @@ async fn ps(args: PsArgs) -> anyhow::Result<u8> {
     Ok(0)
 }
 
+async fn top(args: PsArgs) -> anyhow::Result<u8> {
+    use std::collections::HashMap;
+    if args.json {
+        let answer = ask(&args.app, json!({"verb": "top"})).await?;
+        println!(
+            "{}",
+            json!({"guests": answer["guests"], "late_replies": answer["late_replies"]})
+        );
+        return Ok(0);
+    }
+    let mut last: HashMap<String, (u64, u64, u64)> = HashMap::new();
+    let mut interval = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        interval.tick().await;
+        let answer = ask(&args.app, json!({"verb": "top"})).await?;
+        let mut out = String::from("\x1b[H\x1b[2J");
+        out.push_str(&format!(
+            "{:<16} {:>8} {:>9} {:>9} {:>10} {:>8} {:>6} {:>8} {:>6} {:>9} {:>6}\n",
+            "NAME",
+            "STATE",
+            "IN/s",
+            "OUT/s",
+            "BYTES IN",
+            "MAILBOX",
+            "HIGH",
+            "UNDELIV",
+            "CALLS",
+            "RSS",
+            "CPU%"
+        ));
+        for g in answer["guests"].as_array().into_iter().flatten() {
+            let name = g["name"].as_str().unwrap_or_default().to_owned();
+            let n = |key: &str| g[key].as_u64().unwrap_or(0);
+            let now = (n("msgs_in"), n("msgs_out"), n("cpu_ms"));
+            let before = last.insert(name.clone(), now).unwrap_or(now);
+            out.push_str(&format!(
+                "{:<16} {:>8} {:>9} {:>9} {:>10} {:>8} {:>6} {:>8} {:>6} {:>8}K {:>5.1}\n",
+                name,
+                g["state"].as_str().unwrap_or_default(),
+                now.0.saturating_sub(before.0),
+                now.1.saturating_sub(before.1),
+                n("bytes_in"),
+                n("mailbox"),
+                n("mailbox_high_water"),
+                n("undeliverable"),
+                n("calls_to_answer") + n("calls_waiting"),
+                n("rss_bytes") / 1024,
+                now.2.saturating_sub(before.2) as f64 / 10.0,
+            ));
+        }
+        out.push_str(&format!(
+            "\nlate replies: {}   (Ctrl-C to quit)\n",
+            answer["late_replies"]
+        ));
+        print!("{out}");
+    }
+}
+
 async fn logs(args: LogsArgs) -> anyhow::Result<u8> {
-    let request = json!({"verb": "logs", "target": args.target, "lines": args.lines});
-    let answer = ask(&args.app, request).await?;
-    for line in answer["lines"].as_array().into_iter().flatten() {
-        if args.json {
-            println!("{line}");
+    use std::io::Write;
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let print = |line: &serde_json::Value| {
+        let mut out = std::io::stdout().lock();
+        let _ = if args.json {
+            writeln!(out, "{line}")
         } else {
-            println!(
+            writeln!(
+                out,
                 "{} | {}",
                 line["guest"].as_str().unwrap_or_default(),
                 line["line"].as_str().unwrap_or_default()
-            );
+            )
+        };
+        let _ = out.flush();
+    };
+    // Subscribe first, so that no line falls between the two.
+    let app = wasmproc::app::control::which_app(args.app.app.as_deref())?;
+    let mut events = None;
+    if args.follow {
+        let stream = wasmproc::app::control::connect(&app).await?;
+        let (read, mut write) = stream.into_split();
+        write
+            .write_all(b"{\"id\":0,\"verb\":\"subscribe\"}\n")
+            .await?;
+        let mut lines = tokio::io::BufReader::new(read).lines();
+        lines.next_line().await?;
+        events = Some((lines, write));
+    }
+    let request = json!({
+        "verb": "logs",
+        "target": args.target,
+        "lines": args.lines,
+        "follow": args.follow,
+    });
+    let answer = ask(&args.app, request).await?;
+    for line in answer["lines"].as_array().into_iter().flatten() {
+        print(line);
+    }
+    let Some((mut lines, _write)) = events else {
+        return Ok(0);
+    };
+    let wanted = |guest: &str| match &args.target {
+        None => true,
+        Some(target) => {
+            guest == target
+                || guest
+                    .strip_prefix(target.as_str())
+                    .is_some_and(|rest| rest.starts_with('.'))
+        }
+    };
+    while let Some(line) = lines.next_line().await? {
+        let Ok(event) = serde_json::from_str::<serde_json::Value>(&line) else {
+            continue;
+        };
+        if event["event"] == "output" && wanted(event["guest"].as_str().unwrap_or_default()) {
+            print(&event);
         }
     }
     Ok(0)
@@ -913,6 +1059,27 @@ impl Printer {
                 eprintln!("wasmproc: request: {verb} {target}");
             }
             Event::ShuttingDown => eprintln!("wasmproc: shutting down"),
+            Event::ToParent {
+                guest,
+                payload,
+                call,
+            } => eprintln!(
+                "wasmproc: {} from {}: {payload}",
+                if *call {
+                    "call to the parent (the app answers none)"
+                } else {
+                    "message to the parent"
+                },
+                self.label(guest, self.tty_err)
+            ),
+            Event::Returned {
+                guest,
+                reason,
+                bytes,
+            } => eprintln!(
+                "wasmproc: a {bytes}-byte message to {} came back: {reason}",
+                self.label(guest, self.tty_err)
+            ),
             Event::Stopped { dropped_notices } => eprintln!(
                 "wasmproc: stopped; {dropped_notices} notices dropped for guests whose mailbox was full"
             ),

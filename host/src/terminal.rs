@@ -7,6 +7,9 @@ use std::time::Duration;
 
 use tokio::signal::unix::{SignalKind, signal};
 
+use wasmproc_protocol::InboxItem;
+
+use crate::child::Child;
 use crate::command::Command;
 use crate::host::SpawnError;
 use crate::os::Stdio;
@@ -31,15 +34,46 @@ impl Command {
     ///
     /// As [`fork`](Self::fork), and when no pseudo-terminal can be had.
     pub async fn status(&mut self) -> Result<ExitStatus, SpawnError> {
+        self.status_with(|_| {}).await
+    }
+
+    /// [`status`](Self::status), handing each item the guest sends to its
+    /// parent (messages, calls, notices) to `to_parent` as it comes.
+    ///
+    /// # Errors
+    ///
+    /// As [`status`](Self::status).
+    pub async fn status_with(
+        &mut self,
+        mut to_parent: impl FnMut(InboxItem),
+    ) -> Result<ExitStatus, SpawnError> {
         if self.inherits_stdio() && is_terminal(0) && is_terminal(1) {
-            return on_terminal(self).await;
+            return on_terminal(self, &mut to_parent).await;
         }
         let child = self.spawn().await?;
-        Ok(child.wait().await)
+        Ok(wait_reading(&child, &mut to_parent).await)
     }
 }
 
-async fn on_terminal(command: &mut Command) -> Result<ExitStatus, SpawnError> {
+/// Wait for `child` to end, handing what it sends its parent on meanwhile.
+async fn wait_reading(child: &Child, to_parent: &mut impl FnMut(InboxItem)) -> ExitStatus {
+    loop {
+        tokio::select! {
+            status = child.wait() => {
+                while let Some(item) = child.try_recv() {
+                    to_parent(item);
+                }
+                return status;
+            }
+            Some(item) = child.recv() => to_parent(item),
+        }
+    }
+}
+
+async fn on_terminal(
+    command: &mut Command,
+    to_parent: &mut impl FnMut(InboxItem),
+) -> Result<ExitStatus, SpawnError> {
     let (master, slave) = pty::open().map_err(SpawnError::Terminal)?;
     pty::copy_window_size(1, master.as_fd());
     let slave_copy = || {
@@ -83,14 +117,14 @@ async fn on_terminal(command: &mut Command) -> Result<ExitStatus, SpawnError> {
             // (Ctrl-C there interrupts the guest); these come from outside:
             // end the guest, then restore the terminal.
             tokio::select! {
-                status = child.wait() => break status,
+                status = wait_reading(&child, to_parent) => break status,
                 _ = winch.recv() => pty::copy_window_size(1, master.as_fd()),
                 _ = term.recv() => child.kill(),
                 _ = hup.recv() => child.kill(),
                 _ = int.recv() => child.kill(),
             }
         },
-        _ => child.wait().await,
+        _ => wait_reading(&child, to_parent).await,
     };
     let _ = tokio::time::timeout(DRAIN, output).await;
     drop(stop);

@@ -265,6 +265,11 @@ async fn connection(live: Arc<Live>, stream: UnixStream) {
         let id = request.get("id").cloned().unwrap_or(Value::Null);
         if request["verb"] == "subscribe" {
             let mut events = live.subscribe();
+            live.emit(Event::Request {
+                verb: "subscribe".to_owned(),
+                target: String::new(),
+            })
+            .await;
             if send(&mut write, &json!({"id": id, "ok": true}))
                 .await
                 .is_err()
@@ -319,7 +324,7 @@ async fn handle(live: &Arc<Live>, request: &Value) -> Answer {
     let target = request["target"].as_str();
     let need_target = || target.ok_or_else(|| format!("`{verb}` needs a `target`"));
     let payload = || decode_bytes(request["payload"].as_str().unwrap_or_default());
-    if verb != "ps" && verb != "logs" {
+    if !matches!(verb, "ps" | "logs" | "top") {
         live.emit(Event::Request {
             verb: verb.to_owned(),
             target: target.unwrap_or_default().to_owned(),
@@ -328,7 +333,11 @@ async fn handle(live: &Arc<Live>, request: &Value) -> Answer {
     }
     match verb {
         "ps" => live.ps(),
-        "logs" => live.logs(target, request["lines"].as_u64().unwrap_or(100) as usize),
+        "top" => live.metrics(),
+        "logs" => {
+            let lines = request["lines"].as_u64().unwrap_or(100) as usize;
+            live.logs(target, lines, request["follow"] == true)
+        }
         "stop" => live.stop_or_restart(need_target()?, false).await,
         "restart" => live.stop_or_restart(need_target()?, true).await,
         "send" => live.send(need_target()?, payload()?),
@@ -348,7 +357,7 @@ async fn handle(live: &Arc<Live>, request: &Value) -> Answer {
             Ok(json!({"down": true}))
         }
         other => Err(format!(
-            "unknown verb `{other}` (ps, logs, start, stop, restart, send, call, swap, down, subscribe)"
+            "unknown verb `{other}` (ps, top, logs, start, stop, restart, send, call, swap, down, subscribe)"
         )),
     }
 }

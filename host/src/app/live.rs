@@ -19,6 +19,7 @@ use super::{Event, Stream, command_for};
 use crate::cache::Cache;
 use crate::child::Child;
 use crate::host::{Host, Swapped};
+use crate::relay::Entry;
 use crate::status::ExitStatus;
 
 /// Output bytes kept per guest for `logs`; older lines make room.
@@ -77,6 +78,8 @@ struct Info {
     module: PathBuf,
     /// The start of the module's artifact hash.
     artifact: String,
+    /// The running instance, as the relay knows it (its counters).
+    entry: Option<Arc<Entry>>,
 }
 
 impl Slot {
@@ -89,6 +92,7 @@ impl Slot {
         let artifact = artifact_hash(&def.module).await;
         let mut info = self.info();
         info.state = State::Running;
+        info.entry = Some(child.entry().clone());
         info.id = child.id().0;
         info.pid = child.pid();
         info.since = Instant::now();
@@ -100,10 +104,45 @@ impl Slot {
     pub(super) async fn swapped(&self, child: &Child, def: &GuestDef) {
         let artifact = artifact_hash(&def.module).await;
         let mut info = self.info();
+        info.entry = Some(child.entry().clone());
         info.id = child.id().0;
         info.pid = child.pid();
         info.module = def.module.clone();
         info.artifact = artifact;
+    }
+
+    /// `top`'s row: the counters of the running instance, its mailbox, its
+    /// calls, and what the kernel says of its process.
+    fn metrics(&self, relay: &crate::relay::Relay) -> Value {
+        use std::sync::atomic::Ordering::Relaxed;
+        let info = self.info();
+        let running = info.state == State::Running;
+        let mut row = json!({
+            "name": self.name,
+            "state": info.state.as_str(),
+            "pid": if running { Some(info.pid) } else { None },
+        });
+        if let Some(entry) = &info.entry {
+            let c = &entry.counters;
+            let (owed, made) = relay.calls_pending_for(entry.id);
+            row["msgs_in"] = json!(c.msgs_in.load(Relaxed));
+            row["bytes_in"] = json!(c.bytes_in.load(Relaxed));
+            row["msgs_out"] = json!(c.msgs_out.load(Relaxed));
+            row["bytes_out"] = json!(c.bytes_out.load(Relaxed));
+            row["undeliverable"] = json!(c.undeliverable.load(Relaxed));
+            row["mailbox"] = json!(entry.mailbox.len());
+            row["mailbox_high_water"] = json!(entry.mailbox.high_water());
+            row["calls_to_answer"] = json!(owed);
+            row["calls_waiting"] = json!(made);
+        }
+        if running && let Some((rss, cpu_ms)) = crate::os::procfs::usage(info.pid) {
+            let alive_ms = info.since.elapsed().as_millis().max(1) as u64;
+            row["rss_bytes"] = json!(rss);
+            row["cpu_ms"] = json!(cpu_ms);
+            row["cpu_percent"] =
+                json!((cpu_ms as f64 * 100.0 / alive_ms as f64 * 10.0).round() / 10.0);
+        }
+        row
     }
 
     /// A run ended with `status`; the instance is now `state`.
@@ -267,6 +306,7 @@ impl Live {
                 last_success: false,
                 module: def.module.clone(),
                 artifact: String::new(),
+                entry: None,
             }),
         });
         self.slots().insert(name.to_owned(), slot.clone());
@@ -300,6 +340,17 @@ impl Live {
     pub fn ps(&self) -> Answer {
         let rows: Vec<Value> = self.slots().values().map(|s| s.row()).collect();
         Ok(json!({ "guests": rows }))
+    }
+
+    /// `top`: every instance's numbers, and the host's.
+    pub fn metrics(&self) -> Answer {
+        let relay = self.host.relay();
+        let rows: Vec<Value> = self.slots().values().map(|s| s.metrics(relay)).collect();
+        Ok(json!({
+            "guests": rows,
+            "late_replies": self.host.late_replies(),
+            "dropped_notices": self.host.dropped_notices(),
+        }))
     }
 
     /// `stop` / `restart`: one instance, or a group one member at a time.
@@ -452,15 +503,15 @@ impl Live {
     }
 
     /// `logs`: the last `n` lines of `target` (a guest or a group; every
-    /// guest when `None`), oldest first.
-    pub fn logs(&self, target: Option<&str>, n: usize) -> Answer {
+    /// guest when `None`), oldest first. An unknown target is an error,
+    /// unless `known_later` (a follower waits for it).
+    pub fn logs(&self, target: Option<&str>, n: usize, known_later: bool) -> Answer {
         let wanted: Option<Vec<String>> = match target {
-            Some(target) => Some(
-                self.targets(target)?
-                    .iter()
-                    .map(|s| s.name.clone())
-                    .collect(),
-            ),
+            Some(target) => match self.targets(target) {
+                Ok(slots) => Some(slots.iter().map(|s| s.name.clone()).collect()),
+                Err(_) if known_later => Some(Vec::new()),
+                Err(err) => return Err(err),
+            },
             None => None,
         };
         let logs = self.logs.lock().unwrap_or_else(|e| e.into_inner());

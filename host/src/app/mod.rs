@@ -22,6 +22,7 @@ use wasmproc_manifest::{GuestDef, Manifest};
 
 pub mod control;
 mod live;
+pub mod metrics;
 mod supervise;
 
 pub use live::{Live, decode_bytes, encode_bytes, unix_ms};
@@ -82,6 +83,20 @@ pub enum Event {
         moved: u64,
         drained: u64,
         returned: u64,
+    },
+    /// A guest sent its parent (the app) a message, or called it (`call`:
+    /// an app answers no calls; the caller's deadline ends it).
+    ToParent {
+        guest: String,
+        /// The payload as text, or `hex:` and its bytes.
+        payload: String,
+        call: bool,
+    },
+    /// A message the app sent a guest (`wasmproc send`) came back.
+    Returned {
+        guest: String,
+        reason: String,
+        bytes: u64,
     },
     /// A control request came (`verb` and its target, as given).
     Request {
@@ -164,6 +179,16 @@ impl Event {
             Event::Request { verb, target } => {
                 json!({"event": "request", "verb": verb, "target": target})
             }
+            Event::ToParent {
+                guest,
+                payload,
+                call,
+            } => json!({"event": "to-parent", "guest": guest, "payload": payload, "call": call}),
+            Event::Returned {
+                guest,
+                reason,
+                bytes,
+            } => json!({"event": "returned", "guest": guest, "reason": reason, "bytes": bytes}),
             Event::ShuttingDown => json!({"event": "shutting-down"}),
             Event::Stopped { dropped_notices } => {
                 json!({"event": "stopped", "dropped_notices": dropped_notices})

@@ -12,6 +12,8 @@ use wasmproc_manifest::{GuestDef, RestartPolicy};
 
 use super::live::{Live, Slot, State};
 use super::{Event, Stream, command_for, forward_lines};
+use wasmproc_protocol::InboxItem;
+
 use crate::child::Child;
 use crate::host::Swapped;
 use crate::status::ExitStatus;
@@ -186,6 +188,7 @@ async fn run(
     let ended = loop {
         tokio::select! {
             status = child.wait() => break Ended::Exited(status),
+            Some(item) = child.recv() => live.emit(to_parent(name, item)).await,
             () = live.shutdown.cancelled() => break Ended::Shutdown(child.stop(def.grace).await),
             Some(verb) = control.recv() => match verb {
                 Control::Stop(reply) => {
@@ -276,6 +279,33 @@ async fn announce(
         Stream::Stderr,
         live,
     ));
+}
+
+/// The event for an item a guest sent its parent.
+pub fn to_parent(guest: &str, item: InboxItem) -> Event {
+    match item {
+        InboxItem::Message {
+            request, payload, ..
+        } => Event::ToParent {
+            guest: guest.to_owned(),
+            payload: super::encode_bytes(&payload),
+            call: request.is_some(),
+        },
+        InboxItem::Undeliverable {
+            reason,
+            payload_len,
+            ..
+        } => Event::Returned {
+            guest: guest.to_owned(),
+            reason: reason.to_string(),
+            bytes: payload_len,
+        },
+        other => Event::Returned {
+            guest: guest.to_owned(),
+            reason: format!("{other:?}"),
+            bytes: 0,
+        },
+    }
 }
 
 async fn exited(live: &Live, name: &str, status: &ExitStatus, started: Instant) {

@@ -151,6 +151,7 @@ async fn write_runner(
             _ => true,
         });
         delivered.record(&items, &entry.counters);
+        entry.counters.delivering(&items);
         for item in items.drain(..) {
             let queued = match item {
                 // The payload goes from the mailbox to the pipe, uncopied.
@@ -436,6 +437,7 @@ impl Reader {
             Action::Hardened(steps) => report_hardening(&steps),
             Action::Send { to, taken, payload } => {
                 self.delivered.taken(taken, &self.entry.counters)?;
+                entry.counters.sent(payload.len());
                 let routed = relay.route(entry, to, payload);
                 for notice in routed.notices {
                     let _ = entry.mailbox.push_notice(notice).await;
@@ -455,6 +457,7 @@ impl Reader {
                 payload,
             } => {
                 self.delivered.taken(taken, &self.entry.counters)?;
+                entry.counters.sent(payload.len());
                 if let Err(error) = relay
                     .call_from_guest(entry, &to, call, timeout, payload)
                     .await
@@ -472,6 +475,7 @@ impl Reader {
                 payload,
             } => {
                 self.delivered.taken(taken, &self.entry.counters)?;
+                entry.counters.sent(payload.len());
                 relay
                     .reply_from_guest(entry, request, payload)
                     .map_err(|_| format!("a reply to {request}, which was delivered elsewhere"))?;

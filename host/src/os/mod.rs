@@ -9,6 +9,7 @@
 //! - [`pty`]: a terminal of its own for a guest on a terminal.
 //! - [`syscalls`]: every system call's name, to say which one a sandbox
 //!   refused.
+//! - [`procfs`]: a runner's memory and CPU time, from `/proc`.
 //! - [`user`]: the effective user id, and a session of its own for a
 //!   daemon.
 
@@ -16,6 +17,7 @@ pub(crate) mod alloc;
 pub(crate) mod limits;
 pub(crate) mod pipe;
 pub(crate) mod process;
+pub(crate) mod procfs;
 pub(crate) mod pty;
 pub(crate) mod syscalls;
 pub mod user;

@@ -310,6 +310,15 @@ impl Calls {
         (to_answer, made)
     }
 
+    /// The open calls guest `id` is to answer, and those it made.
+    pub(crate) fn pending_for(&self, id: GuestId) -> (usize, usize) {
+        let table = self.lock();
+        (
+            table.by_callee.get(&id).map_or(0, HashSet::len),
+            table.by_caller.get(&id).map_or(0, HashMap::len),
+        )
+    }
+
     /// Calls open now, for tests and metrics.
     pub(crate) fn len(&self) -> usize {
         self.lock().open.len()
@@ -615,6 +624,11 @@ impl Relay {
     /// Replies that reached nobody because their call had ended, in all.
     pub(crate) fn late_replies(&self) -> u64 {
         self.inner.calls.late_replies()
+    }
+
+    /// The open calls guest `id` is to answer, and those it made.
+    pub(crate) fn calls_pending_for(&self, id: GuestId) -> (usize, usize) {
+        self.inner.calls.pending_for(id)
     }
 
     /// Calls waiting for their answer now.

@@ -167,6 +167,8 @@ struct State {
     closed: bool,
     /// Messages are refused with [`PushError::Moved`]: the name has moved.
     moved: bool,
+    /// The most items it has held at once.
+    high_water: usize,
 }
 
 impl Default for Mailbox {
@@ -244,6 +246,8 @@ impl Mailbox {
     }
 
     fn hold(&self, state: &mut State, len: usize) {
+        // Called before the item is queued: count it in.
+        state.high_water = state.high_water.max(state.queue.len() + 1);
         state.bytes += len;
         self.budget.held.fetch_add(len, Ordering::Relaxed);
     }
@@ -450,6 +454,11 @@ impl Mailbox {
     /// Items queued now.
     pub fn len(&self) -> usize {
         self.lock().queue.len()
+    }
+
+    /// The most items it has held at once.
+    pub fn high_water(&self) -> usize {
+        self.lock().high_water
     }
 
     /// Whether nothing is queued.

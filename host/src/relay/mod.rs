@@ -57,13 +57,48 @@ pub struct Entry {
     pub counters: Counters,
 }
 
-/// Counts of one guest's delivered messages.
+/// One guest's message counts: each is one atomic, touched once per frame
+/// or per write batch, never a lock.
 #[derive(Debug, Default)]
 pub struct Counters {
     /// Messages written to the runner and not yet taken by the guest.
     pub outstanding: AtomicU64,
     /// Messages that went back to their senders when the guest ended.
     pub returned: AtomicU64,
+    /// Messages (and requests) written to its runner, and their bytes.
+    pub msgs_in: AtomicU64,
+    pub bytes_in: AtomicU64,
+    /// Messages, calls and replies it sent, and their bytes.
+    pub msgs_out: AtomicU64,
+    pub bytes_out: AtomicU64,
+    /// `undeliverable` notices it was given about its own sends.
+    pub undeliverable: AtomicU64,
+}
+
+impl Counters {
+    /// Count one frame the guest sent.
+    pub fn sent(&self, bytes: usize) {
+        self.msgs_out.fetch_add(1, Ordering::Relaxed);
+        self.bytes_out.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    /// Count a batch about to be written to the guest's runner.
+    pub fn delivering(&self, items: &[Item]) {
+        let (mut msgs, mut bytes, mut bounced) = (0, 0, 0);
+        for item in items {
+            match item {
+                Item::Message { payload, .. } => {
+                    msgs += 1;
+                    bytes += payload.len() as u64;
+                }
+                Item::Notice(InboxItem::Undeliverable { .. }) => bounced += 1,
+                _ => {}
+            }
+        }
+        self.msgs_in.fetch_add(msgs, Ordering::Relaxed);
+        self.bytes_in.fetch_add(bytes, Ordering::Relaxed);
+        self.undeliverable.fetch_add(bounced, Ordering::Relaxed);
+    }
 }
 
 impl Entry {
