@@ -44,7 +44,8 @@
 //! - `os`: every `libc` call of the host: `os/process` (`posix_spawn`,
 //!   pidfd, reaper, [`Stdio`]), `os/pipe`, `os/alloc`, `os/limits` (how
 //!   many guests the open-files limit allows), `os/pty` (pseudo-terminals),
-//!   `os/syscalls` (every system call's name).
+//!   `os/syscalls` (every system call's name), `os/procfs` (a runner's
+//!   RSS and CPU time), `os/user` (the uid, a daemon's session).
 //! - `runner`: what runs in each guest's process: handshake, hardening,
 //!   `runner/guest` (load, run, limit, report), `ipc`, `link`, `drive`,
 //!   `probe`.
@@ -59,7 +60,9 @@
 //!   of its own (`Command::status`).
 //! - `status`: how a guest ended ([`ExitStatus`]).
 //! - [`app`]: apps of cooperating guests from a manifest: supervision,
-//!   restarts, shutdown.
+//!   restarts, shutdown; `app/supervise` (one instance's supervisor and
+//!   the control verbs), `app/live` (a running app as the verbs see it),
+//!   [`app::control`] (the control socket), [`app::metrics`] (Prometheus).
 //! - [`manifest`] (crate `wasmproc-manifest`): `app.toml`, checked.
 //! - crate `wasmproc-protocol`: the frame types, the pure codec and the
 //!   host↔runner contract (descriptors, exit codes, name rules), shared
