@@ -1,7 +1,7 @@
 //! `make bench`: wasmproc against Node's `fork` and the raw pipe floor, in
 //! the same run, alternating the systems, under the same CPU placement.
 //!
-//! Usage: `wasmproc-bench [--quick] [--only spawn,burst,rtt,stream,memory,cpu]`
+//! Usage: `wasmproc-bench [--quick] [--only spawn,burst,rtt,stream,memory,cpu,live]`
 //! from the repository root after a release build (the Makefile does both).
 //! `wasmproc-bench rtt-pinned` is the part it runs again under `taskset -c 0`.
 //! Prints the table; a full run also writes `bench/results.md` and
@@ -407,11 +407,130 @@ async fn main() -> anyhow::Result<()> {
     if want("cpu") {
         cpu_rows(&mut rows).await?;
     }
+    if want("live") {
+        live_rows(quick, &mut rows).await?;
+    }
     report(&rows, only.is_none())?;
     Ok(())
 }
 
-const SCENARIOS: [&str; 6] = ["spawn", "burst", "rtt", "stream", "memory", "cpu"];
+const SCENARIOS: [&str; 7] = ["spawn", "burst", "rtt", "stream", "memory", "cpu", "live"];
+
+/// What a swapped version of `w` reports (see `pingpong take`).
+type Taken = (u64, u64, u64, u64, bool, u64, u64);
+
+/// The pause of each of `swaps` swaps of a receiver under a stream: the time
+/// from the old version's last message to the new one's first (ms).
+async fn swap_pauses(swaps: u64) -> anyhow::Result<Vec<f64>> {
+    let host = Host::new();
+    let pingpong = guest("pingpong")?;
+    let version = |v: u64, standby: bool| {
+        let mut command = host.command(&pingpong);
+        command.args(["take".to_owned(), v.to_string()]).name("w");
+        if standby {
+            command.standby();
+        }
+        command
+    };
+    let mut current = version(1, false).fork().await?;
+    let flood = host
+        .command(&pingpong)
+        .args(["flood", "w", "5000000"])
+        .fork()
+        .await?;
+    let wait = Duration::from_secs(10);
+    let mut reports: Vec<Taken> = Vec::new();
+    for v in 2..=swaps + 1 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let standby = version(v, true).fork().await?;
+        host.swap(&current, &standby, wait, wait).await?;
+        reports.push(current.recv_value().await?);
+        current = standby;
+    }
+    // The last version takes some of the stream too before it stops.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    current.shutdown().await;
+    reports.push(current.recv_value().await?);
+    flood.kill();
+    let mut pauses = Vec::new();
+    for pair in reports.windows(2) {
+        let (old, new) = (&pair[0], &pair[1]);
+        if old.3 == 0 || new.3 == 0 {
+            bail!("a version took nothing: the stream ended before the swaps");
+        }
+        if new.1 != old.2 + 1 || !old.4 || !new.4 {
+            bail!("version {} did not take up where {} left off", new.0, old.0);
+        }
+        pauses.push(new.5.saturating_sub(old.6) as f64 / 1e6);
+    }
+    Ok(pauses)
+}
+
+/// `ps` through the control socket of an app of `guests` idle guests (µs
+/// per request, p50).
+async fn ps_latency(guests: u32, requests: usize) -> anyhow::Result<f64> {
+    use wasmproc::app::control;
+    let dir = std::env::temp_dir().join(format!("wasmproc-bench-ps-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    // SAFETY: set before any other thread reads the environment here.
+    unsafe { std::env::set_var("XDG_RUNTIME_DIR", &dir) };
+    let manifest = dir.join("fleet.toml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "[guests.idle]\nmodule = \"{}\"\nargs = [\"serve\", \"echo\"]\nreplicas = {guests}\n",
+            guest("rpc")?.display()
+        ),
+    )?;
+    let manifest = wasmproc::manifest::load(&manifest)?;
+    let (events, mut printed) = tokio::sync::mpsc::channel(wasmproc::app::EVENT_CAPACITY);
+    tokio::spawn(async move { while printed.recv().await.is_some() {} });
+    let (listener, socket) = control::bind("fleet").await?;
+    let shutdown = wasmproc::app::CancellationToken::new();
+    let live = wasmproc::app::start(&manifest, events, shutdown.clone(), true)
+        .await?
+        .context("the fleet did not start")?;
+    tokio::spawn(control::serve(live.clone(), listener, socket));
+    let mut samples = Vec::with_capacity(requests);
+    for _ in 0..requests {
+        let t = Instant::now();
+        let answer = control::request("fleet", json!({"verb": "ps"})).await?;
+        samples.push(t.elapsed().as_secs_f64() * 1e6);
+        let listed = answer["guests"].as_array().map_or(0, Vec::len);
+        if listed != guests as usize {
+            bail!("ps listed {listed} of {guests} guests");
+        }
+    }
+    shutdown.cancel();
+    wasmproc::app::finish(&live).await;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(median(&mut samples))
+}
+
+async fn live_rows(quick: bool, rows: &mut Vec<Row>) -> anyhow::Result<()> {
+    eprintln!("bench: live");
+    let mut pauses = swap_pauses(20).await?;
+    for (label, pick) in [("p50", median as fn(&mut [f64]) -> f64), ("p99", p99)] {
+        rows.push(Row {
+            scenario: format!("swap under a stream: pause, {label} of 20 (ms)"),
+            unit: "ms",
+            wasmproc: pick(&mut pauses),
+            node: None,
+            floor: None,
+            higher_better: false,
+        });
+    }
+    let guests = if quick { 100 } else { 1000 };
+    rows.push(Row {
+        scenario: format!("ps over the control socket, {guests} guests, p50 (µs)"),
+        unit: "µs",
+        wasmproc: ps_latency(guests, 50).await?,
+        node: None,
+        floor: None,
+        higher_better: false,
+    });
+    Ok(())
+}
 
 async fn spawn_rows(quick: bool, rows: &mut Vec<Row>) -> anyhow::Result<()> {
     eprintln!("bench: spawn");

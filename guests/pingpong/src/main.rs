@@ -15,8 +15,10 @@
 //! - `pingpong serve N`: answer N calls with their own bytes, checking that
 //!   the numbers arrive as 0, 1, 2, ...
 //! - `pingpong take VERSION`: take numbered messages until `shutdown`, then
-//!   send the parent `(VERSION, first, last, count, in_order)` (one version
-//!   of a guest that is swapped; `first` is `u64::MAX` if none came).
+//!   send the parent `(VERSION, first, last, count, in_order, first_ns,
+//!   last_ns)` (one version of a guest that is swapped; `first` is
+//!   `u64::MAX` if none came; the times are when it took its first and last
+//!   message, in nanoseconds since the Unix epoch).
 //! - `pingpong flood PEER N`: send N numbered messages to PEER, 500 per
 //!   millisecond, then tell the parent `(N, 0)` and count the undeliverable
 //!   notices that come back until the parent sends anything: then send it
@@ -160,12 +162,20 @@ fn serve(n: u64) -> (u64, bool) {
 
 fn take(version: u64) -> ! {
     let (mut first, mut last, mut count, mut in_order) = (u64::MAX, 0u64, 0u64, true);
+    let (mut first_ns, mut last_ns) = (0u64, 0u64);
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64)
+    };
     for item in ipc::inbox() {
         match item {
             InboxItem::Message(msg) => {
                 let Some(n) = number_of(&msg) else { continue };
+                last_ns = now();
                 if count == 0 {
                     first = n;
+                    first_ns = last_ns;
                 } else {
                     in_order &= n == last + 1;
                 }
@@ -176,7 +186,8 @@ fn take(version: u64) -> ! {
             _ => {}
         }
     }
-    let _ = ipc::send_value(Address::Parent, &(version, first, last, count, in_order));
+    let report = (version, first, last, count, in_order, first_ns, last_ns);
+    let _ = ipc::send_value(Address::Parent, &report);
     std::process::exit(0)
 }
 

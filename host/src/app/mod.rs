@@ -17,7 +17,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 use wasmproc_manifest::{GuestDef, Manifest};
 
 pub mod control;
@@ -26,6 +25,7 @@ pub mod metrics;
 mod supervise;
 
 pub use live::{Live, decode_bytes, encode_bytes, unix_ms};
+pub use tokio_util::sync::CancellationToken;
 
 use crate::command::{Command, default_arg0};
 use crate::host::Host;
