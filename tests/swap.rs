@@ -189,3 +189,54 @@ async fn what_the_host_holds_moves_and_what_the_old_one_never_took_comes_back() 
     })
     .await;
 }
+
+#[tokio::test]
+async fn the_old_instance_still_answers_the_calls_it_took_while_it_drains() {
+    within(60, async {
+        let host = Host::new();
+        // The old `w` answers each call after 300 ms.
+        let old = host
+            .command(guest("rpc"))
+            .args(["serve", "late", "300"])
+            .name("w")
+            .fork()
+            .await
+            .unwrap();
+        let caller = host
+            .command(guest("rpc"))
+            .args(["call", "w", "taken-before", "5000"])
+            .fork()
+            .await
+            .unwrap();
+        // The old one has taken the request when it says so... after 300 ms;
+        // swap well before that, once the call is open.
+        while wasmproc::testing::calls_open(&host) == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let new = host
+            .command(guest("rpc"))
+            .args(["serve", "echo"])
+            .name("w")
+            .standby()
+            .fork()
+            .await
+            .unwrap();
+        let swapped = host.swap(&old, &new, WAIT, WAIT).await.unwrap();
+        assert_eq!((swapped.moved, swapped.returned), (0, 0));
+        assert_eq!(common::recv_text(&caller).await, "ok taken-before");
+        assert_eq!(common::recv_text(&old).await, "reply: ok");
+        // Calls from now on go to the new one.
+        assert_eq!(
+            host.call(
+                &wasmproc::Address::Name("w".into()),
+                b"after".to_vec(),
+                WAIT
+            )
+            .await
+            .unwrap(),
+            b"after"
+        );
+    })
+    .await;
+}

@@ -465,6 +465,9 @@ fn top_counts_a_known_load_and_the_metrics_endpoint_says_the_same() {
     );
     assert_eq!(kv["state"], "running");
     assert!(kv["rss_bytes"].as_u64().unwrap() > 1 << 20, "{kv}");
+    // Its linear memory, as its runner said: whole 64 KiB pages.
+    let memory = kv["memory_bytes"].as_u64().unwrap();
+    assert!(memory >= 1 << 16 && memory % (1 << 16) == 0, "{kv}");
     // The 1,000 and its report to the app: (1000, 0) is 3 bytes of postcard.
     eventually("the flood's report", || top("flood")["msgs_out"] == 1001);
     assert_eq!(top("flood")["bytes_out"], 8003);
@@ -547,6 +550,15 @@ fn logs_follow_sees_a_new_guests_lines() {
     seen.sort();
     assert_eq!(seen, ["printer | err:hello", "printer | hello"]);
     assert_eq!(app.ok(&["logs", "-n", "1", "printer"]).lines().count(), 1);
+    // Both lines are from the last minute; none from the future.
+    assert_eq!(
+        app.ok(&["logs", "--since", "1m", "printer"])
+            .lines()
+            .count(),
+        2
+    );
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    assert_eq!(app.ok(&["logs", "--since", "1s", "printer"]), "");
 }
 
 #[test]
@@ -563,4 +575,69 @@ fn a_message_to_the_parent_of_a_run_is_printed() {
         text(&out.stderr),
         "wasmproc: message to the parent: nobody: unknown recipient\n"
     );
+}
+
+#[test]
+fn reload_adds_removes_swaps_and_restarts_what_the_manifest_changed() {
+    let table = |name: &str, module_name: &str, args: &str| {
+        format!(
+            "[guests.{name}]\nmodule = \"{}\"\nargs = [{args}]\n\n",
+            module(module_name)
+        )
+    };
+    let app = App::up(
+        "reload",
+        &[
+            table("a", "rpc", "\"serve\", \"echo\""),
+            table("b", "kv", ""),
+            table("c", "rpc", "\"serve\", \"echo\""),
+            table("e", "kv", ""),
+        ]
+        .concat(),
+    );
+    let changed = app.dir.join("changed.toml");
+    std::fs::write(
+        &changed,
+        [
+            // a: another module; b: gone; c: other arguments; d: new; e: as it was.
+            table("a", "kv", "\"serve\", \"echo\""),
+            table("c", "rpc", "\"serve\", \"name\""),
+            table("d", "kv", ""),
+            table("e", "kv", ""),
+        ]
+        .concat(),
+    )
+    .unwrap();
+    assert_eq!(
+        app.ok(&["reload", changed.to_str().unwrap()]),
+        "swapped a (0 moved, 0 drained, 0 returned)\n\
+         restarted c with its new settings\n\
+         added d\n\
+         unchanged e\n\
+         removed b\n"
+    );
+    let names: Vec<String> = app
+        .ps()
+        .iter()
+        .map(|g| g["name"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(names, ["a", "c", "d", "e"]);
+    assert_eq!(app.ok(&["call", "a", "get x"]), "missing");
+    assert_eq!(app.ok(&["call", "c", "anything"]), "c");
+    assert_eq!(app.ok(&["call", "d", "len"]), "0");
+    let out = app.run(&["call", "b", "len"]);
+    assert_eq!(
+        text(&out.stderr),
+        "wasmproc: call to b failed: the call failed: the callee exited: exit code 0\n"
+    );
+    // A manifest with a mistake changes nothing.
+    std::fs::write(&changed, "[guests.a]\nmodul = \"x\"\n").unwrap();
+    let out = app.run(&["reload", changed.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("unknown field `modul`"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(app.ps().len(), 4);
 }

@@ -55,6 +55,8 @@ enum Cmd {
     Send(SendArgs),
     /// Replace a guest's module in a running app, losing no message.
     Swap(SwapArgs),
+    /// Make a running app what its manifest now says, and print what changed.
+    Reload(ReloadArgs),
     /// Inspect the sandbox.
     #[command(subcommand)]
     Sandbox(SandboxCmd),
@@ -219,6 +221,9 @@ struct LogsArgs {
     /// Then keep printing new lines as they come.
     #[arg(short = 'f', long)]
     follow: bool,
+    /// Only lines written in the last DURATION (`10m`, `1h`).
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    since: Option<Duration>,
     /// A guest or a group (default: every guest).
     target: Option<String>,
 }
@@ -252,6 +257,14 @@ struct SwapArgs {
     target: String,
     /// Its new module.
     module: PathBuf,
+}
+
+#[derive(Debug, clap::Args)]
+struct ReloadArgs {
+    #[command(flatten)]
+    app: AppArg,
+    /// The app manifest.
+    manifest: PathBuf,
 }
 
 #[derive(Debug, clap::Args)]
@@ -357,6 +370,12 @@ pub fn main() -> ExitCode {
                 verb(&args.app, request, false).await
             }
             Cmd::Swap(args) => swap(args).await,
+            Cmd::Reload(args) => {
+                let manifest = std::fs::canonicalize(&args.manifest)
+                    .with_context(|| format!("{} not found", args.manifest.display()))?;
+                let request = json!({"verb": "reload", "manifest": manifest.display().to_string()});
+                verb(&args.app, request, false).await
+            }
             Cmd::Sandbox(SandboxCmd::Explain(args)) => explain(args).await,
         }
     });
@@ -851,6 +870,9 @@ async fn logs(args: LogsArgs) -> anyhow::Result<u8> {
         "target": args.target,
         "lines": args.lines,
         "follow": args.follow,
+        "since_ms": args.since.map(|ago| {
+            wasmproc::app::unix_ms(std::time::SystemTime::now() - ago)
+        }),
     });
     let answer = ask(&args.app, request).await?;
     for line in answer["lines"].as_array().into_iter().flatten() {

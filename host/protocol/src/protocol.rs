@@ -373,6 +373,9 @@ pub enum RunnerToHost {
     /// The guest waits for its inbox for the first time: it is ready for
     /// work (a swap's standby takes over only then).
     Ready,
+    /// The guest's linear memory has grown to `bytes` (told with its next
+    /// frame).
+    Memory { bytes: u64 },
     /// How many delivered inbox items the guest has taken so far, in all
     /// (cumulative, like `Send::taken`), when there is no send to carry it:
     /// when the guest waits for its inbox, and before its exit report. What

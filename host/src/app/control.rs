@@ -336,7 +336,10 @@ async fn handle(live: &Arc<Live>, request: &Value) -> Answer {
         "top" => live.metrics(),
         "logs" => {
             let lines = request["lines"].as_u64().unwrap_or(100) as usize;
-            live.logs(target, lines, request["follow"] == true)
+            let since = request["since_ms"]
+                .as_u64()
+                .map(|ms| std::time::UNIX_EPOCH + Duration::from_millis(ms));
+            live.logs(target, lines, since, request["follow"] == true)
         }
         "stop" => live.stop_or_restart(need_target()?, false).await,
         "restart" => live.stop_or_restart(need_target()?, true).await,
@@ -351,13 +354,20 @@ async fn handle(live: &Arc<Live>, request: &Value) -> Answer {
                 .await
         }
         "start" => live.start(guest_def(request)?).await,
+        "reload" => {
+            let path = request["manifest"]
+                .as_str()
+                .ok_or("`reload` needs the `manifest`'s path")?;
+            let manifest = wasmproc_manifest::load(Path::new(path)).map_err(|e| e.to_string())?;
+            live.reload(&manifest).await
+        }
         "down" => {
             live.emit(Event::ShuttingDown).await;
             live.shutdown.cancel();
             Ok(json!({"down": true}))
         }
         other => Err(format!(
-            "unknown verb `{other}` (ps, top, logs, start, stop, restart, send, call, swap, down, subscribe)"
+            "unknown verb `{other}` (ps, top, logs, start, stop, restart, send, call, swap, reload, down, subscribe)"
         )),
     }
 }

@@ -80,6 +80,8 @@ struct Info {
     artifact: String,
     /// The running instance, as the relay knows it (its counters).
     entry: Option<Arc<Entry>>,
+    /// Its table, as it runs now (`reload` compares it with the file).
+    def: GuestDef,
 }
 
 impl Slot {
@@ -92,6 +94,7 @@ impl Slot {
         let artifact = artifact_hash(&def.module).await;
         let mut info = self.info();
         info.state = State::Running;
+        info.def = def.clone();
         info.entry = Some(child.entry().clone());
         info.id = child.id().0;
         info.pid = child.pid();
@@ -104,6 +107,7 @@ impl Slot {
     pub(super) async fn swapped(&self, child: &Child, def: &GuestDef) {
         let artifact = artifact_hash(&def.module).await;
         let mut info = self.info();
+        info.def = def.clone();
         info.entry = Some(child.entry().clone());
         info.id = child.id().0;
         info.pid = child.pid();
@@ -130,6 +134,7 @@ impl Slot {
             row["msgs_out"] = json!(c.msgs_out.load(Relaxed));
             row["bytes_out"] = json!(c.bytes_out.load(Relaxed));
             row["undeliverable"] = json!(c.undeliverable.load(Relaxed));
+            row["memory_bytes"] = json!(c.memory.load(Relaxed));
             row["mailbox"] = json!(entry.mailbox.len());
             row["mailbox_high_water"] = json!(entry.mailbox.high_water());
             row["calls_to_answer"] = json!(owed);
@@ -307,6 +312,7 @@ impl Live {
                 module: def.module.clone(),
                 artifact: String::new(),
                 entry: None,
+                def: def.clone(),
             }),
         });
         self.slots().insert(name.to_owned(), slot.clone());
@@ -357,20 +363,12 @@ impl Live {
     pub async fn stop_or_restart(&self, target: &str, restart: bool) -> Answer {
         let mut done = Vec::new();
         for slot in self.targets(target)? {
-            let (reply, answer) = oneshot::channel();
             let verb = if restart {
-                Control::Restart(reply)
+                Control::Restart
             } else {
-                Control::Stop(reply)
+                Control::Stop
             };
-            slot.control
-                .send(verb)
-                .await
-                .map_err(|_| format!("{} is no longer supervised", slot.name))?;
-            let said = answer
-                .await
-                .map_err(|_| format!("{} ended meanwhile", slot.name))?
-                .map_err(|err| format!("{}: {err}", slot.name))?;
+            let said = self.tell(&slot, verb).await?;
             if restart {
                 // Rolling: the next member goes once this one runs again.
                 self.wait_running(&slot).await;
@@ -388,6 +386,97 @@ impl Live {
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+    }
+
+    /// Send `slot` a verb that is answered with a line of text.
+    async fn tell(
+        &self,
+        slot: &Slot,
+        verb: impl FnOnce(oneshot::Sender<Result<String, String>>) -> Control,
+    ) -> Result<String, String> {
+        let (reply, answer) = oneshot::channel();
+        slot.control
+            .send(verb(reply))
+            .await
+            .map_err(|_| format!("{} is no longer supervised", slot.name))?;
+        answer
+            .await
+            .map_err(|_| format!("{} ended meanwhile", slot.name))?
+            .map_err(|err| format!("{}: {err}", slot.name))
+    }
+
+    /// Stop the instances of table `table` and forget them.
+    async fn remove(&self, table: &str) -> Result<Vec<String>, String> {
+        let slots: Vec<Arc<Slot>> = self
+            .slots()
+            .values()
+            .filter(|s| s.info().def.name == table)
+            .cloned()
+            .collect();
+        let mut said = Vec::new();
+        for slot in slots {
+            said.push(self.tell(&slot, Control::Remove).await?);
+            self.slots().remove(&slot.name);
+        }
+        Ok(said)
+    }
+
+    /// `reload`: make the app what `manifest` says. A table that is new is
+    /// started; one that is gone is stopped; one whose module alone changed
+    /// (its path, or the file's contents) is swapped, instance by instance;
+    /// one whose other settings changed is restarted with them (or, with a
+    /// new number of replicas, replaced). What it did, a line each.
+    pub async fn reload(self: &Arc<Self>, manifest: &wasmproc_manifest::Manifest) -> Answer {
+        let mut running: BTreeMap<String, (GuestDef, Vec<Arc<Slot>>, String)> = BTreeMap::new();
+        for slot in self.slots().values() {
+            let info = slot.info();
+            let entry = running
+                .entry(info.def.name.clone())
+                .or_insert_with(|| (info.def.clone(), Vec::new(), info.artifact.clone()));
+            entry.1.push(slot.clone());
+        }
+        let mut done = Vec::new();
+        for def in &manifest.guests {
+            let Some((old, slots, artifact)) = running.remove(&def.name) else {
+                self.start(def.clone()).await?;
+                done.push(format!("added {}", def.name));
+                continue;
+            };
+            let same_module =
+                old.module == def.module && artifact_hash(&def.module).await == artifact;
+            let mut module_only = old.clone();
+            module_only.module = def.module.clone();
+            if same_module && old == *def {
+                done.push(format!("unchanged {}", def.name));
+            } else if module_only == *def {
+                for slot in &slots {
+                    let swapped = self.swap(&slot.name, def.module.clone(), def.grace).await?;
+                    done.push(format!(
+                        "swapped {} ({} moved, {} drained, {} returned)",
+                        slot.name, swapped["moved"], swapped["drained"], swapped["returned"]
+                    ));
+                }
+            } else if old.replicas == def.replicas {
+                for slot in &slots {
+                    let new = Box::new(def.clone());
+                    done.push(
+                        self.tell(slot, |reply| Control::Replace { def: new, reply })
+                            .await?,
+                    );
+                }
+            } else {
+                self.remove(&def.name).await?;
+                self.start(def.clone()).await?;
+                done.push(format!(
+                    "replaced {} ({} → {} replicas)",
+                    def.name, old.replicas, def.replicas
+                ));
+            }
+        }
+        for table in running.keys() {
+            done.extend(self.remove(table).await?);
+        }
+        Ok(json!({ "done": done }))
     }
 
     /// `swap`: replace instance `name`'s module with `module`.
@@ -503,9 +592,16 @@ impl Live {
     }
 
     /// `logs`: the last `n` lines of `target` (a guest or a group; every
-    /// guest when `None`), oldest first. An unknown target is an error,
+    /// guest when `None`), oldest first, none older than `since`. An
+    /// unknown target is an error,
     /// unless `known_later` (a follower waits for it).
-    pub fn logs(&self, target: Option<&str>, n: usize, known_later: bool) -> Answer {
+    pub fn logs(
+        &self,
+        target: Option<&str>,
+        n: usize,
+        since: Option<SystemTime>,
+        known_later: bool,
+    ) -> Answer {
         let wanted: Option<Vec<String>> = match target {
             Some(target) => match self.targets(target) {
                 Ok(slots) => Some(slots.iter().map(|s| s.name.clone()).collect()),
@@ -520,6 +616,7 @@ impl Live {
             .iter()
             .filter(|(guest, _)| wanted.as_ref().is_none_or(|w| w.contains(guest)))
             .flat_map(|(guest, (lines, _))| lines.iter().map(move |l| (guest, l)))
+            .filter(|(_, l)| since.is_none_or(|since| l.at >= since))
             .collect();
         lines.sort_by_key(|(_, l)| l.at);
         let skip = lines.len().saturating_sub(n);

@@ -15,7 +15,7 @@ use super::live::Live;
 
 /// Each per-guest number: its key in `top`'s rows, its metric, its type,
 /// its help, and a divisor (milliseconds to seconds).
-const METRICS: [(&str, &str, &str, &str, u64); 11] = [
+const METRICS: [(&str, &str, &str, &str, u64); 12] = [
     (
         "msgs_in",
         "wasmproc_messages_in_total",
@@ -84,6 +84,13 @@ const METRICS: [(&str, &str, &str, &str, u64); 11] = [
         "wasmproc_resident_memory_bytes",
         "gauge",
         "Resident memory of the guest's runner.",
+        1,
+    ),
+    (
+        "memory_bytes",
+        "wasmproc_linear_memory_bytes",
+        "gauge",
+        "The guest's linear memory, as its runner last said.",
         1,
     ),
     (

@@ -35,6 +35,13 @@ pub enum Control {
         drain: Duration,
         reply: oneshot::Sender<Result<Swapped, String>>,
     },
+    /// Stop it and start it again with new settings (`reload`).
+    Replace {
+        def: Box<GuestDef>,
+        reply: oneshot::Sender<Result<String, String>>,
+    },
+    /// Stop it and supervise it no more (`reload` without it).
+    Remove(oneshot::Sender<Result<String, String>>),
 }
 
 /// How one run ended.
@@ -47,6 +54,16 @@ enum Ended {
     Stopped,
     /// A `restart` verb: start again at once.
     Restart,
+    /// A `remove`: supervise it no more.
+    Removed,
+}
+
+/// What a stopped instance does next.
+enum Resume {
+    /// Start again (with these settings, if they changed).
+    Start(Option<Box<GuestDef>>),
+    /// Supervise it no more: the app shuts down, or it was removed.
+    End,
 }
 
 /// Supervise instance `slot` of `def`, started as `first` (or started here
@@ -96,10 +113,12 @@ pub async fn supervise(
                 slot.restarted();
                 continue;
             }
+            Ended::Removed => return success,
             Ended::Stopped => {
                 // Stopped on request: wait for `restart` or the app's end.
-                if !wait_stopped(&live, &name, &mut control).await {
-                    return success;
+                match wait_stopped(&live, &name, &mut control).await {
+                    Resume::End => return success,
+                    Resume::Start(new) => def = new.map_or(def, |d| *d),
                 }
                 attempt += 1;
                 slot.restarted();
@@ -119,8 +138,9 @@ pub async fn supervise(
             slot.set_ended(&status, State::Exited);
             if live.stay_up {
                 // A long-lived app keeps the slot: `restart` starts it again.
-                if !wait_stopped(&live, &name, &mut control).await {
-                    return success;
+                match wait_stopped(&live, &name, &mut control).await {
+                    Resume::End => return success,
+                    Resume::Start(new) => def = new.map_or(def, |d| *d),
                 }
                 slot.restarted();
                 continue;
@@ -145,7 +165,10 @@ pub async fn supervise(
                     window: def.restart_window,
                 })
                 .await;
-                if live.stay_up && wait_stopped(&live, &name, &mut control).await {
+                if live.stay_up
+                    && let Resume::Start(new) = wait_stopped(&live, &name, &mut control).await
+                {
+                    def = new.map_or(def, |d| *d);
                     short_runs.clear();
                     consecutive_short = 0;
                     slot.restarted();
@@ -192,18 +215,25 @@ async fn run(
             () = live.shutdown.cancelled() => break Ended::Shutdown(child.stop(def.grace).await),
             Some(verb) = control.recv() => match verb {
                 Control::Stop(reply) => {
-                    let status = child.stop(def.grace).await;
-                    slot.set_ended(&status, State::Stopped);
-                    exited(live, name, &status, started).await;
+                    let status = stop_run(live, slot, &child, def, started, State::Stopped).await;
                     let _ = reply.send(Ok(format!("stopped {name}: {status}")));
                     break Ended::Stopped;
                 }
                 Control::Restart(reply) => {
-                    let status = child.stop(def.grace).await;
-                    slot.set_ended(&status, State::Restarting);
-                    exited(live, name, &status, started).await;
+                    stop_run(live, slot, &child, def, started, State::Restarting).await;
                     let _ = reply.send(Ok(format!("restarted {name}")));
                     break Ended::Restart;
+                }
+                Control::Replace { def: new, reply } => {
+                    stop_run(live, slot, &child, def, started, State::Restarting).await;
+                    *def = *new;
+                    let _ = reply.send(Ok(format!("restarted {name} with its new settings")));
+                    break Ended::Restart;
+                }
+                Control::Remove(reply) => {
+                    stop_run(live, slot, &child, def, started, State::Exited).await;
+                    let _ = reply.send(Ok(format!("removed {name}")));
+                    break Ended::Removed;
                 }
                 Control::Swap { module, drain, reply } => {
                     let mut new_def = def.clone();
@@ -250,6 +280,22 @@ async fn run(
         let _ = output.await;
     }
     ended
+}
+
+/// Stop a run for a verb: its status, recorded (the instance is now
+/// `state`) and announced.
+async fn stop_run(
+    live: &Live,
+    slot: &Slot,
+    child: &Child,
+    def: &GuestDef,
+    started: Instant,
+    state: State,
+) -> ExitStatus {
+    let status = child.stop(def.grace).await;
+    slot.set_ended(&status, state);
+    exited(live, &slot.name, &status, started).await;
+    status
 }
 
 /// Record and announce a run that has started.
@@ -317,17 +363,25 @@ async fn exited(live: &Live, name: &str, status: &ExitStatus, started: Instant) 
     .await;
 }
 
-/// A stopped (or ended) instance waits for `restart`; `false` when the app
-/// shuts down first.
-async fn wait_stopped(live: &Live, name: &str, control: &mut mpsc::Receiver<Control>) -> bool {
+/// A stopped (or ended) instance waits for `restart` (or new settings, or
+/// its removal, or the app's end).
+async fn wait_stopped(live: &Live, name: &str, control: &mut mpsc::Receiver<Control>) -> Resume {
     loop {
         tokio::select! {
-            () = live.shutdown.cancelled() => return false,
+            () = live.shutdown.cancelled() => return Resume::End,
             verb = control.recv() => match verb {
-                None => return false,
+                None => return Resume::End,
                 Some(Control::Restart(reply)) => {
                     let _ = reply.send(Ok(format!("restarted {name}")));
-                    return true;
+                    return Resume::Start(None);
+                }
+                Some(Control::Replace { def, reply }) => {
+                    let _ = reply.send(Ok(format!("restarted {name} with its new settings")));
+                    return Resume::Start(Some(def));
+                }
+                Some(Control::Remove(reply)) => {
+                    let _ = reply.send(Ok(format!("removed {name}")));
+                    return Resume::End;
                 }
                 Some(Control::Stop(reply)) => {
                     let _ = reply.send(Err("it is not running".to_owned()));

@@ -241,6 +241,8 @@ enum Action {
     Taken(u64),
     /// The guest is ready for work.
     Ready,
+    /// The guest's linear memory, in bytes.
+    Memory(u64),
 }
 
 /// The reader's state machine: checks that a runner's frames come in the
@@ -356,6 +358,7 @@ impl Frames {
             (Stage::Running, RunnerToHost::Monitor { name }) => Ok(Action::Monitor { name }),
             (Stage::Running, RunnerToHost::Taken { count }) => Ok(Action::Taken(count)),
             (Stage::Running, RunnerToHost::Ready) => Ok(Action::Ready),
+            (Stage::Running, RunnerToHost::Memory { bytes }) => Ok(Action::Memory(bytes)),
             (Stage::Running, RunnerToHost::Exit(report)) => {
                 self.stage = Stage::Reported;
                 self.report = Some(report);
@@ -381,6 +384,7 @@ fn frame_kind(frame: &RunnerToHost) -> &'static str {
         RunnerToHost::Reply { .. } => "Reply",
         RunnerToHost::Abandon { .. } => "Abandon",
         RunnerToHost::Ready => "Ready",
+        RunnerToHost::Memory { .. } => "Memory",
     }
 }
 
@@ -482,6 +486,10 @@ impl Reader {
             }
             Action::Abandon { call } => relay.abandon(entry, call),
             Action::Ready => entry.set_ready(),
+            Action::Memory(bytes) => entry
+                .counters
+                .memory
+                .store(bytes, std::sync::atomic::Ordering::Relaxed),
             Action::Monitor { name } => {
                 if let Some(down) = relay.monitor(entry, &name) {
                     let _ = entry.mailbox.push_notice(down).await;

@@ -73,6 +73,8 @@ pub struct Counters {
     pub bytes_out: AtomicU64,
     /// `undeliverable` notices it was given about its own sends.
     pub undeliverable: AtomicU64,
+    /// Its linear memory in bytes, as its runner last said.
+    pub memory: AtomicU64,
 }
 
 impl Counters {

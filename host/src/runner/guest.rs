@@ -78,8 +78,8 @@ async fn run_component(
     let state = ipc::GuestState {
         wasi: wasi.build(),
         table: ResourceTable::new(),
+        limiter: MemoryLimiter::new(max_memory, Some(link.clone())),
         link,
-        limiter: MemoryLimiter::new(max_memory),
     };
     let mut store = Store::new(engine, state);
     store.limiter(|state| &mut state.limiter);
@@ -122,7 +122,7 @@ async fn run_module(
     wasmtime_wasi::p1::add_to_linker_async(&mut linker, |state| &mut state.wasi)?;
     let state = P1State {
         wasi: wasi.build_p1(),
-        limiter: MemoryLimiter::new(max_memory),
+        limiter: MemoryLimiter::new(max_memory, None),
     };
     let mut store = Store::new(engine, state);
     store.limiter(|state| &mut state.limiter);
@@ -150,10 +150,12 @@ pub(crate) struct MemoryLimiter {
     limits: StoreLimits,
     max: u64,
     refused: Option<u64>,
+    /// Where the size it allowed is published, for the host's `top`.
+    link: Option<Arc<Link>>,
 }
 
 impl MemoryLimiter {
-    fn new(max: u64) -> MemoryLimiter {
+    fn new(max: u64, link: Option<Arc<Link>>) -> MemoryLimiter {
         MemoryLimiter {
             limits: StoreLimitsBuilder::new()
                 .memory_size(usize::try_from(max).unwrap_or(usize::MAX))
@@ -161,6 +163,7 @@ impl MemoryLimiter {
                 .build(),
             max,
             refused: None,
+            link,
         }
     }
 
@@ -181,6 +184,11 @@ impl ResourceLimiter for MemoryLimiter {
         maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
         let verdict = self.limits.memory_growing(current, desired, maximum);
+        if matches!(verdict, Ok(true))
+            && let Some(link) = &self.link
+        {
+            link.memory_grew(desired as u64);
+        }
         if !matches!(verdict, Ok(true)) {
             self.refused = Some(desired as u64);
         }

@@ -65,6 +65,9 @@ pub struct Link {
     answered: Notify,
     /// Whether the host has heard that the guest is ready.
     said_ready: std::sync::atomic::AtomicBool,
+    /// The guest's linear memory in bytes (its main memory), as the store
+    /// allowed it last; the host hears it with the next frame.
+    memory: AtomicU64,
 }
 
 /// The guest's side of calls. The host decides every answer; the runner
@@ -122,6 +125,8 @@ struct Outgoing {
     host_gone: bool,
     /// The taken count last queued for the host.
     reported_taken: u64,
+    /// The memory size last queued for the host.
+    reported_memory: u64,
     /// The writer loop waits on `out_ready`.
     writer_waiting: bool,
     /// A sender or the final flush waits on `out_drained`.
@@ -150,7 +155,13 @@ impl Link {
             calls: Mutex::new(Calls::default()),
             answered: Notify::new(),
             said_ready: std::sync::atomic::AtomicBool::new(false),
+            memory: AtomicU64::new(0),
         }
+    }
+
+    /// The store let the guest's memory grow to `bytes`.
+    pub fn memory_grew(&self, bytes: u64) {
+        self.memory.fetch_max(bytes, Ordering::Relaxed);
     }
 
     fn calls(&self) -> MutexGuard<'_, Calls> {
@@ -468,6 +479,16 @@ impl Link {
                         return Err(QueueError::HostGone);
                     }
                     out.reported_taken = taken;
+                    let memory = self.memory.load(Ordering::Relaxed);
+                    if memory != out.reported_memory
+                        && out
+                            .buf
+                            .push(&RunnerToHost::Memory { bytes: memory })
+                            .is_err()
+                    {
+                        return Err(QueueError::HostGone);
+                    }
+                    out.reported_memory = memory;
                     // Our frames are within the limit: the guest's payload was
                     // checked against its (smaller) message limit.
                     if push(&mut out.buf, taken).is_err() {
