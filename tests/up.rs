@@ -641,3 +641,32 @@ fn reload_adds_removes_swaps_and_restarts_what_the_manifest_changed() {
     );
     assert_eq!(app.ps().len(), 4);
 }
+
+#[test]
+fn the_app_table_gives_a_rotated_log_file_and_the_metrics_address() {
+    let app = App::new("table");
+    let log = app.dir.join("logs/out.log");
+    app.start(&format!(
+        "[app]\nlog-file = \"logs/out.log\"\nlog-size = \"400B\"\nmetrics = \"127.0.0.1:0\"\n\n\
+         [guests.chatty]\nmodule = \"{}\"\nargs = [\"stderr\", \"hello\"]\n\
+         restart = \"always\"\nmin-uptime = \"0s\"\nbackoff = \"10ms\"\nbackoff-max = \"10ms\"\n",
+        module("crasher")
+    ));
+    let rotated = app.dir.join("logs/out.log.1");
+    eventually("the log file rotated", || rotated.exists());
+    let lines = std::fs::read_to_string(&rotated).unwrap();
+    assert!(lines.len() <= 400, "{} bytes", lines.len());
+    for line in lines.lines() {
+        // `2026-12-01T18:00:00.123Z chatty | hello` or `... chatty ! err:hello`
+        let (stamp, rest) = line.split_once(' ').unwrap();
+        assert!(humantime::parse_rfc3339(stamp).is_ok(), "{line}");
+        assert!(
+            rest == "chatty | hello" || rest == "chatty ! err:hello",
+            "{line}"
+        );
+    }
+    assert!(log.exists());
+    let (status, text) = scrape(&metrics_address(&app));
+    assert_eq!(status, 200);
+    assert!(text.contains("wasmproc_up{guest=\"chatty\"}"), "{text}");
+}

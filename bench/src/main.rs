@@ -685,12 +685,29 @@ async fn stream_rows(quick: bool, reps: usize, rows: &mut Vec<Row>) -> anyhow::R
         );
     }
     let best_node = median(&mut nj).max(median(&mut na));
+    let counted = median(&mut w);
     rows.push(Row {
         scenario: "stream 64 B A→relay→B (msg/s)".into(),
         unit: "msg/s",
-        wasmproc: median(&mut w),
+        wasmproc: counted,
         node: Some(best_node),
         floor: Some(median(&mut fl)),
+        higher_better: true,
+    });
+    // The metrics counters' cost: the same stream, on and off in turn.
+    let (mut on, mut off) = (Vec::new(), Vec::new());
+    for _ in 0..reps.max(2) {
+        wasmproc::testing::set_counting(false);
+        off.push(wasmproc_stream(small_n, 64).await?.0);
+        wasmproc::testing::set_counting(true);
+        on.push(wasmproc_stream(small_n, 64).await?.0);
+    }
+    rows.push(Row {
+        scenario: "stream 64 B with the metrics counters (msg/s; floor = counters off)".into(),
+        unit: "msg/s",
+        wasmproc: median(&mut on),
+        node: None,
+        floor: Some(median(&mut off)),
         higher_better: true,
     });
     let (mut w, mut fl) = (Vec::new(), Vec::new());

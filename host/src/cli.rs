@@ -586,7 +586,7 @@ async fn up(args: UpArgs) -> anyhow::Result<u8> {
         return detach(&args, &app).await;
     }
     let (listener, socket) = control::bind(&app).await?;
-    let metrics = match args.metrics {
+    let metrics = match args.metrics.or(manifest.app.metrics) {
         Some(addr) => Some(
             tokio::net::TcpListener::bind(addr)
                 .await

@@ -26,6 +26,12 @@ pub fn mailbox_len(host: &Host, name: &str) -> Option<usize> {
     host.relay().lookup(name).map(|entry| entry.mailbox.len())
 }
 
+/// Turn the per-guest message counters (`top`, metrics) on or off, for a
+/// benchmark that weighs them.
+pub fn set_counting(on: bool) {
+    crate::relay::COUNTING.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// Calls of `host` waiting for their answer: none once every call has
 /// been answered, timed out or failed.
 pub fn calls_open(host: &Host) -> usize {

@@ -21,6 +21,11 @@
 //! max-message-size = "1MiB"            # largest message (default 16MiB)
 //! inbox-size = 1000                    # items held in the runner (default 65536)
 //! max-call-timeout = "10s"             # longest a call may wait (default 60s)
+//!
+//! [app]                                # how `wasmproc up` operates it (optional)
+//! log-file = "app.log"                 # every guest's output, timestamped
+//! log-size = "10MiB"                   # then renamed to app.log.1 and begun again
+//! metrics = "127.0.0.1:9464"           # Prometheus text at /metrics
 //! ```
 //!
 //! Everything is checked before anything starts: unknown keys, wrong types,
@@ -148,6 +153,31 @@ pub struct Manifest {
     pub path: PathBuf,
     /// By name.
     pub guests: Vec<GuestDef>,
+    /// The `[app]` table: how the app is operated.
+    pub app: AppSettings,
+}
+
+/// The `[app]` table of a manifest (for `wasmproc up`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppSettings {
+    /// Every guest's output, appended with a timestamp and the guest's
+    /// name (`log-file`, relative to the manifest).
+    pub log_file: Option<PathBuf>,
+    /// Past this size the log file is renamed to `FILE.1` (replacing the
+    /// one before) and begun again (`log-size`, default 10 MiB).
+    pub log_size: u64,
+    /// Serve metrics here (`metrics = "127.0.0.1:9464"`).
+    pub metrics: Option<std::net::SocketAddr>,
+}
+
+impl Default for AppSettings {
+    fn default() -> Self {
+        AppSettings {
+            log_file: None,
+            log_size: defaults::LOG_SIZE,
+            metrics: None,
+        }
+    }
 }
 
 /// A manifest that cannot be used, located as precisely as possible.
@@ -185,12 +215,22 @@ pub mod defaults {
     pub const BACKOFF_MAX: Duration = Duration::from_secs(15);
     pub const GRACE: Duration = Duration::from_secs(5);
     pub const MAX_REPLICAS: u32 = 1000;
+    pub const LOG_SIZE: u64 = 10 * 1024 * 1024;
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawManifest {
     guests: Spanned<BTreeMap<Spanned<String>, Spanned<RawGuest>>>,
+    app: Option<RawApp>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawApp {
+    log_file: Option<String>,
+    log_size: Option<Spanned<String>>,
+    metrics: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -454,9 +494,25 @@ pub fn parse(
         }
         checked.push(def);
     }
+    let mut app = AppSettings::default();
+    if let Some(raw) = raw.app {
+        app.log_file = raw.log_file.map(|f| base.join(f));
+        if let Some(size) = raw.log_size {
+            app.log_size = parse_size(size.get_ref()).map_err(|msg| at(size.span().start, msg))?;
+        }
+        if let Some(addr) = raw.metrics {
+            app.metrics = Some(addr.get_ref().parse().map_err(|_| {
+                at(
+                    addr.span().start,
+                    format!("`{}` is not an address like 127.0.0.1:9464", addr.get_ref()),
+                )
+            })?);
+        }
+    }
     Ok(Manifest {
         path: file.to_owned(),
         guests: checked,
+        app,
     })
 }
 
@@ -573,6 +629,26 @@ max-call-timeout = "5s"
                 guest: "/data".into(),
                 read_only: true
             }]
+        );
+    }
+
+    #[test]
+    fn the_app_table_is_optional_and_checked() {
+        let m = check(GOOD).unwrap();
+        assert_eq!(m.app, AppSettings::default());
+        let with_app = format!(
+            "{GOOD}\n[app]\nlog-file = \"logs/app.log\"\nlog-size = \"1MiB\"\nmetrics = \"127.0.0.1:9464\"\n"
+        );
+        let m = check(&with_app).unwrap();
+        assert_eq!(m.app.log_file, Some(PathBuf::from("/apps/logs/app.log")));
+        assert_eq!(m.app.log_size, 1 << 20);
+        assert_eq!(m.app.metrics, Some("127.0.0.1:9464".parse().unwrap()));
+        assert_eq!(
+            error(&format!("{GOOD}\n[app]\nmetrics = \"localhost\"\n")),
+            format!(
+                "app.toml:{}: app.metrics: `localhost` is not an address like 127.0.0.1:9464",
+                GOOD.lines().count() + 3
+            )
         );
     }
 

@@ -229,6 +229,57 @@ impl Logs {
     }
 }
 
+/// The app's log file: every guest's output, timestamped, renamed to
+/// `FILE.1` past its size and begun again.
+#[derive(Debug)]
+struct LogFile {
+    path: PathBuf,
+    file: std::fs::File,
+    written: u64,
+    max: u64,
+}
+
+impl LogFile {
+    fn open(path: &Path, max: u64) -> std::io::Result<LogFile> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)?;
+        let written = file.metadata()?.len();
+        Ok(LogFile {
+            path: path.to_owned(),
+            file,
+            written,
+            max,
+        })
+    }
+
+    fn write(&mut self, guest: &str, stream: Stream, line: &str) {
+        use std::io::Write;
+        let text = format!(
+            "{} {guest}{} {line}\n",
+            humantime::format_rfc3339_millis(SystemTime::now()),
+            if stream == Stream::Stderr { " !" } else { " |" }
+        );
+        if self.written > 0 && self.written + text.len() as u64 > self.max {
+            let mut old = self.path.clone().into_os_string();
+            old.push(".1");
+            let reopened = std::fs::rename(&self.path, &old)
+                .and_then(|()| LogFile::open(&self.path, self.max));
+            match reopened {
+                Ok(fresh) => *self = fresh,
+                Err(err) => tracing::warn!("cannot rotate {}: {err}", self.path.display()),
+            }
+        }
+        if self.file.write_all(text.as_bytes()).is_ok() {
+            self.written += text.len() as u64;
+        }
+    }
+}
+
 /// A running app.
 #[derive(Debug)]
 pub struct Live {
@@ -241,6 +292,7 @@ pub struct Live {
     subscribers: broadcast::Sender<Event>,
     slots: Mutex<BTreeMap<String, Arc<Slot>>>,
     logs: Mutex<Logs>,
+    log_file: Option<Mutex<LogFile>>,
     pub(super) tasks: TaskTracker,
 }
 
@@ -253,8 +305,14 @@ impl Live {
         events: mpsc::Sender<Event>,
         shutdown: CancellationToken,
         stay_up: bool,
-    ) -> Arc<Live> {
-        Arc::new(Live {
+        settings: &wasmproc_manifest::AppSettings,
+    ) -> std::io::Result<Arc<Live>> {
+        let log_file = match &settings.log_file {
+            Some(path) => Some(Mutex::new(LogFile::open(path, settings.log_size)?)),
+            None => None,
+        };
+        Ok(Arc::new(Live {
+            log_file,
             host,
             shutdown,
             stay_up,
@@ -263,7 +321,7 @@ impl Live {
             slots: Mutex::new(BTreeMap::new()),
             logs: Mutex::new(Logs::default()),
             tasks: TaskTracker::new(),
-        })
+        }))
     }
 
     fn slots(&self) -> MutexGuard<'_, BTreeMap<String, Arc<Slot>>> {
@@ -283,6 +341,11 @@ impl Live {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .push(guest, *stream, line);
+            if let Some(file) = &self.log_file {
+                file.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .write(guest, *stream, line);
+            }
         }
         let _ = self.subscribers.send(event.clone());
         let _ = self.events.send(event).await;

@@ -216,6 +216,9 @@ pub enum AppError {
     /// The open-files limit cannot be read.
     #[error("cannot read the open-files limit: {0}")]
     Limits(#[source] std::io::Error),
+    /// The manifest's `log-file` cannot be written.
+    #[error("cannot open the app's log file: {0}")]
+    LogFile(#[source] std::io::Error),
 }
 
 /// Check that this process can hold every guest of `manifest` at once,
@@ -275,7 +278,8 @@ pub async fn start(
 ) -> Result<Option<Arc<Live>>, AppError> {
     check_capacity(manifest)?;
     let host = Host::new();
-    let live = Live::new(host.clone(), events, shutdown, stay_up);
+    let live = Live::new(host.clone(), events, shutdown, stay_up, &manifest.app)
+        .map_err(AppError::LogFile)?;
     let (refusals_tx, mut refusals) = mpsc::channel(256);
     host.relay().report_refusals(refusals_tx);
     // Weakly: once the app is gone, so is its event channel.
