@@ -241,6 +241,20 @@ fn a_module_started_into_a_running_app_takes_calls_from_a_guest_already_there() 
     });
     assert_eq!(app.ok(&["logs", "-n", "1"]), "asker | ok hello\n");
     assert_eq!(app.state_of("fresh")["state"], "running");
+    // A started guest may join a group; a call to the group reaches it.
+    app.ok(&[
+        "start",
+        "extra",
+        "--module",
+        &module("rpc"),
+        "--group",
+        "helpers",
+        "--",
+        "serve",
+        "name",
+    ]);
+    assert_eq!(app.state_of("extra")["group"], "helpers");
+    assert_eq!(app.ok(&["call", "helpers", "who"]), "extra");
     // The same checks as a manifest's.
     let out = app.run(&["start", "fresh", "--module", &module("rpc")]);
     assert_eq!(
@@ -669,4 +683,74 @@ fn the_app_table_gives_a_rotated_log_file_and_the_metrics_address() {
     let (status, text) = scrape(&metrics_address(&app));
     assert_eq!(status, 200);
     assert!(text.contains("wasmproc_up{guest=\"chatty\"}"), "{text}");
+}
+
+/// The to-parent messages of `guest` in an app's log, decoded.
+fn reports_of<T: serde::de::DeserializeOwned>(log: &str, guest: &str) -> Vec<T> {
+    let prefix = format!("wasmproc: message to the parent from {guest}: hex:");
+    log.lines()
+        .filter_map(|l| l.strip_prefix(&prefix))
+        .map(|hex| {
+            let bytes: Vec<u8> = (0..hex.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+                .collect();
+            postcard::from_bytes(&bytes).unwrap()
+        })
+        .collect()
+}
+
+#[test]
+fn swapping_a_guest_three_times_under_a_stream_through_the_cli_loses_nothing() {
+    const STREAM: u64 = 300_000;
+    let app = App::up(
+        "stream",
+        &format!(
+            "[guests.w]\nmodule = \"{pingpong}\"\nargs = [\"take\", \"1\"]\n\n\
+             [guests.flood]\nmodule = \"{pingpong}\"\nargs = [\"flood\", \"w\", \"{STREAM}\"]\n",
+            pingpong = module("pingpong")
+        ),
+    );
+    for _ in 0..3 {
+        let out = app.ok(&["swap", "w", &module("pingpong")]);
+        assert!(out.starts_with("swapped w: "), "{out}");
+        assert!(
+            out.ends_with(" 0 returned (the old one: exit code 0)\n"),
+            "{out}"
+        );
+    }
+    // A module that traps at start is rolled back; the stream goes on.
+    let out = app.run(&["swap", "w", &module("crasher")]);
+    assert_eq!(out.status.code(), Some(1));
+    let log = || std::fs::read_to_string(app.log_path()).unwrap();
+    eventually("the whole stream sent", || {
+        reports_of::<(u64, u64)>(&log(), "flood").len() == 1
+    });
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    app.ok(&["stop", "w"]);
+    app.ok(&["send", "flood", "done"]);
+    eventually("the flood's last report", || {
+        reports_of::<(u64, u64)>(&log(), "flood").len() == 2
+    });
+    assert_eq!(reports_of::<(u64, u64)>(&log(), "flood")[1], (STREAM, 0));
+    type Taken = (u64, u64, u64, u64, bool, u64, u64);
+    let versions: Vec<Taken> = reports_of(&log(), "w");
+    assert_eq!(versions.len(), 4, "{versions:?}\n{}", log());
+    let mut next = 0;
+    for (i, (_, first, last, count, in_order, ..)) in versions.iter().enumerate() {
+        println!("version {}: took {count} ({first}..={last})", i + 1);
+        assert!(in_order, "version {} out of order", i + 1);
+        if *count == 0 {
+            continue;
+        }
+        assert_eq!(
+            *first,
+            next,
+            "version {} did not take up where the last left off",
+            i + 1
+        );
+        assert_eq!(last - first + 1, *count);
+        next = last + 1;
+    }
+    assert_eq!(next, STREAM, "every message taken once");
 }

@@ -279,6 +279,9 @@ struct StartArgs {
     /// Instances NAME.1 to NAME.N, in the group NAME.
     #[arg(long, default_value_t = 1)]
     replicas: u32,
+    /// Join this group (a group of the app's, or a new one).
+    #[arg(long, value_name = "GROUP")]
+    group: Option<String>,
     /// Names and groups it may send to (repeat; default: anyone).
     #[arg(long = "talks-to", value_name = "NAME")]
     talks_to: Vec<String>,
@@ -913,6 +916,7 @@ async fn start(args: StartArgs) -> anyhow::Result<u8> {
         "args": args.args,
         "env": options.env.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>(),
         "replicas": args.replicas,
+        "group": args.group,
         "talks_to": (!args.talks_to.is_empty()).then_some(&args.talks_to),
         "restart": args.restart,
         "limits": {

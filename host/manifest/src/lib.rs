@@ -72,6 +72,10 @@ pub struct GuestDef {
     pub env: Vec<(String, String)>,
     pub dirs: Vec<Dir>,
     pub replicas: u32,
+    /// The group its instances join, when not the table's own (a table
+    /// with replicas is the group of its name). A manifest has no such key;
+    /// `wasmproc start --group` sets it.
+    pub group: Option<String>,
     /// Names and groups this guest may send to, besides its parent; `None`
     /// (no `talks-to` key): anyone; `Some([])`: only its parent.
     pub talks_to: Option<Vec<String>>,
@@ -421,6 +425,7 @@ pub fn parse(
                 env: guest.env.into_iter().collect(),
                 dirs,
                 replicas,
+                group: None,
                 talks_to: None,
                 restart: guest.restart.unwrap_or(RestartPolicy::Never),
                 max_restarts: guest.max_restarts.unwrap_or(defaults::MAX_RESTARTS),

@@ -430,6 +430,7 @@ fn guest_def(request: &Value) -> Result<GuestDef, String> {
         env,
         dirs: Vec::new(),
         replicas: replicas as u32,
+        group: request["group"].as_str().map(str::to_owned),
         talks_to: request["talks_to"].as_array().map(|_| strings("talks_to")),
         restart,
         max_restarts: defaults::MAX_RESTARTS,

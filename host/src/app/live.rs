@@ -185,6 +185,13 @@ impl Slot {
     }
 }
 
+/// The group the instances of `def` join, if any.
+pub(super) fn group_of(def: &GuestDef) -> Option<String> {
+    def.group
+        .clone()
+        .or_else(|| (def.replicas > 1).then(|| def.name.clone()))
+}
+
 /// The start of the artifact hash of `module` (the cache has it already).
 async fn artifact_hash(module: &Path) -> String {
     match Cache::global().artifact(module).await {
@@ -362,7 +369,7 @@ impl Live {
         let (control, verbs) = mpsc::channel(CONTROL_BACKLOG);
         let slot = Arc::new(Slot {
             name: name.to_owned(),
-            group: (def.replicas > 1).then(|| def.name.clone()),
+            group: group_of(def),
             control,
             info: Mutex::new(Info {
                 state: State::Starting,
@@ -582,6 +589,14 @@ impl Live {
         let names = def.instance_names();
         {
             let slots = self.slots();
+            if let Some(group) = &def.group
+                && !valid_name(group)
+            {
+                return Err(format!(
+                    "`{group}` is not a valid group name: {}",
+                    wasmproc_protocol::contract::NAME_RULE
+                ));
+            }
             for name in names.iter().chain(std::iter::once(&def.name)) {
                 if !valid_name(name) {
                     return Err(format!(
@@ -704,11 +719,12 @@ pub fn unix_ms(at: SystemTime) -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// Bytes for JSON: the text when it is UTF-8, else `hex:` and the bytes.
+/// Bytes for JSON and for people: the text when it is printable UTF-8
+/// (tabs allowed), else `hex:` and the bytes.
 pub fn encode_bytes(bytes: &[u8]) -> String {
     match std::str::from_utf8(bytes) {
-        Ok(text) => text.to_owned(),
-        Err(_) => {
+        Ok(text) if !text.chars().any(|c| c.is_control() && c != '\t') => text.to_owned(),
+        _ => {
             let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
             format!("hex:{hex}")
         }

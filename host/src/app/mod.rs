@@ -362,8 +362,8 @@ pub fn command_for(host: &Host, def: &GuestDef, name: &str) -> crate::Command {
     if let Some(talks_to) = &def.talks_to {
         command.talks_to(talks_to.iter().cloned());
     }
-    if def.replicas > 1 {
-        command.group(&def.name);
+    if let Some(group) = live::group_of(def) {
+        command.group(group);
     }
     for dir in &def.dirs {
         command.preopen(&dir.host, &dir.guest, dir.read_only);

@@ -251,6 +251,7 @@ async fn run(
                     let err = forward_lines(standby.stderr.take(), name, Stream::Stderr, live);
                     match live.host.swap(&child, &standby, SWAP_READY, drain).await {
                         Ok(swapped) => {
+                            to_parent_left(live, name, &child).await;
                             *def = new_def;
                             child = standby;
                             outputs.extend([out, err]);
@@ -274,6 +275,7 @@ async fn run(
         }
     };
     if let Ended::Exited(status) | Ended::Shutdown(status) = &ended {
+        to_parent_left(live, name, &child).await;
         exited(live, name, status, started).await;
     }
     for output in outputs {
@@ -293,9 +295,18 @@ async fn stop_run(
     state: State,
 ) -> ExitStatus {
     let status = child.stop(def.grace).await;
+    to_parent_left(live, &slot.name, child).await;
     slot.set_ended(&status, state);
     exited(live, &slot.name, &status, started).await;
     status
+}
+
+/// Announce what an instance that has ended sent its parent and nobody
+/// read yet.
+async fn to_parent_left(live: &Live, name: &str, child: &Child) {
+    while let Some(item) = child.try_recv() {
+        live.emit(to_parent(name, item)).await;
+    }
 }
 
 /// Record and announce a run that has started.
