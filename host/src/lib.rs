@@ -48,7 +48,8 @@
 //!   RSS and CPU time), `os/user` (the uid, a daemon's session).
 //! - `runner`: what runs in each guest's process: handshake, hardening,
 //!   `runner/guest` (load, run, limit, report), `ipc`, `link`, `drive`,
-//!   `probe`.
+//!   `ticker` (the epoch thread that makes a computing guest yield, parked
+//!   while it waits), `probe`.
 //! - [`sandbox`]: the two walls: `sandbox/wasi` (the first: capabilities as
 //!   a WASI context), `sandbox/os` (the second: the runner's process, from
 //!   one table of system calls), `sandbox/bpf` (the seccomp program that

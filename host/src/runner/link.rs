@@ -4,13 +4,13 @@
 //!
 //! Everything runs on the runner's single-threaded runtime. While guest code
 //! runs, the I/O loops wait; they run whenever the guest blocks (`recv`,
-//! `poll`, a WASI read) and every few milliseconds of pure computation, when
-//! the guest's fuel interval makes it yield. Consecutive `send`s therefore
+//! `poll`, a WASI read) and every millisecond of pure computation, when the
+//! runner's epoch ticker makes it yield. Consecutive `send`s therefore
 //! pile up in one buffer and leave in a single `write`.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use tokio::sync::Notify;
@@ -21,6 +21,7 @@ use wasmproc_protocol::{
     RunnerToHost,
 };
 
+use super::ticker::Ticker;
 use crate::connection::{Batch, FrameReader, FrameWriter};
 use wasmproc_protocol::HostToRunner;
 use wasmproc_protocol::contract::EXIT_HOST_GONE;
@@ -44,6 +45,8 @@ pub struct Link {
     pub id: GuestId,
     pub name: Option<String>,
     pub limits: Limits,
+    /// The epoch ticker, woken by every `ipc` call.
+    pub ticker: Arc<Ticker>,
     inbox: Mutex<Inbox>,
     /// Wakes `recv` and pollables when an item arrives.
     inbox_changed: Notify,
@@ -140,11 +143,12 @@ pub enum QueueError {
 }
 
 impl Link {
-    pub fn new(id: GuestId, name: Option<String>, limits: Limits) -> Link {
+    pub fn new(id: GuestId, name: Option<String>, limits: Limits, ticker: Arc<Ticker>) -> Link {
         Link {
             id,
             name,
             limits,
+            ticker,
             inbox: Mutex::new(Inbox::default()),
             inbox_changed: Notify::new(),
             inbox_space: Notify::new(),
@@ -368,6 +372,7 @@ impl Link {
 
     /// The next inbox item, if any.
     pub fn try_recv(&self) -> Option<InboxItem> {
+        self.ticker.wake();
         let mut inbox = self.inbox();
         let item = inbox.items.pop_front()?;
         inbox.bytes -= item.payload_len() as u64;
@@ -459,6 +464,7 @@ impl Link {
         mut push: impl FnMut(&mut Batch, u64) -> Result<(), FrameError>,
         carries_taken: bool,
     ) -> Result<(), QueueError> {
+        self.ticker.wake();
         loop {
             let drained = self.out_drained.notified();
             tokio::pin!(drained);

@@ -22,6 +22,7 @@ mod guest;
 mod ipc;
 mod link;
 mod probe;
+mod ticker;
 
 use std::fs::File;
 use std::os::fd::{FromRawFd, OwnedFd};
@@ -183,7 +184,15 @@ async fn run(
             std::process::exit(EXIT_FAILED);
         }
     };
-    let link = Arc::new(Link::new(spec.id, spec.name.clone(), spec.limits.clone()));
+    // After hardening: the ticker thread lives under both walls too.
+    let ticker = Arc::new(ticker::Ticker::default());
+    ticker.start(&prepared.engine);
+    let link = Arc::new(Link::new(
+        spec.id,
+        spec.name.clone(),
+        spec.limits.clone(),
+        ticker,
+    ));
     let reader: drive::Branch = Box::pin({
         let link = link.clone();
         async move { link.read_from_host(FrameReader::new(rx, &leftover)).await }
