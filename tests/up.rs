@@ -754,3 +754,66 @@ fn swapping_a_guest_three_times_under_a_stream_through_the_cli_loses_nothing() {
     }
     assert_eq!(next, STREAM, "every message taken once");
 }
+
+#[test]
+fn a_closed_output_pipe_ends_nothing_badly() {
+    use std::io::BufRead;
+    // `wasmproc run app.toml 2>&1 | head -2`: the reader goes away early.
+    let (reader, writer) = std::io::pipe().unwrap();
+    let mut child = std::process::Command::new(cli())
+        .arg("run")
+        .arg(common::root().join("examples/primes-app/app.toml"))
+        .stdin(std::process::Stdio::null())
+        .stdout(writer.try_clone().unwrap())
+        .stderr(writer)
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(reader).lines();
+    for _ in 0..2 {
+        lines.next().unwrap().unwrap();
+    }
+    drop(lines);
+    let status = child.wait().unwrap();
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "no panic (101), the app ran to its end"
+    );
+}
+
+#[test]
+fn run_takes_guest_arguments_after_the_module_and_env_names_alone() {
+    let tool = common::tool_p1();
+    let out = output_within(
+        std::process::Command::new(cli())
+            .arg("run")
+            .arg(&tool)
+            .args(["echo", "hi", "--there"]),
+        60,
+    );
+    assert_eq!(text(&out.stdout), "hi --there\n");
+    let out = output_within(
+        std::process::Command::new(cli())
+            .args(["run", "--env", "WASMPROC_TEST_VALUE"])
+            .arg(&tool)
+            .arg("env")
+            .env("WASMPROC_TEST_VALUE", "passed on"),
+        60,
+    );
+    assert_eq!(text(&out.stdout), "WASMPROC_TEST_VALUE=passed on\n");
+    let out = output_within(
+        std::process::Command::new(cli())
+            .args(["run", "--env", "WASMPROC_TEST_UNSET"])
+            .arg(&tool)
+            .env_remove("WASMPROC_TEST_UNSET"),
+        60,
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains(
+            "`WASMPROC_TEST_UNSET` is not set here, so there is no value to pass on: give K=V"
+        ),
+        "{}",
+        text(&out.stderr)
+    );
+}

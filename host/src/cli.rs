@@ -11,6 +11,41 @@ use serde_json::json;
 use wasmproc::manifest::GuestLimits;
 use wasmproc::{Command, ExitStatus, Pipeline};
 
+/// `println!` that ignores a closed stdout (`wasmproc ... | head -1`)
+/// instead of panicking.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
+/// `print!`, likewise.
+macro_rules! say_raw {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let mut out = std::io::stdout().lock();
+        let _ = write!(out, $($arg)*);
+        let _ = out.flush();
+    }};
+}
+
+/// `eprintln!` that ignores a closed stderr (`... 2>&1 | head -2`).
+macro_rules! warn {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
+/// `eprint!`, likewise.
+macro_rules! warn_raw {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 #[derive(Debug, Parser)]
 #[command(
     name = "wasmproc",
@@ -88,8 +123,9 @@ struct GuestOptions {
     /// Let the guest read (not write) a host folder: HOST or HOST::GUEST.
     #[arg(long = "dir-ro", value_name = "HOST[::GUEST]")]
     dirs_ro: Vec<String>,
-    /// Set an environment variable for the guest (it sees no other).
-    #[arg(long = "env", value_name = "K=V", value_parser = parse_env)]
+    /// Set an environment variable for the guest (it sees no other); `K`
+    /// alone passes this process's value of `K` on.
+    #[arg(long = "env", value_name = "K[=V]", value_parser = parse_env)]
     env: Vec<(String, String)>,
     /// Kill the guest after this long (`500ms`, `5s`, `2m`).
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
@@ -149,8 +185,9 @@ struct RunArgs {
     json: bool,
     /// The module (`.wasm`) or app manifest (`.toml`) to run.
     module: PathBuf,
-    /// Arguments for the guest (after `--`).
-    #[arg(last = true)]
+    /// Arguments for the guest: everything after the module (as `wasmtime
+    /// run` takes them), or after `--`.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     args: Vec<String>,
 }
 
@@ -311,10 +348,19 @@ fn parse_call_timeout(text: &str) -> Result<Duration, String> {
     above_zero(text, wasmproc::manifest::NO_CALL_TIMEOUT)
 }
 
+/// `K=V`, or `K` alone for this process's own value of `K` (as `wasmtime
+/// run --env K` does).
 fn parse_env(text: &str) -> Result<(String, String), String> {
     match text.split_once('=') {
         Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
-        _ => Err(format!("`{text}` is not K=V")),
+        Some(_) => Err(format!("`{text}` is not K=V")),
+        None if text.is_empty() => Err("an empty --env".to_owned()),
+        None => match std::env::var(text) {
+            Ok(value) => Ok((text.to_owned(), value)),
+            Err(_) => Err(format!(
+                "`{text}` is not set here, so there is no value to pass on: give K=V"
+            )),
+        },
     }
 }
 
@@ -343,7 +389,7 @@ pub fn main() -> ExitCode {
     {
         Ok(runtime) => runtime,
         Err(err) => {
-            eprintln!("wasmproc: cannot start the async runtime: {err}");
+            warn!("wasmproc: cannot start the async runtime: {err}");
             return ExitCode::FAILURE;
         }
     };
@@ -385,7 +431,7 @@ pub fn main() -> ExitCode {
     match result {
         Ok(code) => ExitCode::from(code),
         Err(err) => {
-            eprintln!("wasmproc: {err:#}");
+            warn!("wasmproc: {err:#}");
             ExitCode::FAILURE
         }
     }
@@ -415,7 +461,7 @@ async fn run(args: RunArgs) -> anyhow::Result<u8> {
         .status_with(|item| {
             if let wasmproc::InboxItem::Message { payload, .. } = item {
                 let text = wasmproc::app::encode_bytes(&payload);
-                eprint!("wasmproc: message to the parent: {text}{end}");
+                warn_raw!("wasmproc: message to the parent: {text}{end}");
             }
         })
         .await
@@ -458,7 +504,7 @@ async fn call(args: CallArgs) -> anyhow::Result<u8> {
             Ok(0)
         }
         Err(error) => {
-            eprintln!("wasmproc: call to {module} failed: {error}");
+            warn!("wasmproc: call to {module} failed: {error}");
             Ok(EXIT_CALL_FAILED)
         }
     }
@@ -488,7 +534,7 @@ async fn exec(args: ExecArgs) -> anyhow::Result<u8> {
         match status {
             // In a pipeline a stage's failure is not visible in the exit code.
             ExitStatus::Exited { code } if several && *code != 0 => {
-                eprintln!("wasmproc: {what}: {status}");
+                warn!("wasmproc: {what}: {status}");
             }
             _ => report(&what, status),
         }
@@ -511,13 +557,13 @@ async fn explain(args: ExplainArgs) -> anyhow::Result<u8> {
             .find(|d| d.name == wanted || d.instance_names().iter().any(|n| n == wanted))
             .ok_or_else(|| anyhow::anyhow!("{} has no guest `{wanted}`", args.target.display()))?;
         command = wasmproc::app::command_for(&wasmproc::Host::new(), def, wanted);
-        println!("guest `{wanted}` ({})", def.module.display());
+        say!("guest `{wanted}` ({})", def.module.display());
     } else {
         command = Command::new(&args.target);
-        println!("guest {}", args.target.display());
+        say!("guest {}", args.target.display());
     }
     args.options.apply(&mut command);
-    println!("{}", wasmproc::sandbox::explain(&mut command).await?);
+    say!("{}", wasmproc::sandbox::explain(&mut command).await?);
     Ok(0)
 }
 
@@ -608,7 +654,7 @@ async fn up(args: UpArgs) -> anyhow::Result<u8> {
     tracing::info!("app `{app}` is up; control socket {}", socket.display());
     if let Some(metrics) = metrics {
         if let Ok(addr) = metrics.local_addr() {
-            eprintln!("wasmproc: metrics on http://{addr}/metrics");
+            warn!("wasmproc: metrics on http://{addr}/metrics");
         }
         tokio::spawn(wasmproc::app::metrics::serve(live.clone(), metrics));
     }
@@ -655,7 +701,7 @@ async fn detach(args: &UpArgs, app: &str) -> anyhow::Result<u8> {
             anyhow::bail!("the background host ended at once ({status}):\n{text}");
         }
         if control::request(app, json!({"verb": "ps"})).await.is_ok() {
-            println!(
+            say!(
                 "app `{app}` is up (pid {}); its log is {}",
                 child.id(),
                 log.display()
@@ -699,15 +745,15 @@ async fn verb(app: &AppArg, request: serde_json::Value, json: bool) -> anyhow::R
     let verb = request["verb"].as_str().unwrap_or_default().to_owned();
     let answer = ask(app, request).await?;
     if json {
-        println!("{answer}");
+        say!("{answer}");
         return Ok(0);
     }
     match verb.as_str() {
-        "down" => println!("shutting down"),
-        "send" => println!("sent"),
+        "down" => say!("shutting down"),
+        "send" => say!("sent"),
         _ => {
             for line in answer["done"].as_array().into_iter().flatten() {
-                println!("{}", line.as_str().unwrap_or_default());
+                say!("{}", line.as_str().unwrap_or_default());
             }
         }
     }
@@ -717,7 +763,7 @@ async fn verb(app: &AppArg, request: serde_json::Value, json: bool) -> anyhow::R
 async fn ps(args: PsArgs) -> anyhow::Result<u8> {
     let answer = ask(&args.app, json!({"verb": "ps"})).await?;
     if args.json {
-        println!("{}", answer["guests"]);
+        say!("{}", answer["guests"]);
         return Ok(0);
     }
     let rows: Vec<[String; 8]> = answer["guests"]
@@ -771,7 +817,7 @@ async fn ps(args: PsArgs) -> anyhow::Result<u8> {
                 out.push_str(&format!("{cell:<width$}  ", width = widths[i]));
             }
         }
-        println!("{}", out.trim_end());
+        say!("{}", out.trim_end());
     };
     line(header.to_vec());
     for row in &rows {
@@ -784,7 +830,7 @@ async fn top(args: PsArgs) -> anyhow::Result<u8> {
     use std::collections::HashMap;
     if args.json {
         let answer = ask(&args.app, json!({"verb": "top"})).await?;
-        println!(
+        say!(
             "{}",
             json!({"guests": answer["guests"], "late_replies": answer["late_replies"]})
         );
@@ -834,7 +880,7 @@ async fn top(args: PsArgs) -> anyhow::Result<u8> {
             "\nlate replies: {}   (Ctrl-C to quit)\n",
             answer["late_replies"]
         ));
-        print!("{out}");
+        say_raw!("{out}");
     }
 }
 
@@ -934,7 +980,7 @@ async fn start(args: StartArgs) -> anyhow::Result<u8> {
     );
     let answer = ask(&args.app, request).await?;
     for name in answer["started"].as_array().into_iter().flatten() {
-        println!("started {}", name.as_str().unwrap_or_default());
+        say!("started {}", name.as_str().unwrap_or_default());
     }
     Ok(0)
 }
@@ -949,7 +995,7 @@ async fn swap(args: SwapArgs) -> anyhow::Result<u8> {
         "drain_ms": args.drain.as_millis() as u64,
     });
     let answer = ask(&args.app, request).await?;
-    println!(
+    say!(
         "swapped {}: {} moved, {} drained, {} returned (the old one: {})",
         args.target,
         answer["moved"],
@@ -981,7 +1027,7 @@ async fn app_call(args: CallArgs) -> anyhow::Result<u8> {
             Ok(0)
         }
         Err(err) => {
-            eprintln!("wasmproc: call to {} failed: {err:#}", args.target);
+            warn!("wasmproc: call to {} failed: {err:#}", args.target);
             Ok(EXIT_CALL_FAILED)
         }
     }
@@ -1020,7 +1066,7 @@ impl Printer {
     fn print(&mut self, event: &wasmproc::app::Event) {
         use wasmproc::app::{Event, Stream};
         if self.json {
-            println!("{}", event.to_json());
+            say!("{}", event.to_json());
             return;
         }
         match event {
@@ -1029,23 +1075,23 @@ impl Printer {
                 stream: Stream::Stdout,
                 line,
             } => {
-                println!("{} | {line}", self.label(guest, self.tty_out));
+                say!("{} | {line}", self.label(guest, self.tty_out));
             }
             Event::Output {
                 guest,
                 stream: Stream::Stderr,
                 line,
             } => {
-                eprintln!("{} | {line}", self.label(guest, self.tty_err));
+                warn!("{} | {line}", self.label(guest, self.tty_err));
             }
             Event::Started { guest, id, pid } => {
-                eprintln!(
+                warn!(
                     "wasmproc: started {} (id {id}, pid {pid})",
                     self.label(guest, self.tty_err)
                 );
             }
             Event::Exited { guest, status, .. } => {
-                eprintln!(
+                warn!(
                     "wasmproc: {} ended: {status}",
                     self.label(guest, self.tty_err)
                 );
@@ -1054,7 +1100,7 @@ impl Printer {
                 guest,
                 attempt,
                 delay,
-            } => eprintln!(
+            } => warn!(
                 "wasmproc: restarting {} in {delay:?} (restart {attempt})",
                 self.label(guest, self.tty_err)
             ),
@@ -1062,34 +1108,34 @@ impl Printer {
                 guest,
                 restarts,
                 window,
-            } => eprintln!(
+            } => warn!(
                 "wasmproc: gave up on {}: it kept failing ({restarts} restarts, too many short runs within {window:?})",
                 self.label(guest, self.tty_err)
             ),
             Event::Refused { from, to } => {
-                eprintln!("wasmproc: refused: {from} may not send to {to}");
+                warn!("wasmproc: refused: {from} may not send to {to}");
             }
             Event::Swapped {
                 guest,
                 moved,
                 drained,
                 returned,
-            } => eprintln!(
+            } => warn!(
                 "wasmproc: swapped {}: {moved} moved, {drained} drained, {returned} returned",
                 self.label(guest, self.tty_err)
             ),
             Event::Request { verb, target } if verb == "refused" => {
-                eprintln!("wasmproc: refused a control connection from {target}");
+                warn!("wasmproc: refused a control connection from {target}");
             }
             Event::Request { verb, target } => {
-                eprintln!("wasmproc: request: {verb} {target}");
+                warn!("wasmproc: request: {verb} {target}");
             }
-            Event::ShuttingDown => eprintln!("wasmproc: shutting down"),
+            Event::ShuttingDown => warn!("wasmproc: shutting down"),
             Event::ToParent {
                 guest,
                 payload,
                 call,
-            } => eprintln!(
+            } => warn!(
                 "wasmproc: {} from {}: {payload}",
                 if *call {
                     "call to the parent (the app answers none)"
@@ -1102,11 +1148,11 @@ impl Printer {
                 guest,
                 reason,
                 bytes,
-            } => eprintln!(
+            } => warn!(
                 "wasmproc: a {bytes}-byte message to {} came back: {reason}",
                 self.label(guest, self.tty_err)
             ),
-            Event::Stopped { dropped_notices } => eprintln!(
+            Event::Stopped { dropped_notices } => warn!(
                 "wasmproc: stopped; {dropped_notices} notices dropped for guests whose mailbox was full"
             ),
         }
@@ -1118,12 +1164,12 @@ fn report(what: &str, status: &ExitStatus) {
     match status {
         ExitStatus::Exited { .. } => {}
         ExitStatus::Trapped { backtrace, .. } => {
-            eprintln!("wasmproc: {what}: {status}");
+            warn!("wasmproc: {what}: {status}");
             for (i, frame) in backtrace.iter().enumerate() {
-                eprintln!("  {i:>3}: {frame}");
+                warn!("  {i:>3}: {frame}");
             }
         }
-        _ => eprintln!("wasmproc: {what}: {status}"),
+        _ => warn!("wasmproc: {what}: {status}"),
     }
 }
 
