@@ -205,7 +205,7 @@ async fn a_call_outside_the_allow_list_stops_the_runner_and_is_named() {
             out.status.to_string(),
             "stopped: the sandbox refused system call uname"
         );
-        assert_eq!(out.status.process_code(), 1);
+        assert_eq!(out.status.process_code(), 159);
     })
     .await;
 }
@@ -662,7 +662,7 @@ fn cli_limit_flags_stop_a_memory_bomb() {
             .args(["--", "grow"]),
         60,
     );
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(122));
     let err = String::from_utf8(out.stderr).unwrap();
     assert!(
         err.contains(": stopped: memory limit of 32 MiB exceeded (asked for "),

@@ -261,7 +261,7 @@ fn cli_run_reports_a_trap_in_one_line_and_the_backtrace() {
             .args(["--", "trap"]),
         60,
     );
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(134));
     assert!(out.stdout.is_empty());
     let err = String::from_utf8(out.stderr).unwrap();
     let mut lines = err.lines();
@@ -281,7 +281,7 @@ fn cli_errors_say_what_is_wrong() {
     let run = |module: &std::path::Path| {
         let out =
             common::output_within(std::process::Command::new(cli()).arg("run").arg(module), 60);
-        assert_eq!(out.status.code(), Some(1));
+        assert_eq!(out.status.code(), Some(125));
         assert!(out.stdout.is_empty());
         String::from_utf8(out.stderr).unwrap()
     };

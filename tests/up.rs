@@ -817,3 +817,30 @@ fn run_takes_guest_arguments_after_the_module_and_env_names_alone() {
         text(&out.stderr)
     );
 }
+
+#[test]
+fn each_way_a_run_ends_has_its_own_exit_code() {
+    let crasher = guest("crasher");
+    let run = |args: &[&str]| {
+        let mut command = std::process::Command::new(cli());
+        command.arg("run");
+        command.args(args);
+        output_within(&mut command, 60)
+    };
+    let timed_out = run(&["--timeout", "200ms", crasher.to_str().unwrap(), "idle"]);
+    assert_eq!(timed_out.status.code(), Some(124));
+    assert_eq!(
+        text(&timed_out.stderr),
+        format!("wasmproc: {}: timed out after 200ms\n", crasher.display())
+    );
+    let trapped = run(&[crasher.to_str().unwrap(), "trap"]);
+    assert_eq!(trapped.status.code(), Some(134));
+    let missing = run(&["nothing-here.wasm"]);
+    assert_eq!(missing.status.code(), Some(125));
+    assert_eq!(
+        text(&missing.stderr),
+        "wasmproc: cannot run nothing-here.wasm: module nothing-here.wasm not found\n"
+    );
+    let exited = run(&[common::tool_p1().to_str().unwrap(), "exit", "7"]);
+    assert_eq!(exited.status.code(), Some(7));
+}

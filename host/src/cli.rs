@@ -464,8 +464,14 @@ async fn run(args: RunArgs) -> anyhow::Result<u8> {
                 warn_raw!("wasmproc: message to the parent: {text}{end}");
             }
         })
-        .await
-        .with_context(|| format!("cannot run {}", args.module.display()))?;
+        .await;
+    let status = match status {
+        Ok(status) => status,
+        Err(err) => {
+            warn!("wasmproc: cannot run {}: {err}", args.module.display());
+            return Ok(wasmproc::exit_code::FAILED_TO_START as u8);
+        }
+    };
     report(&args.module.display().to_string(), &status);
     Ok(status.process_code().clamp(0, 255) as u8)
 }

@@ -119,7 +119,7 @@ pub use exec::{ExecError, ExecOutput, Pipeline, exec};
 pub use host::{ForkAllError, Host, RUNNER_ENV, RUNNER_NAME, SpawnError, SwapError, Swapped};
 pub use os::{ChildStderr, ChildStdin, ChildStdout, Stdio, keep_large_buffers_in_heap};
 pub use relay::{RegisterError, SendError};
-pub use status::{ExitStatus, Limit};
+pub use status::{ExitStatus, Limit, exit_code};
 pub use wasmproc_protocol::{
     Address, CallError, GuestId, InboxItem, ReplyError, RequestId, UndeliverableReason,
 };

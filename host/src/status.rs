@@ -56,12 +56,14 @@ impl ExitStatus {
         match self {
             ExitStatus::Exited { code } => *code & 0xff,
             ExitStatus::Killed { signal, .. } => 128 + signal,
-            ExitStatus::Trapped { .. }
-            | ExitStatus::TimedOut { .. }
-            | ExitStatus::LimitExceeded(_)
-            | ExitStatus::ProtocolViolation { .. }
-            | ExitStatus::SandboxRefused { .. }
-            | ExitStatus::Failed { .. } => 1,
+            ExitStatus::Trapped { .. } => exit_code::TRAP,
+            ExitStatus::TimedOut { .. } => exit_code::TIMED_OUT,
+            ExitStatus::LimitExceeded(Limit::Cpu { .. }) => exit_code::CPU_LIMIT,
+            ExitStatus::LimitExceeded(Limit::Memory { .. }) => exit_code::MEMORY_LIMIT,
+            ExitStatus::LimitExceeded(Limit::Output { .. }) => exit_code::OUTPUT_LIMIT,
+            ExitStatus::ProtocolViolation { .. } => exit_code::PROTOCOL_VIOLATION,
+            ExitStatus::SandboxRefused { .. } => exit_code::SANDBOX_REFUSED,
+            ExitStatus::Failed { .. } => exit_code::FAILED_TO_START,
         }
     }
 
@@ -77,6 +79,29 @@ impl ExitStatus {
             ExitReport::Failed { message } => ExitStatus::Failed { reason: message },
         }
     }
+}
+
+/// The process exit codes of [`ExitStatus::process_code`], one per cause:
+/// `wasmtime run`'s where it has one, coreutils `timeout`'s for a timeout.
+pub mod exit_code {
+    /// A trap (as `wasmtime run`: 128 + SIGABRT).
+    pub const TRAP: i32 = 134;
+    /// The guest's timeout ran out (as `timeout`).
+    pub const TIMED_OUT: i32 = 124;
+    /// The guest could not start: a bad module, a missing import, a folder
+    /// that cannot be opened (as `timeout` and `docker run` say their own
+    /// failures).
+    pub const FAILED_TO_START: i32 = 125;
+    /// The CPU limit (128 + SIGXCPU, as the kernel's RLIMIT_CPU ends a process).
+    pub const CPU_LIMIT: i32 = 152;
+    /// The sandbox refused a system call (128 + SIGSYS, as a seccomp kill).
+    pub const SANDBOX_REFUSED: i32 = 159;
+    /// The memory limit.
+    pub const MEMORY_LIMIT: i32 = 122;
+    /// The output limit.
+    pub const OUTPUT_LIMIT: i32 = 123;
+    /// The runner broke the host's protocol.
+    pub const PROTOCOL_VIOLATION: i32 = 121;
 }
 
 /// A limit a guest can break.
@@ -184,6 +209,40 @@ mod tests {
             .process_code(),
             137
         );
+        let trapped = ExitStatus::Trapped {
+            message: "unreachable".into(),
+            backtrace: Vec::new(),
+        };
+        let codes = [
+            trapped.process_code(),
+            ExitStatus::TimedOut {
+                after: Duration::ZERO,
+            }
+            .process_code(),
+            ExitStatus::Failed {
+                reason: String::new(),
+            }
+            .process_code(),
+            ExitStatus::LimitExceeded(Limit::Cpu {
+                limit: Duration::ZERO,
+            })
+            .process_code(),
+            ExitStatus::LimitExceeded(Limit::Memory {
+                limit: 1,
+                requested: 2,
+            })
+            .process_code(),
+            ExitStatus::LimitExceeded(Limit::Output { bytes: 1 }).process_code(),
+            ExitStatus::SandboxRefused {
+                syscall: "uname".into(),
+            }
+            .process_code(),
+            ExitStatus::ProtocolViolation {
+                reason: String::new(),
+            }
+            .process_code(),
+        ];
+        assert_eq!(codes, [134, 124, 125, 152, 122, 123, 159, 121]);
         assert_eq!(
             ExitStatus::TimedOut {
                 after: Duration::from_millis(1500)
