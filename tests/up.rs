@@ -844,3 +844,98 @@ fn each_way_a_run_ends_has_its_own_exit_code() {
     let exited = run(&[common::tool_p1().to_str().unwrap(), "exit", "7"]);
     assert_eq!(exited.status.code(), Some(7));
 }
+
+#[test]
+fn a_guest_flag_given_to_an_app_is_refused_by_name() {
+    let app = common::root().join("examples/primes-app/app.toml");
+    let out = output_within(
+        std::process::Command::new(cli())
+            .args(["run", "--timeout", "5s"])
+            .arg(&app),
+        60,
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        text(&out.stderr),
+        "wasmproc: `--timeout` does not apply to an app: give each guest its settings in the manifest\n"
+    );
+}
+
+#[test]
+fn a_second_interrupt_stops_every_guest_at_once() {
+    let dir = scratch_dir("interrupt");
+    let manifest = dir.join("stubborn.toml");
+    // `idle` ignores `shutdown`: the first interrupt waits out its grace.
+    std::fs::write(
+        &manifest,
+        format!(
+            "[guests.stubborn]\nmodule = \"{}\"\nargs = [\"idle\"]\ngrace = \"60s\"\n",
+            module("crasher")
+        ),
+    )
+    .unwrap();
+    let mut child = std::process::Command::new(cli())
+        .arg("run")
+        .arg(&manifest)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = libc::pid_t::try_from(child.id()).unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (lines_tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = lines_tx.send(line);
+        }
+    });
+    let wait_for = |what: &str| loop {
+        let line = lines
+            .recv_timeout(std::time::Duration::from_secs(20))
+            .unwrap_or_else(|_| panic!("no `{what}` line"));
+        if line.contains(what) {
+            break;
+        }
+    };
+    wait_for("started stubborn");
+    // SAFETY: kill(2) on the child this test started and has not reaped.
+    unsafe { libc::kill(pid, libc::SIGINT) };
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let started = std::time::Instant::now();
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGINT) };
+    wait_for("wasmproc: interrupted again: stopping every guest at once");
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130));
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn completions_and_the_manual_page_come_from_the_command_line_itself() {
+    let out = output_within(
+        std::process::Command::new(cli()).args(["completions", "bash"]),
+        60,
+    );
+    assert_eq!(out.status.code(), Some(0));
+    let script = text(&out.stdout);
+    assert!(script.starts_with("_wasmproc() {"), "{script}");
+    for verb in ["run", "call", "up", "swap", "reload"] {
+        assert!(
+            script.contains(&format!("wasmproc,{verb})")),
+            "no {verb} in the script"
+        );
+    }
+    let out = output_within(std::process::Command::new(cli()).arg("man"), 60);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        text(&out.stdout).contains(".TH wasmproc 1"),
+        "{}",
+        text(&out.stdout)
+    );
+}

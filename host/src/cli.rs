@@ -92,6 +92,14 @@ enum Cmd {
     Swap(SwapArgs),
     /// Make a running app what its manifest now says, and print what changed.
     Reload(ReloadArgs),
+    /// Print a shell's completion script (`wasmproc completions bash >
+    /// /etc/bash_completion.d/wasmproc`).
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (`wasmproc man | man -l -`).
+    Man,
     /// Inspect the sandbox.
     #[command(subcommand)]
     Sandbox(SandboxCmd),
@@ -149,6 +157,23 @@ struct GuestOptions {
 }
 
 impl GuestOptions {
+    /// The first option that was given, by its flag (for where none apply).
+    fn first_given(&self) -> Option<&'static str> {
+        [
+            (!self.dirs.is_empty(), "--dir"),
+            (!self.dirs_ro.is_empty(), "--dir-ro"),
+            (!self.env.is_empty(), "--env"),
+            (self.timeout.is_some(), "--timeout"),
+            (self.max_memory.is_some(), "--max-memory"),
+            (self.max_cpu.is_some(), "--max-cpu"),
+            (self.max_message_size.is_some(), "--max-message-size"),
+            (self.inbox_size.is_some(), "--inbox-size"),
+            (self.max_call_timeout.is_some(), "--max-call-timeout"),
+        ]
+        .into_iter()
+        .find_map(|(given, flag)| given.then_some(flag))
+    }
+
     fn apply(&self, command: &mut Command) {
         command.envs(self.env.iter().cloned());
         for (dirs, read_only) in [(&self.dirs, false), (&self.dirs_ro, true)] {
@@ -419,6 +444,20 @@ pub fn main() -> ExitCode {
                 verb(&args.app, request, false).await
             }
             Cmd::Swap(args) => swap(args).await,
+            Cmd::Completions { shell } => {
+                let mut command = <Cli as clap::CommandFactory>::command();
+                let mut script = Vec::new();
+                clap_complete::generate(shell, &mut command, "wasmproc", &mut script);
+                say_raw!("{}", String::from_utf8_lossy(&script));
+                Ok(0)
+            }
+            Cmd::Man => {
+                let command = <Cli as clap::CommandFactory>::command();
+                let mut page = Vec::new();
+                clap_mangen::Man::new(command).render(&mut page)?;
+                say_raw!("{}", String::from_utf8_lossy(&page));
+                Ok(0)
+            }
             Cmd::Reload(args) => {
                 let manifest = std::fs::canonicalize(&args.manifest)
                     .with_context(|| format!("{} not found", args.manifest.display()))?;
@@ -443,6 +482,11 @@ async fn run(args: RunArgs) -> anyhow::Result<u8> {
             args.args.is_empty(),
             "an app takes no arguments after `--`: give each guest its `args` in the manifest"
         );
+        if let Some(flag) = args.options.first_given() {
+            anyhow::bail!(
+                "`{flag}` does not apply to an app: give each guest its settings in the manifest"
+            );
+        }
         return run_app(&args.module, args.json).await;
     }
     let mut command = Command::new(&args.module);
@@ -601,6 +645,14 @@ fn shutdown_on_signals() -> tokio_util::sync::CancellationToken {
             _ = term.recv() => {}
         }
         signals.cancel();
+        // A second one does not wait out the grace periods: the runners die
+        // with the host.
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+        warn!("wasmproc: interrupted again: stopping every guest at once");
+        std::process::exit(130);
     });
     shutdown
 }
