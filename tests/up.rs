@@ -939,3 +939,65 @@ fn completions_and_the_manual_page_come_from_the_command_line_itself() {
         text(&out.stdout)
     );
 }
+
+#[test]
+fn compile_warms_the_cache_once_for_two_at_once_and_cache_lists_and_empties_it() {
+    let cache = scratch_dir("cache");
+    let kv = guest("kv");
+    let command = |args: &[&str]| {
+        let mut command = std::process::Command::new(cli());
+        command
+            .args(args)
+            .env("WASMPROC_CACHE_DIR", &cache)
+            .env("WASMPROC_LOG", "info");
+        command
+    };
+    let compile = || {
+        command(&["compile", kv.to_str().unwrap()])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (first, second) = (compile(), compile());
+    let outs = [
+        first.wait_with_output().unwrap(),
+        second.wait_with_output().unwrap(),
+    ];
+    let compiled = outs
+        .iter()
+        .filter(|o| text(&o.stderr).contains("compiling"))
+        .count();
+    assert_eq!(
+        compiled, 1,
+        "one of the two compiles, the other waits for it"
+    );
+    for out in &outs {
+        assert_eq!(out.status.code(), Some(0));
+        let line = text(&out.stdout);
+        assert!(
+            line.starts_with(&format!("{} → {}/", kv.display(), cache.display())),
+            "{line}"
+        );
+    }
+    let listed = text(&output_within(&mut command(&["cache"]), 60).stdout);
+    assert!(
+        listed.ends_with(&format!(" in {}\n", cache.display())),
+        "{listed}"
+    );
+    assert!(
+        listed.lines().last().unwrap().starts_with("1 artifacts, "),
+        "{listed}"
+    );
+    // A run finds it without compiling, or even hashing the file again.
+    let call = output_within(&mut command(&["call", kv.to_str().unwrap(), "len"]), 60);
+    assert_eq!(text(&call.stdout), "0");
+    assert!(
+        !text(&call.stderr).contains("compiling"),
+        "{}",
+        text(&call.stderr)
+    );
+    let cleaned = text(&output_within(&mut command(&["cache", "clean"]), 60).stdout);
+    assert!(cleaned.starts_with("removed 1 artifacts ("), "{cleaned}");
+    let _ = std::fs::remove_dir_all(&cache);
+}

@@ -100,6 +100,11 @@ impl Cache {
         })
     }
 
+    /// The folder the artifacts are in.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// The artifact for the module at `path`, compiling it if needed.
     ///
     /// # Errors
@@ -169,12 +174,31 @@ fn default_dir() -> PathBuf {
 /// Read, hash and (if the cache lacks it) compile one module. Blocking.
 /// The header is checked before the file is read whole, so a large file
 /// that is not wasm costs eight bytes, not its size in memory.
+///
+/// An unchanged file (same path, size, modification time and inode, and
+/// the same engine) is found through a small key file beside the
+/// artifacts, without reading or hashing it again. Compiling takes a lock
+/// on the artifact's name, so two processes that want the same new
+/// artifact at once compile it once: the second waits and finds it made.
 fn compile_to_cache(path: &Path, dir: &Path) -> Result<Artifact, CompileError> {
     use std::io::Read;
     let read_error = |source| CompileError::Read {
         path: path.to_owned(),
         source,
     };
+    let engine = engine::engine().map_err(|err| CompileError::Compile {
+        path: path.to_owned(),
+        message: format!("{err:#}"),
+    })?;
+    let mut compat = std::collections::hash_map::DefaultHasher::new();
+    engine.precompile_compatibility_hash().hash(&mut compat);
+    let compat = compat.finish().to_le_bytes();
+
+    let key = file_key(path, &compat);
+    if let Some(found) = key.as_ref().and_then(|key| known_artifact(dir, key)) {
+        return Ok(found);
+    }
+
     let mut file = std::fs::File::open(path).map_err(read_error)?;
     let mut header = Vec::with_capacity(8);
     (&mut file)
@@ -184,48 +208,103 @@ fn compile_to_cache(path: &Path, dir: &Path) -> Result<Artifact, CompileError> {
     let kind = module_kind(&header, path)?;
     let mut bytes = header;
     file.read_to_end(&mut bytes).map_err(read_error)?;
-    let engine = engine::engine().map_err(|err| CompileError::Compile {
-        path: path.to_owned(),
-        message: format!("{err:#}"),
-    })?;
 
-    let mut compat = std::collections::hash_map::DefaultHasher::new();
-    engine.precompile_compatibility_hash().hash(&mut compat);
     let mut hasher = Sha256::new();
-    hasher.update(compat.finish().to_le_bytes());
+    hasher.update(compat);
     hasher.update(&bytes);
-    let digest = hasher.finalize();
-    let name: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    let name: String = hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     let artifact = dir.join(format!("{name}.cwasm"));
-    if artifact.is_file() {
-        return Ok(Artifact {
-            path: artifact,
-            kind,
-        });
-    }
-
-    let compiled = match kind {
-        ModuleKind::Module => engine.precompile_module(&bytes),
-        ModuleKind::Component => engine.precompile_component(&bytes),
-    }
-    .map_err(|err| CompileError::Compile {
-        path: path.to_owned(),
-        message: format!("{err:#}"),
-    })?;
-
     let write_err = |source| CompileError::Write {
         path: artifact.clone(),
         source,
     };
     std::fs::create_dir_all(dir).map_err(write_err)?;
-    let mut tmp = tempfile_in(dir).map_err(write_err)?;
-    tmp.1.write_all(&compiled).map_err(write_err)?;
-    tmp.1.sync_all().map_err(write_err)?;
-    std::fs::rename(&tmp.0, &artifact).map_err(write_err)?;
+    if !artifact.is_file() {
+        // One compiler per artifact across processes; the lock goes with
+        // the file handle.
+        let lock = std::fs::File::create(dir.join(format!(".{name}.lock"))).map_err(write_err)?;
+        lock.lock().map_err(write_err)?;
+        if !artifact.is_file() {
+            tracing::info!("compiling {} ({} bytes)", path.display(), bytes.len());
+            let compiled = match kind {
+                ModuleKind::Module => engine.precompile_module(&bytes),
+                ModuleKind::Component => engine.precompile_component(&bytes),
+            }
+            .map_err(|err| CompileError::Compile {
+                path: path.to_owned(),
+                message: format!("{err:#}"),
+            })?;
+            let mut tmp = tempfile_in(dir).map_err(write_err)?;
+            tmp.1.write_all(&compiled).map_err(write_err)?;
+            tmp.1.sync_all().map_err(write_err)?;
+            std::fs::rename(&tmp.0, &artifact).map_err(write_err)?;
+        }
+    }
+    if let Some(key) = key {
+        remember(dir, &key, &name, kind);
+    }
     Ok(Artifact {
         path: artifact,
         kind,
     })
+}
+
+/// What identifies an unchanged file for this engine: its absolute path,
+/// size, modification time and inode, hashed with the engine's settings.
+fn file_key(path: &Path, compat: &[u8]) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path).ok()?;
+    let absolute = std::path::absolute(path).ok()?;
+    let mut hasher = Sha256::new();
+    hasher.update(compat);
+    hasher.update(absolute.as_os_str().as_encoded_bytes());
+    hasher.update(meta.len().to_le_bytes());
+    hasher.update(meta.mtime().to_le_bytes());
+    hasher.update(meta.mtime_nsec().to_le_bytes());
+    hasher.update(meta.ino().to_le_bytes());
+    hasher.update(meta.dev().to_le_bytes());
+    Some(
+        hasher
+            .finalize()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect(),
+    )
+}
+
+/// The artifact an earlier run recorded for `key`, if it is still there.
+fn known_artifact(dir: &Path, key: &str) -> Option<Artifact> {
+    let text = std::fs::read_to_string(dir.join("keys").join(key)).ok()?;
+    let (name, kind) = text.trim().split_once(' ')?;
+    let kind = match kind {
+        "module" => ModuleKind::Module,
+        "component" => ModuleKind::Component,
+        _ => return None,
+    };
+    let path = dir.join(format!("{name}.cwasm"));
+    path.is_file().then_some(Artifact { path, kind })
+}
+
+/// Record which artifact `key` names (best effort: without it, the next
+/// run hashes the file again).
+fn remember(dir: &Path, key: &str, name: &str, kind: ModuleKind) {
+    let keys = dir.join("keys");
+    let kind = match kind {
+        ModuleKind::Module => "module",
+        ModuleKind::Component => "component",
+    };
+    let written = std::fs::create_dir_all(&keys).and_then(|()| {
+        let mut tmp = tempfile_in(&keys)?;
+        tmp.1.write_all(format!("{name} {kind}\n").as_bytes())?;
+        std::fs::rename(&tmp.0, keys.join(key))
+    });
+    if let Err(err) = written {
+        tracing::debug!("cannot record the cache key {key}: {err}");
+    }
 }
 
 /// A new file in `dir` that no other writer uses.

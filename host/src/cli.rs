@@ -100,6 +100,18 @@ enum Cmd {
     },
     /// Print the manual page (`wasmproc man | man -l -`).
     Man,
+    /// Compile modules into the artifact cache ahead of their first run.
+    Compile {
+        /// The modules.
+        #[arg(required = true)]
+        modules: Vec<PathBuf>,
+    },
+    /// List the artifact cache, with sizes (`clean`: empty it).
+    Cache {
+        /// `clean` removes every artifact.
+        #[arg(value_parser = ["clean"])]
+        action: Option<String>,
+    },
     /// Inspect the sandbox.
     #[command(subcommand)]
     Sandbox(SandboxCmd),
@@ -451,6 +463,20 @@ pub fn main() -> ExitCode {
                 say_raw!("{}", String::from_utf8_lossy(&script));
                 Ok(0)
             }
+            Cmd::Compile { modules } => {
+                for module in &modules {
+                    let artifact = wasmproc::precompile(module).await?;
+                    let size = std::fs::metadata(&artifact).map_or(0, |m| m.len());
+                    say!(
+                        "{} → {} ({})",
+                        module.display(),
+                        artifact.display(),
+                        human_size(size)
+                    );
+                }
+                Ok(0)
+            }
+            Cmd::Cache { action } => cache(action.is_some()),
             Cmd::Man => {
                 let command = <Cli as clap::CommandFactory>::command();
                 let mut page = Vec::new();
@@ -772,6 +798,80 @@ async fn detach(args: &UpArgs, app: &str) -> anyhow::Result<u8> {
         "the background host did not answer within 20 s; see {}",
         log.display()
     )
+}
+
+fn human_size(bytes: u64) -> String {
+    match bytes {
+        b if b >= 1 << 30 => format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64),
+        b if b >= 1 << 20 => format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64),
+        b if b >= 1 << 10 => format!("{:.1} KiB", b as f64 / 1024.0),
+        b => format!("{b} B"),
+    }
+}
+
+/// `wasmproc cache [clean]`.
+fn cache(clean: bool) -> anyhow::Result<u8> {
+    let dir = wasmproc::cache_dir();
+    let mut artifacts: Vec<(String, u64, std::time::SystemTime)> = std::fs::read_dir(&dir)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .filter_map(|e| {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    let meta = e.metadata().ok()?;
+                    name.ends_with(".cwasm").then(|| {
+                        (
+                            name,
+                            meta.len(),
+                            meta.modified().unwrap_or(std::time::UNIX_EPOCH),
+                        )
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    artifacts.sort_by_key(|(_, _, at)| std::cmp::Reverse(*at));
+    let total: u64 = artifacts.iter().map(|(_, size, _)| size).sum();
+    if clean {
+        for (name, _, _) in &artifacts {
+            std::fs::remove_file(dir.join(name))?;
+        }
+        let _ = std::fs::remove_dir_all(dir.join("keys"));
+        for lock in std::fs::read_dir(&dir)
+            .into_iter()
+            .flatten()
+            .filter_map(Result::ok)
+        {
+            if lock.file_name().to_string_lossy().ends_with(".lock") {
+                let _ = std::fs::remove_file(lock.path());
+            }
+        }
+        say!(
+            "removed {} artifacts ({}) from {}",
+            artifacts.len(),
+            human_size(total),
+            dir.display()
+        );
+        return Ok(0);
+    }
+    for (name, size, at) in &artifacts {
+        let age = at
+            .elapsed()
+            .map_or(Duration::ZERO, |d| Duration::from_secs(d.as_secs()));
+        say!(
+            "{}  {:>10}  {} ago",
+            name.trim_end_matches(".cwasm"),
+            human_size(*size),
+            humantime::format_duration(age)
+        );
+    }
+    say!(
+        "{} artifacts, {} in {}",
+        artifacts.len(),
+        human_size(total),
+        dir.display()
+    );
+    Ok(0)
 }
 
 /// Read a payload argument: the text itself, or the bytes of @FILE.

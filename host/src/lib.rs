@@ -124,6 +124,22 @@ pub use wasmproc_protocol::{
     Address, CallError, GuestId, InboxItem, ReplyError, RequestId, UndeliverableReason,
 };
 
+/// Compile `module` into the artifact cache (or find it there) and return
+/// the artifact's path: `wasmproc compile`, to warm the cache ahead.
+///
+/// # Errors
+///
+/// As a fork of the module would fail to compile.
+pub async fn precompile(module: &std::path::Path) -> Result<std::path::PathBuf, CompileError> {
+    Ok(cache::Cache::global().artifact(module).await?.path)
+}
+
+/// The folder of the artifact cache (`$WASMPROC_CACHE_DIR`, else
+/// `$XDG_CACHE_HOME/wasmproc`, else `~/.cache/wasmproc`).
+pub fn cache_dir() -> std::path::PathBuf {
+    cache::Cache::global().dir().to_owned()
+}
+
 /// The `wasmproc-runner` binary's entry point: run the guest the host
 /// sends on the control pipes. Never returns.
 #[doc(hidden)]
