@@ -1001,3 +1001,40 @@ fn compile_warms_the_cache_once_for_two_at_once_and_cache_lists_and_empties_it()
     assert!(cleaned.starts_with("removed 1 artifacts ("), "{cleaned}");
     let _ = std::fs::remove_dir_all(&cache);
 }
+
+#[test]
+fn run_takes_the_text_format_as_wasmtime_does() {
+    let dir = scratch_dir("wat");
+    let module = dir.join("exit3.wat");
+    std::fs::write(
+        &module,
+        ";; exits with code 3\n\
+         (module\n\
+           (import \"wasi_snapshot_preview1\" \"proc_exit\" (func $exit (param i32)))\n\
+           (memory (export \"memory\") 1)\n\
+           (func (export \"_start\") (call $exit (i32.const 3))))\n",
+    )
+    .unwrap();
+    let out = output_within(
+        std::process::Command::new(cli()).arg("run").arg(&module),
+        60,
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    let broken = dir.join("broken.wat");
+    std::fs::write(&broken, "(module (func (export \"_start\") (i32.bogus)))\n").unwrap();
+    let out = output_within(
+        std::process::Command::new(cli()).arg("run").arg(&broken),
+        60,
+    );
+    assert_eq!(out.status.code(), Some(125));
+    let said = text(&out.stderr);
+    assert!(
+        said.starts_with(&format!("wasmproc: cannot run {}: ", broken.display())),
+        "{said}"
+    );
+    assert!(
+        said.contains("--> "),
+        "the error points into the file: {said}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

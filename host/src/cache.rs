@@ -71,6 +71,16 @@ pub fn module_kind(bytes: &[u8], path: &Path) -> Result<ModuleKind, CompileError
     }
 }
 
+/// Whether a file is WebAssembly text: a `.wat` name, or text that opens
+/// with `(` after spaces and comments (as `(module` and `(component` do).
+fn is_text(header: &[u8], path: &Path) -> bool {
+    if path.extension().is_some_and(|e| e == "wat") {
+        return true;
+    }
+    let start = header.iter().position(|b| !b.is_ascii_whitespace());
+    matches!(start.map(|i| header[i]), Some(b'(' | b';'))
+}
+
 /// The process-wide artifact cache.
 #[derive(Debug)]
 pub struct Cache {
@@ -205,9 +215,26 @@ fn compile_to_cache(path: &Path, dir: &Path) -> Result<Artifact, CompileError> {
         .take(8)
         .read_to_end(&mut header)
         .map_err(read_error)?;
-    let kind = module_kind(&header, path)?;
+    let text = is_text(&header, path);
+    let kind = if text {
+        ModuleKind::Module
+    } else {
+        module_kind(&header, path)?
+    };
     let mut bytes = header;
     file.read_to_end(&mut bytes).map_err(read_error)?;
+    let (bytes, kind) = if text {
+        // The text format (`.wat`), as `wasmtime run` takes it: a module
+        // or a component.
+        let binary = wat::parse_bytes(&bytes).map_err(|err| CompileError::Compile {
+            path: path.to_owned(),
+            message: err.to_string(),
+        })?;
+        let kind = module_kind(&binary, path)?;
+        (binary.into_owned(), kind)
+    } else {
+        (bytes, kind)
+    };
 
     let mut hasher = Sha256::new();
     hasher.update(compat);
