@@ -298,12 +298,33 @@ fn cli_errors_say_what_is_wrong() {
             readme.display()
         )
     );
+    // Refused before it is compiled (a cache of its own: nothing cached).
     let needs = guest("needs-import");
-    let err = run(&needs);
-    assert!(
-        err.contains("failed to start") && err.contains("`example:missing/clock`"),
-        "{err}"
+    let cache = common::scratch_dir("needs-import-cache");
+    let out = common::output_within(
+        std::process::Command::new(cli())
+            .arg("run")
+            .arg(&needs)
+            .env("WASMPROC_CACHE_DIR", &cache),
+        60,
     );
+    assert_eq!(out.status.code(), Some(125));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        format!(
+            "wasmproc: cannot run {0}: {0} imports `example:missing/clock`, which this host does \
+             not provide (it provides `wasi_snapshot_preview1` to a core module; WASI 0.2's cli, \
+             clocks, filesystem, io, random and sockets and `wasmproc:guest/ipc` (0.1, 0.2) to a \
+             component)\n",
+            needs.display()
+        )
+    );
+    assert_eq!(
+        std::fs::read_dir(&cache).map_or(0, |d| d.count()),
+        0,
+        "nothing compiled"
+    );
+    let _ = std::fs::remove_dir_all(&cache);
 }
 
 #[test]

@@ -1036,5 +1036,22 @@ fn run_takes_the_text_format_as_wasmtime_does() {
         said.contains("--> "),
         "the error points into the file: {said}"
     );
+    // Its imports are checked before it is compiled.
+    let foreign = dir.join("foreign.wat");
+    std::fs::write(
+        &foreign,
+        "(module (import \"env\" \"now\" (func)) (func (export \"_start\")))\n",
+    )
+    .unwrap();
+    let out = output_within(
+        std::process::Command::new(cli()).arg("run").arg(&foreign),
+        60,
+    );
+    assert_eq!(out.status.code(), Some(125));
+    assert!(
+        text(&out.stderr).contains("imports `env::now`, which this host does not provide"),
+        "{}",
+        text(&out.stderr)
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

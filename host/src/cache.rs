@@ -40,6 +40,12 @@ pub enum CompileError {
     NotWasm { path: PathBuf },
     #[error("cannot compile {}: {message}", path.display())]
     Compile { path: PathBuf, message: String },
+    /// Found before compiling: the module imports what no runner provides.
+    #[error(
+        "{} imports {what}, which this host does not provide (it provides {PROVIDED})",
+        path.display()
+    )]
+    MissingImport { path: PathBuf, what: String },
     #[error("cannot write the compiled artifact to {}: {source}", path.display())]
     Write {
         path: PathBuf,
@@ -69,6 +75,71 @@ pub fn module_kind(bytes: &[u8], path: &Path) -> Result<ModuleKind, CompileError
             path: path.to_owned(),
         }),
     }
+}
+
+/// What runners link a guest to, for [`CompileError::MissingImport`].
+const PROVIDED: &str = "`wasi_snapshot_preview1` to a core module; WASI 0.2's cli, clocks, \
+                        filesystem, io, random and sockets and `wasmproc:guest/ipc` (0.1, 0.2) \
+                        to a component";
+
+/// The WASI 0.2 packages a component runner links.
+const WASI_PACKAGES: [&str; 6] = [
+    "wasi:cli/",
+    "wasi:clocks/",
+    "wasi:filesystem/",
+    "wasi:io/",
+    "wasi:random/",
+    "wasi:sockets/",
+];
+
+/// Whether a component's import `name` is one a runner links.
+fn provided(name: &str) -> bool {
+    let (interface, version) = name.split_once('@').unwrap_or((name, ""));
+    let wasi = WASI_PACKAGES.iter().any(|p| interface.starts_with(p))
+        && (version.is_empty() || version.starts_with("0.2."));
+    let ipc = interface == "wasmproc:guest/ipc"
+        && (version.starts_with("0.1.") || version.starts_with("0.2."));
+    wasi || ipc
+}
+
+/// Refuse, before compiling, a module whose imports no runner provides
+/// (what the compiler would take seconds to reach, for a large module).
+/// Only the outermost imports matter: nested modules import from inside.
+fn check_imports(bytes: &[u8], kind: ModuleKind, path: &Path) -> Result<(), CompileError> {
+    use wasmparser::{Parser, Payload};
+    let missing = |what: String| CompileError::MissingImport {
+        path: path.to_owned(),
+        what,
+    };
+    let mut depth = 0u32;
+    for payload in Parser::new(0).parse_all(bytes) {
+        // A malformed module is the compiler's to name.
+        let Ok(payload) = payload else { return Ok(()) };
+        match payload {
+            Payload::Version { .. } => depth += 1,
+            Payload::End(_) => depth = depth.saturating_sub(1),
+            Payload::ImportSection(reader) if depth == 1 && kind == ModuleKind::Module => {
+                for import in reader.into_imports() {
+                    let Ok(import) = import else { return Ok(()) };
+                    if import.module != "wasi_snapshot_preview1" {
+                        return Err(missing(format!("`{}::{}`", import.module, import.name)));
+                    }
+                }
+            }
+            Payload::ComponentImportSection(reader)
+                if depth == 1 && kind == ModuleKind::Component =>
+            {
+                for import in reader {
+                    let Ok(import) = import else { return Ok(()) };
+                    if !provided(import.name.name) {
+                        return Err(missing(format!("`{}`", import.name.name)));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// Whether a file is WebAssembly text: a `.wat` name, or text that opens
@@ -236,6 +307,8 @@ fn compile_to_cache(path: &Path, dir: &Path) -> Result<Artifact, CompileError> {
         (bytes, kind)
     };
 
+    // Before the (long) compile: what it imports must be there to link.
+    check_imports(&bytes, kind, path)?;
     let mut hasher = Sha256::new();
     hasher.update(compat);
     hasher.update(&bytes);
