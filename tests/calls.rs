@@ -9,12 +9,25 @@ use common::{cli, guest, output_within, recv_text, within};
 use wasmproc::{Address, CallError, Child, Command, Host, InboxItem, ReplyError};
 
 const SECOND: Duration = Duration::from_secs(1);
+/// How long a guest asked to shut down may take before it is killed.
+const GRACE: Duration = Duration::from_secs(10);
 
 /// An `rpc` guest in `host` with these arguments, named `name`.
 async fn rpc(host: &Host, name: &str, args: &[&str]) -> Child {
-    host.command(guest("rpc"))
-        .args(args.iter().copied())
-        .name(name)
+    rpc_with(host, name, args, |_| {}).await
+}
+
+/// The same, with more settings.
+async fn rpc_with(
+    host: &Host,
+    name: &str,
+    args: &[&str],
+    settings: impl FnOnce(&mut Command),
+) -> Child {
+    let mut command = host.command(guest("rpc"));
+    command.args(args.iter().copied()).name(name);
+    settings(&mut command);
+    command
         .fork()
         .await
         .unwrap_or_else(|err| panic!("cannot start {name}: {err}"))
@@ -59,14 +72,11 @@ async fn a_call_round_trips_by_name_by_id_to_a_group_and_to_the_parent() {
         // A group: one member per call, round-robin.
         let mut pool = Vec::new();
         for n in 1..=3 {
-            let member = host
-                .command(guest("rpc"))
-                .args(["serve", "name"])
-                .name(format!("pool.{n}"))
-                .group("pool")
-                .fork()
-                .await
-                .unwrap();
+            let name = format!("pool.{n}");
+            let member = rpc_with(&host, &name, &["serve", "name"], |c| {
+                c.group("pool");
+            })
+            .await;
             pool.push(member);
         }
         let mut answered = Vec::new();
@@ -107,8 +117,7 @@ async fn a_call_round_trips_by_name_by_id_to_a_group_and_to_the_parent() {
         assert!(caller.wait().await.success());
 
         for guest in pool.iter().chain([&svc]) {
-            guest.shutdown().await;
-            assert!(guest.wait().await.success());
+            assert!(guest.stop(GRACE).await.success());
         }
         assert_eq!(wasmproc::testing::calls_open(&host), 0);
         assert_eq!(host.late_replies(), 0);
@@ -197,8 +206,7 @@ async fn a_late_reply_gets_expired_and_nothing_reaches_the_caller() {
         );
         assert_eq!(recv_text(&slow).await, "reply: the call has expired");
         assert_eq!(host.late_replies(), 2);
-        slow.shutdown().await;
-        slow.wait().await;
+        slow.stop(GRACE).await;
     })
     .await;
 }
@@ -216,8 +224,7 @@ async fn nothing_of_a_late_reply_reaches_the_guest_that_called() {
         assert_eq!(recv_text(&slow).await, "reply: the call has expired");
         assert_eq!(recv_text(&caller).await, "inbox: 0 items");
         caller.wait().await;
-        slow.shutdown().await;
-        slow.wait().await;
+        slow.stop(GRACE).await;
     })
     .await;
 }
@@ -248,8 +255,7 @@ async fn a_second_reply_gets_already_replied_and_a_forged_id_unknown_request() {
             Err(ReplyError::UnknownRequest)
         );
         for guest in [&twice, &forger] {
-            guest.shutdown().await;
-            assert!(guest.wait().await.success());
+            assert!(guest.stop(GRACE).await.success());
         }
         assert_eq!(host.late_replies(), 0);
     })
@@ -291,8 +297,7 @@ async fn a_hundred_calls_in_flight_from_one_guest_are_all_answered_and_matched()
         let fan = rpc(&host, "fan", &["fan", "100", "gather"]).await;
         assert_eq!(recv_text(&fan).await, "matched 100 of 100");
         assert!(fan.wait().await.success());
-        gather.shutdown().await;
-        gather.wait().await;
+        gather.stop(GRACE).await;
         assert_eq!(wasmproc::testing::calls_open(&host), 0);
     })
     .await;
@@ -303,14 +308,10 @@ async fn every_call_error_names_its_reason() {
     within(60, async {
         let host = Host::new();
         let never = rpc(&host, "never", &["serve", "never"]).await;
-        let small = host
-            .command(guest("rpc"))
-            .args(["serve", "echo"])
-            .name("small")
-            .max_message_size(10)
-            .fork()
-            .await
-            .unwrap();
+        let small = rpc_with(&host, "small", &["serve", "echo"], |c| {
+            c.max_message_size(10);
+        })
+        .await;
         let cases: [(&[&str], &str); 6] = [
             (&["ghost", "x", "1000"], "error: unknown recipient"),
             (
@@ -338,8 +339,7 @@ async fn every_call_error_names_its_reason() {
         assert_eq!(recv_text(&never).await, "took x");
 
         // A guest that has ended, by name: the reason it ended.
-        small.shutdown().await;
-        small.wait().await;
+        small.stop(GRACE).await;
         assert_eq!(
             call_from_guest(&host, &["small", "x", "1000"]).await,
             "error: the callee exited: exit code 0"
@@ -368,8 +368,7 @@ async fn every_call_error_names_its_reason() {
             "call 4096 did not start: too many calls in flight"
         );
         fan.wait().await;
-        never.shutdown().await;
-        never.wait().await;
+        never.stop(GRACE).await;
     })
     .await;
 }
@@ -414,28 +413,19 @@ async fn calls_under_the_allow_list_get_not_allowed() {
     within(60, async {
         let host = Host::new();
         let svc = rpc(&host, "svc", &["serve", "echo"]).await;
-        let fenced = host
-            .command(guest("rpc"))
-            .args(["call", "svc", "x", "1000"])
-            .name("fenced")
-            .talks_to(["someone-else"])
-            .fork()
-            .await
-            .unwrap();
+        let fenced = rpc_with(&host, "fenced", &["call", "svc", "x", "1000"], |c| {
+            c.talks_to(["someone-else"]);
+        })
+        .await;
         assert_eq!(recv_text(&fenced).await, "error: not allowed");
         fenced.wait().await;
-        let allowed = host
-            .command(guest("rpc"))
-            .args(["call", "svc", "x", "1000"])
-            .name("allowed")
-            .talks_to(["svc"])
-            .fork()
-            .await
-            .unwrap();
+        let allowed = rpc_with(&host, "allowed", &["call", "svc", "x", "1000"], |c| {
+            c.talks_to(["svc"]);
+        })
+        .await;
         assert_eq!(recv_text(&allowed).await, "ok x");
         allowed.wait().await;
-        svc.shutdown().await;
-        svc.wait().await;
+        svc.stop(GRACE).await;
     })
     .await;
 }
@@ -446,22 +436,17 @@ async fn a_call_waits_no_longer_than_the_guests_maximum() {
         let host = Host::new();
         let never = rpc(&host, "never", &["serve", "never"]).await;
         let started = Instant::now();
-        let capped = host
-            .command(guest("rpc"))
-            .args(["call", "never", "x", "600000"])
-            .name("capped")
-            .max_call_timeout(Duration::from_millis(200))
-            .fork()
-            .await
-            .unwrap();
+        let capped = rpc_with(&host, "capped", &["call", "never", "x", "600000"], |c| {
+            c.max_call_timeout(Duration::from_millis(200));
+        })
+        .await;
         assert_eq!(
             recv_text(&capped).await,
             "error: no reply before the deadline"
         );
         assert!(started.elapsed() < Duration::from_secs(30));
         capped.wait().await;
-        never.shutdown().await;
-        never.wait().await;
+        never.stop(GRACE).await;
     })
     .await;
 }
@@ -484,8 +469,7 @@ async fn the_kv_guest_answers_get_put_del_and_len() {
             ask("frobnicate").await,
             "error: `frobnicate` is not `put KEY VALUE`, `get KEY`, `del KEY` or `len`"
         );
-        kv.shutdown().await;
-        assert!(kv.wait().await.success());
+        assert!(kv.stop(GRACE).await.success());
     })
     .await;
 }
@@ -510,8 +494,7 @@ async fn a_guest_built_for_version_0_1_still_loads_and_sees_a_call_as_a_message(
             Err(CallError::Timeout)
         );
         assert_eq!(recv_text(&old).await, "a call");
-        old.shutdown().await;
-        assert!(old.wait().await.success());
+        assert!(old.stop(GRACE).await.success());
     })
     .await;
 }
