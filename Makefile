@@ -6,7 +6,17 @@ GUEST_DIR := guests/target/$(GUEST_TARGET)/release
 # Compiled guest artifacts for tests and the demo stay inside the tree.
 export WASMPROC_CACHE_DIR ?= $(CURDIR)/target/wasmproc-cache
 
-.PHONY: all setup guests build test run bench soak lint fmt fuzz clean
+# The Python and JavaScript toolchains, pinned: componentize-py from PyPI in
+# a virtual environment of its own, componentize-js from npm (guests/js/package-lock.json).
+COMPONENTIZE_PY_VERSION := 0.25.1
+PY_TOOLS := $(CURDIR)/target/tools/python
+COMPONENTIZE_PY := $(PY_TOOLS)/bin/componentize-py
+COMPONENTIZE_JS := $(CURDIR)/guests/js/node_modules/.bin/componentize-js
+PY_GUESTS := $(patsubst guests/python/%/app.py,guests/target/python/%.wasm,$(wildcard guests/python/*/app.py))
+JS_GUESTS := $(patsubst guests/js/%/app.js,guests/target/js/%.wasm,$(wildcard guests/js/*/app.js))
+WIT := $(wildcard wit/*.wit wit/deps/*/*.wit)
+
+.PHONY: all setup tools guests rust-guests python-guests js-guests build test run bench soak lint fmt fuzz clean
 
 all: build guests
 
@@ -14,10 +24,35 @@ all: build guests
 setup:
 	rustup target add wasm32-wasip2 wasm32-wasip1
 
-## guests: every guest in guests/, as wasm components
-guests: setup
+## tools: componentize-py and componentize-js, the pinned versions
+tools: $(COMPONENTIZE_PY) $(COMPONENTIZE_JS)
+
+$(COMPONENTIZE_PY):
+	python3 -m venv $(PY_TOOLS)
+	$(PY_TOOLS)/bin/pip install --quiet --disable-pip-version-check componentize-py==$(COMPONENTIZE_PY_VERSION)
+
+$(COMPONENTIZE_JS): guests/js/package.json guests/js/package-lock.json
+	cd guests/js && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+## guests: every guest in guests/, as wasm components (Rust, Python, JavaScript)
+guests: rust-guests python-guests js-guests
+
+rust-guests: setup
 	cd guests && $(CARGO) build --release --target $(GUEST_TARGET)
 	cd guests && $(CARGO) build --release --target wasm32-wasip1 -p wasi-tool
+
+python-guests: $(PY_GUESTS)
+
+guests/target/python/%.wasm: guests/python/%/app.py $(wildcard guests/python/wasmproc_guest/*.py) $(WIT) | $(COMPONENTIZE_PY)
+	@mkdir -p $(@D)
+	cd guests/python && $(COMPONENTIZE_PY) --quiet -d ../../wit -w command componentize -p . -p $* app -o ../target/python/$*.wasm
+
+js-guests: $(JS_GUESTS)
+
+guests/target/js/%.wasm: guests/js/%/app.js guests/js/wasmproc-guest.js $(WIT) | $(COMPONENTIZE_JS)
+	@mkdir -p $(@D)
+	cd guests/js && $(COMPONENTIZE_JS) $*/app.js --wit ../../wit --world-name command --disable http fetch-event -o ../target/js/$*.wasm
 
 ## build: the host CLI, the runner and the library
 build:
@@ -25,7 +60,7 @@ build:
 
 ## test: build everything and run every test
 test: guests
-	$(CARGO) test --workspace
+	PATH="$(PY_TOOLS)/bin:$$PATH" $(CARGO) test --workspace
 
 ## run: the demo app: a coordinator and two prime workers, each in its own process
 run: guests build

@@ -1,6 +1,6 @@
 //! The `wasmproc` command line: flags in, library calls out.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -92,6 +92,15 @@ enum Cmd {
     Swap(SwapArgs),
     /// Make a running app what its manifest now says, and print what changed.
     Reload(ReloadArgs),
+    /// Write a new guest folder NAME (Rust, Python or JavaScript) that
+    /// builds with one command, and print that command.
+    New {
+        /// The folder to create; its name is the guest's.
+        name: PathBuf,
+        /// The guest's language.
+        #[arg(long, value_enum, default_value = "rust")]
+        lang: Lang,
+    },
     /// Print a shell's completion script (`wasmproc completions bash >
     /// /etc/bash_completion.d/wasmproc`).
     Completions {
@@ -115,6 +124,14 @@ enum Cmd {
     /// Inspect the sandbox.
     #[command(subcommand)]
     Sandbox(SandboxCmd),
+}
+
+/// A guest's language, for `new`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum Lang {
+    Rust,
+    Python,
+    Js,
 }
 
 #[derive(Debug, Subcommand)]
@@ -477,6 +494,7 @@ pub fn main() -> ExitCode {
                 Ok(0)
             }
             Cmd::Cache { action } => cache(action.is_some()),
+            Cmd::New { name, lang } => new_guest(&name, lang),
             Cmd::Man => {
                 let command = <Cli as clap::CommandFactory>::command();
                 let mut page = Vec::new();
@@ -810,6 +828,31 @@ fn human_size(bytes: u64) -> String {
 }
 
 /// `wasmproc cache [clean]`.
+/// `wasmproc new`: write the folder, then say how to build and run it.
+fn new_guest(dir: &Path, lang: Lang) -> anyhow::Result<u8> {
+    use wasmproc::scaffold::{self, Language};
+    let language = match lang {
+        Lang::Rust => Language::Rust,
+        Lang::Python => Language::Python,
+        Lang::Js => Language::Js,
+    };
+    let made = scaffold::create(dir, language)?;
+    let module = made.dir.join(&made.module);
+    let folder = shell_words::quote(&made.dir.to_string_lossy()).into_owned();
+    let module = shell_words::quote(&module.to_string_lossy()).into_owned();
+    say!(
+        "Created the {} guest `{}` in {}/",
+        made.language,
+        made.name,
+        made.dir.display()
+    );
+    say!("Needs:    {}", made.needs);
+    say!("Build it: cd {folder} && {}", made.build);
+    say!("Run it:   wasmproc run {module} world");
+    say!("Call it:  wasmproc call {module} world");
+    Ok(0)
+}
+
 fn cache(clean: bool) -> anyhow::Result<u8> {
     let dir = wasmproc::cache_dir();
     let mut artifacts: Vec<(String, u64, std::time::SystemTime)> = std::fs::read_dir(&dir)

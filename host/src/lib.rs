@@ -105,6 +105,7 @@ mod os;
 mod relay;
 mod runner;
 pub mod sandbox;
+pub mod scaffold;
 mod status;
 mod terminal;
 #[doc(hidden)]

@@ -62,7 +62,8 @@ fn main() -> ExitCode {
         ["poll", target, payload] => {
             let to = Address::parse(target);
             loop {
-                if let Ok(reply) = ipc::call(to.clone(), payload.as_bytes(), Duration::from_secs(5)) {
+                if let Ok(reply) = ipc::call(to.clone(), payload.as_bytes(), Duration::from_secs(5))
+                {
                     println!("ok {}", String::from_utf8_lossy(&reply));
                     return ExitCode::SUCCESS;
                 }

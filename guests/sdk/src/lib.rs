@@ -58,6 +58,12 @@
 //! }
 //! ```
 //!
+//! Between Rust guests, values travel as postcard (`*_value`). Guests in
+//! other languages (the Python and JavaScript SDKs) speak JSON, as do the
+//! `*_json` helpers here ([`send_json`], [`call_json`], [`Message::json`],
+//! [`Message::reply_json`], [`CallSet::start_json`], [`decode_json`]): the
+//! one encoding every wasmproc SDK reads and writes.
+//!
 //! [wasmproc]: https://github.com/wasmproc/wasmproc
 
 use std::fmt;
@@ -163,6 +169,15 @@ impl Message {
     pub fn decode<T: DeserializeOwned>(&self) -> Result<T, postcard::Error> {
         postcard::from_bytes(&self.payload)
     }
+
+    /// Decode the payload as JSON (what the Python and JavaScript SDKs send).
+    ///
+    /// # Errors
+    ///
+    /// When the payload is not JSON for a `T`.
+    pub fn json<T: DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
+        serde_json::from_slice(&self.payload)
+    }
 }
 
 impl Message {
@@ -186,6 +201,15 @@ impl Message {
     /// As [`Message::reply`].
     pub fn reply_value<T: Serialize + ?Sized>(&self, value: &T) -> Result<(), ReplyError> {
         self.reply(&encode(value))
+    }
+
+    /// Answer this message's request with a value encoded as JSON.
+    ///
+    /// # Errors
+    ///
+    /// As [`Message::reply`].
+    pub fn reply_json<T: Serialize + ?Sized>(&self, value: &T) -> Result<(), ReplyError> {
+        self.reply(&encode_json(value))
     }
 
     /// This message as a call whose payload is a postcard-encoded `T`.
@@ -327,6 +351,22 @@ fn encode<T: Serialize + ?Sized>(value: &T) -> Vec<u8> {
     postcard::to_allocvec(value).unwrap_or_default()
 }
 
+/// Decode bytes (a reply, a payload) as JSON, the encoding shared with
+/// guests in other languages.
+///
+/// # Errors
+///
+/// When the bytes are not JSON for a `T`.
+pub fn decode_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, serde_json::Error> {
+    serde_json::from_slice(bytes)
+}
+
+/// JSON bytes of a value (serde types whose maps have string keys, as
+/// JSON needs; anything else encodes as `null`).
+fn encode_json<T: Serialize + ?Sized>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(value).unwrap_or_else(|_| b"null".to_vec())
+}
+
 /// Call `to` and wait for its reply, at most `timeout` (the host caps it
 /// at this guest's maximum, 60 s by default). A group's call goes to one
 /// member, round-robin. While the call waits the callee is watched: if it
@@ -350,6 +390,8 @@ pub enum CallValueError {
     Call(CallError),
     /// The reply did not decode as the expected type.
     Decode(postcard::Error),
+    /// The reply was not JSON for the expected type.
+    Json(serde_json::Error),
 }
 
 impl fmt::Display for CallValueError {
@@ -357,6 +399,7 @@ impl fmt::Display for CallValueError {
         match self {
             CallValueError::Call(error) => write!(f, "the call failed: {}", error.describe()),
             CallValueError::Decode(error) => write!(f, "the reply did not decode: {error}"),
+            CallValueError::Json(error) => write!(f, "the reply is not the expected JSON: {error}"),
         }
     }
 }
@@ -381,6 +424,21 @@ pub fn call_value<Req: Serialize + ?Sized, Resp: DeserializeOwned>(
 ) -> Result<Resp, CallValueError> {
     let reply = call(to, &encode(request), timeout)?;
     postcard::from_bytes(&reply).map_err(CallValueError::Decode)
+}
+
+/// [`call`] with a request and reply encoded as JSON: to call guests
+/// written in Python or JavaScript.
+///
+/// # Errors
+///
+/// As [`call`], or [`CallValueError::Json`] when the reply is not JSON for a `Resp`.
+pub fn call_json<Req: Serialize + ?Sized, Resp: DeserializeOwned>(
+    to: impl Into<Address>,
+    request: &Req,
+    timeout: Duration,
+) -> Result<Resp, CallValueError> {
+    let reply = call(to, &encode_json(request), timeout)?;
+    serde_json::from_slice(&reply).map_err(CallValueError::Json)
 }
 
 /// Start a call without waiting for its reply, to keep several in flight:
@@ -462,6 +520,21 @@ impl<T> CallSet<T> {
         tag: T,
     ) -> Result<(), CallError> {
         self.start(to, &encode(value), timeout, tag)
+    }
+
+    /// Start a call with a value encoded as JSON.
+    ///
+    /// # Errors
+    ///
+    /// As [`CallSet::start`].
+    pub fn start_json<V: Serialize + ?Sized>(
+        &mut self,
+        to: impl Into<Address>,
+        value: &V,
+        timeout: Duration,
+        tag: T,
+    ) -> Result<(), CallError> {
+        self.start(to, &encode_json(value), timeout, tag)
     }
 
     /// Calls in flight.
@@ -561,6 +634,18 @@ pub fn send_value<T: Serialize + ?Sized>(
     value: &T,
 ) -> Result<(), SendError> {
     send(to, &encode(value))
+}
+
+/// Encode `value` as JSON and [`send`] it.
+///
+/// # Errors
+///
+/// As [`send`].
+pub fn send_json<T: Serialize + ?Sized>(
+    to: impl Into<Address>,
+    value: &T,
+) -> Result<(), SendError> {
+    send(to, &encode_json(value))
 }
 
 /// Wait for the next inbox item.
