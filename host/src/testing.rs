@@ -59,6 +59,25 @@ pub fn repo_root() -> PathBuf {
         .unwrap_or_default()
 }
 
+/// The guest `name` written in `language` (`python` or `js`) as `make
+/// guests` builds it: `guests/target/<language>/<name>.wasm`.
+///
+/// # Errors
+///
+/// When it is not built, with the command that builds it.
+pub fn guest_in(language: &str, name: &str) -> anyhow::Result<PathBuf> {
+    let path = repo_root()
+        .join("guests/target")
+        .join(language)
+        .join(format!("{name}.wasm"));
+    anyhow::ensure!(
+        path.is_file(),
+        "the {language} guest `{name}` is not built ({} is missing): run `make guests`",
+        path.display()
+    );
+    Ok(path)
+}
+
 /// The guest `name` as `make guests` builds it (a wasm32-wasip2 component).
 ///
 /// # Errors

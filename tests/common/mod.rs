@@ -20,6 +20,12 @@ pub fn guest(name: &str) -> PathBuf {
     wasmproc::testing::guest(name).unwrap_or_else(|err| panic!("{err}"))
 }
 
+/// A guest written in Python (`python`) or JavaScript (`js`), built by
+/// `make guests`.
+pub fn guest_in(language: &str, name: &str) -> PathBuf {
+    wasmproc::testing::guest_in(language, name).unwrap_or_else(|err| panic!("{err}"))
+}
+
 /// Run `future`, failing the test if it takes longer than `secs` seconds.
 pub async fn within<F: Future>(secs: u64, future: F) -> F::Output {
     match tokio::time::timeout(Duration::from_secs(secs), future).await {

@@ -29,7 +29,7 @@ export const run = wp.entry(() => {
       range = undefined;
     }
     if (!Array.isArray(range) || range.length !== 2 || !range.every(Number.isSafeInteger)) {
-      const error = `${JSON.stringify(msg.text.slice(0, 64))} is not a range [lo, hi]`;
+      const error = `${JSON.stringify(msg.text.slice(0, 64))} is not a range [lo, hi] of safe integers`;
       console.error(`primes: ${error}`);
       if (msg.isCall) msg.replyJson({ error });
       continue;

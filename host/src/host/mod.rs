@@ -42,8 +42,8 @@ pub enum SpawnError {
     #[error(transparent)]
     Name(#[from] RegisterError),
     #[error(
-        "cannot find the runner binary `{RUNNER_NAME}` (looked in {searched}); build it with \
-         `cargo build` or name it in ${RUNNER_ENV}"
+        "cannot find the runner binary `{RUNNER_NAME}` (looked in {searched}); install it with \
+         `cargo install --path host` (from a wasmproc checkout) or name it in ${RUNNER_ENV}"
     )]
     RunnerNotFound { searched: String },
     #[error("cannot give the guest a terminal of its own: {0}")]

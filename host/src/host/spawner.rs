@@ -38,7 +38,8 @@ pub(crate) fn default_stdio() -> [Stdio; 3] {
 }
 
 /// Find the runner: `$WASMPROC_RUNNER`, else beside the current executable,
-/// else in its parent folder (test binaries live in `target/*/deps`).
+/// else in its parent folder (test binaries live in `target/*/deps`), else
+/// on `PATH` (where `cargo install` puts it).
 pub(crate) fn runner_path() -> Result<PathBuf, SpawnError> {
     static FOUND: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     let found = FOUND.get_or_init(|| {
@@ -60,6 +61,16 @@ pub(crate) fn runner_path() -> Result<PathBuf, SpawnError> {
             }
             searched.push(dir.display().to_string());
         }
+        let on_path = std::env::var_os("PATH")
+            .map(|path| std::env::split_paths(&path).collect::<Vec<_>>())
+            .unwrap_or_default();
+        for dir in on_path.iter().filter(|d| d.is_absolute()) {
+            let candidate = dir.join(RUNNER_NAME);
+            if candidate.is_file() {
+                return Ok(candidate);
+            }
+        }
+        searched.push("$PATH".into());
         Err(searched.join(", "))
     });
     found
