@@ -113,3 +113,86 @@ fn an_interactive_guest_reads_its_own_terminal_and_the_users_is_restored() {
         "the user's terminal was not restored"
     );
 }
+
+/// Run the CLI with its stdio on the "user's" terminal until it exits;
+/// everything the terminal showed.
+fn on_terminal(command: &mut std::process::Command, secs: u64) -> (Option<i32>, String) {
+    let (master, slave) = user_terminal();
+    command
+        .stdin(slave.try_clone().unwrap())
+        .stdout(slave.try_clone().unwrap())
+        .stderr(slave.try_clone().unwrap());
+    let mut child = command.spawn().unwrap();
+    // Only the CLI holds the terminal now: the master reads EIO once it exits.
+    command
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    drop(slave);
+    let mut reader = master;
+    let output = std::thread::spawn(move || {
+        let mut out = Vec::new();
+        let _ = reader.read_to_end(&mut out);
+        out
+    });
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the CLI did not finish within {secs} s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let out = String::from_utf8_lossy(&output.join().unwrap()).into_owned();
+    (status.code(), out)
+}
+
+#[test]
+fn a_first_compile_shows_progress_on_a_terminal_and_nothing_when_piped() {
+    // A 14 MB component, compiled for seconds in a cache of its own.
+    let module = common::guest_in("js", "probe");
+    let size = std::fs::metadata(&module).unwrap().len();
+    let cache = common::scratch_dir("compile-progress");
+    let (code, shown) = on_terminal(
+        std::process::Command::new(cli())
+            .env("WASMPROC_CACHE_DIR", &cache)
+            .arg("run")
+            .arg(&module)
+            .args(["args", "done"]),
+        120,
+    );
+    assert_eq!(code, Some(0), "{shown}");
+    let expected = format!(
+        "compiling probe.wasm ({:.1} MiB)",
+        size as f64 / (1 << 20) as f64
+    );
+    assert!(shown.contains(&expected), "no `{expected}` in {shown:?}");
+    // The spinner is cleared before the guest writes.
+    assert!(shown.ends_with("done\r\n"), "{shown:?}");
+
+    // Cached: nothing but the guest's output, terminal or not.
+    let (code, shown) = on_terminal(
+        std::process::Command::new(cli())
+            .env("WASMPROC_CACHE_DIR", &cache)
+            .arg("run")
+            .arg(&module)
+            .args(["args", "again"]),
+        60,
+    );
+    assert_eq!((code, shown.as_str()), (Some(0), "again\r\n"));
+    let piped = common::scratch_dir("compile-piped");
+    let out = common::output_within(
+        std::process::Command::new(cli())
+            .env("WASMPROC_CACHE_DIR", &piped)
+            .arg("run")
+            .arg(&module)
+            .args(["args", "piped"]),
+        120,
+    );
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), "piped\n");
+    assert_eq!(String::from_utf8(out.stderr).unwrap(), "");
+}

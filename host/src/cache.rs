@@ -15,7 +15,7 @@ use std::hash::{Hash, Hasher};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use sha2::{Digest, Sha256};
 use wasmproc_protocol::ModuleKind;
@@ -252,6 +252,32 @@ fn default_dir() -> PathBuf {
     std::env::temp_dir().join("wasmproc-cache")
 }
 
+/// What a compile reports to the observer set with [`on_compile`].
+#[derive(Debug, Clone)]
+pub enum CompileProgress {
+    /// A module is being compiled (a cache miss): its path and size.
+    Started { path: PathBuf, bytes: u64 },
+    /// That compile ended (done or failed), after `elapsed`.
+    Finished { path: PathBuf, elapsed: Duration },
+}
+
+type Observer = Box<dyn Fn(CompileProgress) + Send + Sync>;
+
+static OBSERVER: OnceLock<Observer> = OnceLock::new();
+
+/// Have `observer` told when a module starts and ends compiling (not when
+/// its artifact is found in the cache): to show progress on a terminal.
+/// Set once per process; `false` if an observer was set already.
+pub fn on_compile(observer: impl Fn(CompileProgress) + Send + Sync + 'static) -> bool {
+    OBSERVER.set(Box::new(observer)).is_ok()
+}
+
+fn observe(progress: impl FnOnce() -> CompileProgress) {
+    if let Some(observer) = OBSERVER.get() {
+        observer(progress());
+    }
+}
+
 /// Read, hash and (if the cache lacks it) compile one module. Blocking.
 /// The header is checked before the file is read whole, so a large file
 /// that is not wasm costs eight bytes, not its size in memory.
@@ -330,11 +356,20 @@ fn compile_to_cache(path: &Path, dir: &Path) -> Result<Artifact, CompileError> {
         lock.lock().map_err(write_err)?;
         if !artifact.is_file() {
             tracing::info!("compiling {} ({} bytes)", path.display(), bytes.len());
+            let started = std::time::Instant::now();
+            observe(|| CompileProgress::Started {
+                path: path.to_owned(),
+                bytes: bytes.len() as u64,
+            });
             let compiled = match kind {
                 ModuleKind::Module => engine.precompile_module(&bytes),
                 ModuleKind::Component => engine.precompile_component(&bytes),
-            }
-            .map_err(|err| CompileError::Compile {
+            };
+            observe(|| CompileProgress::Finished {
+                path: path.to_owned(),
+                elapsed: started.elapsed(),
+            });
+            let compiled = compiled.map_err(|err| CompileError::Compile {
                 path: path.to_owned(),
                 message: format!("{err:#}"),
             })?;

@@ -437,6 +437,9 @@ pub fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        show_compiles();
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -827,7 +830,41 @@ fn human_size(bytes: u64) -> String {
     }
 }
 
-/// `wasmproc cache [clean]`.
+/// On a terminal, a spinner per module being compiled, with its size and
+/// the time so far; it is cleared when the compile ends. Nothing is shown
+/// for a module found in the cache, nor when stderr is not a terminal.
+fn show_compiles() {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    use wasmproc::CompileProgress;
+
+    let bars = indicatif::MultiProgress::new();
+    let shown: Mutex<HashMap<PathBuf, indicatif::ProgressBar>> = Mutex::new(HashMap::new());
+    let style = indicatif::ProgressStyle::with_template("{spinner} compiling {msg} ({elapsed})")
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner());
+    wasmproc::on_compile(move |progress| {
+        let mut shown = shown.lock().unwrap_or_else(|e| e.into_inner());
+        match progress {
+            CompileProgress::Started { path, bytes } => {
+                let name = path.file_name().map_or_else(
+                    || path.display().to_string(),
+                    |n| n.to_string_lossy().into_owned(),
+                );
+                let bar = bars.add(indicatif::ProgressBar::new_spinner());
+                bar.set_style(style.clone());
+                bar.set_message(format!("{name} ({})", human_size(bytes)));
+                bar.enable_steady_tick(Duration::from_millis(120));
+                shown.insert(path, bar);
+            }
+            CompileProgress::Finished { path, .. } => {
+                if let Some(bar) = shown.remove(&path) {
+                    bar.finish_and_clear();
+                }
+            }
+        }
+    });
+}
+
 /// `wasmproc new`: write the folder, then say how to build and run it.
 fn new_guest(dir: &Path, lang: Lang) -> anyhow::Result<u8> {
     use wasmproc::scaffold::{self, Language};
@@ -853,6 +890,7 @@ fn new_guest(dir: &Path, lang: Lang) -> anyhow::Result<u8> {
     Ok(0)
 }
 
+/// `wasmproc cache [clean]`.
 fn cache(clean: bool) -> anyhow::Result<u8> {
     let dir = wasmproc::cache_dir();
     let mut artifacts: Vec<(String, u64, std::time::SystemTime)> = std::fs::read_dir(&dir)

@@ -113,7 +113,7 @@ pub mod testing;
 
 pub use wasmproc_manifest as manifest;
 
-pub use cache::CompileError;
+pub use cache::{CompileError, CompileProgress, on_compile};
 pub use child::Child;
 pub use command::{Command, Output};
 pub use exec::{ExecError, ExecOutput, Pipeline, exec};
