@@ -795,7 +795,7 @@ async fn detach(args: &UpArgs, app: &str) -> anyhow::Result<u8> {
         .stderr(out);
     // SAFETY: only setsid, which is async-signal-safe, runs between fork and exec.
     unsafe {
-        command.pre_exec(|| control::new_session());
+        command.pre_exec(control::new_session);
     }
     let mut child = command
         .spawn()
