@@ -34,6 +34,27 @@ async fn output_captures_stdout_and_stderr_separately_and_exactly() {
 }
 
 #[tokio::test]
+async fn a_computing_program_gets_the_same_answer_as_a_core_module_and_a_component() {
+    within(60, async {
+        for tool in tools() {
+            let out = Command::new(&tool)
+                .args(["primes", "100000"])
+                .output()
+                .await
+                .unwrap();
+            // π(100000) = 9592: the kernel the bench runs under wasmtime too.
+            assert_eq!(
+                (out.status, String::from_utf8(out.stdout).unwrap()),
+                (ExitStatus::Exited { code: 0 }, "9592\n".to_owned()),
+                "{}",
+                tool.display()
+            );
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn exit_codes_come_back_as_such() {
     within(60, async {
         for code in [0, 1, 42] {

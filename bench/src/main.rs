@@ -611,11 +611,37 @@ fn real_rows(rows: &mut Vec<Row>) -> anyhow::Result<()> {
         dir.join("loop.js"),
         "let i = 0; for (let n = 0; n < 20000000; n++) i += n; console.log(i);\n",
     )?;
-    for (label, module, script) in [
-        ("python.wasm: a 3M-iteration loop", &python, "loop.py"),
-        ("quickjs.wasm: a 20M-iteration loop", &quickjs, "loop.js"),
-    ] {
-        let compiled = dir.join(format!("{script}.cwasm"));
+    // The same kernel as the primes guest, and a hello program, as plain
+    // WASI components both systems run.
+    let tool = guest("wasi-tool")?;
+    let programs: [(&str, &PathBuf, Vec<&str>, usize); 4] = [
+        (
+            "python.wasm: a 3M-iteration loop",
+            &python,
+            vec!["loop.py"],
+            3,
+        ),
+        (
+            "quickjs.wasm: a 20M-iteration loop",
+            &quickjs,
+            vec!["loop.js"],
+            3,
+        ),
+        (
+            "primes below 6M, the primes kernel",
+            &tool,
+            vec!["primes", "6000000"],
+            3,
+        ),
+        (
+            "one-shot run of a hello program",
+            &tool,
+            vec!["echo", "hello"],
+            21,
+        ),
+    ];
+    for (index, (label, module, args, reps)) in programs.into_iter().enumerate() {
+        let compiled = dir.join(format!("program-{index}.cwasm"));
         let status = OsCommand::new(&wasmtime)
             .arg("compile")
             .arg(module)
@@ -631,7 +657,7 @@ fn real_rows(rows: &mut Vec<Row>) -> anyhow::Result<()> {
             let mut c = OsCommand::new(&wasmtime);
             c.args(["run", "--allow-precompiled", "--dir", "."])
                 .arg(&compiled)
-                .arg(script)
+                .args(&args)
                 .current_dir(&dir);
             c
         };
@@ -639,7 +665,8 @@ fn real_rows(rows: &mut Vec<Row>) -> anyhow::Result<()> {
             let mut c = OsCommand::new(&wasmproc);
             c.args(["run", "--dir-ro", "."])
                 .arg(module)
-                .args(["--", script])
+                .arg("--")
+                .args(&args)
                 .current_dir(&dir);
             c
         };
@@ -647,7 +674,7 @@ fn real_rows(rows: &mut Vec<Row>) -> anyhow::Result<()> {
         seconds(&mut under_wasmproc())?;
         seconds(&mut under_wasmtime())?;
         let (mut wp, mut wt) = (Vec::new(), Vec::new());
-        for _ in 0..3 {
+        for _ in 0..reps {
             wp.push(seconds(&mut under_wasmproc())? * 1e3);
             wt.push(seconds(&mut under_wasmtime())? * 1e3);
         }

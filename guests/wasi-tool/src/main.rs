@@ -7,6 +7,8 @@
 //! - `args`: print each argument (after argv[0]) on its own line, `{:?}`-quoted;
 //! - `out TEXT ERR CODE`: print TEXT to stdout, ERR to stderr, exit with CODE;
 //! - `exit CODE`: read stdin to the end, then exit with CODE;
+//! - `primes N`: print how many primes are below N (the primes guest's
+//!   kernel, for running the same code under `wasmtime run`);
 //! - `spin`: loop forever without calling the host;
 //! - `spam`: print lines forever;
 //! - `grow`: allocate memory a mebibyte at a time, forever;
@@ -66,6 +68,10 @@ fn run(args: &[String]) -> std::io::Result<ExitCode> {
             let code: i32 = arg(1).parse().unwrap_or(1);
             std::process::exit(code);
         }
+        "primes" => {
+            let below: u64 = arg(1).parse().unwrap_or(0);
+            writeln!(stdout, "{}", (2..below).filter(|&n| is_prime(n)).count())?;
+        }
         "spin" => {
             let mut x = 1u64;
             loop {
@@ -101,4 +107,22 @@ fn run(args: &[String]) -> std::io::Result<ExitCode> {
     }
     stdout.flush()?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Trial division, as the primes guest counts.
+fn is_prime(n: u64) -> bool {
+    if n < 2 {
+        return false;
+    }
+    if n.is_multiple_of(2) {
+        return n == 2;
+    }
+    let mut d = 3;
+    while d * d <= n {
+        if n.is_multiple_of(d) {
+            return false;
+        }
+        d += 2;
+    }
+    true
 }
