@@ -64,6 +64,10 @@
 //!   restarts, shutdown; `app/supervise` (one instance's supervisor and
 //!   the control verbs), `app/live` (a running app as the verbs see it),
 //!   [`app::control`] (the control socket), [`app::metrics`] (Prometheus).
+//! - [`cluster`]: the cluster bridge: hosts that form one app over NATS;
+//!   `cluster/wire` (subjects and envelopes), `cluster/link` (a remote
+//!   guest's proxy: envelopes out, acks in), `cluster/inbox` (envelopes
+//!   from other hosts), `cluster/peers` (the heartbeat rule).
 //! - [`manifest`] (crate `wasmproc-manifest`): `app.toml`, checked.
 //! - crate `wasmproc-protocol`: the frame types, the pure codec and the
 //!   host↔runner contract (descriptors, exit codes, name rules), shared
@@ -96,6 +100,7 @@
 pub mod app;
 mod cache;
 mod child;
+pub mod cluster;
 mod command;
 mod connection;
 mod engine;

@@ -139,6 +139,7 @@ impl Slot {
             row["mailbox_high_water"] = json!(entry.mailbox.high_water());
             row["calls_to_answer"] = json!(owed);
             row["calls_waiting"] = json!(made);
+            row["unknown_outcome"] = json!(c.unknown_outcome.load(Relaxed));
         }
         if running && let Some((rss, cpu_ms)) = crate::os::procfs::usage(info.pid) {
             let alive_ms = info.since.elapsed().as_millis().max(1) as u64;
@@ -301,6 +302,9 @@ pub struct Live {
     logs: Mutex<Logs>,
     log_file: Option<Mutex<LogFile>>,
     pub(super) tasks: TaskTracker,
+    /// The cluster this host is a node of, and where the manifest placed
+    /// each instance (instance, node).
+    cluster: std::sync::OnceLock<(crate::cluster::Cluster, Vec<(String, String)>)>,
 }
 
 /// The JSON answer of a verb: `Ok` fields, or an error message.
@@ -328,7 +332,32 @@ impl Live {
             slots: Mutex::new(BTreeMap::new()),
             logs: Mutex::new(Logs::default()),
             tasks: TaskTracker::new(),
+            cluster: std::sync::OnceLock::new(),
         }))
+    }
+
+    /// Make this app a node of `cluster`, its manifest's instances placed
+    /// as `placements` says (instance, node).
+    pub(super) fn join(&self, cluster: crate::cluster::Cluster, placements: Vec<(String, String)>) {
+        let _ = self.cluster.set((cluster, placements));
+    }
+
+    /// The cluster this host is a node of.
+    pub fn cluster(&self) -> Option<&crate::cluster::Cluster> {
+        self.cluster.get().map(|(c, _)| c)
+    }
+
+    /// The manifest's instances placed on nodes that have not joined.
+    pub fn missing_nodes(&self) -> Vec<(String, String)> {
+        let Some((cluster, placements)) = self.cluster.get() else {
+            return Vec::new();
+        };
+        let peers = cluster.peers();
+        placements
+            .iter()
+            .filter(|(_, node)| node != cluster.node() && !peers.contains(node))
+            .cloned()
+            .collect()
     }
 
     fn slots(&self) -> MutexGuard<'_, BTreeMap<String, Arc<Slot>>> {
@@ -414,8 +443,72 @@ impl Live {
 
     /// `ps`: every instance, by name.
     pub fn ps(&self) -> Answer {
-        let rows: Vec<Value> = self.slots().values().map(|s| s.row()).collect();
+        let node = self.cluster().map(|c| c.node().to_owned());
+        let rows: Vec<Value> = self
+            .slots()
+            .values()
+            .map(|s| {
+                let mut row = s.row();
+                row["node"] = json!(node);
+                row
+            })
+            .collect();
         Ok(json!({ "guests": rows }))
+    }
+
+    /// `ps --cluster`: every node's guests (each node asked in turn), the
+    /// nodes that do not answer, and the instances placed on nodes that
+    /// have not joined.
+    pub async fn ps_cluster(&self) -> Answer {
+        let mut answer = self.ps()?;
+        let Some(cluster) = self.cluster() else {
+            return Ok(answer);
+        };
+        let mut rows: Vec<Value> = answer["guests"].as_array().cloned().unwrap_or_default();
+        let mut silent = Vec::new();
+        for node in cluster.peers() {
+            let asked = cluster
+                .forward(&node, &json!({"verb": "ps"}), Duration::from_secs(2))
+                .await;
+            match asked {
+                Ok(theirs) if theirs["ok"] == true => {
+                    rows.extend(theirs["guests"].as_array().cloned().unwrap_or_default());
+                }
+                Ok(theirs) => silent.push(json!({"node": node, "error": theirs["error"]})),
+                Err(error) => silent.push(json!({"node": node, "error": error})),
+            }
+        }
+        for (instance, node) in self.missing_nodes() {
+            rows.push(json!({
+                "name": instance,
+                "node": node,
+                "state": "node not joined",
+            }));
+        }
+        answer["guests"] = json!(rows);
+        answer["silent_nodes"] = json!(silent);
+        Ok(answer)
+    }
+
+    /// The bridge's numbers, for `top` and `ps`.
+    pub fn cluster_stats(&self) -> Value {
+        use std::sync::atomic::Ordering::Relaxed;
+        let Some(cluster) = self.cluster() else {
+            return Value::Null;
+        };
+        let s = cluster.stats();
+        json!({
+            "node": cluster.node(),
+            "connected": cluster.connected(),
+            "peers": cluster.peers(),
+            "sent": s.sent.load(Relaxed),
+            "acked": s.acked.load(Relaxed),
+            "no_responders": s.no_responders.load(Relaxed),
+            "unknown_outcome": s.unknown_outcome.load(Relaxed),
+            "slow_consumers": s.slow_consumers.load(Relaxed),
+            "node_conflicts": s.node_conflicts.load(Relaxed),
+            "disconnects": s.disconnects.load(Relaxed),
+        })
     }
 
     /// `top`: every instance's numbers, and the host's.
@@ -426,6 +519,7 @@ impl Live {
             "guests": rows,
             "late_replies": self.host.late_replies(),
             "dropped_notices": self.host.dropped_notices(),
+            "cluster": self.cluster_stats(),
         }))
     }
 
