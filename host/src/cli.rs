@@ -983,6 +983,15 @@ async fn verb(app: &AppArg, request: serde_json::Value, json: bool) -> anyhow::R
 
 async fn ps(args: PsArgs) -> anyhow::Result<u8> {
     let answer = ask(&args.app, json!({"verb": "ps", "cluster": args.cluster})).await?;
+    if args.json && args.cluster {
+        let keys = ["guests", "reachable", "silent_nodes"];
+        let whole: serde_json::Map<String, serde_json::Value> = keys
+            .iter()
+            .map(|k| ((*k).to_owned(), answer[*k].clone()))
+            .collect();
+        say!("{}", serde_json::Value::Object(whole));
+        return Ok(0);
+    }
     if args.json {
         say!("{}", answer["guests"]);
         return Ok(0);

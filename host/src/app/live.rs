@@ -487,6 +487,11 @@ impl Live {
         }
         answer["guests"] = json!(rows);
         answer["silent_nodes"] = json!(silent);
+        answer["reachable"] = cluster
+            .directory()
+            .into_iter()
+            .map(|(node, name, group)| json!({"node": node, "name": name, "group": group}))
+            .collect();
         Ok(answer)
     }
 

@@ -290,6 +290,20 @@ impl Cluster {
         self.inner.lock().liveness.nodes()
     }
 
+    /// The guests of other nodes this host can reach now: (node, name,
+    /// group), sorted.
+    pub fn directory(&self) -> Vec<(String, Option<String>, Option<String>)> {
+        let mut guests: Vec<_> = self
+            .inner
+            .lock()
+            .proxies
+            .iter()
+            .map(|((node, _), p)| (node.clone(), p.entry.name.clone(), p.entry.group.clone()))
+            .collect();
+        guests.sort();
+        guests
+    }
+
     /// Whether our connection to NATS is up.
     pub fn connected(&self) -> bool {
         self.inner.lock().liveness.is_connected()

@@ -1,0 +1,432 @@
+//! Hosts that form one app over NATS: real `nats-server` processes (a
+//! cluster of them where a test kills one), real `wasmproc up` hosts as
+//! separate processes, real guests.
+//!
+//! Every server listens on 127.0.0.1 on ports it picks itself (`-p -1`,
+//! read back from `--ports_file_dir`); a server restarted in a test comes
+//! back on the ports it had. Tests run one at a time: each starts several
+//! hosts, and a 2-core machine shared by parallel tests would make the
+//! timings they print meaningless.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use common::{cli, guest, output_within, scratch_dir};
+
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// One `nats-server`, stopped (SIGKILL) when dropped.
+struct Nats {
+    child: Option<Child>,
+    dir: PathBuf,
+    name: String,
+    port: u16,
+    cluster_port: u16,
+    routes: Vec<u16>,
+}
+
+impl Nats {
+    /// A lone server.
+    fn start(dir: &Path, name: &str) -> Nats {
+        Nats::launch(dir, name, None, &[])
+    }
+
+    /// A server of a NATS cluster, routed to the servers listening for
+    /// routes on `routes`.
+    fn member(dir: &Path, name: &str, routes: &[u16]) -> Nats {
+        Nats::launch(dir, name, Some(None), routes)
+    }
+
+    /// `cluster`: `None` for a lone server, `Some(port)` for a member
+    /// (`Some(None)`: a route port of its own choosing).
+    fn launch(dir: &Path, name: &str, cluster: Option<Option<u16>>, routes: &[u16]) -> Nats {
+        Nats::spawn(dir, name, None, cluster, routes)
+    }
+
+    fn spawn(
+        dir: &Path,
+        name: &str,
+        port: Option<u16>,
+        cluster: Option<Option<u16>>,
+        routes: &[u16],
+    ) -> Nats {
+        let ports_dir = dir.join(format!("ports-{name}"));
+        let _ = std::fs::remove_dir_all(&ports_dir);
+        std::fs::create_dir_all(&ports_dir).unwrap();
+        let mut command = Command::new("nats-server");
+        command
+            .args(["-a", "127.0.0.1", "-n", name, "-p"])
+            .arg(port.map_or("-1".to_owned(), |p| p.to_string()))
+            .arg("--ports_file_dir")
+            .arg(&ports_dir)
+            .arg("-l")
+            .arg(dir.join(format!("{name}.log")));
+        if let Some(cluster_port) = cluster {
+            let at = cluster_port.map_or("-1".to_owned(), |p| p.to_string());
+            command
+                .args(["--cluster_name", "test"])
+                .arg("--cluster")
+                .arg(format!("nats://127.0.0.1:{at}"));
+            if !routes.is_empty() {
+                let routes: Vec<String> = routes
+                    .iter()
+                    .map(|p| format!("nats://127.0.0.1:{p}"))
+                    .collect();
+                command.arg("--routes").arg(routes.join(","));
+            }
+        }
+        let child = command
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|err| {
+                panic!(
+                    "cannot start nats-server ({err}): install it (`apt-get install nats-server`; `make test` does)"
+                )
+            });
+        let ports_file = ports_dir.join(format!("nats-server_{}.ports", child.id()));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let ports: serde_json::Value = loop {
+            if let Ok(text) = std::fs::read_to_string(&ports_file)
+                && let Ok(ports) = serde_json::from_str(&text)
+            {
+                break ports;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "nats-server {name} wrote no ports file in 10 s; its log: {}",
+                std::fs::read_to_string(dir.join(format!("{name}.log"))).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let port_of = |key: &str| -> u16 {
+            ports[key][0]
+                .as_str()
+                .and_then(|url| url.rsplit(':').next())
+                .and_then(|p| p.parse().ok())
+                .unwrap_or(0)
+        };
+        Nats {
+            child: Some(child),
+            dir: dir.to_owned(),
+            name: name.to_owned(),
+            port: port_of("nats"),
+            cluster_port: port_of("cluster"),
+            routes: routes.to_vec(),
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Start it again on the ports it had, with the routes it had.
+    fn restart(&mut self) {
+        self.kill();
+        let cluster = (self.cluster_port != 0).then_some(Some(self.cluster_port));
+        let again = Nats::spawn(
+            &self.dir,
+            &self.name,
+            Some(self.port),
+            cluster,
+            &self.routes,
+        );
+        assert_eq!(again.port, self.port);
+        *self = again;
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A NATS cluster of three servers, routed to each other.
+fn nats_cluster(dir: &Path) -> [Nats; 3] {
+    let first = Nats::member(dir, "n1", &[]);
+    let second = Nats::member(dir, "n2", &[first.cluster_port]);
+    let third = Nats::member(dir, "n3", &[first.cluster_port, second.cluster_port]);
+    // Let the routes form before hosts subscribe across them.
+    wait_for("the NATS routes to form", Duration::from_secs(10), || {
+        let log = std::fs::read_to_string(dir.join("n1.log")).unwrap_or_default();
+        (log.matches("Route connection created").count() >= 2).then_some(())
+    });
+    [first, second, third]
+}
+
+/// Poll `probe` every 50 ms until it gives something, or fail after `limit`.
+fn wait_for<T>(what: &str, limit: Duration, mut probe: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(found) = probe() {
+            return found;
+        }
+        assert!(Instant::now() < deadline, "waited {limit:?} for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// One `wasmproc up` host, in the foreground as a child process, with a
+/// control-socket folder of its own; SIGTERM (then SIGKILL) when dropped.
+struct Host {
+    child: Option<Child>,
+    node: String,
+    app: String,
+    runtime: PathBuf,
+    out: PathBuf,
+    err: PathBuf,
+}
+
+impl Host {
+    fn up(dir: &Path, app: &str, node: &str, url: &str, manifest: &Path) -> Host {
+        let runtime = dir.join(format!("run-{node}"));
+        std::fs::create_dir_all(&runtime).unwrap();
+        let out = dir.join(format!("{node}.out"));
+        let err = dir.join(format!("{node}.err"));
+        let child = Command::new(cli())
+            .args(["up", "--app", app, "--cluster", url, "--node", node])
+            .arg(manifest)
+            .env("XDG_RUNTIME_DIR", &runtime)
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&out).unwrap())
+            .stderr(std::fs::File::create(&err).unwrap())
+            .spawn()
+            .expect("start wasmproc up");
+        let mut host = Host {
+            child: Some(child),
+            node: node.to_owned(),
+            app: app.to_owned(),
+            runtime,
+            out,
+            err,
+        };
+        wait_for(
+            &format!("host {node} to answer"),
+            Duration::from_secs(60),
+            || {
+                if let Some(status) = host
+                    .child
+                    .as_mut()
+                    .and_then(|c| c.try_wait().ok().flatten())
+                {
+                    panic!("host {node} ended at once ({status}):\n{}", host.output());
+                }
+                (host.run(&["ps"]).status.code() == Some(0)).then_some(())
+            },
+        );
+        host
+    }
+
+    /// `wasmproc ARGS --app APP` against this host's socket.
+    fn run(&self, args: &[&str]) -> Output {
+        let mut command = Command::new(cli());
+        command
+            .args(&args[..1])
+            .args(["--app", &self.app])
+            .args(&args[1..])
+            .env("XDG_RUNTIME_DIR", &self.runtime);
+        output_within(&mut command, 60)
+    }
+
+    /// `wasmproc ARGS`, which must succeed: its stdout.
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{args:?} on {}: {}",
+            self.node,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Everything the host printed so far (its stdout, then its stderr).
+    fn output(&self) -> String {
+        let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
+        format!("{}{}", read(&self.out), read(&self.err))
+    }
+
+    /// Wait until the host has printed `text`.
+    fn wait_output(&self, text: &str, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while !self.output().contains(text) {
+            assert!(
+                Instant::now() < deadline,
+                "host {} did not print `{text}` within {limit:?}; it printed:\n{}",
+                self.node,
+                self.output()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `ps --cluster --json`, parsed.
+    fn ps_cluster(&self) -> serde_json::Value {
+        serde_json::from_str(&self.ok(&["ps", "--cluster", "--json"])).expect("ps JSON")
+    }
+
+    /// Wait until this host can reach `name` on another node.
+    fn wait_reachable(&self, name: &str) {
+        wait_for(
+            &format!("{} to reach `{name}`", self.node),
+            Duration::from_secs(20),
+            || {
+                let ps = self.ps_cluster();
+                ps["reachable"]
+                    .as_array()?
+                    .iter()
+                    .any(|g| g["name"] == name)
+                    .then_some(())
+            },
+        );
+    }
+
+    /// Start guest `name` here from `module` with `args`.
+    fn start(&self, name: &str, module: &str, args: &[&str]) {
+        let module = guest(module);
+        let mut argv = vec!["start", "--module", module.to_str().unwrap(), name, "--"];
+        argv.extend_from_slice(args);
+        self.ok(&argv);
+    }
+
+    fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: kill(2) on our own child's pid.
+            unsafe { libc_kill(child.id() as i32, 15) };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+unsafe extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, signal: i32) -> i32;
+}
+
+/// Write a manifest into `dir`; `{guest:NAME}` stands for a built guest.
+fn manifest(dir: &Path, text: &str) -> PathBuf {
+    let mut text = text.to_owned();
+    while let Some(at) = text.find("{guest:") {
+        let end = at + text[at..].find('}').unwrap();
+        let path = guest(&text[at + 7..end]);
+        text.replace_range(at..=end, path.to_str().unwrap());
+    }
+    let path = dir.join("app.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn names_groups_and_broadcasts_reach_guests_on_other_hosts() {
+    let _one = serial();
+    let dir = scratch_dir("cluster-reach");
+    let servers = nats_cluster(&dir);
+    let app = manifest(
+        &dir,
+        r#"
+[guests.srv]
+module = "{guest:rpc}"
+args = ["serve", "name"]
+node = "b"
+
+[guests.client]
+module = "{guest:rpc}"
+args = ["poll", "srv", "hello"]
+node = "a"
+
+[guests.e]
+module = "{guest:echo}"
+nodes = ["a", "b"]
+"#,
+    );
+    let a = Host::up(&dir, "reach", "a", &servers[0].url(), &app);
+    let b = Host::up(&dir, "reach", "b", &servers[1].url(), &app);
+
+    // A guest on A calls one on B by name (polling until B has joined).
+    a.wait_output("client | ok srv", Duration::from_secs(30));
+
+    // ps --cluster shows each guest with its node.
+    a.wait_reachable("e.2");
+    let ps = a.ps_cluster();
+    let node_of = |name: &str| {
+        ps["guests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|g| g["name"] == name)
+            .map(|g| g["node"].as_str().unwrap_or_default().to_owned())
+    };
+    assert_eq!(node_of("srv").as_deref(), Some("b"), "{ps}");
+    assert_eq!(node_of("e.1").as_deref(), Some("a"), "{ps}");
+    assert_eq!(node_of("e.2").as_deref(), Some("b"), "{ps}");
+
+    // A group over A and B gets round-robin from both, and a broadcast
+    // reaches every member; the replies come back across hosts to the
+    // sender's `from`.
+    a.start(
+        "postman",
+        "postman",
+        &[
+            "group:e", "group:e", "group:e", "group:e", "all:e", "expect:6",
+        ],
+    );
+    a.wait_output("postman ended", Duration::from_secs(30));
+    let output = a.output();
+    let replies = |from: &str| {
+        output
+            .matches(&format!("from postman: {from}: reply"))
+            .count()
+    };
+    println!("replies: e.1 {}, e.2 {}", replies("e.1"), replies("e.2"));
+    assert_eq!(
+        (replies("e.1"), replies("e.2")),
+        (3, 3),
+        "two group sends and one broadcast each:\n{output}"
+    );
+
+    // The parent's call by name crosses too, and the reply names its guest.
+    assert_eq!(a.ok(&["call", "srv", "x"]).trim(), "srv");
+    // An unknown name is refused as unknown, not lost.
+    let out = a.run(&["call", "nobody", "x"]);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("unknown recipient"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    drop(b);
+}
