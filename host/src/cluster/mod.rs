@@ -643,7 +643,9 @@ async fn hear_exits(bridge: Weak<Bridge>, mut exits: async_nats::Subscriber) {
         let Some((node, exit)) = wire::decode::<(String, Exit)>(&message.payload) else {
             continue;
         };
-        if node == bridge.config.node {
+        // A swapped-out instance: the proxy leads to its name, which the
+        // next beat shows with the new instance's id.
+        if node == bridge.config.node || exit.moved {
             continue;
         }
         let proxy = bridge.lock().proxies.remove(&(node, exit.id));
@@ -716,8 +718,8 @@ async fn tick(
             }
             Some(change) = local.recv() => {
                 let Some(bridge) = bridge.upgrade() else { return };
-                if let LocalEvent::Exited { id, reason, .. } = change {
-                    let exit = (bridge.config.node.clone(), Exit { id: id.0, reason });
+                if let LocalEvent::Exited { id, reason, moved, .. } = change {
+                    let exit = (bridge.config.node.clone(), Exit { id: id.0, reason, moved });
                     let _ = bridge
                         .client
                         .publish(bridge.subjects.exit(&bridge.config.node), wire::encode(&exit))

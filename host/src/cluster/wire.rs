@@ -181,6 +181,9 @@ pub struct Beat {
 pub struct Exit {
     pub id: u64,
     pub reason: String,
+    /// Its name had moved on to a new instance (a swap): whoever reaches
+    /// it by name reaches the new one, so nothing ends for them.
+    pub moved: bool,
 }
 
 /// Encode anything of this module.

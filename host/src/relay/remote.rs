@@ -29,11 +29,13 @@ pub(crate) struct Announced {
 pub(crate) enum LocalEvent {
     /// A guest was registered, or a name moved to a new instance.
     Changed,
-    /// A guest ended, and why.
+    /// A guest ended, and why; `moved`: its name had moved on to a new
+    /// instance (a swap), which goes on answering to it.
     Exited {
         id: GuestId,
         name: Option<String>,
         reason: String,
+        moved: bool,
     },
 }
 
@@ -72,6 +74,7 @@ impl Relay {
                 id: entry.id,
                 name: entry.name.clone(),
                 reason: reason.to_owned(),
+                moved: entry.successor().is_some(),
             },
         };
         // Never waits: see `LOCAL_EVENTS`.
