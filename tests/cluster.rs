@@ -428,6 +428,25 @@ nodes = ["a", "b"]
         "two group sends and one broadcast each:\n{output}"
     );
 
+    // The allow-list holds across hosts: a guest that may talk to group
+    // `e` reaches its member on B, and not `srv` there.
+    let postman = guest("postman");
+    a.ok(&[
+        "start",
+        "--talks-to",
+        "e",
+        "--module",
+        postman.to_str().unwrap(),
+        "strict",
+        "--",
+        "e.2",
+        "srv",
+    ]);
+    a.wait_output("strict ended", Duration::from_secs(30));
+    let output = a.output();
+    assert!(output.contains("from strict: e.2: reply"), "{output}");
+    assert!(output.contains("from strict: srv: not allowed"), "{output}");
+
     // The parent's call by name crosses too, and the reply names its guest.
     assert_eq!(a.ok(&["call", "srv", "x"]).trim(), "srv");
     // An unknown name is refused as unknown, not lost.

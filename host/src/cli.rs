@@ -1040,6 +1040,23 @@ async fn ps(args: PsArgs) -> anyhow::Result<u8> {
         "LAST EXIT",
         "MODULE",
     ];
+    // The NODE column is there only for an app in a cluster.
+    let clustered = answer["guests"]
+        .as_array()
+        .is_some_and(|guests| guests.iter().any(|g| g["node"].is_string()));
+    let shown = |cells: &[&str]| -> Vec<String> {
+        cells
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| clustered || *i != 1)
+            .map(|(_, c)| (*c).to_owned())
+            .collect()
+    };
+    let header = shown(&header);
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| shown(&r.iter().map(String::as_str).collect::<Vec<_>>()))
+        .collect();
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for row in &rows {
         for (w, cell) in widths.iter_mut().zip(row) {
@@ -1058,7 +1075,7 @@ async fn ps(args: PsArgs) -> anyhow::Result<u8> {
         }
         say!("{}", out.trim_end());
     };
-    line(header.to_vec());
+    line(header.iter().map(String::as_str).collect());
     for row in &rows {
         line(row.iter().map(String::as_str).collect());
     }
