@@ -484,6 +484,40 @@ nodes = ["a", "b"]
         err.contains("node `nowhere` is not in the cluster"),
         "{err}"
     );
+
+    // The text `ps` names each guest's node, and the bridge's state.
+    let ps = a.ok(&["ps"]);
+    let header: Vec<&str> = ps
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    assert_eq!(header[..2], ["NAME", "NODE"], "{ps}");
+    assert!(
+        ps.contains(
+            "node a: connected; peers [\"b\"]; unknown outcome 0, slow consumer 0, node conflicts 0"
+        ),
+        "{ps}"
+    );
+
+    // A host that stops cleanly takes its guests out of the directory at once.
+    let stopped = Instant::now();
+    drop(b);
+    wait_for(
+        "B's guests to leave A's directory",
+        Duration::from_secs(5),
+        || {
+            a.ps_cluster()["reachable"]
+                .as_array()?
+                .is_empty()
+                .then_some(())
+        },
+    );
+    println!(
+        "B stopped: its guests left A's directory after {:.2?}",
+        stopped.elapsed()
+    );
 }
 
 /// `taken T returned R duplicates D disorders O`, as `sender` prints it.

@@ -1079,6 +1079,22 @@ async fn ps(args: PsArgs) -> anyhow::Result<u8> {
     for row in &rows {
         line(row.iter().map(String::as_str).collect());
     }
+    let c = &answer["cluster"];
+    if c.is_object() {
+        say!(
+            "node {}: {}; peers {}; unknown outcome {}, slow consumer {}, node conflicts {}",
+            c["node"].as_str().unwrap_or_default(),
+            if c["connected"] == true {
+                "connected"
+            } else {
+                "NOT CONNECTED"
+            },
+            c["peers"],
+            c["unknown_outcome"],
+            c["slow_consumers"],
+            c["node_conflicts"],
+        );
+    }
     Ok(0)
 }
 
@@ -1088,7 +1104,11 @@ async fn top(args: PsArgs) -> anyhow::Result<u8> {
         let answer = ask(&args.app, json!({"verb": "top"})).await?;
         say!(
             "{}",
-            json!({"guests": answer["guests"], "late_replies": answer["late_replies"]})
+            json!({
+                "guests": answer["guests"],
+                "late_replies": answer["late_replies"],
+                "cluster": answer["cluster"],
+            })
         );
         return Ok(0);
     }
@@ -1130,6 +1150,21 @@ async fn top(args: PsArgs) -> anyhow::Result<u8> {
                 n("calls_to_answer") + n("calls_waiting"),
                 n("rss_bytes") / 1024,
                 now.2.saturating_sub(before.2) as f64 / 10.0,
+            ));
+        }
+        let c = &answer["cluster"];
+        if c.is_object() {
+            out.push_str(&format!(
+                "\nnode {} ({}), peers {}: sent {}, acked {}, no responders {}, unknown outcome {}, slow consumer {}, node conflicts {}",
+                c["node"].as_str().unwrap_or_default(),
+                if c["connected"] == true { "connected" } else { "NOT CONNECTED" },
+                c["peers"],
+                c["sent"],
+                c["acked"],
+                c["no_responders"],
+                c["unknown_outcome"],
+                c["slow_consumers"],
+                c["node_conflicts"],
             ));
         }
         out.push_str(&format!(

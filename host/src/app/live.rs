@@ -453,7 +453,7 @@ impl Live {
                 row
             })
             .collect();
-        Ok(json!({ "guests": rows }))
+        Ok(json!({ "guests": rows, "cluster": self.cluster_stats() }))
     }
 
     /// `ps --cluster`: every node's guests (each node asked in turn), the

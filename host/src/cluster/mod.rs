@@ -9,6 +9,12 @@
 //! a remote guest lands in its proxy's mailbox like any other, and the
 //! proxy's link takes it on.
 //!
+//! A group is therefore spread by the sender's relay, round-robin over its
+//! members on every host, rather than by a NATS queue group per member: a
+//! queue group picks a subscriber at random, so it could neither keep the
+//! order from one sender to one member nor tell the sender which member's
+//! host must acknowledge the message.
+//!
 //! # Delivery across hosts
 //!
 //! NATS is at-most-once, so every envelope is a request that the remote
