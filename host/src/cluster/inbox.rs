@@ -18,11 +18,12 @@ use super::Bridge;
 use super::wire::{self, Ack, Envelope, Target};
 use crate::relay::Entry;
 
-/// An envelope and the node that sent it.
+/// Envelopes, in order, and the node that sent them: one NATS message,
+/// answered with one [`Ack`] per envelope.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(super) struct Letter {
     pub node: String,
-    pub envelope: Envelope,
+    pub envelopes: Vec<Envelope>,
 }
 
 pub(super) async fn serve(bridge: Weak<Bridge>, mut inbox: async_nats::Subscriber) {
@@ -30,18 +31,21 @@ pub(super) async fn serve(bridge: Weak<Bridge>, mut inbox: async_nats::Subscribe
         let Some(bridge) = bridge.upgrade() else {
             return;
         };
-        let ack = match wire::decode::<Letter>(&message.payload) {
-            Some(letter) => handle(&bridge, letter).await,
+        let acks = match wire::decode::<Letter>(&message.payload) {
+            Some(Letter { node, envelopes }) => {
+                let mut acks = Vec::with_capacity(envelopes.len());
+                for envelope in envelopes {
+                    acks.push(handle(&bridge, &node, envelope).await);
+                }
+                acks
+            }
             None => {
-                tracing::warn!(
-                    "wasmproc: an envelope that is not one, on {}",
-                    message.subject
-                );
-                Ack::Garbled
+                tracing::warn!("wasmproc: envelopes that are not, on {}", message.subject);
+                vec![Ack::Garbled]
             }
         };
         if let Some(reply) = message.reply {
-            let _ = bridge.client.publish(reply, wire::encode(&ack)).await;
+            let _ = bridge.client.publish(reply, wire::encode(&acks)).await;
         }
     }
 }
@@ -57,8 +61,7 @@ fn recipient(bridge: &Bridge, to: &Target) -> Result<Arc<Entry>, UndeliverableRe
         .ok_or(UndeliverableReason::RecipientExited)
 }
 
-async fn handle(bridge: &Arc<Bridge>, letter: Letter) -> Ack {
-    let Letter { node, envelope } = letter;
+async fn handle(bridge: &Arc<Bridge>, node: &str, envelope: Envelope) -> Ack {
     let relay = &bridge.relay;
     match envelope {
         Envelope::Message { to, from, payload } => {
@@ -66,7 +69,7 @@ async fn handle(bridge: &Arc<Bridge>, letter: Letter) -> Ack {
                 Ok(target) => target,
                 Err(reason) => return Ack::Undeliverable(reason),
             };
-            let sender = sender_proxy(bridge, &node, from);
+            let sender = sender_proxy(bridge, node, from);
             let routed = relay.route(&sender, Address::Id(target.id), payload);
             if let Some(InboxItem::Undeliverable { reason, .. }) = routed.notices.first() {
                 return Ack::Undeliverable(*reason);
@@ -95,7 +98,7 @@ async fn handle(bridge: &Arc<Bridge>, letter: Letter) -> Ack {
                     ));
                 }
             };
-            let caller = sender_proxy(bridge, &node, from);
+            let caller = sender_proxy(bridge, node, from);
             // The caller's call number here is its call's id at home.
             match relay
                 .call_from_guest(
@@ -121,7 +124,7 @@ async fn handle(bridge: &Arc<Bridge>, letter: Letter) -> Ack {
                 // Its sender has ended: nobody is left to tell.
                 return Ack::Accepted;
             };
-            relay.notify(&guest.mailbox, translate(bridge, &node, item));
+            relay.notify(&guest.mailbox, translate(bridge, node, item));
             Ack::Accepted
         }
         Envelope::Ping => Ack::Accepted,

@@ -1,13 +1,15 @@
 //! A proxy's link: what the relay queued for a guest of another host goes
 //! out as envelopes, and the acks that come back settle each one.
 //!
-//! One task per proxy takes its mailbox in order and publishes each
-//! envelope with a reply subject of its own, without waiting for the ack:
-//! at most [`WINDOW`] are unsettled per proxy (the permit travels with the
-//! pending record), so a stream is bound by the window, not by the round
-//! trip. One task for the whole bridge takes the acks and settles them;
-//! the bridge's clock settles what has waited [`ACK_TIMEOUT`] as of
-//! unknown outcome.
+//! One task per proxy takes its mailbox in order, and publishes what it
+//! took as letters of envelopes (as many as fit under the server's
+//! `max_payload`), each letter with a reply subject of its own, without
+//! waiting for the acks: at most [`WINDOW`] envelopes are unsettled per
+//! proxy (their permits travel with the pending letter), so a stream is
+//! bound by the window, not by the round trip, and a burst costs one NATS
+//! message per letter, not per message. One task for the whole bridge
+//! takes the acks (one per envelope) and settles them; the bridge's clock
+//! settles what has waited [`ACK_TIMEOUT`] as of unknown outcome.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,7 +27,7 @@ use super::wire::{self, Ack, Envelope, Target};
 use crate::relay::{Entry, Item};
 
 /// Envelopes in flight per proxy, unacknowledged.
-pub const WINDOW: usize = 256;
+pub const WINDOW: usize = 1024;
 
 /// How long an ack may take before the message's fate counts as unknown.
 pub const ACK_TIMEOUT: Duration = Duration::from_secs(5);
@@ -33,6 +35,9 @@ pub const ACK_TIMEOUT: Duration = Duration::from_secs(5);
 /// Room kept under the server's `max_payload` for the envelope around a
 /// payload (addresses, names, numbers).
 pub const ENVELOPE_ROOM: usize = 1024;
+
+/// Envelopes in one letter at most.
+const LETTER: usize = 256;
 
 /// Items taken from a proxy's mailbox at once.
 const BATCH: usize = 256;
@@ -53,17 +58,18 @@ enum Kind {
     Other,
 }
 
+/// A letter in flight: what each of its envelopes was, in order.
 #[derive(Debug)]
 struct Pending {
     sent: Instant,
     node: String,
-    kind: Kind,
-    /// A place in its proxy's window, given back when settled.
-    _permit: OwnedSemaphorePermit,
+    kinds: Vec<Kind>,
+    /// Its places in its proxy's window, given back when settled.
+    _permits: OwnedSemaphorePermit,
 }
 
 /// How an envelope ended.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 enum Outcome {
     Ack(Ack),
     /// Nobody serves that node's inbox.
@@ -99,7 +105,7 @@ impl Acks {
             overdue
         };
         for pending in overdue {
-            settle(bridge, pending, Outcome::Unknown);
+            settle(bridge, pending, Acked::All(Outcome::Unknown));
         }
     }
 
@@ -107,7 +113,7 @@ impl Acks {
     pub(super) fn fail_all(&self, bridge: &Arc<Bridge>) {
         let all = std::mem::take(&mut *self.lock());
         for (_, pending) in all {
-            settle(bridge, pending, Outcome::Unknown);
+            settle(bridge, pending, Acked::All(Outcome::Unknown));
         }
     }
 }
@@ -116,6 +122,7 @@ impl Acks {
 pub(super) async fn drain(bridge: Weak<Bridge>, proxy: Arc<Entry>, node: String, target: Target) {
     let window = Arc::new(Semaphore::new(WINDOW));
     let mut items = Vec::with_capacity(BATCH);
+    let mut letter: Vec<(Envelope, Kind)> = Vec::with_capacity(LETTER);
     while proxy
         .mailbox
         .pop_batch(&mut items, BATCH, BATCH_BYTES)
@@ -124,16 +131,62 @@ pub(super) async fn drain(bridge: Weak<Bridge>, proxy: Arc<Entry>, node: String,
         let Some(bridge) = bridge.upgrade() else {
             return;
         };
+        // What a letter may carry: the server's limit, less the room kept
+        // for each envelope's own fields.
+        let limit = bridge.max_payload.saturating_sub(ENVELOPE_ROOM);
+        let mut size = 0;
         for item in items.drain(..) {
             let Some((envelope, kind)) = envelope_for(&bridge, &proxy, &target, item) else {
                 continue;
             };
-            let Ok(permit) = window.clone().acquire_owned().await else {
-                return;
-            };
-            publish(&bridge, &node, envelope, kind, permit).await;
+            let len = envelope_len(&envelope);
+            if !letter.is_empty() && (size + len > limit || letter.len() == LETTER) {
+                if !send_letter(&bridge, &node, &window, &mut letter).await {
+                    return;
+                }
+                size = 0;
+            }
+            size += len;
+            letter.push((envelope, kind));
+        }
+        if !send_letter(&bridge, &node, &window, &mut letter).await {
+            return;
         }
     }
+}
+
+/// About how many bytes an envelope takes in a letter.
+fn envelope_len(envelope: &Envelope) -> usize {
+    const FIELDS: usize = 64;
+    FIELDS
+        + match envelope {
+            Envelope::Message { payload, from, .. } | Envelope::Call { payload, from, .. } => {
+                payload.len() + from.name.as_ref().map_or(0, String::len)
+            }
+            Envelope::Answer {
+                answer: Ok(reply), ..
+            } => reply.len(),
+            _ => 0,
+        }
+}
+
+/// Publish the envelopes gathered in `letter` (and empty it), once the
+/// window has room for them. `false` when the window is gone.
+async fn send_letter(
+    bridge: &Arc<Bridge>,
+    node: &str,
+    window: &Arc<Semaphore>,
+    letter: &mut Vec<(Envelope, Kind)>,
+) -> bool {
+    if letter.is_empty() {
+        return true;
+    }
+    let Ok(permits) = window.clone().acquire_many_owned(letter.len() as u32).await else {
+        return false;
+    };
+    let (envelopes, kinds) = letter.drain(..).unzip();
+    publish(bridge, node, envelopes, kinds, permits).await;
+    true
 }
 
 /// The envelope that carries `item` to the guest `proxy` stands for.
@@ -207,29 +260,31 @@ fn envelope_for(
 async fn publish(
     bridge: &Arc<Bridge>,
     node: &str,
-    envelope: Envelope,
-    kind: Kind,
-    permit: OwnedSemaphorePermit,
+    envelopes: Vec<Envelope>,
+    kinds: Vec<Kind>,
+    permits: OwnedSemaphorePermit,
 ) {
     let seq = bridge.acks.next.fetch_add(1, Ordering::Relaxed);
     let letter = Letter {
         node: bridge.config.node.clone(),
-        envelope,
+        envelopes,
     };
     let payload = wire::encode(&letter);
     let pending = Pending {
         sent: Instant::now(),
         node: node.to_owned(),
-        kind,
-        _permit: permit,
+        kinds,
+        _permits: permits,
     };
     if payload.len() > bridge.max_payload {
-        // The proxy's size limit keeps payloads under this; names cannot
-        // make up the rest.
+        // The proxy's size limit and the letter's room keep payloads under
+        // this; long names cannot make up the rest.
         settle(
             bridge,
             pending,
-            Outcome::Ack(Ack::Undeliverable(UndeliverableReason::TooLarge)),
+            Acked::All(Outcome::Ack(Ack::Undeliverable(
+                UndeliverableReason::TooLarge,
+            ))),
         );
         return;
     }
@@ -246,7 +301,7 @@ async fn publish(
     {
         tracing::warn!("wasmproc: cannot publish to node `{node}`: {err}");
         if let Some(pending) = bridge.acks.lock().remove(&seq) {
-            settle(bridge, pending, Outcome::Unknown);
+            settle(bridge, pending, Acked::All(Outcome::Unknown));
         }
     }
 }
@@ -270,19 +325,28 @@ pub(super) async fn receive_acks(bridge: Weak<Bridge>, mut acks: async_nats::Sub
             continue;
         };
         bridge.stats.acked.fetch_add(1, Ordering::Relaxed);
-        let outcome = if message.status == Some(async_nats::StatusCode::NO_RESPONDERS) {
-            Outcome::NoResponders
+        let acked = if message.status == Some(async_nats::StatusCode::NO_RESPONDERS) {
+            Acked::All(Outcome::NoResponders)
         } else {
-            Outcome::Ack(wire::decode::<Ack>(&message.payload).unwrap_or(Ack::Garbled))
+            match wire::decode::<Vec<Ack>>(&message.payload) {
+                Some(acks) => Acked::Each(acks),
+                None => Acked::All(Outcome::Ack(Ack::Garbled)),
+            }
         };
-        settle(&bridge, pending, outcome);
+        settle(&bridge, pending, acked);
     }
 }
 
-/// Tell whoever is concerned how an envelope ended.
-fn settle(bridge: &Arc<Bridge>, pending: Pending, outcome: Outcome) {
-    let relay = &bridge.relay;
-    if let Outcome::NoResponders = outcome {
+/// How a letter ended: one outcome for all its envelopes, or an ack each.
+#[derive(Debug)]
+enum Acked {
+    All(Outcome),
+    Each(Vec<Ack>),
+}
+
+/// Tell whoever is concerned how each envelope of a letter ended.
+fn settle(bridge: &Arc<Bridge>, pending: Pending, acked: Acked) {
+    if let Acked::All(Outcome::NoResponders) = acked {
         bridge.stats.no_responders.fetch_add(1, Ordering::Relaxed);
         // Nobody serves that node: its host is gone.
         if bridge.lock().liveness.may_judge(Instant::now()) {
@@ -290,7 +354,28 @@ fn settle(bridge: &Arc<Bridge>, pending: Pending, outcome: Outcome) {
             tokio::spawn(async move { bridge.lose(&node, "nobody serves its inbox").await });
         }
     }
-    match pending.kind {
+    let Pending { node, kinds, .. } = pending;
+    match acked {
+        Acked::All(outcome) => {
+            for kind in kinds {
+                settle_one(bridge, &node, kind, outcome.clone());
+            }
+        }
+        Acked::Each(acks) => {
+            // A host that answers fewer acks than envelopes is garbled.
+            let mut acks = acks.into_iter();
+            for kind in kinds {
+                let ack = acks.next().unwrap_or(Ack::Garbled);
+                settle_one(bridge, &node, kind, Outcome::Ack(ack));
+            }
+        }
+    }
+}
+
+/// Tell whoever is concerned how one envelope ended.
+fn settle_one(bridge: &Bridge, node: &str, kind: Kind, outcome: Outcome) {
+    let relay = &bridge.relay;
+    match kind {
         Kind::Send { from, to, len } => {
             let reason = match outcome {
                 Outcome::Ack(Ack::Accepted) => return,
@@ -307,8 +392,7 @@ fn settle(bridge: &Arc<Bridge>, pending: Pending, outcome: Outcome) {
                             .fetch_add(1, Ordering::Relaxed);
                     }
                     tracing::warn!(
-                        "wasmproc: a message from {from} to {to} on node `{}`: unknown outcome (no ack within {ACK_TIMEOUT:?})",
-                        pending.node
+                        "wasmproc: a message from {from} to {to} on node `{node}`: unknown outcome (no ack within {ACK_TIMEOUT:?})"
                     );
                     return;
                 }

@@ -17,11 +17,13 @@
 //!
 //! # Delivery across hosts
 //!
-//! NATS is at-most-once, so every envelope is a request that the remote
-//! relay answers with an [`wire::Ack`] once the message is in its
-//! recipient's mailbox (from there the remote host returns what is not
-//! taken, as for any guest). Acks are pipelined, [`link::WINDOW`] per
-//! proxy, so throughput is not bound by the round trip; one link publishes
+//! NATS is at-most-once, so every envelope goes in a request that the
+//! remote relay answers with an [`wire::Ack`] per envelope once the message
+//! is in its recipient's mailbox (from there the remote host returns what
+//! is not taken, as for any guest). Acks are pipelined, [`link::WINDOW`]
+//! envelopes per proxy, and what a proxy's mailbox holds goes out many
+//! envelopes to a NATS message, so throughput is bound neither by the round
+//! trip nor by one NATS message per message; one link publishes
 //! in order on one connection, and the receiving host handles its inbox in
 //! order, so the order per sender and receiver holds. No responders means
 //! no host serves that node any more: `unknown recipient` at once. No ack
@@ -769,7 +771,7 @@ async fn probe(bridge: Weak<Bridge>, node: String) {
     };
     let envelope = wire::encode(&inbox::Letter {
         node: strong.config.node.clone(),
-        envelope: wire::Envelope::Ping,
+        envelopes: vec![wire::Envelope::Ping],
     });
     let (client, subject) = (strong.client.clone(), strong.subjects.inbox(&node));
     drop(strong);

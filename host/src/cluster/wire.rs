@@ -3,8 +3,8 @@
 //!
 //! | subject | what | how |
 //! |---|---|---|
-//! | `wp.APP.in.NODE` | an [`Envelope`] for node NODE's relay | request; the reply is an [`Ack`] |
-//! | `wp.APP.ack.NODE-INSTANCE.SEQ` | the [`Ack`] for envelope SEQ | the reply subject of the above |
+//! | `wp.APP.in.NODE` | a letter of [`Envelope`]s for node NODE's relay | request; the reply is an [`Ack`] per envelope |
+//! | `wp.APP.ack.NODE-INSTANCE.SEQ` | the [`Ack`]s for letter SEQ | the reply subject of the above |
 //! | `wp.APP.beat.NODE` | a [`Beat`]: NODE is up, and its guests | every [`BEAT`] |
 //! | `wp.APP.exit.NODE` | an [`Exit`]: a guest of NODE ended | as it happens |
 //! | `wp.APP.claim.NODE` | who runs node NODE? | request, answered by that host |
