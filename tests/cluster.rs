@@ -818,3 +818,67 @@ node = "c"
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("guest `z` is not placed"), "{err}");
 }
+
+#[test]
+fn a_paused_host_is_lost_after_three_beats_and_what_it_held_has_an_unknown_outcome() {
+    let _one = serial();
+    let dir = scratch_dir("cluster-paused");
+    let server = Nats::start(&dir, "paused");
+    let app = manifest(
+        &dir,
+        r#"
+[guests.r0]
+module = "{guest:echo}"
+node = "b"
+"#,
+    );
+    let a = Host::up(&dir, "paused", "a", &server.url(), &app);
+    let b = Host::up(&dir, "paused", "b", &server.url(), &app);
+    a.wait_reachable("r0");
+    // 500 messages a millisecond, without waiting for anything.
+    a.start("flood", "pingpong", &["flood", "r0", "5000000"]);
+    let top = || -> serde_json::Value {
+        serde_json::from_str(&a.ok(&["top", "--json"])).expect("top JSON")
+    };
+    wait_for("messages to cross", Duration::from_secs(20), || {
+        (top()["cluster"]["acked"].as_u64()? > 100).then_some(())
+    });
+    // Stopped, not killed: its connection stays open, its subscriptions
+    // answer nothing, its beats stop. Only the missed beats can tell.
+    let pid = b.child.as_ref().unwrap().id() as i32;
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc_kill(pid, 19) };
+    let paused = Instant::now();
+    let lost_after = wait_for("A to lose B", Duration::from_secs(15), || {
+        top()["cluster"]["peers"]
+            .as_array()?
+            .is_empty()
+            .then(|| paused.elapsed())
+    });
+    let unknown = wait_for(
+        "the in-flight messages to settle",
+        Duration::from_secs(15),
+        || {
+            let top = top();
+            let sender = top["guests"]
+                .as_array()?
+                .iter()
+                .find(|g| g["name"] == "flood")?
+                .clone();
+            let unknown = sender["unknown_outcome"].as_u64()?;
+            (unknown > 0).then_some((unknown, top["cluster"].clone()))
+        },
+    );
+    // SAFETY: as above.
+    unsafe { libc_kill(pid, 18) };
+    println!(
+        "B paused: lost after {lost_after:.2?}; flood's messages of unknown outcome: {}; A's bridge: {}",
+        unknown.0, unknown.1
+    );
+    // Three beats of silence, judged every 250 ms; the last beat came at
+    // most a second before the pause.
+    assert!(lost_after >= Duration::from_millis(1900), "{lost_after:?}");
+    // Only what was in flight, unacknowledged: at most a window's worth.
+    assert!(unknown.0 <= 1024, "{}", unknown.0);
+    assert_eq!(unknown.1["unknown_outcome"], unknown.0);
+}
