@@ -865,6 +865,7 @@ node = "b"
                 .iter()
                 .find(|g| g["name"] == "flood")?
                 .clone();
+            assert_eq!(sender["node"], "a", "top names each guest's node");
             let unknown = sender["unknown_outcome"].as_u64()?;
             (unknown > 0).then_some((unknown, top["cluster"].clone()))
         },

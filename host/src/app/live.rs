@@ -519,7 +519,18 @@ impl Live {
     /// `top`: every instance's numbers, and the host's.
     pub fn metrics(&self) -> Answer {
         let relay = self.host.relay();
-        let rows: Vec<Value> = self.slots().values().map(|s| s.metrics(relay)).collect();
+        let node = self.cluster().map(|c| c.node().to_owned());
+        let rows: Vec<Value> = self
+            .slots()
+            .values()
+            .map(|s| {
+                let mut row = s.metrics(relay);
+                if node.is_some() {
+                    row["node"] = json!(node);
+                }
+                row
+            })
+            .collect();
         Ok(json!({
             "guests": rows,
             "late_replies": self.host.late_replies(),
