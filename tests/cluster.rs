@@ -753,6 +753,29 @@ node = "c"
     );
     println!("unreachable server reported in {:.2?}", started.elapsed());
 
+    // The same from the manifest's `[cluster]` table, with no flags.
+    let from_table = dir.join("table.toml");
+    std::fs::write(
+        &from_table,
+        format!(
+            "[cluster]\nurl = \"{url}\"\nnode = \"a\"\n\n[guests.here]\nmodule = \"{}\"\nnode = \"a\"\n",
+            guest("echo").display()
+        ),
+    )
+    .unwrap();
+    let mut command = Command::new(cli());
+    command
+        .args(["up", "--app", "table"])
+        .arg(&from_table)
+        .env("XDG_RUNTIME_DIR", dir.join("r1"));
+    let out = output_within(&mut command, 60);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("cannot reach the cluster's NATS server at {url}")),
+        "{err}"
+    );
+
     // Half of the pair of flags.
     let (code, err) = up("r2", &["--cluster", &url]);
     assert_eq!(code, Some(1));
