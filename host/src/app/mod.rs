@@ -22,6 +22,7 @@ use wasmproc_manifest::{GuestDef, Manifest};
 pub mod control;
 mod live;
 pub mod metrics;
+mod nodes;
 mod supervise;
 
 pub use live::{Live, decode_bytes, encode_bytes, unix_ms};

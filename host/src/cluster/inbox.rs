@@ -69,7 +69,9 @@ async fn handle(bridge: &Arc<Bridge>, node: &str, envelope: Envelope) -> Ack {
                 Ok(target) => target,
                 Err(reason) => return Ack::Undeliverable(reason),
             };
-            let sender = sender_proxy(bridge, node, from);
+            let Some(sender) = sender_proxy(bridge, node, from) else {
+                return Ack::Garbled;
+            };
             let routed = relay.route(&sender, Address::Id(target.id), payload);
             if let Some(InboxItem::Undeliverable { reason, .. }) = routed.notices.first() {
                 return Ack::Undeliverable(*reason);
@@ -98,7 +100,9 @@ async fn handle(bridge: &Arc<Bridge>, node: &str, envelope: Envelope) -> Ack {
                     ));
                 }
             };
-            let caller = sender_proxy(bridge, node, from);
+            let Some(caller) = sender_proxy(bridge, node, from) else {
+                return Ack::Garbled;
+            };
             // The caller's call number here is its call's id at home.
             match relay
                 .call_from_guest(
@@ -132,9 +136,9 @@ async fn handle(bridge: &Arc<Bridge>, node: &str, envelope: Envelope) -> Ack {
 }
 
 /// The proxy that stands for `node`'s guest `from` here.
-fn sender_proxy(bridge: &Arc<Bridge>, node: &str, from: wire::From) -> Arc<Entry> {
+fn sender_proxy(bridge: &Arc<Bridge>, node: &str, from: wire::From) -> Option<Arc<Entry>> {
     if let Some(proxy) = bridge.proxy_of(node, from.id) {
-        return proxy;
+        return Some(proxy);
     }
     // Not announced yet (its host's next beat will): made now, so that a
     // reply finds it. The parent of that host gets no name here.
