@@ -906,3 +906,49 @@ node = "b"
     assert!(unknown.0 <= 1024, "{}", unknown.0);
     assert_eq!(unknown.1["unknown_outcome"], unknown.0);
 }
+
+#[test]
+fn a_host_whose_own_server_stops_answering_judges_nobody_lost() {
+    let _one = serial();
+    let dir = scratch_dir("cluster-halfopen");
+    let servers = nats_cluster(&dir);
+    let app = manifest(
+        &dir,
+        r#"
+[guests.srv]
+module = "{guest:rpc}"
+args = ["serve", "name"]
+node = "b"
+"#,
+    );
+    let a = Host::up(&dir, "half", "a", &servers[0].url(), &app);
+    let _b = Host::up(&dir, "half", "b", &servers[1].url(), &app);
+    a.wait_reachable("srv");
+    a.start("watcher", "postman", &["monitor:srv"]);
+    std::thread::sleep(Duration::from_millis(300));
+    // A's server stops (SIGSTOP): A's socket stays open and looks up, but
+    // nothing comes through, neither B's beats nor A's own.
+    let pid = servers[0].child.as_ref().unwrap().id() as i32;
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc_kill(pid, 19) };
+    std::thread::sleep(Duration::from_secs(6));
+    let top: serde_json::Value = serde_json::from_str(&a.ok(&["top", "--json"])).unwrap();
+    // SAFETY: as above.
+    unsafe { libc_kill(pid, 18) };
+    println!(
+        "after 6 s without its server, A's bridge: {}",
+        top["cluster"]
+    );
+    assert_eq!(
+        top["cluster"]["peers"],
+        serde_json::json!(["b"]),
+        "B not judged lost"
+    );
+    assert!(!a.output().contains("down srv"), "{}", a.output());
+    // Once the server answers again, traffic goes on as before.
+    wait_for("srv to answer A again", Duration::from_secs(20), || {
+        let out = a.run(&["call", "srv", "x"]);
+        (String::from_utf8_lossy(&out.stdout).trim() == "srv").then_some(())
+    });
+    assert!(!a.output().contains("down srv"), "{}", a.output());
+}

@@ -33,7 +33,8 @@
 //!
 //! A peer silent for [`wire::MISSED_BEATS`] beats (or whose inbox has no
 //! responder when its beat is late) is lost, judged only while our own
-//! connection has been up that long ([`peers`]). Its proxies are
+//! connection has been up that long and carries our own beats back to us
+//! ([`peers`]). Its proxies are
 //! unregistered with `host lost`: monitors get `down (host lost)`, calls
 //! to its guests fail with `callee exited: host lost`, its names leave the
 //! directory. When our own connection drops, every proxy goes with

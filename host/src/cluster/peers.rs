@@ -2,9 +2,11 @@
 //! can be tested with made-up clocks.
 //!
 //! A peer is lost after [`MISSED_BEATS`] beats without one from it, but
-//! only while our own connection has been up for that long: a host whose
-//! own link to NATS is down (or just came back) hears no beats from
-//! anyone, and must not conclude that everyone else died.
+//! only while our own connection has been up for that long, and only while
+//! we hear our own beats come back: a host whose own link to NATS is down,
+//! just came back, or is half-open (the server stopped answering and the
+//! socket has not noticed yet) hears no beats from anyone, and must not
+//! conclude that everyone else died.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -35,6 +37,8 @@ struct Peer {
 #[derive(Debug, Default)]
 pub struct Liveness {
     connected_since: Option<Instant>,
+    /// When our own last beat came back to us through the server.
+    heard_self: Option<Instant>,
     peers: HashMap<String, Peer>,
 }
 
@@ -54,11 +58,21 @@ impl Liveness {
         self.connected_since.is_some()
     }
 
-    /// Whether our connection has been up long enough to call a silent
-    /// peer lost.
+    /// Our own beat came back through the server.
+    pub fn heard_self(&mut self, now: Instant) {
+        self.heard_self = Some(now);
+    }
+
+    /// Whether our connection has been up long enough, and still carries
+    /// our own beats, to call a silent peer lost.
     pub fn may_judge(&self, now: Instant) -> bool {
-        self.connected_since
-            .is_some_and(|since| now.duration_since(since) >= BEAT * MISSED_BEATS)
+        let up_long_enough = self
+            .connected_since
+            .is_some_and(|since| now.duration_since(since) >= BEAT * MISSED_BEATS);
+        let hears_itself = self
+            .heard_self
+            .is_some_and(|at| now.duration_since(at) < BEAT * 2);
+        up_long_enough && hears_itself
     }
 
     /// A beat from `node`'s process `instance`.
@@ -143,8 +157,10 @@ mod tests {
         live.connected(t0);
         assert_eq!(live.beat("b", 1, t0), Heard::New);
         assert_eq!(live.beat("b", 1, t0 + BEAT), Heard::Known);
+        live.heard_self(t0 + BEAT * 3);
         assert!(live.lost(t0 + BEAT * 3).is_empty(), "two beats missed");
         assert_eq!(live.late(t0 + BEAT * 3), ["b"]);
+        live.heard_self(t0 + BEAT * 4);
         assert_eq!(live.lost(t0 + BEAT * 4), ["b"]);
         assert!(live.nodes().is_empty());
     }
@@ -161,9 +177,27 @@ mod tests {
         assert!(live.lost(t0 + BEAT * 10).is_empty());
         live.connected(t0 + BEAT * 10);
         live.beat("b", 1, t0 + BEAT * 10);
+        live.heard_self(t0 + BEAT * 12);
         assert!(live.lost(t0 + BEAT * 12).is_empty());
         assert!(!live.may_judge(t0 + BEAT * 12));
+        live.heard_self(t0 + BEAT * 13);
         assert_eq!(live.lost(t0 + BEAT * 13), ["b"]);
+    }
+
+    #[test]
+    fn nobody_is_lost_while_our_own_beats_do_not_come_back() {
+        // Half-open: the connection looks up, but nothing comes through.
+        let t0 = Instant::now();
+        let mut live = Liveness::default();
+        live.connected(t0);
+        live.beat("b", 1, t0 + BEAT * 5);
+        live.heard_self(t0 + BEAT * 5);
+        assert!(
+            live.lost(t0 + BEAT * 9).is_empty(),
+            "we did not hear ourselves"
+        );
+        live.heard_self(t0 + BEAT * 9);
+        assert_eq!(live.lost(t0 + BEAT * 9), ["b"]);
     }
 
     #[test]

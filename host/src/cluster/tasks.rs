@@ -42,7 +42,9 @@ pub(super) async fn hear_beats(bridge: Weak<Bridge>, mut beats: async_nats::Subs
             continue;
         };
         if beat.node == bridge.config.node {
-            if beat.instance != bridge.instance {
+            if beat.instance == bridge.instance {
+                bridge.lock().liveness.heard_self(Instant::now());
+            } else {
                 bridge.stats.node_conflicts.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(
                     "wasmproc: another host also claims node `{}` in app `{}`: give each host its own --node",
