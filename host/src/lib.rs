@@ -22,8 +22,9 @@
 //! # Layout
 //!
 //! The public surface is [`Command`], [`Child`], [`Output`], [`Stdio`],
-//! [`exec`] and [`Pipeline`], [`ExitStatus`], [`Host`], [`app`] and
-//! [`sandbox::explain`]; every other module is the crate's own.
+//! [`exec`] and [`Pipeline`], [`ExitStatus`], [`Host`], [`app`],
+//! [`cluster`] (joining an app's cluster) and [`sandbox::explain`]; every
+//! other module is the crate's own.
 //!
 //! - `command`: [`Command`], the builder; `build()` makes the spec the
 //!   host consumes.
