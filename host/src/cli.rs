@@ -1195,6 +1195,13 @@ async fn logs(args: LogsArgs) -> anyhow::Result<u8> {
     // Subscribe first, so that no line falls between the two.
     let app = wasmproc::app::control::which_app(args.app.app.as_deref())?;
     let mut events = None;
+    if args.follow
+        && let Some(node) = &args.app.node
+    {
+        anyhow::bail!(
+            "`logs --follow` follows this host's own events: run it on node `{node}`'s host (without --follow, --node works from here)"
+        );
+    }
     if args.follow {
         let stream = wasmproc::app::control::connect(&app).await?;
         let (read, mut write) = stream.into_split();
