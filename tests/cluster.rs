@@ -595,6 +595,12 @@ node = "b"
     a.wait_reachable("srv");
     a.start("watcher", "postman", &["monitor:srv"]);
     a.start("caller", "rpc", &["call", "srv", "x", "30000"]);
+    // A call's deadline holds across hosts.
+    a.start("quick", "rpc", &["call", "srv", "q", "500"]);
+    a.wait_output(
+        "from quick: error: no reply before the deadline",
+        Duration::from_secs(20),
+    );
     // The call is in srv's hands (it never answers) when B dies.
     b.wait_output("from srv: took x", Duration::from_secs(20));
     std::thread::sleep(Duration::from_millis(200));
