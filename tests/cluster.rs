@@ -606,6 +606,9 @@ node = "b"
     std::thread::sleep(Duration::from_millis(200));
     let killed = Instant::now();
     b.kill9();
+    // A send right after, before A has judged B lost: nobody serves B's
+    // inbox any more, which NATS says at once (no responders).
+    a.start("late", "postman", &["srv"]);
     a.wait_output("from watcher: down srv: host lost", Duration::from_secs(15));
     let down_after = killed.elapsed();
     a.wait_output(
@@ -613,6 +616,21 @@ node = "b"
         Duration::from_secs(15),
     );
     let failed_after = killed.elapsed();
+    a.wait_output("from late: srv: ", Duration::from_secs(15));
+    let output = a.output();
+    assert!(
+        output.contains("from late: srv: unknown recipient")
+            || output.contains("from late: srv: recipient exited"),
+        "{output}"
+    );
+    println!(
+        "a send just after the kill: {}",
+        if output.contains("from late: srv: unknown recipient") {
+            "unknown recipient (no responders)"
+        } else {
+            "recipient exited (B was already judged lost)"
+        }
+    );
     println!(
         "B SIGKILLed: A's monitor got `down (host lost)` after {down_after:.2?}, its pending call failed after {failed_after:.2?}"
     );
