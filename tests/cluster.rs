@@ -316,6 +316,23 @@ impl Host {
         self.ok(&argv);
     }
 
+    /// SIGTERM, and how long the host takes to end (at most `limit`).
+    fn terminate(&mut self, limit: Duration) -> Duration {
+        let mut child = self.child.take().expect("a running host");
+        let asked = Instant::now();
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc_kill(child.id() as i32, 15) };
+        while child.try_wait().ok().flatten().is_none() {
+            if asked.elapsed() > limit {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("host {} did not end within {limit:?} of SIGTERM", self.node);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        asked.elapsed()
+    }
+
     fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
@@ -975,4 +992,27 @@ node = "b"
         (String::from_utf8_lossy(&out.stdout).trim() == "srv").then_some(())
     });
     assert!(!a.output().contains("down srv"), "{}", a.output());
+}
+
+#[test]
+fn a_host_whose_server_is_gone_still_shuts_down_promptly() {
+    let _one = serial();
+    let dir = scratch_dir("cluster-shutdown");
+    let mut server = Nats::start(&dir, "gone");
+    let app = manifest(
+        &dir,
+        r#"
+[guests.srv]
+module = "{guest:rpc}"
+args = ["serve", "name"]
+node = "a"
+"#,
+    );
+    let mut a = Host::up(&dir, "gone", "a", &server.url(), &app);
+    server.kill();
+    // The client is reconnecting by now, again and again.
+    std::thread::sleep(Duration::from_secs(3));
+    let took = a.terminate(Duration::from_secs(15));
+    println!("SIGTERM with the server gone for 3 s: A ended in {took:.2?}");
+    assert!(a.output().contains("srv ended"), "{}", a.output());
 }

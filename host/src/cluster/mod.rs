@@ -167,6 +167,9 @@ impl std::fmt::Debug for Bridge {
 /// Connection events waiting for the bridge.
 const EVENTS: usize = 256;
 
+/// How long a leaving host tries to say so.
+const LEAVE_TIMEOUT: Duration = Duration::from_secs(1);
+
 impl Cluster {
     /// Join the cluster of `config.app` as `config.node`, with `relay`'s
     /// guests. Returns once the node is claimed and every subscription is
@@ -355,20 +358,30 @@ impl Cluster {
     /// (`host stopped`) instead of after the missed beats.
     pub async fn leave(&self) {
         let bridge = &self.inner;
+        if !bridge.lock().liveness.is_connected() {
+            // Nobody would hear it; the peers see our beats stop instead.
+            return;
+        }
         let beat = Beat {
             node: bridge.config.node.clone(),
             instance: bridge.instance,
             guests: Vec::new(),
             leaving: true,
         };
-        let _ = bridge
-            .client
-            .publish(
-                bridge.subjects.beat(&bridge.config.node),
-                wire::encode(&beat),
-            )
-            .await;
-        let _ = bridge.client.flush().await;
+        let said = async {
+            let _ = bridge
+                .client
+                .publish(
+                    bridge.subjects.beat(&bridge.config.node),
+                    wire::encode(&beat),
+                )
+                .await;
+            let _ = bridge.client.flush().await;
+        };
+        // A connection that dropped just now must not hold the shutdown.
+        if tokio::time::timeout(LEAVE_TIMEOUT, said).await.is_err() {
+            tracing::warn!("wasmproc: could not tell the cluster that this host leaves");
+        }
     }
 }
 

@@ -164,7 +164,11 @@ pub(super) async fn tick(
             }
             Some(change) = local.recv() => {
                 let Some(bridge) = bridge.upgrade() else { return };
-                if let LocalEvent::Exited { id, reason, moved, .. } = change {
+                // Disconnected, the peers have dropped our guests already;
+                // a publish now would wait for the connection.
+                if let LocalEvent::Exited { id, reason, moved, .. } = change
+                    && bridge.lock().liveness.is_connected()
+                {
                     let exit = (bridge.config.node.clone(), Exit { id: id.0, reason, moved });
                     let _ = bridge
                         .client
@@ -245,6 +249,8 @@ async fn connection_event(bridge: &Arc<Bridge>, event: async_nats::Event) {
             "wasmproc: the NATS client dropped messages of subscription {sid} (slow consumer): {} so far",
             bridge.stats.slow_consumers.load(Ordering::Relaxed)
         ),
+        // Each failed reconnect says so; the disconnect was said once.
+        async_nats::Event::ClientError(err) => tracing::debug!("wasmproc: NATS: {err}"),
         other => tracing::warn!("wasmproc: NATS: {other}"),
     }
 }
