@@ -1,7 +1,7 @@
 //! `make bench`: wasmproc against Node's `fork` and the raw pipe floor, in
 //! the same run, alternating the systems, under the same CPU placement.
 //!
-//! Usage: `wasmproc-bench [--quick] [--only spawn,burst,rtt,stream,memory,cpu,live,real,languages]`
+//! Usage: `wasmproc-bench [--quick] [--only spawn,burst,rtt,stream,memory,cpu,live,real,languages,cluster]`
 //! from the repository root after a release build (the Makefile does both).
 //! `wasmproc-bench rtt-pinned` is the part it runs again under `taskset -c 0`.
 //! Prints the table; a full run also writes `bench/results.md` and
@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
 use wasmproc::{Host, InboxItem};
+
+mod cluster;
 
 fn root() -> PathBuf {
     wasmproc::testing::repo_root()
@@ -416,11 +418,14 @@ async fn main() -> anyhow::Result<()> {
     if want("languages") {
         language_rows(quick, &mut rows).await?;
     }
+    if want("cluster") {
+        cluster::rows(quick, &mut rows).await?;
+    }
     report(&rows, only.is_none())?;
     Ok(())
 }
 
-const SCENARIOS: [&str; 9] = [
+const SCENARIOS: [&str; 10] = [
     "spawn",
     "burst",
     "rtt",
@@ -430,6 +435,7 @@ const SCENARIOS: [&str; 9] = [
     "live",
     "real",
     "languages",
+    "cluster",
 ];
 
 /// The echo guest in each language `make guests` builds.

@@ -269,6 +269,10 @@ struct AppArg {
     /// The app's name (default: the only one running).
     #[arg(long = "app", value_name = "NAME")]
     app: Option<String>,
+    /// Carry the verb out on this node of the app's cluster (the host
+    /// asked passes it on over NATS).
+    #[arg(long = "node", value_name = "NODE")]
+    node: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -286,6 +290,13 @@ struct UpArgs {
     /// http://ADDR/metrics (`127.0.0.1:9464`; port 0 picks one).
     #[arg(long, value_name = "ADDR")]
     metrics: Option<std::net::SocketAddr>,
+    /// Join the app's cluster through this NATS server
+    /// (`nats://127.0.0.1:4222`; default: the manifest's `[cluster] url`).
+    #[arg(long, value_name = "URL")]
+    cluster: Option<String>,
+    /// This host's node name in the cluster (default: `[cluster] node`).
+    #[arg(long, value_name = "NODE")]
+    node: Option<String>,
     /// The app manifest.
     manifest: PathBuf,
 }
@@ -297,6 +308,9 @@ struct PsArgs {
     /// The answer as JSON.
     #[arg(long)]
     json: bool,
+    /// Every node's guests, not only this host's.
+    #[arg(long)]
+    cluster: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -736,6 +750,7 @@ async fn up(args: UpArgs) -> anyhow::Result<u8> {
         wasmproc::manifest::NAME_RULE
     );
     let manifest = wasmproc::manifest::load(&args.manifest)?;
+    let cluster = cluster_of(&args, &manifest, &app)?;
     if args.detach && std::env::var_os(DETACHED_ENV).is_none() {
         return detach(&args, &app).await;
     }
@@ -751,10 +766,14 @@ async fn up(args: UpArgs) -> anyhow::Result<u8> {
     let (tx, rx) = tokio::sync::mpsc::channel(wasmproc::app::EVENT_CAPACITY);
     let shutdown = shutdown_on_signals();
     let printer = print_events(rx, args.json);
-    let Some(live) = wasmproc::app::start(&manifest, tx, shutdown, true).await? else {
+    let started = wasmproc::app::start_in(&manifest, tx, shutdown, true, cluster).await;
+    let Ok(Some(live)) = started else {
         let _ = std::fs::remove_file(&socket);
         let _ = printer.await;
-        return Ok(1);
+        return match started {
+            Err(err) => Err(err.into()),
+            Ok(_) => Ok(1),
+        };
     };
     tracing::info!("app `{app}` is up; control socket {}", socket.display());
     if let Some(metrics) = metrics {
@@ -769,6 +788,45 @@ async fn up(args: UpArgs) -> anyhow::Result<u8> {
     drop(live);
     let _ = printer.await;
     Ok(if clean { 0 } else { 1 })
+}
+
+/// The cluster `up` joins: `--cluster` and `--node`, else the manifest's
+/// `[cluster]` table; both or neither.
+fn cluster_of(
+    args: &UpArgs,
+    manifest: &wasmproc::manifest::Manifest,
+    app: &str,
+) -> anyhow::Result<Option<wasmproc::cluster::ClusterConfig>> {
+    let url = args
+        .cluster
+        .clone()
+        .or_else(|| manifest.cluster.url.clone());
+    let node = args.node.clone().or_else(|| manifest.cluster.node.clone());
+    match (url, node) {
+        (None, None) => Ok(None),
+        (Some(url), None) => anyhow::bail!(
+            "joining the cluster at {url} needs this host's node name: give --node NAME (or `node` in [cluster])"
+        ),
+        (None, Some(node)) => anyhow::bail!(
+            "node `{node}` needs a cluster to join: give --cluster nats://HOST:PORT (or `url` in [cluster])"
+        ),
+        (Some(url), Some(node)) => {
+            anyhow::ensure!(
+                url.starts_with("nats://"),
+                "`{url}` is not a NATS URL like nats://127.0.0.1:4222"
+            );
+            anyhow::ensure!(
+                wasmproc::manifest::valid_node(&node),
+                "`{node}` is not a valid node name: {}",
+                wasmproc::manifest::NODE_RULE
+            );
+            Ok(Some(wasmproc::cluster::ClusterConfig {
+                url,
+                app: app.to_owned(),
+                node,
+            }))
+        }
+    }
 }
 
 /// Start this `up` again in the background, in a session of its own with
@@ -788,6 +846,8 @@ async fn detach(args: &UpArgs, app: &str) -> anyhow::Result<u8> {
                 .iter()
                 .flat_map(|addr| ["--metrics".to_owned(), addr.to_string()]),
         )
+        .args(args.cluster.iter().flat_map(|url| ["--cluster", url]))
+        .args(args.node.iter().flat_map(|node| ["--node", node]))
         .arg(&args.manifest)
         .env(DETACHED_ENV, "1")
         .stdin(std::process::Stdio::null())
@@ -965,8 +1025,11 @@ fn read_payload(text: &str) -> anyhow::Result<Vec<u8>> {
 
 /// Send one request to a running app; on success print what the verb
 /// says (`json`: the whole answer).
-async fn ask(app: &AppArg, request: serde_json::Value) -> anyhow::Result<serde_json::Value> {
+async fn ask(app: &AppArg, mut request: serde_json::Value) -> anyhow::Result<serde_json::Value> {
     let name = wasmproc::app::control::which_app(app.app.as_deref())?;
+    if let Some(node) = &app.node {
+        request["node"] = json!(node);
+    }
     let answer = wasmproc::app::control::request(&name, request).await?;
     if answer["ok"] != true {
         anyhow::bail!(
@@ -1000,12 +1063,28 @@ async fn verb(app: &AppArg, request: serde_json::Value, json: bool) -> anyhow::R
 }
 
 async fn ps(args: PsArgs) -> anyhow::Result<u8> {
-    let answer = ask(&args.app, json!({"verb": "ps"})).await?;
+    let answer = ask(&args.app, json!({"verb": "ps", "cluster": args.cluster})).await?;
+    if args.json && args.cluster {
+        let keys = ["guests", "reachable", "silent_nodes"];
+        let whole: serde_json::Map<String, serde_json::Value> = keys
+            .iter()
+            .map(|k| ((*k).to_owned(), answer[*k].clone()))
+            .collect();
+        say!("{}", serde_json::Value::Object(whole));
+        return Ok(0);
+    }
     if args.json {
         say!("{}", answer["guests"]);
         return Ok(0);
     }
-    let rows: Vec<[String; 8]> = answer["guests"]
+    for silent in answer["silent_nodes"].as_array().into_iter().flatten() {
+        warn!(
+            "wasmproc: node `{}` did not answer: {}",
+            silent["node"].as_str().unwrap_or_default(),
+            silent["error"].as_str().unwrap_or_default()
+        );
+    }
+    let rows: Vec<[String; 9]> = answer["guests"]
         .as_array()
         .into_iter()
         .flatten()
@@ -1020,6 +1099,7 @@ async fn ps(args: PsArgs) -> anyhow::Result<u8> {
             });
             [
                 text("name"),
+                text("node"),
                 text("id"),
                 text("pid"),
                 text("state"),
@@ -1032,6 +1112,7 @@ async fn ps(args: PsArgs) -> anyhow::Result<u8> {
         .collect();
     let header = [
         "NAME",
+        "NODE",
         "ID",
         "PID",
         "STATE",
@@ -1040,6 +1121,23 @@ async fn ps(args: PsArgs) -> anyhow::Result<u8> {
         "LAST EXIT",
         "MODULE",
     ];
+    // The NODE column is there only for an app in a cluster.
+    let clustered = answer["guests"]
+        .as_array()
+        .is_some_and(|guests| guests.iter().any(|g| g["node"].is_string()));
+    let shown = |cells: &[&str]| -> Vec<String> {
+        cells
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| clustered || *i != 1)
+            .map(|(_, c)| (*c).to_owned())
+            .collect()
+    };
+    let header = shown(&header);
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| shown(&r.iter().map(String::as_str).collect::<Vec<_>>()))
+        .collect();
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for row in &rows {
         for (w, cell) in widths.iter_mut().zip(row) {
@@ -1058,9 +1156,25 @@ async fn ps(args: PsArgs) -> anyhow::Result<u8> {
         }
         say!("{}", out.trim_end());
     };
-    line(header.to_vec());
+    line(header.iter().map(String::as_str).collect());
     for row in &rows {
         line(row.iter().map(String::as_str).collect());
+    }
+    let c = &answer["cluster"];
+    if c.is_object() {
+        say!(
+            "node {}: {}; peers {}; unknown outcome {}, slow consumer {}, node conflicts {}",
+            c["node"].as_str().unwrap_or_default(),
+            if c["connected"] == true {
+                "connected"
+            } else {
+                "NOT CONNECTED"
+            },
+            c["peers"],
+            c["unknown_outcome"],
+            c["slow_consumers"],
+            c["node_conflicts"],
+        );
     }
     Ok(0)
 }
@@ -1071,7 +1185,11 @@ async fn top(args: PsArgs) -> anyhow::Result<u8> {
         let answer = ask(&args.app, json!({"verb": "top"})).await?;
         say!(
             "{}",
-            json!({"guests": answer["guests"], "late_replies": answer["late_replies"]})
+            json!({
+                "guests": answer["guests"],
+                "late_replies": answer["late_replies"],
+                "cluster": answer["cluster"],
+            })
         );
         return Ok(0);
     }
@@ -1115,6 +1233,21 @@ async fn top(args: PsArgs) -> anyhow::Result<u8> {
                 now.2.saturating_sub(before.2) as f64 / 10.0,
             ));
         }
+        let c = &answer["cluster"];
+        if c.is_object() {
+            out.push_str(&format!(
+                "\nnode {} ({}), peers {}: sent {}, acked {}, no responders {}, unknown outcome {}, slow consumer {}, node conflicts {}",
+                c["node"].as_str().unwrap_or_default(),
+                if c["connected"] == true { "connected" } else { "NOT CONNECTED" },
+                c["peers"],
+                c["sent"],
+                c["acked"],
+                c["no_responders"],
+                c["unknown_outcome"],
+                c["slow_consumers"],
+                c["node_conflicts"],
+            ));
+        }
         out.push_str(&format!(
             "\nlate replies: {}   (Ctrl-C to quit)\n",
             answer["late_replies"]
@@ -1143,6 +1276,13 @@ async fn logs(args: LogsArgs) -> anyhow::Result<u8> {
     // Subscribe first, so that no line falls between the two.
     let app = wasmproc::app::control::which_app(args.app.app.as_deref())?;
     let mut events = None;
+    if args.follow
+        && let Some(node) = &args.app.node
+    {
+        anyhow::bail!(
+            "`logs --follow` follows this host's own events: run it on node `{node}`'s host (without --follow, --node works from here)"
+        );
+    }
     if args.follow {
         let stream = wasmproc::app::control::connect(&app).await?;
         let (read, mut write) = stream.into_split();
@@ -1370,6 +1510,9 @@ impl Printer {
                 warn!("wasmproc: request: {verb} {target}");
             }
             Event::ShuttingDown => warn!("wasmproc: shutting down"),
+            Event::NodeMissing { guest, node } => warn!(
+                "wasmproc: guest `{guest}` is placed on node `{node}`, which has not joined the cluster: it runs nowhere until a host joins as `{node}`"
+            ),
             Event::ToParent {
                 guest,
                 payload,

@@ -22,8 +22,9 @@
 //! # Layout
 //!
 //! The public surface is [`Command`], [`Child`], [`Output`], [`Stdio`],
-//! [`exec`] and [`Pipeline`], [`ExitStatus`], [`Host`], [`app`] and
-//! [`sandbox::explain`]; every other module is the crate's own.
+//! [`exec`] and [`Pipeline`], [`ExitStatus`], [`Host`], [`app`],
+//! [`cluster`] (joining an app's cluster) and [`sandbox::explain`]; every
+//! other module is the crate's own.
 //!
 //! - `command`: [`Command`], the builder; `build()` makes the spec the
 //!   host consumes.
@@ -63,7 +64,13 @@
 //! - [`app`]: apps of cooperating guests from a manifest: supervision,
 //!   restarts, shutdown; `app/supervise` (one instance's supervisor and
 //!   the control verbs), `app/live` (a running app as the verbs see it),
+//!   `app/nodes` (the app as a node of a cluster),
 //!   [`app::control`] (the control socket), [`app::metrics`] (Prometheus).
+//! - [`cluster`]: the cluster bridge: hosts that form one app over NATS;
+//!   `cluster/wire` (subjects and envelopes), `cluster/link` (a remote
+//!   guest's proxy: envelopes out, acks in), `cluster/inbox` (envelopes
+//!   from other hosts), `cluster/peers` (the heartbeat rule),
+//!   `cluster/tasks` (beats, exits, forwarded verbs, the bridge's clock).
 //! - [`manifest`] (crate `wasmproc-manifest`): `app.toml`, checked.
 //! - crate `wasmproc-protocol`: the frame types, the pure codec and the
 //!   host↔runner contract (descriptors, exit codes, name rules), shared
@@ -96,6 +103,7 @@
 pub mod app;
 mod cache;
 mod child;
+pub mod cluster;
 mod command;
 mod connection;
 mod engine;

@@ -6,12 +6,18 @@
 //! Addresses are read by `Address::parse`: a number is a guest id,
 //! `group:G` a group, `all:G` a broadcast, anything else a name. An
 //! argument `monitor:NAME` sends nothing but monitors NAME; what arrives for
-//! it is reported as `down NAME: REASON`.
+//! it is reported as `down NAME: REASON`. An argument `expect:N` makes it
+//! wait for N items in all instead of one per address (a broadcast's
+//! members each answer).
 
 use wasmproc_guest::{self as ipc, Address, InboxItem};
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let expect: Option<usize> = args
+        .iter()
+        .find_map(|a| a.strip_prefix("expect:").and_then(|n| n.parse().ok()));
+    args.retain(|a| !a.starts_with("expect:"));
     let (watch, send): (Vec<&String>, Vec<&String>) =
         args.iter().partition(|a| a.starts_with("monitor:"));
     for name in &watch {
@@ -23,7 +29,7 @@ fn main() {
             report(&format!("{target}: send failed: {err}"));
         }
     }
-    for _ in 0..targets.len() + watch.len() {
+    for _ in 0..expect.unwrap_or(targets.len() + watch.len()) {
         let line = match ipc::recv() {
             InboxItem::Message(msg) => {
                 let from = msg

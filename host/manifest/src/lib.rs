@@ -26,7 +26,16 @@
 //! log-file = "app.log"                 # every guest's output, timestamped
 //! log-size = "10MiB"                   # then renamed to app.log.1 and begun again
 //! metrics = "127.0.0.1:9464"           # Prometheus text at /metrics
+//!
+//! [cluster]                            # hosts that form one app over NATS (optional)
+//! url = "nats://127.0.0.1:4222"        # the NATS server this host joins through
+//! node = "a"                           # this host's node name (or `up --node`)
 //! ```
+//!
+//! In a cluster every guest table is placed: `node = "b"` runs it (all its
+//! replicas) on node `b`; `nodes = ["a", "b"]` spreads its replicas over
+//! the nodes in turn (`replicas` defaults to the number of nodes). Every
+//! host runs the same manifest and starts only what is placed on it.
 //!
 //! Everything is checked before anything starts: unknown keys, wrong types,
 //! missing modules and folders, `talks-to` entries naming nothing, names
@@ -88,6 +97,9 @@ pub struct GuestDef {
     pub grace: Duration,
     /// The guest's time and resource limits.
     pub limits: GuestLimits,
+    /// The nodes its instances run on, in turn (`node` or `nodes`); empty:
+    /// not placed (an app on one host).
+    pub nodes: Vec<String>,
 }
 
 /// How long a guest may run and what it may use; `None` takes the host's
@@ -138,6 +150,15 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
 }
 
 impl GuestDef {
+    /// The node instance `index` (0-based, in [`GuestDef::instance_names`]
+    /// order) is placed on; `None` when the table is not placed.
+    pub fn node_of(&self, index: usize) -> Option<&str> {
+        match self.nodes.len() {
+            0 => None,
+            n => Some(&self.nodes[index % n]),
+        }
+    }
+
     /// The names of this table's guests: `NAME` alone, or `NAME.1`..`NAME.N`
     /// with replicas.
     pub fn instance_names(&self) -> Vec<String> {
@@ -159,6 +180,18 @@ pub struct Manifest {
     pub guests: Vec<GuestDef>,
     /// The `[app]` table: how the app is operated.
     pub app: AppSettings,
+    /// The `[cluster]` table: which NATS server and node this host joins as.
+    pub cluster: ClusterSettings,
+}
+
+/// The `[cluster]` table of a manifest; `wasmproc up --cluster --node`
+/// override it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClusterSettings {
+    /// The NATS server's URL (`url = "nats://127.0.0.1:4222"`).
+    pub url: Option<String>,
+    /// This host's node name (`node = "a"`).
+    pub node: Option<String>,
 }
 
 /// The `[app]` table of a manifest (for `wasmproc up`).
@@ -227,6 +260,14 @@ pub mod defaults {
 struct RawManifest {
     guests: Spanned<BTreeMap<Spanned<String>, Spanned<RawGuest>>>,
     app: Option<RawApp>,
+    cluster: Option<RawCluster>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCluster {
+    url: Option<Spanned<String>>,
+    node: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -262,6 +303,8 @@ struct RawGuest {
     max_message_size: Option<Spanned<String>>,
     inbox_size: Option<u32>,
     max_call_timeout: Option<Spanned<String>>,
+    node: Option<Spanned<String>>,
+    nodes: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -275,6 +318,17 @@ struct RawDir {
 
 pub use wasmproc_protocol::contract::NAME_RULE;
 pub use wasmproc_protocol::valid_name;
+
+/// What a node name may be (it becomes one token of NATS subjects).
+pub const NODE_RULE: &str = "1 to 64 characters of A-Z, a-z, 0-9, `_` and `-`";
+
+/// Whether `node` is a valid node name ([`NODE_RULE`]).
+pub fn valid_node(node: &str) -> bool {
+    (1..=64).contains(&node.len())
+        && node
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
 
 /// Why a CPU limit of zero is refused (the manifest and the CLI say the same).
 pub const NO_CPU: &str = "is no CPU time at all: give a limit above zero, like 10s";
@@ -383,7 +437,43 @@ pub fn parse(
                 ),
             ));
         }
+        let nodes: Vec<String> = match (&guest.node, &guest.nodes) {
+            (Some(_), Some(list)) => {
+                return Err(at(
+                    list.span().start,
+                    "give `node` or `nodes`, not both".to_owned(),
+                ));
+            }
+            (Some(node), None) => vec![node.get_ref().clone()],
+            (None, Some(list)) if list.get_ref().is_empty() => {
+                return Err(at(
+                    list.span().start,
+                    "`nodes` is empty: list at least one node".to_owned(),
+                ));
+            }
+            (None, Some(list)) => list.get_ref().iter().map(|n| n.get_ref().clone()).collect(),
+            (None, None) => Vec::new(),
+        };
+        for (node, span) in guest
+            .node
+            .iter()
+            .map(|n| (n.get_ref(), n.span().start))
+            .chain(
+                guest
+                    .nodes
+                    .iter()
+                    .flat_map(|l| l.get_ref().iter().map(|n| (n.get_ref(), n.span().start))),
+            )
+        {
+            if !valid_node(node) {
+                return Err(at(
+                    span,
+                    format!("`{node}` is not a valid node name: {NODE_RULE}"),
+                ));
+            }
+        }
         let replicas = match &guest.replicas {
+            None if nodes.len() > 1 => nodes.len() as u32,
             None => 1,
             Some(n) if (1..=defaults::MAX_REPLICAS).contains(n.get_ref()) => *n.get_ref(),
             Some(n) => {
@@ -446,6 +536,7 @@ pub fn parse(
                     inbox_size: guest.inbox_size,
                     max_call_timeout: above_zero(&guest.max_call_timeout, NO_CALL_TIMEOUT)?,
                 },
+                nodes,
             },
             name_span,
         ));
@@ -514,10 +605,35 @@ pub fn parse(
             })?);
         }
     }
+    let mut cluster = ClusterSettings::default();
+    if let Some(raw) = raw.cluster {
+        if let Some(node) = &raw.node
+            && !valid_node(node.get_ref())
+        {
+            return Err(at(
+                node.span().start,
+                format!("`{}` is not a valid node name: {NODE_RULE}", node.get_ref()),
+            ));
+        }
+        if let Some(url) = &raw.url
+            && !url.get_ref().starts_with("nats://")
+        {
+            return Err(at(
+                url.span().start,
+                format!(
+                    "`{}` is not a NATS URL like nats://127.0.0.1:4222",
+                    url.get_ref()
+                ),
+            ));
+        }
+        cluster.url = raw.url.map(Spanned::into_inner);
+        cluster.node = raw.node.map(Spanned::into_inner);
+    }
     Ok(Manifest {
         path: file.to_owned(),
         guests: checked,
         app,
+        cluster,
     })
 }
 
@@ -664,7 +780,7 @@ max-call-timeout = "5s"
             "app.toml:3: guests.a.replica: unknown field `replica`, expected one of `module`, \
              `args`, `env`, `dirs`, `replicas`, `talks-to`, `restart`, `max-restarts`, \
              `restart-window`, `min-uptime`, `backoff`, `backoff-max`, `grace`, `timeout`, \
-             `max-memory`, `max-cpu`, `max-message-size`, `inbox-size`, `max-call-timeout`"
+             `max-memory`, `max-cpu`, `max-message-size`, `inbox-size`, `max-call-timeout`, `node`, `nodes`"
         );
     }
 
@@ -795,6 +911,45 @@ max-call-timeout = "5s"
         assert_eq!(
             error("[guests]\n"),
             "app.toml:1: guests: no guests: add a [guests.NAME] table"
+        );
+    }
+
+    #[test]
+    fn placement_and_the_cluster_table_are_read_and_checked() {
+        let m = check(
+            r#"
+[cluster]
+url = "nats://127.0.0.1:4222"
+node = "a"
+
+[guests.front]
+module = "f.wasm"
+node = "a"
+
+[guests.w]
+module = "w.wasm"
+nodes = ["a", "b"]
+"#,
+        )
+        .unwrap();
+        assert_eq!(m.cluster.url.as_deref(), Some("nats://127.0.0.1:4222"));
+        assert_eq!(m.cluster.node.as_deref(), Some("a"));
+        assert_eq!(m.guests[0].nodes, ["a"]);
+        let w = &m.guests[1];
+        assert_eq!(w.replicas, 2, "one replica per listed node");
+        assert_eq!(w.instance_names(), ["w.1", "w.2"]);
+        assert_eq!((w.node_of(0), w.node_of(1)), (Some("a"), Some("b")));
+        assert_eq!(
+            error("[guests.x]\nmodule = \"x.wasm\"\nnode = \"a.b\"\n"),
+            format!("app.toml:3: guests.x.node: `a.b` is not a valid node name: {NODE_RULE}")
+        );
+        assert_eq!(
+            error("[guests.x]\nmodule = \"x.wasm\"\nnode = \"a\"\nnodes = [\"b\"]\n"),
+            "app.toml:4: guests.x.nodes: give `node` or `nodes`, not both"
+        );
+        assert_eq!(
+            error("[cluster]\nurl = \"http://x\"\n[guests.x]\nmodule = \"x.wasm\"\n"),
+            "app.toml:2: cluster.url: `http://x` is not a NATS URL like nats://127.0.0.1:4222"
         );
     }
 }

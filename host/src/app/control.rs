@@ -293,15 +293,7 @@ async fn connection(live: Arc<Live>, stream: UnixStream) {
                 }
             }
         }
-        let answer = match handle(&live, &request).await {
-            Ok(Value::Object(mut fields)) => {
-                fields.insert("id".into(), id);
-                fields.insert("ok".into(), Value::Bool(true));
-                Value::Object(fields)
-            }
-            Ok(other) => json!({"id": id, "ok": true, "value": other}),
-            Err(error) => json!({"id": id, "ok": false, "error": error}),
-        };
+        let answer = respond(&live, &request, id).await;
         if send(&mut write, &answer).await.is_err() {
             return;
         }
@@ -318,9 +310,45 @@ fn millis(request: &Value, key: &str, default: u64) -> Duration {
     Duration::from_millis(request[key].as_u64().unwrap_or(default))
 }
 
-/// Carry out one request.
+/// Carry out one request, and answer it as the socket does: its fields,
+/// `id` and `ok`, or `ok: false` and the `error`.
+pub(crate) async fn respond(live: &Arc<Live>, request: &Value, id: Value) -> Value {
+    match handle(live, request).await {
+        Ok(Value::Object(mut fields)) => {
+            fields.insert("id".into(), id);
+            fields.insert("ok".into(), Value::Bool(true));
+            Value::Object(fields)
+        }
+        Ok(other) => json!({"id": id, "ok": true, "value": other}),
+        Err(error) => json!({"id": id, "ok": false, "error": error}),
+    }
+}
+
+/// Carry out one request: here, or on the node it names.
 async fn handle(live: &Arc<Live>, request: &Value) -> Answer {
     let verb = request["verb"].as_str().ok_or("a request needs a `verb`")?;
+    if let Some(node) = request["node"].as_str() {
+        let cluster = live
+            .cluster()
+            .ok_or_else(|| format!("`--node {node}`: this app is not in a cluster"))?;
+        if node != cluster.node() {
+            let mut forwarded = request.clone();
+            forwarded["node"] = Value::Null;
+            let timeout = Duration::from_millis(request["timeout_ms"].as_u64().unwrap_or(60_000))
+                + Duration::from_secs(5);
+            let mut answer = cluster.forward(node, &forwarded, timeout).await?;
+            return match answer["ok"] == true {
+                true => {
+                    if let Value::Object(fields) = &mut answer {
+                        fields.remove("ok");
+                        fields.remove("id");
+                    }
+                    Ok(answer)
+                }
+                false => Err(answer["error"].as_str().unwrap_or("failed").to_owned()),
+            };
+        }
+    }
     let target = request["target"].as_str();
     let need_target = || target.ok_or_else(|| format!("`{verb}` needs a `target`"));
     let payload = || decode_bytes(request["payload"].as_str().unwrap_or_default());
@@ -332,6 +360,7 @@ async fn handle(live: &Arc<Live>, request: &Value) -> Answer {
         .await;
     }
     match verb {
+        "ps" if request["cluster"] == true => live.ps_cluster().await,
         "ps" => live.ps(),
         "top" => live.metrics(),
         "logs" => {
@@ -447,5 +476,6 @@ fn guest_def(request: &Value) -> Result<GuestDef, String> {
             inbox_size: limits["inbox_size"].as_u64().map(|n| n as u32),
             max_call_timeout: ms("max_call_timeout_ms"),
         },
+        nodes: Vec::new(),
     })
 }

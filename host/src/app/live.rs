@@ -139,6 +139,7 @@ impl Slot {
             row["mailbox_high_water"] = json!(entry.mailbox.high_water());
             row["calls_to_answer"] = json!(owed);
             row["calls_waiting"] = json!(made);
+            row["unknown_outcome"] = json!(c.unknown_outcome.load(Relaxed));
         }
         if running && let Some((rss, cpu_ms)) = crate::os::procfs::usage(info.pid) {
             let alive_ms = info.since.elapsed().as_millis().max(1) as u64;
@@ -301,6 +302,9 @@ pub struct Live {
     logs: Mutex<Logs>,
     log_file: Option<Mutex<LogFile>>,
     pub(super) tasks: TaskTracker,
+    /// The cluster this host is a node of, and where the manifest placed
+    /// each instance (instance, node).
+    cluster: std::sync::OnceLock<(crate::cluster::Cluster, Vec<(String, String)>)>,
 }
 
 /// The JSON answer of a verb: `Ok` fields, or an error message.
@@ -328,7 +332,25 @@ impl Live {
             slots: Mutex::new(BTreeMap::new()),
             logs: Mutex::new(Logs::default()),
             tasks: TaskTracker::new(),
+            cluster: std::sync::OnceLock::new(),
         }))
+    }
+
+    /// Make this app a node of `cluster`, its manifest's instances placed
+    /// as `placements` says (instance, node).
+    pub(super) fn join(&self, cluster: crate::cluster::Cluster, placements: Vec<(String, String)>) {
+        let _ = self.cluster.set((cluster, placements));
+    }
+
+    /// The cluster this host is a node of.
+    pub fn cluster(&self) -> Option<&crate::cluster::Cluster> {
+        self.cluster.get().map(|(c, _)| c)
+    }
+
+    /// Where the manifest placed each instance (instance, node), in a
+    /// cluster.
+    pub(super) fn placements(&self) -> &[(String, String)] {
+        self.cluster.get().map_or(&[], |(_, p)| p.as_slice())
     }
 
     fn slots(&self) -> MutexGuard<'_, BTreeMap<String, Arc<Slot>>> {
@@ -414,18 +436,39 @@ impl Live {
 
     /// `ps`: every instance, by name.
     pub fn ps(&self) -> Answer {
-        let rows: Vec<Value> = self.slots().values().map(|s| s.row()).collect();
-        Ok(json!({ "guests": rows }))
+        let node = self.cluster().map(|c| c.node().to_owned());
+        let rows: Vec<Value> = self
+            .slots()
+            .values()
+            .map(|s| {
+                let mut row = s.row();
+                row["node"] = json!(node);
+                row
+            })
+            .collect();
+        Ok(json!({ "guests": rows, "cluster": self.cluster_stats() }))
     }
 
     /// `top`: every instance's numbers, and the host's.
     pub fn metrics(&self) -> Answer {
         let relay = self.host.relay();
-        let rows: Vec<Value> = self.slots().values().map(|s| s.metrics(relay)).collect();
+        let node = self.cluster().map(|c| c.node().to_owned());
+        let rows: Vec<Value> = self
+            .slots()
+            .values()
+            .map(|s| {
+                let mut row = s.metrics(relay);
+                if node.is_some() {
+                    row["node"] = json!(node);
+                }
+                row
+            })
+            .collect();
         Ok(json!({
             "guests": rows,
             "late_replies": self.host.late_replies(),
             "dropped_notices": self.host.dropped_notices(),
+            "cluster": self.cluster_stats(),
         }))
     }
 

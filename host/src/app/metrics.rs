@@ -143,6 +143,28 @@ pub fn render(live: &Live) -> String {
     );
     let _ = writeln!(out, "# TYPE wasmproc_late_replies_total counter");
     let _ = writeln!(out, "wasmproc_late_replies_total {}", top["late_replies"]);
+    let cluster = &top["cluster"];
+    if cluster.is_object() {
+        for (key, help) in [
+            ("sent", "Envelopes sent to other nodes."),
+            ("acked", "Acks received from other nodes."),
+            ("no_responders", "Sends no node served."),
+            (
+                "unknown_outcome",
+                "Sends to other nodes whose ack did not come in time.",
+            ),
+            (
+                "slow_consumers",
+                "Messages the NATS client dropped (slow consumer).",
+            ),
+            ("disconnects", "Times the connection to NATS dropped."),
+        ] {
+            let name = format!("wasmproc_cluster_{key}_total");
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} counter");
+            let _ = writeln!(out, "{name} {}", cluster[key]);
+        }
+    }
     out
 }
 

@@ -22,11 +22,13 @@ use wasmproc_manifest::{GuestDef, Manifest};
 pub mod control;
 mod live;
 pub mod metrics;
+mod nodes;
 mod supervise;
 
 pub use live::{Live, decode_bytes, encode_bytes, unix_ms};
 pub use tokio_util::sync::CancellationToken;
 
+use crate::cluster::{Cluster, ClusterConfig};
 use crate::command::{Command, default_arg0};
 use crate::host::Host;
 use crate::os::Stdio;
@@ -105,6 +107,12 @@ pub enum Event {
     },
     /// The app shuts down (`down`, SIGTERM or Ctrl-C).
     ShuttingDown,
+    /// A guest of the manifest is placed on a node that has not joined the
+    /// cluster (a while after this host joined): it runs nowhere.
+    NodeMissing {
+        guest: String,
+        node: String,
+    },
     /// The app has stopped and the host dropped notices rather than wait
     /// for a guest that did not read its mailbox (see
     /// [`Host::dropped_notices`]); sent only when there were any.
@@ -190,6 +198,9 @@ impl Event {
                 bytes,
             } => json!({"event": "returned", "guest": guest, "reason": reason, "bytes": bytes}),
             Event::ShuttingDown => json!({"event": "shutting-down"}),
+            Event::NodeMissing { guest, node } => {
+                json!({"event": "node-missing", "guest": guest, "node": node})
+            }
             Event::Stopped { dropped_notices } => {
                 json!({"event": "stopped", "dropped_notices": dropped_notices})
             }
@@ -219,6 +230,15 @@ pub enum AppError {
     /// The manifest's `log-file` cannot be written.
     #[error("cannot open the app's log file: {0}")]
     LogFile(#[source] std::io::Error),
+    /// The host could not join its cluster.
+    #[error(transparent)]
+    Join(#[from] crate::cluster::JoinError),
+    /// In a cluster, a guest table without `node` or `nodes`.
+    #[error(
+        "guest `{0}` is not placed: in a cluster every guest says where it runs \
+         (`node = \"a\"`, or `nodes = [\"a\", \"b\"]` for replicas)"
+    )]
+    Unplaced(String),
 }
 
 /// Check that this process can hold every guest of `manifest` at once,
@@ -276,10 +296,60 @@ pub async fn start(
     shutdown: CancellationToken,
     stay_up: bool,
 ) -> Result<Option<Arc<Live>>, AppError> {
+    start_in(manifest, events, shutdown, stay_up, None).await
+}
+
+/// [`start`], as a node of `cluster`: join it first, then start only the
+/// instances placed on this node.
+///
+/// # Errors
+///
+/// As [`run`]; and when the cluster cannot be joined, or a guest is not
+/// placed.
+pub async fn start_in(
+    manifest: &Manifest,
+    events: mpsc::Sender<Event>,
+    shutdown: CancellationToken,
+    stay_up: bool,
+    cluster: Option<ClusterConfig>,
+) -> Result<Option<Arc<Live>>, AppError> {
     check_capacity(manifest)?;
+    if cluster.is_some()
+        && let Some(def) = manifest.guests.iter().find(|def| def.nodes.is_empty())
+    {
+        return Err(AppError::Unplaced(def.name.clone()));
+    }
     let host = Host::new();
+    let joined = match cluster {
+        Some(config) => Some(Cluster::join(config, host.relay().clone(), shutdown.clone()).await?),
+        None => None,
+    };
     let live = Live::new(host.clone(), events, shutdown, stay_up, &manifest.app)
         .map_err(AppError::LogFile)?;
+    if let Some(cluster) = &joined {
+        let placements = manifest
+            .guests
+            .iter()
+            .flat_map(|def| {
+                def.instance_names()
+                    .into_iter()
+                    .enumerate()
+                    .filter_map(move |(i, name)| def.node_of(i).map(|n| (name, n.to_owned())))
+            })
+            .collect();
+        live.join(cluster.clone(), placements);
+        let weak = Arc::downgrade(&live);
+        cluster.serve_control(Arc::new(move |request| {
+            let weak = weak.clone();
+            Box::pin(async move {
+                match weak.upgrade() {
+                    Some(live) => control::respond(&live, &request, serde_json::Value::Null).await,
+                    None => serde_json::json!({"ok": false, "error": "the app is shutting down"}),
+                }
+            })
+        }));
+        tokio::spawn(report_missing_nodes(Arc::downgrade(&live)));
+    }
     let (refusals_tx, mut refusals) = mpsc::channel(256);
     host.relay().report_refusals(refusals_tx);
     // Weakly: once the app is gone, so is its event channel.
@@ -300,13 +370,17 @@ pub async fn start(
         }
     });
 
+    let here = joined.as_ref().map(|c| c.node().to_owned());
     let instances: Vec<(&GuestDef, String)> = manifest
         .guests
         .iter()
         .flat_map(|def| {
+            let here = here.clone();
             def.instance_names()
                 .into_iter()
-                .map(move |name| (def, name))
+                .enumerate()
+                .filter(move |(i, _)| here.is_none() || def.node_of(*i) == here.as_deref())
+                .map(move |(_, name)| (def, name))
         })
         .collect();
     let mut commands: Vec<Command> = instances
@@ -341,11 +415,27 @@ pub async fn finish(live: &Arc<Live>) -> bool {
     }
     live.tasks.close();
     live.tasks.wait().await;
+    if let Some(cluster) = live.cluster() {
+        cluster.leave().await;
+    }
     let dropped_notices = live.host.dropped_notices();
     if dropped_notices > 0 {
         live.emit(Event::Stopped { dropped_notices }).await;
     }
     live.clean()
+}
+
+/// How long after joining a host says which placed nodes have not joined.
+const JOIN_GRACE: Duration = Duration::from_secs(5);
+
+/// Say (once) which instances wait for a node that has not joined, so a
+/// misplaced guest is reported rather than silently absent.
+async fn report_missing_nodes(live: std::sync::Weak<Live>) {
+    tokio::time::sleep(JOIN_GRACE).await;
+    let Some(live) = live.upgrade() else { return };
+    for (guest, node) in live.missing_nodes() {
+        live.emit(Event::NodeMissing { guest, node }).await;
+    }
 }
 
 /// The command that starts instance `name` of `def`.

@@ -338,6 +338,7 @@ impl Host {
             talks_to: spec.talks_to.clone(),
             max_cpu: spec.limits.max_cpu_ms.map(Duration::from_millis),
             standby: spec.standby,
+            remote: None,
         })?;
         let launch = spec.launch_spec(entry.id, &artifact);
         Ok(Reserved {

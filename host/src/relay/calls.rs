@@ -227,6 +227,11 @@ impl Calls {
         table.by_callee.entry(new).or_default().insert(request);
     }
 
+    /// When the open call `request` is due.
+    pub(crate) fn deadline_of(&self, request: RequestId) -> Option<Instant> {
+        self.lock().open.get(&request).map(|open| open.deadline)
+    }
+
     /// Whether the call is still waiting for its answer.
     pub(crate) fn is_open(&self, request: RequestId) -> bool {
         self.lock().open.contains_key(&request)
@@ -516,7 +521,7 @@ impl Relay {
 
     /// End a call without its reply, if it is still open: its caller hears
     /// `error`, and its callee that a reply is now late.
-    fn end_call(&self, request: RequestId, error: CallError) {
+    pub(super) fn end_call(&self, request: RequestId, error: CallError) {
         if let Some(ended) = self.inner.calls.expire(request) {
             self.tell_callee(&ended);
             self.answer(ended.caller, Err(error));
@@ -534,7 +539,7 @@ impl Relay {
     /// Give a call's answer to its caller. Never waits: a guest whose
     /// mailbox has no room for the reply hears `mailbox full` (in the
     /// notice headroom) instead.
-    fn answer(&self, caller: Caller, answer: Answer) {
+    pub(super) fn answer(&self, caller: Caller, answer: Answer) {
         let (id, call) = match caller {
             Caller::Parent(waiting) => {
                 let _ = waiting.send(answer);

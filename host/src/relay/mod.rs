@@ -20,6 +20,7 @@ use wasmproc_protocol::{Address, GuestId, InboxItem, UndeliverableReason};
 mod calls;
 mod mailbox;
 mod policy;
+mod remote;
 
 use bytes::Bytes;
 use wasmproc_protocol::contract::{MAX_NAME_LEN, bounded_name};
@@ -31,6 +32,7 @@ pub(crate) use mailbox::{
 };
 pub use policy::Refusal;
 use policy::Refusals;
+pub(crate) use remote::{LOCAL_EVENTS, LocalEvent};
 
 /// One guest as the relay knows it.
 #[derive(Debug)]
@@ -55,6 +57,9 @@ pub struct Entry {
     ready: tokio::sync::watch::Sender<bool>,
     /// What became of the messages delivered to its runner.
     pub counters: Counters,
+    /// The node it runs on, for a guest of another host (a proxy the
+    /// cluster bridge drains); `None` for this host's own guests.
+    pub remote: Option<String>,
 }
 
 /// One guest's message counts: each is one atomic, touched once per frame
@@ -75,6 +80,10 @@ pub struct Counters {
     pub undeliverable: AtomicU64,
     /// Its linear memory in bytes, as its runner last said.
     pub memory: AtomicU64,
+    /// Its sends to other hosts whose fate is unknown: no ack came in time
+    /// (NATS is at-most-once). Its guest API (WIT 0.2) has no item for this,
+    /// so the count is where it shows (`ps`, `top`, metrics).
+    pub unknown_outcome: AtomicU64,
 }
 
 /// Whether the counters count (a benchmark turns them off to weigh them).
@@ -144,6 +153,8 @@ pub struct Registration {
     /// A standby for a swap: it has the name, but the name still leads to
     /// the running instance until [`Relay::switch`].
     pub standby: bool,
+    /// The node of a guest of another host (see [`Entry::remote`]).
+    pub remote: Option<String>,
 }
 
 /// Queue a message for `target`, following its name to newer instances
@@ -251,6 +262,9 @@ struct Inner {
     budget: Arc<HostBudget>,
     /// Calls in flight.
     calls: calls::Calls,
+    /// Where changes to this host's own guests are told (the cluster
+    /// bridge, which announces them).
+    local_events: remote::LocalEvents,
 }
 
 impl Default for Relay {
@@ -295,6 +309,7 @@ impl Relay {
                 dropped_notices: AtomicU64::new(0),
                 budget: Arc::new(HostBudget::new(HOST_BYTES)),
                 calls: calls::Calls::default(),
+                local_events: remote::LocalEvents::default(),
             }),
         }
     }
@@ -326,6 +341,7 @@ impl Relay {
             talks_to,
             max_cpu,
             standby,
+            remote,
         } = registration;
         for n in name.iter().chain(group.iter()) {
             if !valid_name(n) {
@@ -358,6 +374,7 @@ impl Relay {
             successor: std::sync::Mutex::new(None),
             ready: tokio::sync::watch::Sender::new(false),
             counters: Counters::default(),
+            remote,
         });
         if standby {
             table.guests.insert(id, entry.clone());
@@ -371,6 +388,8 @@ impl Relay {
             table.groups.entry(group).or_default().members.push(id);
         }
         table.guests.insert(id, entry.clone());
+        drop(table);
+        self.local_changed(&entry, None);
         Ok(entry)
     }
 
@@ -654,6 +673,7 @@ impl Relay {
         entry.parent_inbox.close();
         self.calls_ended_with(id, reason);
 
+        self.local_changed(&entry, Some(reason));
         let down = InboxItem::Down {
             id,
             name: entry.name.clone(),
@@ -703,6 +723,8 @@ impl Relay {
         if let Some(watchers) = table.monitors.remove(&old.id) {
             table.monitors.entry(new.id).or_default().extend(watchers);
         }
+        drop(table);
+        self.local_changed(new, None);
         count
     }
 
@@ -779,6 +801,7 @@ mod tests {
             talks_to: None,
             max_cpu: None,
             standby: false,
+            remote: None,
         }
     }
 

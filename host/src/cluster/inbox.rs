@@ -1,0 +1,178 @@
+//! This host's inbox on NATS: envelopes from the other hosts, handled one
+//! at a time in the order they came (which keeps each sender's order), each
+//! answered with its [`Ack`].
+//!
+//! A sender on another host is represented here by its proxy, so the
+//! recipient sees a `from` it can answer (by id or by name) and the relay's
+//! accounting works unchanged: what the recipient never takes goes back
+//! to the proxy, whose link carries the notice home.
+
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+use wasmproc_protocol::{Address, GuestId, InboxItem, RequestId, UndeliverableReason};
+
+use super::Bridge;
+use super::wire::{self, Ack, Envelope, Target};
+use crate::relay::Entry;
+
+/// Envelopes, in order, and the node that sent them: one NATS message,
+/// answered with one [`Ack`] per envelope.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) struct Letter {
+    pub node: String,
+    pub envelopes: Vec<Envelope>,
+}
+
+pub(super) async fn serve(bridge: Weak<Bridge>, mut inbox: async_nats::Subscriber) {
+    while let Some(message) = inbox.next().await {
+        let Some(bridge) = bridge.upgrade() else {
+            return;
+        };
+        let acks = match wire::decode::<Letter>(&message.payload) {
+            Some(Letter { node, envelopes }) => {
+                let mut acks = Vec::with_capacity(envelopes.len());
+                for envelope in envelopes {
+                    acks.push(handle(&bridge, &node, envelope).await);
+                }
+                acks
+            }
+            None => {
+                tracing::warn!("wasmproc: envelopes that are not, on {}", message.subject);
+                vec![Ack::Garbled]
+            }
+        };
+        if let Some(reply) = message.reply {
+            let _ = bridge.client.publish(reply, wire::encode(&acks)).await;
+        }
+    }
+}
+
+/// The local guest an envelope is for.
+fn recipient(bridge: &Bridge, to: &Target) -> Result<Arc<Entry>, UndeliverableReason> {
+    let found = match to {
+        Target::Name(name) => bridge.relay.lookup(name),
+        Target::Id(id) => bridge.relay.entry(GuestId(*id)),
+    };
+    found
+        .filter(|entry| entry.remote.is_none())
+        .ok_or(UndeliverableReason::RecipientExited)
+}
+
+async fn handle(bridge: &Arc<Bridge>, node: &str, envelope: Envelope) -> Ack {
+    let relay = &bridge.relay;
+    match envelope {
+        Envelope::Message { to, from, payload } => {
+            let target = match recipient(bridge, &to) {
+                Ok(target) => target,
+                Err(reason) => return Ack::Undeliverable(reason),
+            };
+            let Some(sender) = sender_proxy(bridge, node, from) else {
+                return Ack::Garbled;
+            };
+            let routed = relay.route(&sender, Address::Id(target.id), payload);
+            if let Some(InboxItem::Undeliverable { reason, .. }) = routed.notices.first() {
+                return Ack::Undeliverable(*reason);
+            }
+            for pending in routed.waiting {
+                if let Some(InboxItem::Undeliverable { reason, .. }) =
+                    relay.deliver_pending(&sender, pending).await
+                {
+                    return Ack::Undeliverable(reason);
+                }
+            }
+            Ack::Accepted
+        }
+        Envelope::Call {
+            to,
+            from,
+            request,
+            timeout_ms,
+            payload,
+        } => {
+            let target = match recipient(bridge, &to) {
+                Ok(target) => target,
+                Err(_) => {
+                    return Ack::CallFailed(wasmproc_protocol::CallError::CalleeExited(
+                        "it has exited".to_owned(),
+                    ));
+                }
+            };
+            let Some(caller) = sender_proxy(bridge, node, from) else {
+                return Ack::Garbled;
+            };
+            // The caller's call number here is its call's id at home.
+            match relay
+                .call_from_guest(
+                    &caller,
+                    &Address::Id(target.id),
+                    request,
+                    Duration::from_millis(timeout_ms),
+                    payload,
+                )
+                .await
+            {
+                Ok(()) => Ack::Accepted,
+                Err(error) => Ack::CallFailed(error),
+            }
+        }
+        Envelope::Answer { request, answer } => {
+            let answer = answer.map(|reply| bytes::Bytes::from(reply.into_vec()));
+            relay.answer_remote(RequestId(request), answer);
+            Ack::Accepted
+        }
+        Envelope::Notice { to, item } => {
+            let Some(guest) = relay.entry(GuestId(to)).filter(|e| e.remote.is_none()) else {
+                // Its sender has ended: nobody is left to tell.
+                return Ack::Accepted;
+            };
+            relay.notify(&guest.mailbox, translate(bridge, node, item));
+            Ack::Accepted
+        }
+        Envelope::Ping => Ack::Accepted,
+    }
+}
+
+/// The proxy that stands for `node`'s guest `from` here.
+fn sender_proxy(bridge: &Arc<Bridge>, node: &str, from: wire::From) -> Option<Arc<Entry>> {
+    if let Some(proxy) = bridge.proxy_of(node, from.id) {
+        return Some(proxy);
+    }
+    // Not announced yet (its host's next beat will): made now, so that a
+    // reply finds it. The parent of that host gets no name here.
+    let name = from.name.filter(|_| from.id != GuestId::PARENT.0);
+    bridge.proxy(
+        node,
+        &wire::Guest {
+            id: from.id,
+            name,
+            group: None,
+            max_message_size: u64::MAX,
+        },
+    )
+}
+
+/// A notice from `node` names that node's guests by its ids: name them by
+/// their proxies here.
+fn translate(bridge: &Bridge, node: &str, item: InboxItem) -> InboxItem {
+    match item {
+        InboxItem::Undeliverable {
+            to: Address::Id(id),
+            reason,
+            payload_len,
+        } => {
+            let to = match bridge.proxy_of(node, id.0) {
+                Some(proxy) => Address::Id(proxy.id),
+                None => Address::Id(GuestId(0)),
+            };
+            InboxItem::Undeliverable {
+                to,
+                reason,
+                payload_len,
+            }
+        }
+        other => other,
+    }
+}

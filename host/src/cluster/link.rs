@@ -1,0 +1,425 @@
+//! A proxy's link: what the relay queued for a guest of another host goes
+//! out as envelopes, and the acks that come back settle each one.
+//!
+//! One task per proxy takes its mailbox in order, and publishes what it
+//! took as letters of envelopes (as many as fit under the server's
+//! `max_payload`), each letter with a reply subject of its own, without
+//! waiting for the acks: at most [`WINDOW`] envelopes are unsettled per
+//! proxy (their permits travel with the pending letter), so a stream is
+//! bound by the window, not by the round trip, and a burst costs one NATS
+//! message per letter, not per message. One task for the whole bridge
+//! takes the acks (one per envelope) and settles them; the bridge's clock
+//! settles what has waited [`ACK_TIMEOUT`] as of unknown outcome.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+use wasmproc_protocol::{Address, CallError, GuestId, InboxItem, RequestId, UndeliverableReason};
+
+use super::Bridge;
+use super::inbox::Letter;
+use super::wire::{self, Ack, Envelope, Target};
+use crate::relay::{Entry, Item};
+
+/// Envelopes in flight per proxy, unacknowledged.
+pub const WINDOW: usize = 1024;
+
+/// How long an ack may take before the message's fate counts as unknown.
+pub const ACK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Room kept under the server's `max_payload` for the envelope around a
+/// payload (addresses, names, numbers).
+pub const ENVELOPE_ROOM: usize = 1024;
+
+/// Envelopes in one letter at most.
+const LETTER: usize = 256;
+
+/// Items taken from a proxy's mailbox at once.
+const BATCH: usize = 256;
+const BATCH_BYTES: usize = 4 << 20;
+
+/// What an envelope in flight was, to settle it.
+#[derive(Debug)]
+enum Kind {
+    /// A message from guest `from` to the address `to` (as it knows it).
+    Send {
+        from: GuestId,
+        to: Address,
+        len: u64,
+    },
+    /// Call `request`'s request.
+    Call { request: RequestId },
+    /// An answer or a notice, for a guest of the other host.
+    Other,
+}
+
+/// A letter in flight: what each of its envelopes was, in order.
+#[derive(Debug)]
+struct Pending {
+    sent: Instant,
+    node: String,
+    kinds: Vec<Kind>,
+    /// Its places in its proxy's window, given back when settled.
+    _permits: OwnedSemaphorePermit,
+}
+
+/// How an envelope ended.
+#[derive(Debug, Clone)]
+enum Outcome {
+    Ack(Ack),
+    /// Nobody serves that node's inbox.
+    NoResponders,
+    /// No ack in time, or our connection dropped first.
+    Unknown,
+}
+
+/// The envelopes of one bridge in flight, by sequence number (oldest
+/// first, so the overdue ones are at the front).
+#[derive(Debug, Default)]
+pub(super) struct Acks {
+    pending: Mutex<BTreeMap<u64, Pending>>,
+    next: AtomicU64,
+}
+
+impl Acks {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Pending>> {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Settle what has waited too long, as of unknown outcome.
+    pub(super) fn sweep(&self, bridge: &Arc<Bridge>, now: Instant) {
+        let overdue: Vec<Pending> = {
+            let mut pending = self.lock();
+            let mut overdue = Vec::new();
+            while let Some(entry) = pending.first_entry() {
+                if now.duration_since(entry.get().sent) < ACK_TIMEOUT {
+                    break;
+                }
+                overdue.push(entry.remove());
+            }
+            overdue
+        };
+        for pending in overdue {
+            settle(bridge, pending, Acked::All(Outcome::Unknown));
+        }
+    }
+
+    /// Our connection dropped: nothing in flight will be acked.
+    pub(super) fn fail_all(&self, bridge: &Arc<Bridge>) {
+        let all = std::mem::take(&mut *self.lock());
+        for (_, pending) in all {
+            settle(bridge, pending, Acked::All(Outcome::Unknown));
+        }
+    }
+}
+
+/// Take `proxy`'s mailbox to `node`, in order, until the proxy is gone.
+pub(super) async fn drain(bridge: Weak<Bridge>, proxy: Arc<Entry>, node: String, target: Target) {
+    let window = Arc::new(Semaphore::new(WINDOW));
+    let mut items = Vec::with_capacity(BATCH);
+    let mut letter: Vec<(Envelope, Kind)> = Vec::with_capacity(LETTER);
+    while proxy
+        .mailbox
+        .pop_batch(&mut items, BATCH, BATCH_BYTES)
+        .await
+    {
+        let Some(bridge) = bridge.upgrade() else {
+            return;
+        };
+        // What a letter may carry: the server's limit, less the room kept
+        // for each envelope's own fields.
+        let limit = bridge.max_payload.saturating_sub(ENVELOPE_ROOM);
+        let mut size = 0;
+        for item in items.drain(..) {
+            let Some((envelope, kind)) = envelope_for(&bridge, &proxy, &target, item) else {
+                continue;
+            };
+            let len = envelope_len(&envelope);
+            if !letter.is_empty() && (size + len > limit || letter.len() == LETTER) {
+                if !send_letter(&bridge, &node, &window, &mut letter).await {
+                    return;
+                }
+                size = 0;
+            }
+            size += len;
+            letter.push((envelope, kind));
+        }
+        if !send_letter(&bridge, &node, &window, &mut letter).await {
+            return;
+        }
+    }
+}
+
+/// About how many bytes an envelope takes in a letter.
+fn envelope_len(envelope: &Envelope) -> usize {
+    const FIELDS: usize = 64;
+    FIELDS
+        + match envelope {
+            Envelope::Message { payload, from, .. } | Envelope::Call { payload, from, .. } => {
+                payload.len() + from.name.as_ref().map_or(0, String::len)
+            }
+            Envelope::Answer {
+                answer: Ok(reply), ..
+            } => reply.len(),
+            _ => 0,
+        }
+}
+
+/// Publish the envelopes gathered in `letter` (and empty it), once the
+/// window has room for them. `false` when the window is gone.
+async fn send_letter(
+    bridge: &Arc<Bridge>,
+    node: &str,
+    window: &Arc<Semaphore>,
+    letter: &mut Vec<(Envelope, Kind)>,
+) -> bool {
+    if letter.is_empty() {
+        return true;
+    }
+    let Ok(permits) = window.clone().acquire_many_owned(letter.len() as u32).await else {
+        return false;
+    };
+    let (envelopes, kinds) = letter.drain(..).unzip();
+    publish(bridge, node, envelopes, kinds, permits).await;
+    true
+}
+
+/// The envelope that carries `item` to the guest `proxy` stands for.
+fn envelope_for(
+    bridge: &Bridge,
+    proxy: &Entry,
+    target: &Target,
+    item: Item,
+) -> Option<(Envelope, Kind)> {
+    let from = |id: GuestId, name: Option<String>| wire::From { id: id.0, name };
+    match item {
+        Item::Message {
+            from: sender,
+            from_name,
+            request: None,
+            payload,
+        } => {
+            let to = match &proxy.name {
+                Some(name) => Address::Name(name.clone()),
+                None => Address::Id(proxy.id),
+            };
+            let kind = Kind::Send {
+                from: sender,
+                to,
+                len: payload.len() as u64,
+            };
+            let envelope = Envelope::Message {
+                to: target.clone(),
+                from: from(sender, from_name),
+                payload: payload.to_vec(),
+            };
+            Some((envelope, kind))
+        }
+        Item::Message {
+            from: sender,
+            from_name,
+            request: Some(request),
+            payload,
+        } => {
+            // A call that ended while queued needs no trip.
+            let deadline = bridge.relay.call_deadline(request)?;
+            let left = deadline.saturating_duration_since(Instant::now());
+            let envelope = Envelope::Call {
+                to: target.clone(),
+                from: from(sender, from_name),
+                request: request.0,
+                timeout_ms: (left.as_millis() as u64).max(1),
+                payload: payload.to_vec(),
+            };
+            Some((envelope, Kind::Call { request }))
+        }
+        Item::Notice(item) => {
+            let (_, to) = bridge.remote_of(proxy.id)?;
+            Some((Envelope::Notice { to, item }, Kind::Other))
+        }
+        Item::Answer { call, answer } => {
+            let answer = answer.map(|reply| serde_bytes::ByteBuf::from(reply.to_vec()));
+            Some((
+                Envelope::Answer {
+                    request: call,
+                    answer,
+                },
+                Kind::Other,
+            ))
+        }
+        // The other host ends that call at its own deadline, the same one.
+        Item::Expired(_) => None,
+    }
+}
+
+async fn publish(
+    bridge: &Arc<Bridge>,
+    node: &str,
+    envelopes: Vec<Envelope>,
+    kinds: Vec<Kind>,
+    permits: OwnedSemaphorePermit,
+) {
+    let seq = bridge.acks.next.fetch_add(1, Ordering::Relaxed);
+    let letter = Letter {
+        node: bridge.config.node.clone(),
+        envelopes,
+    };
+    let payload = wire::encode(&letter);
+    let pending = Pending {
+        sent: Instant::now(),
+        node: node.to_owned(),
+        kinds,
+        _permits: permits,
+    };
+    if payload.len() > bridge.max_payload {
+        // The proxy's size limit and the letter's room keep payloads under
+        // this; long names cannot make up the rest.
+        settle(
+            bridge,
+            pending,
+            Acked::All(Outcome::Ack(Ack::Undeliverable(
+                UndeliverableReason::TooLarge,
+            ))),
+        );
+        return;
+    }
+    bridge.acks.lock().insert(seq, pending);
+    let reply = format!(
+        "{}.{seq}",
+        bridge.subjects.acks(&bridge.config.node, bridge.instance)
+    );
+    bridge.stats.sent.fetch_add(1, Ordering::Relaxed);
+    if let Err(err) = bridge
+        .client
+        .publish_with_reply(bridge.subjects.inbox(node), reply, payload)
+        .await
+    {
+        tracing::warn!("wasmproc: cannot publish to node `{node}`: {err}");
+        if let Some(pending) = bridge.acks.lock().remove(&seq) {
+            settle(bridge, pending, Acked::All(Outcome::Unknown));
+        }
+    }
+}
+
+/// Take every ack that comes back, and settle its envelope.
+pub(super) async fn receive_acks(bridge: Weak<Bridge>, mut acks: async_nats::Subscriber) {
+    while let Some(message) = acks.next().await {
+        let Some(bridge) = bridge.upgrade() else {
+            return;
+        };
+        let Some(seq) = message
+            .subject
+            .rsplit('.')
+            .next()
+            .and_then(|s| s.parse::<u64>().ok())
+        else {
+            continue;
+        };
+        // An ack after its timeout finds nothing: it was settled as unknown.
+        let Some(pending) = bridge.acks.lock().remove(&seq) else {
+            continue;
+        };
+        bridge.stats.acked.fetch_add(1, Ordering::Relaxed);
+        let acked = if message.status == Some(async_nats::StatusCode::NO_RESPONDERS) {
+            Acked::All(Outcome::NoResponders)
+        } else {
+            match wire::decode::<Vec<Ack>>(&message.payload) {
+                Some(acks) => Acked::Each(acks),
+                None => Acked::All(Outcome::Ack(Ack::Garbled)),
+            }
+        };
+        settle(&bridge, pending, acked);
+    }
+}
+
+/// How a letter ended: one outcome for all its envelopes, or an ack each.
+#[derive(Debug)]
+enum Acked {
+    All(Outcome),
+    Each(Vec<Ack>),
+}
+
+/// Tell whoever is concerned how each envelope of a letter ended.
+fn settle(bridge: &Arc<Bridge>, pending: Pending, acked: Acked) {
+    if let Acked::All(Outcome::NoResponders) = acked {
+        bridge.stats.no_responders.fetch_add(1, Ordering::Relaxed);
+        // Nobody serves that node: its host is gone.
+        if bridge.lock().liveness.may_judge(Instant::now()) {
+            let (bridge, node) = (bridge.clone(), pending.node.clone());
+            tokio::spawn(async move { bridge.lose(&node, "nobody serves its inbox").await });
+        }
+    }
+    let Pending { node, kinds, .. } = pending;
+    match acked {
+        Acked::All(outcome) => {
+            for kind in kinds {
+                settle_one(bridge, &node, kind, outcome.clone());
+            }
+        }
+        Acked::Each(acks) => {
+            // A host that answers fewer acks than envelopes is garbled.
+            let mut acks = acks.into_iter();
+            for kind in kinds {
+                let ack = acks.next().unwrap_or(Ack::Garbled);
+                settle_one(bridge, &node, kind, Outcome::Ack(ack));
+            }
+        }
+    }
+}
+
+/// Tell whoever is concerned how one envelope ended.
+fn settle_one(bridge: &Bridge, node: &str, kind: Kind, outcome: Outcome) {
+    let relay = &bridge.relay;
+    match kind {
+        Kind::Send { from, to, len } => {
+            let reason = match outcome {
+                Outcome::Ack(Ack::Accepted) => return,
+                Outcome::Ack(Ack::Undeliverable(reason)) => reason,
+                Outcome::Ack(Ack::CallFailed(_) | Ack::Garbled) | Outcome::NoResponders => {
+                    UndeliverableReason::UnknownRecipient
+                }
+                Outcome::Unknown => {
+                    bridge.stats.unknown_outcome.fetch_add(1, Ordering::Relaxed);
+                    if let Some(sender) = relay.entry(from) {
+                        sender
+                            .counters
+                            .unknown_outcome
+                            .fetch_add(1, Ordering::Relaxed);
+                    }
+                    tracing::warn!(
+                        "wasmproc: a message from {from} to {to} on node `{node}`: unknown outcome (no ack within {ACK_TIMEOUT:?})"
+                    );
+                    return;
+                }
+            };
+            let notice = InboxItem::Undeliverable {
+                to,
+                reason,
+                payload_len: len,
+            };
+            match relay.entry(from) {
+                Some(sender) => relay.notify(&sender.mailbox, notice),
+                None if from == GuestId::PARENT => {
+                    tracing::warn!("wasmproc: the app's message came back: {notice:?}");
+                }
+                // The sender has ended: nobody is left to tell.
+                None => {}
+            }
+        }
+        Kind::Call { request } => {
+            let error = match outcome {
+                Outcome::Ack(Ack::Accepted) | Outcome::Unknown => return,
+                Outcome::Ack(Ack::CallFailed(error)) => error,
+                Outcome::Ack(Ack::Undeliverable(_) | Ack::Garbled) => CallError::UnknownRecipient,
+                Outcome::NoResponders => CallError::CalleeExited("host lost".to_owned()),
+            };
+            relay.fail_call(request, error);
+        }
+        Kind::Other => {}
+    }
+}

@@ -1,0 +1,598 @@
+//! The cluster bridge: hosts that form one app over NATS.
+//!
+//! Each host's bridge joins the app's NATS subjects ([`wire`]) as its node,
+//! says every second which guests it runs ([`wire::Beat`]), and keeps, for
+//! every guest of the other hosts, a *proxy* in its own relay: an entry
+//! with that guest's name and group whose mailbox the bridge drains
+//! ([`link`]). So names, groups, broadcasts, the allow-list, monitors and
+//! calls reach guests on any host with no new road in the relay: a send to
+//! a remote guest lands in its proxy's mailbox like any other, and the
+//! proxy's link takes it on.
+//!
+//! A group is therefore spread by the sender's relay, round-robin over its
+//! members on every host, rather than by a NATS queue group per member: a
+//! queue group picks a subscriber at random, so it could neither keep the
+//! order from one sender to one member nor tell the sender which member's
+//! host must acknowledge the message.
+//!
+//! # Delivery across hosts
+//!
+//! NATS is at-most-once, so every envelope goes in a request that the
+//! remote relay answers with an [`wire::Ack`] per envelope once the message
+//! is in its recipient's mailbox (from there the remote host returns what
+//! is not taken, as for any guest). Acks are pipelined, [`link::WINDOW`]
+//! envelopes per proxy, and what a proxy's mailbox holds goes out many
+//! envelopes to a NATS message, so throughput is bound neither by the round
+//! trip nor by one NATS message per message; one link publishes
+//! in order on one connection, and the receiving host handles its inbox in
+//! order, so the order per sender and receiver holds. No responders means
+//! no host serves that node any more: `unknown recipient` at once. No ack
+//! within [`link::ACK_TIMEOUT`]: the outcome is unknown, and counted so.
+//!
+//! # Host loss
+//!
+//! A peer silent for [`wire::MISSED_BEATS`] beats (or whose inbox has no
+//! responder when its beat is late) is lost, judged only while our own
+//! connection has been up that long and carries our own beats back to us
+//! ([`peers`]). Its proxies are
+//! unregistered with `host lost`: monitors get `down (host lost)`, calls
+//! to its guests fail with `callee exited: host lost`, its names leave the
+//! directory. When our own connection drops, every proxy goes with
+//! `no connection`; local guests go on. On reconnect the next beats (ours
+//! at once) bring the directory back.
+
+mod inbox;
+mod link;
+mod peers;
+mod tasks;
+pub mod wire;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use wasmproc_protocol::GuestId;
+
+use crate::relay::{Entry, Registration, Relay};
+use peers::Liveness;
+use wire::{BEAT, Beat, Subjects};
+
+/// Where and as what a host joins its app's cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// The NATS server, `nats://HOST:PORT`.
+    pub url: String,
+    /// The app's name: every host of one app uses the same.
+    pub app: String,
+    /// This host's node name, unique in the app.
+    pub node: String,
+}
+
+/// Why a host could not join its cluster.
+#[derive(Debug, thiserror::Error)]
+pub enum JoinError {
+    #[error(
+        "cannot reach the cluster's NATS server at {url}: {reason} (is nats-server running there?)"
+    )]
+    Unreachable { url: String, reason: String },
+    #[error(
+        "node `{node}` is in app `{app}`'s cluster already (another host answers for it): \
+         give this host another name with --node"
+    )]
+    NodeTaken { node: String, app: String },
+    #[error("the cluster's NATS server at {url} refused a subscription: {reason}")]
+    Subscribe { url: String, reason: String },
+}
+
+/// The bridge's numbers (for `ps`, `top` and metrics).
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Envelopes published to other hosts, and acks received.
+    pub sent: AtomicU64,
+    pub acked: AtomicU64,
+    /// Sends no host served (no responders).
+    pub no_responders: AtomicU64,
+    /// Sends whose ack did not come in time.
+    pub unknown_outcome: AtomicU64,
+    /// Messages the NATS client dropped because a subscription's buffer
+    /// was full (`slow consumer`): each is also logged.
+    pub slow_consumers: AtomicU64,
+    /// Beats heard from another process claiming this host's node.
+    pub node_conflicts: AtomicU64,
+    /// Times our connection to NATS dropped.
+    pub disconnects: AtomicU64,
+}
+
+/// Answers control verbs forwarded from other nodes (`ps --cluster`,
+/// `start --node`): set by the app.
+pub type ControlHandler = Arc<
+    dyn Fn(serde_json::Value) -> futures_util::future::BoxFuture<'static, serde_json::Value>
+        + Send
+        + Sync,
+>;
+
+/// A joined cluster: the handle of this host's bridge. Dropping the last
+/// handle does not leave; [`Cluster::leave`] (or the shutdown token) does.
+#[derive(Debug, Clone)]
+pub struct Cluster {
+    inner: Arc<Bridge>,
+}
+
+/// One remote guest's proxy, as the bridge keeps it.
+#[derive(Debug)]
+struct Proxy {
+    entry: Arc<Entry>,
+    /// When it was made: one made for a sender (before its host's beat
+    /// named it) is not reaped by a beat older than itself.
+    born: Instant,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    liveness: Liveness,
+    /// (node, its id for the guest) → the proxy.
+    proxies: HashMap<(String, u64), Proxy>,
+}
+
+struct Bridge {
+    client: async_nats::Client,
+    subjects: Subjects,
+    config: ClusterConfig,
+    instance: u64,
+    relay: Relay,
+    /// The largest envelope the server takes.
+    max_payload: usize,
+    state: Mutex<State>,
+    acks: link::Acks,
+    stats: Arc<Stats>,
+    control: Mutex<Option<ControlHandler>>,
+    /// Asks the beat task for a beat now (a guest came or went).
+    beat_now: Arc<tokio::sync::Notify>,
+    shutdown: CancellationToken,
+}
+
+impl std::fmt::Debug for Bridge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bridge")
+            .field("config", &self.config)
+            .field("instance", &self.instance)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Connection events waiting for the bridge.
+const EVENTS: usize = 256;
+
+/// How long a leaving host tries to say so.
+const LEAVE_TIMEOUT: Duration = Duration::from_secs(1);
+
+impl Cluster {
+    /// Join the cluster of `config.app` as `config.node`, with `relay`'s
+    /// guests. Returns once the node is claimed and every subscription is
+    /// in place; the bridge's tasks end with `shutdown`.
+    ///
+    /// # Errors
+    ///
+    /// When the server does not answer, the node name is taken, or a
+    /// subscription is refused.
+    pub(crate) async fn join(
+        config: ClusterConfig,
+        relay: Relay,
+        shutdown: CancellationToken,
+    ) -> Result<Cluster, JoinError> {
+        let stats = Arc::new(Stats::default());
+        let (events_tx, events) = mpsc::channel(EVENTS);
+        let counted = stats.clone();
+        let options = async_nats::ConnectOptions::new()
+            .name(format!("wasmproc {} node {}", config.app, config.node))
+            .connection_timeout(Duration::from_secs(2))
+            .request_timeout(Some(Duration::from_secs(2)))
+            .max_reconnects(None)
+            // Back soon after a server restart, without hammering it.
+            .reconnect_delay_callback(|attempts| {
+                Duration::from_millis((attempts as u64 * 100).min(1000))
+            })
+            .event_callback(move |event| {
+                if let async_nats::Event::SlowConsumer(_) = event {
+                    counted.slow_consumers.fetch_add(1, Ordering::Relaxed);
+                }
+                // Never waits: a connection state missed here is read
+                // again from the client on the next tick.
+                let _ = events_tx.try_send(event);
+                async {}
+            });
+        let client =
+            options
+                .connect(config.url.as_str())
+                .await
+                .map_err(|err| JoinError::Unreachable {
+                    url: config.url.clone(),
+                    reason: err.to_string(),
+                })?;
+        let subjects = Subjects::new(&config.app);
+        let subscribe_error = |err: async_nats::SubscribeError| JoinError::Subscribe {
+            url: config.url.clone(),
+            reason: err.to_string(),
+        };
+        // Claim the node: whoever runs it answers.
+        match client
+            .request(subjects.claim(&config.node), bytes::Bytes::new())
+            .await
+        {
+            Ok(_) => {
+                return Err(JoinError::NodeTaken {
+                    node: config.node.clone(),
+                    app: config.app.clone(),
+                });
+            }
+            Err(err) => tracing::debug!("node {} is free: {err}", config.node),
+        }
+        let instance = random_instance();
+        let claims = client
+            .subscribe(subjects.claim(&config.node))
+            .await
+            .map_err(subscribe_error)?;
+        let inbox = client
+            .subscribe(subjects.inbox(&config.node))
+            .await
+            .map_err(subscribe_error)?;
+        let acks = client
+            .subscribe(format!("{}.*", subjects.acks(&config.node, instance)))
+            .await
+            .map_err(subscribe_error)?;
+        let beats = client
+            .subscribe(subjects.every("beat"))
+            .await
+            .map_err(subscribe_error)?;
+        let exits = client
+            .subscribe(subjects.every("exit"))
+            .await
+            .map_err(subscribe_error)?;
+        let control = client
+            .subscribe(subjects.control(&config.node))
+            .await
+            .map_err(subscribe_error)?;
+        let max_payload = client.server_info().max_payload;
+        let bridge = Arc::new(Bridge {
+            client,
+            subjects,
+            config,
+            instance,
+            relay: relay.clone(),
+            max_payload,
+            state: Mutex::new(State::default()),
+            acks: link::Acks::default(),
+            stats,
+            control: Mutex::new(None),
+            beat_now: Arc::new(tokio::sync::Notify::new()),
+            shutdown,
+        });
+        bridge.lock().liveness.connected(Instant::now());
+        let (local_tx, local) = mpsc::channel(crate::relay::LOCAL_EVENTS);
+        relay.watch_local(local_tx);
+
+        let weak = Arc::downgrade(&bridge);
+        use tasks::{answer_claims, hear_beats, hear_exits, serve_control, tick};
+        tokio::spawn(answer_claims(bridge.client.clone(), claims, instance));
+        tokio::spawn(inbox::serve(weak.clone(), inbox));
+        tokio::spawn(link::receive_acks(weak.clone(), acks));
+        tokio::spawn(hear_beats(weak.clone(), beats));
+        tokio::spawn(hear_exits(weak.clone(), exits));
+        tokio::spawn(serve_control(weak.clone(), control));
+        tokio::spawn(tick(weak, events, local));
+        bridge.beat_now.notify_one();
+        Ok(Cluster { inner: bridge })
+    }
+
+    /// This host's node name.
+    pub fn node(&self) -> &str {
+        &self.inner.config.node
+    }
+
+    /// The bridge's numbers.
+    pub fn stats(&self) -> &Stats {
+        &self.inner.stats
+    }
+
+    /// The other nodes heard from now.
+    pub fn peers(&self) -> Vec<String> {
+        self.inner.lock().liveness.nodes()
+    }
+
+    /// The guests of other nodes this host can reach now: (node, name,
+    /// group), sorted.
+    pub fn directory(&self) -> Vec<(String, Option<String>, Option<String>)> {
+        let mut guests: Vec<_> = self
+            .inner
+            .lock()
+            .proxies
+            .iter()
+            .map(|((node, _), p)| (node.clone(), p.entry.name.clone(), p.entry.group.clone()))
+            .collect();
+        guests.sort();
+        guests
+    }
+
+    /// Whether our connection to NATS is up.
+    pub fn connected(&self) -> bool {
+        self.inner.lock().liveness.is_connected()
+    }
+
+    /// Answer control verbs that other nodes forward here with `handler`.
+    pub fn serve_control(&self, handler: ControlHandler) {
+        *self.inner.control.lock().unwrap_or_else(|e| e.into_inner()) = Some(handler);
+    }
+
+    /// Carry out control `request` on node `node` and return its answer.
+    ///
+    /// # Errors
+    ///
+    /// When no host serves `node`, or it does not answer in `timeout`.
+    pub async fn forward(
+        &self,
+        node: &str,
+        request: &serde_json::Value,
+        timeout: Duration,
+    ) -> Result<serde_json::Value, String> {
+        let subject = self.inner.subjects.control(node);
+        let ask = self
+            .inner
+            .client
+            .request(subject, bytes::Bytes::from(request.to_string()));
+        match tokio::time::timeout(timeout, ask).await {
+            Err(_) => Err(format!("node `{node}` did not answer within {timeout:?}")),
+            Ok(Err(err)) if err.kind() == async_nats::RequestErrorKind::NoResponders => {
+                Err(format!("node `{node}` is not in the cluster"))
+            }
+            Ok(Err(err)) => Err(format!("node `{node}`: {err}")),
+            Ok(Ok(reply)) => serde_json::from_slice(&reply.payload)
+                .map_err(|err| format!("node `{node}` answered garbage: {err}")),
+        }
+    }
+
+    /// Leave: a last beat that says so, so peers drop our guests at once
+    /// (`host stopped`) instead of after the missed beats.
+    pub async fn leave(&self) {
+        let bridge = &self.inner;
+        if !bridge.lock().liveness.is_connected() {
+            // Nobody would hear it; the peers see our beats stop instead.
+            return;
+        }
+        let beat = Beat {
+            node: bridge.config.node.clone(),
+            instance: bridge.instance,
+            guests: Vec::new(),
+            leaving: true,
+        };
+        let said = async {
+            let _ = bridge
+                .client
+                .publish(
+                    bridge.subjects.beat(&bridge.config.node),
+                    wire::encode(&beat),
+                )
+                .await;
+            let _ = bridge.client.flush().await;
+        };
+        // A connection that dropped just now must not hold the shutdown.
+        if tokio::time::timeout(LEAVE_TIMEOUT, said).await.is_err() {
+            tracing::warn!("wasmproc: could not tell the cluster that this host leaves");
+        }
+    }
+}
+
+impl Bridge {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The largest payload a proxy may take: what the server carries, less
+    /// room for the envelope around it.
+    fn payload_limit(&self) -> u64 {
+        self.max_payload.saturating_sub(link::ENVELOPE_ROOM) as u64
+    }
+
+    /// The proxy of `node`'s guest `id`, made (and its link started) if
+    /// there is none: `name` and `group` as that host says (what this host
+    /// cannot take of them is left out, and logged).
+    fn proxy(self: &Arc<Self>, node: &str, guest: &wire::Guest) -> Option<Arc<Entry>> {
+        let mut state = self.lock();
+        if let Some(proxy) = state.proxies.get(&(node.to_owned(), guest.id)) {
+            return Some(proxy.entry.clone());
+        }
+        // A named guest restarted or swapped there: same name, new id.
+        if let Some(name) = &guest.name {
+            let moved = state
+                .proxies
+                .iter()
+                .find(|((n, _), p)| n == node && p.entry.name.as_ref() == Some(name))
+                .map(|(key, _)| key.clone());
+            if let Some(key) = moved
+                && let Some(proxy) = state.proxies.remove(&key)
+            {
+                let entry = proxy.entry.clone();
+                state.proxies.insert((node.to_owned(), guest.id), proxy);
+                return Some(entry);
+            }
+        }
+        let max_message_size = guest.max_message_size.min(self.payload_limit());
+        let registration = |name: Option<String>| Registration {
+            name,
+            group: guest.group.clone(),
+            max_message_size,
+            talks_to: None,
+            max_cpu: None,
+            standby: false,
+            remote: Some(node.to_owned()),
+        };
+        let entry = match self.relay.register(registration(guest.name.clone())) {
+            Ok(entry) => entry,
+            Err(err) => {
+                tracing::warn!(
+                    "node `{node}`'s guest {}: {err}; this host reaches that one by id only",
+                    guest.name.as_deref().unwrap_or("(unnamed)")
+                );
+                let anonymous = Registration {
+                    group: None,
+                    ..registration(None)
+                };
+                // Without its name, else (a group that is not a valid
+                // name) without either: then there is nothing to refuse.
+                match self.relay.register(registration(None)) {
+                    Ok(entry) => entry,
+                    Err(_) => self.relay.register(anonymous).ok()?,
+                }
+            }
+        };
+        let target = match &entry.name {
+            Some(name) => wire::Target::Name(name.clone()),
+            None => wire::Target::Id(guest.id),
+        };
+        state.proxies.insert(
+            (node.to_owned(), guest.id),
+            Proxy {
+                entry: entry.clone(),
+                born: Instant::now(),
+            },
+        );
+        drop(state);
+        tokio::spawn(link::drain(
+            Arc::downgrade(self),
+            entry.clone(),
+            node.to_owned(),
+            target,
+        ));
+        Some(entry)
+    }
+
+    /// The proxy of `node`'s guest `id`, if there is one.
+    fn proxy_of(&self, node: &str, id: u64) -> Option<Arc<Entry>> {
+        self.lock()
+            .proxies
+            .get(&(node.to_owned(), id))
+            .map(|p| p.entry.clone())
+    }
+
+    /// Where a proxy leads: its node and that node's id for the guest.
+    fn remote_of(&self, proxy: GuestId) -> Option<(String, u64)> {
+        self.lock()
+            .proxies
+            .iter()
+            .find(|(_, p)| p.entry.id == proxy)
+            .map(|(key, _)| key.clone())
+    }
+
+    /// `node`'s guests are these now: make what is new, drop what is gone.
+    fn reconcile(self: &Arc<Self>, node: &str, guests: &[wire::Guest]) {
+        for guest in guests {
+            self.proxy(node, guest);
+        }
+        let gone: Vec<(u64, Arc<Entry>)> = {
+            let mut state = self.lock();
+            let listed: std::collections::HashSet<u64> = guests.iter().map(|g| g.id).collect();
+            let young = BEAT * 2;
+            let keys: Vec<(String, u64)> = state
+                .proxies
+                .iter()
+                .filter(|((n, id), p)| {
+                    n == node && !listed.contains(id) && peers::ago(p.born) > young
+                })
+                .map(|(key, _)| key.clone())
+                .collect();
+            keys.into_iter()
+                .filter_map(|key| state.proxies.remove(&key).map(|p| (key.1, p.entry)))
+                .collect()
+        };
+        for (_, entry) in gone {
+            let relay = self.relay.clone();
+            tokio::spawn(async move {
+                relay
+                    .unregister(entry.id, "exited (its host's directory no longer lists it)")
+                    .await;
+            });
+        }
+    }
+
+    /// Drop every proxy of `node` (or of every node) for `reason`.
+    async fn drop_proxies(&self, node: Option<&str>, reason: &str) {
+        let gone: Vec<Arc<Entry>> = {
+            let mut state = self.lock();
+            let keys: Vec<(String, u64)> = state
+                .proxies
+                .keys()
+                .filter(|(n, _)| node.is_none_or(|node| n == node))
+                .cloned()
+                .collect();
+            keys.into_iter()
+                .filter_map(|key| state.proxies.remove(&key).map(|p| p.entry))
+                .collect()
+        };
+        for entry in gone {
+            self.relay.unregister(entry.id, reason).await;
+        }
+        // A proxy made meanwhile by an in-flight envelope goes too.
+        if let Some(node) = node {
+            for entry in self.relay.proxies_of(node) {
+                self.relay.unregister(entry.id, reason).await;
+            }
+        }
+    }
+
+    /// `node` is lost: say so, and drop its guests.
+    async fn lose(&self, node: &str, why: &str) {
+        tracing::warn!("wasmproc: node `{node}` is lost ({why}); its guests are unreachable");
+        self.lock().liveness.forget(node);
+        self.drop_proxies(Some(node), "host lost").await;
+    }
+
+    /// Our beat: this host's guests now.
+    async fn beat(&self) {
+        let guests = self
+            .relay
+            .local_directory()
+            .into_iter()
+            .map(|g| wire::Guest {
+                id: g.id.0,
+                name: g.name,
+                group: g.group,
+                max_message_size: g.max_message_size,
+            })
+            .collect();
+        let beat = Beat {
+            node: self.config.node.clone(),
+            instance: self.instance,
+            guests,
+            leaving: false,
+        };
+        let payload = wire::encode(&beat);
+        if payload.len() > self.max_payload {
+            tracing::error!(
+                "wasmproc: this host's directory ({} bytes) is over the NATS server's max_payload ({}): peers cannot hear it",
+                payload.len(),
+                self.max_payload
+            );
+            return;
+        }
+        let _ = self
+            .client
+            .publish(self.subjects.beat(&self.config.node), payload)
+            .await;
+    }
+}
+
+/// A per-process number, to tell two processes claiming one node apart.
+fn random_instance() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u32(std::process::id());
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    hasher.finish()
+}

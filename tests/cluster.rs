@@ -1,0 +1,1018 @@
+//! Hosts that form one app over NATS: real `nats-server` processes (a
+//! cluster of them where a test kills one), real `wasmproc up` hosts as
+//! separate processes, real guests.
+//!
+//! Every server listens on 127.0.0.1 on ports it picks itself (`-p -1`,
+//! read back from `--ports_file_dir`); a server restarted in a test comes
+//! back on the ports it had. Tests run one at a time: each starts several
+//! hosts, and a 2-core machine shared by parallel tests would make the
+//! timings they print meaningless.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use common::{cli, guest, output_within, scratch_dir};
+
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// One `nats-server`, stopped (SIGKILL) when dropped.
+struct Nats {
+    child: Option<Child>,
+    dir: PathBuf,
+    name: String,
+    port: u16,
+    cluster_port: u16,
+    routes: Vec<u16>,
+}
+
+impl Nats {
+    /// A lone server.
+    fn start(dir: &Path, name: &str) -> Nats {
+        Nats::launch(dir, name, None, &[])
+    }
+
+    /// A lone server with the settings of `config` (a nats-server file).
+    fn with_config(dir: &Path, name: &str, config: &Path) -> Nats {
+        Nats::spawn(dir, name, None, None, &[], Some(config))
+    }
+
+    /// A server of a NATS cluster, routed to the servers listening for
+    /// routes on `routes`.
+    fn member(dir: &Path, name: &str, routes: &[u16]) -> Nats {
+        Nats::launch(dir, name, Some(None), routes)
+    }
+
+    /// `cluster`: `None` for a lone server, `Some(port)` for a member
+    /// (`Some(None)`: a route port of its own choosing).
+    fn launch(dir: &Path, name: &str, cluster: Option<Option<u16>>, routes: &[u16]) -> Nats {
+        Nats::spawn(dir, name, None, cluster, routes, None)
+    }
+
+    fn spawn(
+        dir: &Path,
+        name: &str,
+        port: Option<u16>,
+        cluster: Option<Option<u16>>,
+        routes: &[u16],
+        config: Option<&Path>,
+    ) -> Nats {
+        let ports_dir = dir.join(format!("ports-{name}"));
+        let _ = std::fs::remove_dir_all(&ports_dir);
+        std::fs::create_dir_all(&ports_dir).unwrap();
+        let mut command = Command::new("nats-server");
+        command
+            .args(["-a", "127.0.0.1", "-n", name, "-p"])
+            .arg(port.map_or("-1".to_owned(), |p| p.to_string()))
+            .arg("--ports_file_dir")
+            .arg(&ports_dir)
+            .arg("-l")
+            .arg(dir.join(format!("{name}.log")));
+        if let Some(config) = config {
+            command.arg("-c").arg(config);
+        }
+        if let Some(cluster_port) = cluster {
+            let at = cluster_port.map_or("-1".to_owned(), |p| p.to_string());
+            command
+                .args(["--cluster_name", "test"])
+                .arg("--cluster")
+                .arg(format!("nats://127.0.0.1:{at}"));
+            if !routes.is_empty() {
+                let routes: Vec<String> = routes
+                    .iter()
+                    .map(|p| format!("nats://127.0.0.1:{p}"))
+                    .collect();
+                command.arg("--routes").arg(routes.join(","));
+            }
+        }
+        let child = command
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|err| {
+                panic!(
+                    "cannot start nats-server ({err}): install it (`apt-get install nats-server`; `make test` does)"
+                )
+            });
+        let ports_file = ports_dir.join(format!("nats-server_{}.ports", child.id()));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let ports: serde_json::Value = loop {
+            if let Ok(text) = std::fs::read_to_string(&ports_file)
+                && let Ok(ports) = serde_json::from_str(&text)
+            {
+                break ports;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "nats-server {name} wrote no ports file in 10 s; its log: {}",
+                std::fs::read_to_string(dir.join(format!("{name}.log"))).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let port_of = |key: &str| -> u16 {
+            ports[key][0]
+                .as_str()
+                .and_then(|url| url.rsplit(':').next())
+                .and_then(|p| p.parse().ok())
+                .unwrap_or(0)
+        };
+        Nats {
+            child: Some(child),
+            dir: dir.to_owned(),
+            name: name.to_owned(),
+            port: port_of("nats"),
+            cluster_port: port_of("cluster"),
+            routes: routes.to_vec(),
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Start it again on the ports it had, with the routes it had.
+    fn restart(&mut self) {
+        self.kill();
+        let cluster = (self.cluster_port != 0).then_some(Some(self.cluster_port));
+        let again = Nats::spawn(
+            &self.dir,
+            &self.name,
+            Some(self.port),
+            cluster,
+            &self.routes,
+            None,
+        );
+        assert_eq!(again.port, self.port);
+        *self = again;
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A NATS cluster of three servers, routed to each other.
+fn nats_cluster(dir: &Path) -> [Nats; 3] {
+    let first = Nats::member(dir, "n1", &[]);
+    let second = Nats::member(dir, "n2", &[first.cluster_port]);
+    let third = Nats::member(dir, "n3", &[first.cluster_port, second.cluster_port]);
+    // Let the routes form before hosts subscribe across them.
+    wait_for("the NATS routes to form", Duration::from_secs(10), || {
+        let log = std::fs::read_to_string(dir.join("n1.log")).unwrap_or_default();
+        (log.matches("Route connection created").count() >= 2).then_some(())
+    });
+    [first, second, third]
+}
+
+/// Poll `probe` every 50 ms until it gives something, or fail after `limit`.
+fn wait_for<T>(what: &str, limit: Duration, mut probe: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(found) = probe() {
+            return found;
+        }
+        assert!(Instant::now() < deadline, "waited {limit:?} for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// One `wasmproc up` host, in the foreground as a child process, with a
+/// control-socket folder of its own; SIGTERM (then SIGKILL) when dropped.
+struct Host {
+    child: Option<Child>,
+    node: String,
+    app: String,
+    runtime: PathBuf,
+    out: PathBuf,
+    err: PathBuf,
+}
+
+impl Host {
+    fn up(dir: &Path, app: &str, node: &str, url: &str, manifest: &Path) -> Host {
+        let runtime = dir.join(format!("run-{node}"));
+        std::fs::create_dir_all(&runtime).unwrap();
+        let out = dir.join(format!("{node}.out"));
+        let err = dir.join(format!("{node}.err"));
+        let child = Command::new(cli())
+            .args(["up", "--app", app, "--cluster", url, "--node", node])
+            .arg(manifest)
+            .env("XDG_RUNTIME_DIR", &runtime)
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&out).unwrap())
+            .stderr(std::fs::File::create(&err).unwrap())
+            .spawn()
+            .expect("start wasmproc up");
+        let mut host = Host {
+            child: Some(child),
+            node: node.to_owned(),
+            app: app.to_owned(),
+            runtime,
+            out,
+            err,
+        };
+        wait_for(
+            &format!("host {node} to answer"),
+            Duration::from_secs(60),
+            || {
+                if let Some(status) = host
+                    .child
+                    .as_mut()
+                    .and_then(|c| c.try_wait().ok().flatten())
+                {
+                    panic!("host {node} ended at once ({status}):\n{}", host.output());
+                }
+                (host.run(&["ps"]).status.code() == Some(0)).then_some(())
+            },
+        );
+        host
+    }
+
+    /// `wasmproc ARGS --app APP` against this host's socket.
+    fn run(&self, args: &[&str]) -> Output {
+        let mut command = Command::new(cli());
+        command
+            .args(&args[..1])
+            .args(["--app", &self.app])
+            .args(&args[1..])
+            .env("XDG_RUNTIME_DIR", &self.runtime);
+        output_within(&mut command, 60)
+    }
+
+    /// `wasmproc ARGS`, which must succeed: its stdout.
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{args:?} on {}: {}",
+            self.node,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Everything the host printed so far (its stdout, then its stderr).
+    fn output(&self) -> String {
+        let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
+        format!("{}{}", read(&self.out), read(&self.err))
+    }
+
+    /// Wait until the host has printed `text`.
+    fn wait_output(&self, text: &str, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while !self.output().contains(text) {
+            assert!(
+                Instant::now() < deadline,
+                "host {} did not print `{text}` within {limit:?}; it printed:\n{}",
+                self.node,
+                self.output()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `ps --cluster --json`, parsed.
+    fn ps_cluster(&self) -> serde_json::Value {
+        serde_json::from_str(&self.ok(&["ps", "--cluster", "--json"])).expect("ps JSON")
+    }
+
+    /// Wait until this host can reach `name` on another node.
+    fn wait_reachable(&self, name: &str) {
+        wait_for(
+            &format!("{} to reach `{name}`", self.node),
+            Duration::from_secs(20),
+            || {
+                let ps = self.ps_cluster();
+                ps["reachable"]
+                    .as_array()?
+                    .iter()
+                    .any(|g| g["name"] == name)
+                    .then_some(())
+            },
+        );
+    }
+
+    /// Start guest `name` here from `module` with `args`.
+    fn start(&self, name: &str, module: &str, args: &[&str]) {
+        let module = guest(module);
+        let mut argv = vec!["start", "--module", module.to_str().unwrap(), name, "--"];
+        argv.extend_from_slice(args);
+        self.ok(&argv);
+    }
+
+    /// SIGTERM, and how long the host takes to end (at most `limit`).
+    fn terminate(&mut self, limit: Duration) -> Duration {
+        let mut child = self.child.take().expect("a running host");
+        let asked = Instant::now();
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc_kill(child.id() as i32, 15) };
+        while child.try_wait().ok().flatten().is_none() {
+            if asked.elapsed() > limit {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("host {} did not end within {limit:?} of SIGTERM", self.node);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        asked.elapsed()
+    }
+
+    fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: kill(2) on our own child's pid.
+            unsafe { libc_kill(child.id() as i32, 15) };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+unsafe extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, signal: i32) -> i32;
+}
+
+/// Write a manifest into `dir`; `{guest:NAME}` stands for a built guest.
+fn manifest(dir: &Path, text: &str) -> PathBuf {
+    let mut text = text.to_owned();
+    while let Some(at) = text.find("{guest:") {
+        let end = at + text[at..].find('}').unwrap();
+        let path = guest(&text[at + 7..end]);
+        text.replace_range(at..=end, path.to_str().unwrap());
+    }
+    let path = dir.join("app.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn names_groups_and_broadcasts_reach_guests_on_other_hosts() {
+    let _one = serial();
+    let dir = scratch_dir("cluster-reach");
+    let servers = nats_cluster(&dir);
+    let app = manifest(
+        &dir,
+        r#"
+[guests.srv]
+module = "{guest:rpc}"
+args = ["serve", "name"]
+node = "b"
+
+[guests.client]
+module = "{guest:rpc}"
+args = ["poll", "srv", "hello"]
+node = "a"
+
+[guests.e]
+module = "{guest:echo}"
+nodes = ["a", "b"]
+"#,
+    );
+    let a = Host::up(&dir, "reach", "a", &servers[0].url(), &app);
+    let b = Host::up(&dir, "reach", "b", &servers[1].url(), &app);
+
+    // A guest on A calls one on B by name (polling until B has joined).
+    a.wait_output("client | ok srv", Duration::from_secs(30));
+
+    // ps --cluster shows each guest with its node.
+    a.wait_reachable("e.2");
+    let ps = a.ps_cluster();
+    let node_of = |name: &str| {
+        ps["guests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|g| g["name"] == name)
+            .map(|g| g["node"].as_str().unwrap_or_default().to_owned())
+    };
+    assert_eq!(node_of("srv").as_deref(), Some("b"), "{ps}");
+    assert_eq!(node_of("e.1").as_deref(), Some("a"), "{ps}");
+    assert_eq!(node_of("e.2").as_deref(), Some("b"), "{ps}");
+
+    // A group over A and B gets round-robin from both, and a broadcast
+    // reaches every member; the replies come back across hosts to the
+    // sender's `from`.
+    a.start(
+        "postman",
+        "postman",
+        &[
+            "group:e", "group:e", "group:e", "group:e", "all:e", "expect:6",
+        ],
+    );
+    a.wait_output("postman ended", Duration::from_secs(30));
+    let output = a.output();
+    let replies = |from: &str| {
+        output
+            .matches(&format!("from postman: {from}: reply"))
+            .count()
+    };
+    println!("replies: e.1 {}, e.2 {}", replies("e.1"), replies("e.2"));
+    assert_eq!(
+        (replies("e.1"), replies("e.2")),
+        (3, 3),
+        "two group sends and one broadcast each:\n{output}"
+    );
+
+    // The allow-list holds across hosts: a guest that may talk to group
+    // `e` reaches its member on B, and not `srv` there.
+    let postman = guest("postman");
+    a.ok(&[
+        "start",
+        "--talks-to",
+        "e",
+        "--module",
+        postman.to_str().unwrap(),
+        "strict",
+        "--",
+        "e.2",
+        "srv",
+    ]);
+    a.wait_output("strict ended", Duration::from_secs(30));
+    let output = a.output();
+    assert!(output.contains("from strict: e.2: reply"), "{output}");
+    assert!(output.contains("from strict: srv: not allowed"), "{output}");
+
+    // The parent's call by name crosses too, and the reply names its guest.
+    assert_eq!(a.ok(&["call", "srv", "x"]).trim(), "srv");
+    // An unknown name is refused as unknown, not lost.
+    let out = a.run(&["call", "nobody", "x"]);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("unknown recipient"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Verbs go to the node they name: a guest started on B from A's
+    // socket, then swapped there with no loss.
+    let echo = guest("echo");
+    let started = a.ok(&[
+        "start",
+        "--node",
+        "b",
+        "--module",
+        echo.to_str().unwrap(),
+        "late",
+    ]);
+    assert_eq!(started.trim(), "started late");
+    assert!(b.ok(&["ps"]).contains("late"), "it runs on B");
+    a.wait_reachable("late");
+    let rpc = guest("rpc");
+    let swapped = a.ok(&["swap", "--node", "b", "srv", rpc.to_str().unwrap()]);
+    assert!(swapped.starts_with("swapped srv: 0 moved"), "{swapped}");
+    // The name follows the new instance; A's proxy keeps the name.
+    assert_eq!(a.ok(&["call", "srv", "again"]).trim(), "srv");
+    let out = a.run(&["ps", "--node", "nowhere"]);
+    assert_ne!(out.status.code(), Some(0));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("node `nowhere` is not in the cluster"),
+        "{err}"
+    );
+
+    // The text `ps` names each guest's node, and the bridge's state.
+    let ps = a.ok(&["ps"]);
+    let header: Vec<&str> = ps
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    assert_eq!(header[..2], ["NAME", "NODE"], "{ps}");
+    assert!(
+        ps.contains(
+            "node a: connected; peers [\"b\"]; unknown outcome 0, slow consumer 0, node conflicts 0"
+        ),
+        "{ps}"
+    );
+
+    // A host that stops cleanly takes its guests out of the directory at once.
+    let stopped = Instant::now();
+    drop(b);
+    wait_for(
+        "B's guests to leave A's directory",
+        Duration::from_secs(5),
+        || {
+            a.ps_cluster()["reachable"]
+                .as_array()?
+                .is_empty()
+                .then_some(())
+        },
+    );
+    println!(
+        "B stopped: its guests left A's directory after {:.2?}",
+        stopped.elapsed()
+    );
+}
+
+/// `taken T returned R duplicates D disorders O`, as `sender` prints it.
+fn sender_counts(output: &str) -> [u64; 4] {
+    let line = output
+        .lines()
+        .find(|l| l.contains("sender | taken"))
+        .expect("the sender's counts");
+    let numbers: Vec<u64> = line
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    [numbers[0], numbers[1], numbers[2], numbers[3]]
+}
+
+#[test]
+fn a_hundred_thousand_numbered_messages_cross_hosts_complete_and_in_order() {
+    const COUNT: u64 = 100_000;
+    let _one = serial();
+    let dir = scratch_dir("cluster-stream");
+    let server = Nats::start(&dir, "solo");
+    let app = manifest(
+        &dir,
+        r#"
+[guests.r0]
+module = "{guest:echo}"
+node = "b"
+"#,
+    );
+    let a = Host::up(&dir, "stream", "a", &server.url(), &app);
+    let _b = Host::up(&dir, "stream", "b", &server.url(), &app);
+    a.wait_reachable("r0");
+    // Each number goes A → B and is echoed B → A: taken, or returned.
+    let started = Instant::now();
+    a.start("sender", "sender", &["r", "1", &COUNT.to_string(), "1000"]);
+    a.wait_output("sender | taken", Duration::from_secs(240));
+    let elapsed = started.elapsed();
+    let [taken, returned, duplicates, disorders] = sender_counts(&a.output());
+    println!(
+        "{COUNT} messages A→B and back: taken {taken}, returned {returned}, duplicates {duplicates}, \
+         disorders {disorders} in {elapsed:.2?} ({:.0} msg/s each way)",
+        COUNT as f64 / elapsed.as_secs_f64()
+    );
+    assert_eq!(taken + returned, COUNT, "every message taken or returned");
+    assert_eq!(duplicates, 0);
+    assert_eq!(disorders, 0, "in order per sender and receiver");
+    assert!(taken > 0, "some messages crossed");
+    let top: serde_json::Value = serde_json::from_str(&a.ok(&["top", "--json"])).unwrap();
+    let sender = top["guests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["name"] == "sender")
+        .cloned()
+        .unwrap_or_default();
+    println!("sender's counters on A: {sender}");
+}
+
+#[test]
+fn a_killed_host_is_lost_its_monitors_fire_and_calls_to_it_fail() {
+    let _one = serial();
+    let dir = scratch_dir("cluster-loss");
+    let servers = nats_cluster(&dir);
+    let app = manifest(
+        &dir,
+        r#"
+[guests.srv]
+module = "{guest:rpc}"
+args = ["serve", "never"]
+node = "b"
+"#,
+    );
+    let a = Host::up(&dir, "loss", "a", &servers[0].url(), &app);
+    let mut b = Host::up(&dir, "loss", "b", &servers[1].url(), &app);
+    a.wait_reachable("srv");
+    a.start("watcher", "postman", &["monitor:srv"]);
+    a.start("caller", "rpc", &["call", "srv", "x", "30000"]);
+    // A call's deadline holds across hosts.
+    a.start("quick", "rpc", &["call", "srv", "q", "500"]);
+    a.wait_output(
+        "from quick: error: no reply before the deadline",
+        Duration::from_secs(20),
+    );
+    // The call is in srv's hands (it never answers) when B dies.
+    b.wait_output("from srv: took x", Duration::from_secs(20));
+    std::thread::sleep(Duration::from_millis(200));
+    let killed = Instant::now();
+    b.kill9();
+    // A send right after, before A has judged B lost: nobody serves B's
+    // inbox any more, which NATS says at once (no responders).
+    a.start("late", "postman", &["srv"]);
+    a.wait_output("from watcher: down srv: host lost", Duration::from_secs(15));
+    let down_after = killed.elapsed();
+    a.wait_output(
+        "from caller: error: the callee exited: host lost",
+        Duration::from_secs(15),
+    );
+    let failed_after = killed.elapsed();
+    a.wait_output("from late: srv: ", Duration::from_secs(15));
+    let output = a.output();
+    assert!(
+        output.contains("from late: srv: unknown recipient")
+            || output.contains("from late: srv: recipient exited"),
+        "{output}"
+    );
+    println!(
+        "a send just after the kill: {}",
+        if output.contains("from late: srv: unknown recipient") {
+            "unknown recipient (no responders)"
+        } else {
+            "recipient exited (B was already judged lost)"
+        }
+    );
+    println!(
+        "B SIGKILLed: A's monitor got `down (host lost)` after {down_after:.2?}, its pending call failed after {failed_after:.2?}"
+    );
+    // The issue's goal is 3 s; the bound is generous for a loaded machine.
+    assert!(down_after < Duration::from_secs(8), "{down_after:?}");
+    // The name has left the directory, and says why.
+    let out = a.run(&["call", "srv", "x"]);
+    assert_ne!(out.status.code(), Some(0));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("the callee exited: host lost"), "{err}");
+    assert!(a.ps_cluster()["reachable"].as_array().unwrap().is_empty());
+}
+
+#[test]
+fn when_its_nats_server_dies_a_host_goes_on_locally_and_resumes_after() {
+    let _one = serial();
+    let dir = scratch_dir("cluster-partition");
+    let mut servers = nats_cluster(&dir);
+    let app = manifest(
+        &dir,
+        r#"
+[guests.srv]
+module = "{guest:rpc}"
+args = ["serve", "name"]
+node = "b"
+
+[guests.kv]
+module = "{guest:kv}"
+node = "a"
+"#,
+    );
+    let a = Host::up(&dir, "part", "a", &servers[0].url(), &app);
+    let _b = Host::up(&dir, "part", "b", &servers[1].url(), &app);
+    a.wait_reachable("srv");
+    assert_eq!(a.ok(&["call", "srv", "x"]).trim(), "srv");
+    a.start("watcher", "postman", &["monitor:srv"]);
+    std::thread::sleep(Duration::from_millis(300));
+
+    let killed = Instant::now();
+    servers[0].kill();
+    a.wait_output(
+        "from watcher: down srv: no connection",
+        Duration::from_secs(15),
+    );
+    println!(
+        "A's server killed: `down (no connection)` after {:.2?}",
+        killed.elapsed()
+    );
+    // Local guests go on.
+    assert_eq!(a.ok(&["call", "kv", "put colour green"]).trim(), "ok");
+    assert_eq!(a.ok(&["call", "kv", "get colour"]).trim(), "value green");
+    // Remote ones are unreachable, and say why.
+    let out = a.run(&["call", "srv", "x"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no connection"), "{err}");
+
+    let restarted = Instant::now();
+    servers[0].restart();
+    a.wait_reachable("srv");
+    assert_eq!(a.ok(&["call", "srv", "x"]).trim(), "srv");
+    println!(
+        "server back: srv reachable from A again after {:.2?}",
+        restarted.elapsed()
+    );
+    assert!(a.ps_cluster()["guests"].as_array().unwrap().len() >= 2);
+}
+
+#[test]
+fn payloads_over_the_servers_max_payload_are_refused_here_as_too_large() {
+    let _one = serial();
+    let dir = scratch_dir("cluster-large");
+    let config = dir.join("small.conf");
+    std::fs::write(&config, "max_payload: 8192\n").unwrap();
+    let server = Nats::with_config(&dir, "small", &config);
+    let app = manifest(
+        &dir,
+        r#"
+[guests.srv]
+module = "{guest:rpc}"
+args = ["serve", "echo"]
+node = "b"
+"#,
+    );
+    let a = Host::up(&dir, "large", "a", &server.url(), &app);
+    let _b = Host::up(&dir, "large", "b", &server.url(), &app);
+    a.wait_reachable("srv");
+    let fits = dir.join("fits");
+    std::fs::write(&fits, "y".repeat(6000)).unwrap();
+    let big = dir.join("big");
+    std::fs::write(&big, "x".repeat(9000)).unwrap();
+    let reply = a.ok(&["call", "srv", &format!("@{}", fits.display())]);
+    assert_eq!(reply.trim().len(), 6000);
+    let out = a.run(&["call", "srv", &format!("@{}", big.display())]);
+    assert_ne!(out.status.code(), Some(0));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("too large"), "{err}");
+}
+
+#[test]
+fn bad_cluster_input_is_reported_precisely() {
+    let _one = serial();
+    let dir = scratch_dir("cluster-bad");
+    let app = manifest(
+        &dir,
+        r#"
+[guests.here]
+module = "{guest:echo}"
+node = "a"
+
+[guests.lost]
+module = "{guest:echo}"
+node = "c"
+"#,
+    );
+    let up = |runtime: &str, args: &[&str]| {
+        let runtime = dir.join(runtime);
+        std::fs::create_dir_all(&runtime).unwrap();
+        let mut command = Command::new(cli());
+        command
+            .args(["up", "--app", "bad"])
+            .args(args)
+            .arg(&app)
+            .env("XDG_RUNTIME_DIR", runtime);
+        let out = output_within(&mut command, 60);
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+
+    // A URL nobody answers on: a clear error at `up`, at once.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("nats://127.0.0.1:{port}");
+    let started = Instant::now();
+    let (code, err) = up("r1", &["--cluster", &url, "--node", "a"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains(&format!("cannot reach the cluster's NATS server at {url}")),
+        "{err}"
+    );
+    println!("unreachable server reported in {:.2?}", started.elapsed());
+
+    // The same from the manifest's `[cluster]` table, with no flags.
+    let from_table = dir.join("table.toml");
+    std::fs::write(
+        &from_table,
+        format!(
+            "[cluster]\nurl = \"{url}\"\nnode = \"a\"\n\n[guests.here]\nmodule = \"{}\"\nnode = \"a\"\n",
+            guest("echo").display()
+        ),
+    )
+    .unwrap();
+    let mut command = Command::new(cli());
+    command
+        .args(["up", "--app", "table"])
+        .arg(&from_table)
+        .env("XDG_RUNTIME_DIR", dir.join("r1"));
+    let out = output_within(&mut command, 60);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("cannot reach the cluster's NATS server at {url}")),
+        "{err}"
+    );
+
+    // Half of the pair of flags.
+    let (code, err) = up("r2", &["--cluster", &url]);
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("needs this host's node name: give --node NAME"),
+        "{err}"
+    );
+
+    let server = Nats::start(&dir, "bad");
+    let a = Host::up(&dir, "bad", "a", &server.url(), &app);
+
+    // A second host claiming node `a`.
+    let (code, err) = up("r3", &["--cluster", &server.url(), "--node", "a"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("node `a` is in app `bad`'s cluster already"),
+        "{err}"
+    );
+    assert_eq!(
+        a.run(&["ps"]).status.code(),
+        Some(0),
+        "the first one goes on"
+    );
+
+    // A guest placed on a node that never joins: reported, and listed.
+    a.wait_output(
+        "guest `lost` is placed on node `c`, which has not joined the cluster",
+        Duration::from_secs(20),
+    );
+    let ps = a.ps_cluster();
+    let lost = ps["guests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["name"] == "lost")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(lost["state"], "node not joined", "{ps}");
+    assert_eq!(lost["node"], "c");
+
+    // In a cluster, a guest that says nowhere to run is refused.
+    let unplaced = dir.join("unplaced.toml");
+    std::fs::write(
+        &unplaced,
+        format!("[guests.z]\nmodule = \"{}\"\n", guest("echo").display()),
+    )
+    .unwrap();
+    let mut command = Command::new(cli());
+    command
+        .args([
+            "up",
+            "--app",
+            "bad2",
+            "--cluster",
+            &server.url(),
+            "--node",
+            "q",
+        ])
+        .arg(&unplaced)
+        .env("XDG_RUNTIME_DIR", dir.join("r1"));
+    let out = output_within(&mut command, 60);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("guest `z` is not placed"), "{err}");
+}
+
+#[test]
+fn a_paused_host_is_lost_after_three_beats_and_what_it_held_has_an_unknown_outcome() {
+    let _one = serial();
+    let dir = scratch_dir("cluster-paused");
+    let server = Nats::start(&dir, "paused");
+    let app = manifest(
+        &dir,
+        r#"
+[guests.r0]
+module = "{guest:echo}"
+node = "b"
+"#,
+    );
+    let a = Host::up(&dir, "paused", "a", &server.url(), &app);
+    let b = Host::up(&dir, "paused", "b", &server.url(), &app);
+    a.wait_reachable("r0");
+    // 500 messages a millisecond, without waiting for anything.
+    a.start("flood", "pingpong", &["flood", "r0", "5000000"]);
+    let top = || -> serde_json::Value {
+        serde_json::from_str(&a.ok(&["top", "--json"])).expect("top JSON")
+    };
+    wait_for("messages to cross", Duration::from_secs(20), || {
+        (top()["cluster"]["acked"].as_u64()? > 100).then_some(())
+    });
+    // Stopped, not killed: its connection stays open, its subscriptions
+    // answer nothing, its beats stop. Only the missed beats can tell.
+    let pid = b.child.as_ref().unwrap().id() as i32;
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc_kill(pid, 19) };
+    let paused = Instant::now();
+    let lost_after = wait_for("A to lose B", Duration::from_secs(15), || {
+        top()["cluster"]["peers"]
+            .as_array()?
+            .is_empty()
+            .then(|| paused.elapsed())
+    });
+    let unknown = wait_for(
+        "the in-flight messages to settle",
+        Duration::from_secs(15),
+        || {
+            let top = top();
+            let sender = top["guests"]
+                .as_array()?
+                .iter()
+                .find(|g| g["name"] == "flood")?
+                .clone();
+            assert_eq!(sender["node"], "a", "top names each guest's node");
+            let unknown = sender["unknown_outcome"].as_u64()?;
+            (unknown > 0).then_some((unknown, top["cluster"].clone()))
+        },
+    );
+    // SAFETY: as above.
+    unsafe { libc_kill(pid, 18) };
+    println!(
+        "B paused: lost after {lost_after:.2?}; flood's messages of unknown outcome: {}; A's bridge: {}",
+        unknown.0, unknown.1
+    );
+    // Three beats of silence: the last beat came at most a beat and a tick
+    // (1.25 s) before the pause, so never sooner than 1.75 s after it.
+    assert!(lost_after >= Duration::from_millis(1500), "{lost_after:?}");
+    // Only what was in flight, unacknowledged: at most a window's worth.
+    assert!(unknown.0 <= 1024, "{}", unknown.0);
+    assert_eq!(unknown.1["unknown_outcome"], unknown.0);
+}
+
+#[test]
+fn a_host_whose_own_server_stops_answering_judges_nobody_lost() {
+    let _one = serial();
+    let dir = scratch_dir("cluster-halfopen");
+    let servers = nats_cluster(&dir);
+    let app = manifest(
+        &dir,
+        r#"
+[guests.srv]
+module = "{guest:rpc}"
+args = ["serve", "name"]
+node = "b"
+"#,
+    );
+    let a = Host::up(&dir, "half", "a", &servers[0].url(), &app);
+    let _b = Host::up(&dir, "half", "b", &servers[1].url(), &app);
+    a.wait_reachable("srv");
+    a.start("watcher", "postman", &["monitor:srv"]);
+    std::thread::sleep(Duration::from_millis(300));
+    // A's server stops (SIGSTOP): A's socket stays open and looks up, but
+    // nothing comes through, neither B's beats nor A's own.
+    let pid = servers[0].child.as_ref().unwrap().id() as i32;
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc_kill(pid, 19) };
+    std::thread::sleep(Duration::from_secs(6));
+    let top: serde_json::Value = serde_json::from_str(&a.ok(&["top", "--json"])).unwrap();
+    // SAFETY: as above.
+    unsafe { libc_kill(pid, 18) };
+    println!(
+        "after 6 s without its server, A's bridge: {}",
+        top["cluster"]
+    );
+    assert_eq!(
+        top["cluster"]["peers"],
+        serde_json::json!(["b"]),
+        "B not judged lost"
+    );
+    assert!(!a.output().contains("down srv"), "{}", a.output());
+    // Once the server answers again, traffic goes on as before.
+    wait_for("srv to answer A again", Duration::from_secs(20), || {
+        let out = a.run(&["call", "srv", "x"]);
+        (String::from_utf8_lossy(&out.stdout).trim() == "srv").then_some(())
+    });
+    assert!(!a.output().contains("down srv"), "{}", a.output());
+}
+
+#[test]
+fn a_host_whose_server_is_gone_still_shuts_down_promptly() {
+    let _one = serial();
+    let dir = scratch_dir("cluster-shutdown");
+    let mut server = Nats::start(&dir, "gone");
+    let app = manifest(
+        &dir,
+        r#"
+[guests.srv]
+module = "{guest:rpc}"
+args = ["serve", "name"]
+node = "a"
+"#,
+    );
+    let mut a = Host::up(&dir, "gone", "a", &server.url(), &app);
+    server.kill();
+    // The client is reconnecting by now, again and again.
+    std::thread::sleep(Duration::from_secs(3));
+    let took = a.terminate(Duration::from_secs(15));
+    println!("SIGTERM with the server gone for 3 s: A ended in {took:.2?}");
+    assert!(a.output().contains("srv ended"), "{}", a.output());
+}
