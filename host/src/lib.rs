@@ -23,8 +23,9 @@
 //!
 //! The public surface is [`Command`], [`Child`], [`Output`], [`Stdio`],
 //! [`exec`] and [`Pipeline`], [`ExitStatus`], [`Host`], [`app`],
-//! [`cluster`] (joining an app's cluster) and [`sandbox::explain`]; every
-//! other module is the crate's own.
+//! [`cluster`] (joining an app's cluster), [`sandbox::explain`],
+//! [`scaffold`] (`wasmproc new`) and [`on_compile`]; every other module is
+//! the crate's own.
 //!
 //! - `command`: [`Command`], the builder; `build()` makes the spec the
 //!   host consumes.
@@ -38,7 +39,7 @@
 //! - `relay`: routing by id, name and group, undeliverable notices,
 //!   monitors; `relay/calls` (calls in flight: ids, deadlines, the watched
 //!   callee, late replies), `relay/policy` (the allow-list and its refusal
-//!   reports),
+//!   reports), `relay/remote` (guests of other hosts, as proxies),
 //!   `relay/mailbox` (the bounded per-guest queue).
 //! - `connection`: frames over control pipes: the reader, the batch and
 //!   the writer, the one place a frame's head and payload are laid out.

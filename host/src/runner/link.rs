@@ -71,6 +71,9 @@ pub struct Link {
     /// The guest's linear memory in bytes (its main memory), as the store
     /// allowed it last; the host hears it with the next frame.
     memory: AtomicU64,
+    /// The memory size last queued for the host, readable without the
+    /// outgoing lock.
+    memory_queued: AtomicU64,
 }
 
 /// The guest's side of calls. The host decides every answer; the runner
@@ -160,6 +163,7 @@ impl Link {
             answered: Notify::new(),
             said_ready: std::sync::atomic::AtomicBool::new(false),
             memory: AtomicU64::new(0),
+            memory_queued: AtomicU64::new(0),
         }
     }
 
@@ -392,9 +396,27 @@ impl Link {
     pub async fn recv(&self) -> InboxItem {
         loop {
             if let Some(item) = self.try_recv() {
+                // A guest kept busy never waits for its inbox: the host
+                // still hears that it is ready, and how far its memory grew.
+                if !self.said_ready.load(Ordering::Relaxed)
+                    || self.memory.load(Ordering::Relaxed)
+                        != self.memory_queued.load(Ordering::Relaxed)
+                {
+                    self.say_ready().await;
+                }
                 return item;
             }
             self.ready().await;
+        }
+    }
+
+    /// Tell the host the guest is ready (once), with what it has taken and
+    /// its memory size.
+    async fn say_ready(&self) {
+        if !self.said_ready.swap(true, Ordering::Relaxed) {
+            let _ = self.queue(&RunnerToHost::Ready).await;
+        } else {
+            let _ = self.queue_with(|_, _| Ok(()), false).await;
         }
     }
 
@@ -402,8 +424,8 @@ impl Link {
     /// guest waits, the host hears what it has taken so far (and, the first
     /// time, that the guest is ready for work).
     pub async fn ready(&self) {
-        if !self.said_ready.swap(true, Ordering::Relaxed) {
-            let _ = self.queue(&RunnerToHost::Ready).await;
+        if !self.said_ready.load(Ordering::Relaxed) {
+            self.say_ready().await;
         }
         if self.inbox().items.is_empty() {
             let _ = self.queue_with(|_, _| Ok(()), false).await;
@@ -495,6 +517,7 @@ impl Link {
                         return Err(QueueError::HostGone);
                     }
                     out.reported_memory = memory;
+                    self.memory_queued.store(memory, Ordering::Relaxed);
                     // Our frames are within the limit: the guest's payload was
                     // checked against its (smaller) message limit.
                     if push(&mut out.buf, taken).is_err() {
