@@ -387,6 +387,8 @@ def wait_any(calls: List[PendingCall]) -> int:
             if pending.done():
                 return index
         waiting = [c._raw.subscribe() for c in calls if c._raw is not None]
+        if not waiting:
+            raise ValueError("every call was given up before it ended")
         try:
             _poll.poll(waiting)
         finally:
