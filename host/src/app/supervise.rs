@@ -215,23 +215,23 @@ async fn run(
             () = live.shutdown.cancelled() => break Ended::Shutdown(child.stop(def.grace).await),
             Some(verb) = control.recv() => match verb {
                 Control::Stop(reply) => {
-                    let status = stop_run(live, slot, &child, def, started, State::Stopped).await;
+                    let status = stop_run(live, slot, &child, &mut outputs, def, started, State::Stopped).await;
                     let _ = reply.send(Ok(format!("stopped {name}: {status}")));
                     break Ended::Stopped;
                 }
                 Control::Restart(reply) => {
-                    stop_run(live, slot, &child, def, started, State::Restarting).await;
+                    stop_run(live, slot, &child, &mut outputs, def, started, State::Restarting).await;
                     let _ = reply.send(Ok(format!("restarted {name}")));
                     break Ended::Restart;
                 }
                 Control::Replace { def: new, reply } => {
-                    stop_run(live, slot, &child, def, started, State::Restarting).await;
+                    stop_run(live, slot, &child, &mut outputs, def, started, State::Restarting).await;
                     *def = *new;
                     let _ = reply.send(Ok(format!("restarted {name} with its new settings")));
                     break Ended::Restart;
                 }
                 Control::Remove(reply) => {
-                    stop_run(live, slot, &child, def, started, State::Exited).await;
+                    stop_run(live, slot, &child, &mut outputs, def, started, State::Exited).await;
                     let _ = reply.send(Ok(format!("removed {name}")));
                     break Ended::Removed;
                 }
@@ -276,12 +276,21 @@ async fn run(
     };
     if let Ended::Exited(status) | Ended::Shutdown(status) = &ended {
         to_parent_left(live, name, &child).await;
+        drain(&mut outputs).await;
         exited(live, name, status, started).await;
     }
-    for output in outputs {
-        let _ = output.await;
-    }
+    drain(&mut outputs).await;
     ended
+}
+
+/// Wait for the readers of an ended instance's stdout and stderr to reach
+/// the end of its pipes, so that its last lines come before its end is
+/// announced; a reader still going after two seconds (the pipe held open
+/// by something else) is left to finish on its own.
+async fn drain(outputs: &mut Vec<tokio::task::JoinHandle<()>>) {
+    for output in outputs.drain(..) {
+        let _ = tokio::time::timeout(Duration::from_secs(2), output).await;
+    }
 }
 
 /// Stop a run for a verb: its status, recorded (the instance is now
@@ -290,6 +299,7 @@ async fn stop_run(
     live: &Live,
     slot: &Slot,
     child: &Child,
+    outputs: &mut Vec<tokio::task::JoinHandle<()>>,
     def: &GuestDef,
     started: Instant,
     state: State,
@@ -297,6 +307,7 @@ async fn stop_run(
     let status = child.stop(def.grace).await;
     to_parent_left(live, &slot.name, child).await;
     slot.set_ended(&status, state);
+    drain(outputs).await;
     exited(live, &slot.name, &status, started).await;
     status
 }
