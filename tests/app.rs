@@ -584,7 +584,7 @@ fn guests_start_together_so_none_finds_another_missing_however_long_it_compiles(
             .arg(guest("coordinator")),
         60,
     );
-    assert_eq!(precompile.status.code(), Some(1), "usage error expected");
+    assert_eq!(precompile.status.code(), Some(2), "usage error expected");
     let artifacts = || {
         std::fs::read_dir(&cache)
             .unwrap()

@@ -255,9 +255,14 @@ fn a_worker_s_error_answer_fails_the_count_with_what_it_said() {
     std::fs::write(&path, manifest).unwrap();
     let out = output_within(std::process::Command::new(cli()).arg("run").arg(&path), 120);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    // The coordinator ends with 3; Rust's std on wasm32-wasip2 reports
-    // every non-zero exit as 1.
+    // The coordinator ends with 3 (through the SDK's `exit`: Rust's std on
+    // wasm32-wasip2 reports every non-zero exit as 1); an app with a guest
+    // that failed ends with 1.
     assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("wasmproc: coordinator ended: exit code 3\n"),
+        "{stderr}"
+    );
     assert!(
         stderr.contains(
             "coordinator | coordinator: worker js failed: it answered: \

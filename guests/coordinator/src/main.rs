@@ -53,12 +53,12 @@ fn main() -> ExitCode {
         eprintln!(
             "usage: coordinator [--compare] [--stop] [--json] [--by-worker] LO HI CHUNKS WORKER..."
         );
-        return ExitCode::from(2);
+        ipc::exit(2);
     };
     let workers: Vec<Address> = args[3..].iter().map(|w| Address::parse(w)).collect();
     if workers.is_empty() || chunks == 0 || hi < lo {
         eprintln!("usage: coordinator LO HI CHUNKS WORKER... (at least one worker, one chunk)");
-        return ExitCode::from(2);
+        ipc::exit(2);
     }
 
     let job = Job {
@@ -76,7 +76,10 @@ fn main() -> ExitCode {
             let _ = ipc::send(worker.clone(), &[]);
         }
     }
-    code
+    match code {
+        0 => ExitCode::SUCCESS,
+        failed => ipc::exit(failed),
+    }
 }
 
 /// What to count, with whom, and how.
@@ -89,8 +92,9 @@ struct Job<'a> {
     by_worker: bool,
 }
 
-/// Count (twice with `compare`), report, and send the total to the parent.
-fn run(job: &Job, compare: bool) -> ExitCode {
+/// Count (twice with `compare`), report, and send the total to the parent;
+/// the exit code (3 when a count failed).
+fn run(job: &Job, compare: bool) -> u8 {
     let (lo, hi, workers) = (job.lo, job.hi, job.workers);
     let total = if compare {
         let alone = Job {
@@ -98,14 +102,14 @@ fn run(job: &Job, compare: bool) -> ExitCode {
             ..*job
         };
         let (Some(total), one) = timed(|| count(&alone)) else {
-            return ExitCode::from(3);
+            return 3;
         };
         let (Some(again), all) = timed(|| count(job)) else {
-            return ExitCode::from(3);
+            return 3;
         };
         if total != again {
             eprintln!("coordinator: one worker counted {total}, all counted {again}");
-            return ExitCode::from(3);
+            return 3;
         }
         println!("primes in {lo}..{hi}: {total}");
         println!("1 worker:  {:>8.1} ms", ms(one));
@@ -115,14 +119,14 @@ fn run(job: &Job, compare: bool) -> ExitCode {
     } else {
         match count(job) {
             Some(total) => total,
-            None => return ExitCode::from(3),
+            None => return 3,
         }
     };
     if !compare {
         println!("primes in {lo}..{hi}: {total}");
     }
     send_or_die(Address::Parent, &total);
-    ExitCode::SUCCESS
+    0
 }
 
 fn ms(d: Duration) -> f64 {
@@ -215,6 +219,6 @@ fn decode(encoding: Encoding, reply: &[u8]) -> Result<u64, String> {
 fn send_or_die<T: serde::Serialize>(to: Address, value: &T) {
     if let Err(err) = ipc::send_value(to, value) {
         eprintln!("coordinator: send failed: {err}");
-        std::process::exit(5);
+        ipc::exit(5);
     }
 }

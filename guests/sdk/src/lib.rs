@@ -738,6 +738,18 @@ pub fn monitor(name: &str) {
     raw::monitor(name)
 }
 
+/// End this guest now with exit code `code`. Rust's std cannot on
+/// wasm32-wasip2: `std::process::exit` and `ExitCode` report every
+/// non-zero code as 1. What `print!` buffered is flushed first.
+pub fn exit(code: u8) -> ! {
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    let _ = std::io::stderr().flush();
+    wasip2::cli::exit::exit_with_code(code);
+    // The host ends the guest inside the call above; this is not reached.
+    std::process::exit(i32::from(code))
+}
+
 /// This guest's id.
 pub fn self_id() -> GuestId {
     raw::self_id()
