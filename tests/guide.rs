@@ -77,9 +77,7 @@ fn the_first_guest_guide_works_as_written() {
     let dir = common::scratch_dir("guide");
     let work = dir.join("work");
     std::fs::create_dir_all(&work).unwrap();
-    let mut path = vec![installed_bin(&dir), root().join("target/tools/python/bin")];
-    path.extend(std::env::split_paths(&std::env::var_os("PATH").unwrap()));
-    let path = std::env::join_paths(path).unwrap();
+    let path = common::path_with_tools(&[installed_bin(&dir)]);
     let checkout = root().display().to_string();
 
     let blocks = guide_blocks("## A first guest in five minutes");

@@ -3,29 +3,9 @@
 
 mod common;
 
-use std::path::Path;
 use std::process::Command;
 
-use common::{cli, output_within};
-
-/// The folder tests scaffold in: kept under the build's temporary folder,
-/// so that a failure can be looked at.
-fn workspace(tag: &str) -> std::path::PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("new-{tag}"));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-/// `PATH` with the pinned componentize-py that `make tools` installs first.
-fn path_with_tools() -> std::ffi::OsString {
-    let tools = common::root().join("target/tools/python/bin");
-    let mut dirs = vec![tools];
-    dirs.extend(std::env::split_paths(
-        &std::env::var_os("PATH").unwrap_or_default(),
-    ));
-    std::env::join_paths(dirs).unwrap()
-}
+use common::{cli, output_within, path_with_tools, scratch_dir};
 
 fn text(bytes: Vec<u8>) -> String {
     String::from_utf8(bytes).unwrap()
@@ -34,7 +14,7 @@ fn text(bytes: Vec<u8>) -> String {
 /// Scaffold `name` in `lang`, follow what `new` printed (build it, run it,
 /// call it), and check each step's output.
 fn scaffold_build_run_call(lang: &str, name: &str, module: &str) {
-    let dir = workspace(lang);
+    let dir = scratch_dir(&format!("new-{lang}"));
     let out = output_within(
         Command::new(cli())
             .current_dir(&dir)
@@ -76,7 +56,7 @@ fn scaffold_build_run_call(lang: &str, name: &str, module: &str) {
     let out = output_within(
         Command::new("sh")
             .current_dir(&dir)
-            .env("PATH", path_with_tools())
+            .env("PATH", path_with_tools(&[]))
             .env_remove("CARGO_TARGET_DIR")
             .args(["-c", &build]),
         600,
@@ -129,7 +109,7 @@ fn a_javascript_guest_from_new_builds_runs_and_answers() {
 
 #[test]
 fn new_refuses_a_folder_that_is_not_empty_and_a_name_that_is_not_one() {
-    let dir = workspace("refusals");
+    let dir = scratch_dir("new-refusals");
     std::fs::create_dir_all(dir.join("taken")).unwrap();
     std::fs::write(dir.join("taken/notes.txt"), "mine").unwrap();
     let out = output_within(

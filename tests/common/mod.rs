@@ -144,6 +144,18 @@ pub fn cli() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_wasmproc"))
 }
 
+/// `PATH` with `first` ahead of it, and then the pinned componentize-py
+/// that `make tools` installs: for following a guide's commands as a
+/// reader whose tools are installed would.
+pub fn path_with_tools(first: &[PathBuf]) -> std::ffi::OsString {
+    let mut dirs = first.to_vec();
+    dirs.push(root().join("target/tools/python/bin"));
+    dirs.extend(std::env::split_paths(
+        &std::env::var_os("PATH").unwrap_or_default(),
+    ));
+    std::env::join_paths(dirs).expect("PATH entries without `:`")
+}
+
 /// A fresh, empty folder for one test, named after `tag` and this process.
 pub fn scratch_dir(tag: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("wasmproc-test-{tag}-{}", std::process::id()));

@@ -45,11 +45,12 @@ pub(super) async fn hear_beats(bridge: Weak<Bridge>, mut beats: async_nats::Subs
             if beat.instance == bridge.instance {
                 bridge.lock().liveness.heard_self(Instant::now());
             } else {
-                bridge.stats.node_conflicts.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(
-                    "wasmproc: another host also claims node `{}` in app `{}`: give each host its own --node",
-                    beat.node,
-                    bridge.config.app
+                node_conflict(
+                    &bridge,
+                    &format!(
+                        "another host also claims node `{}` in app `{}`: give each host its own --node",
+                        beat.node, bridge.config.app
+                    ),
                 );
             }
             continue;
@@ -67,17 +68,24 @@ pub(super) async fn hear_beats(bridge: Weak<Bridge>, mut beats: async_nats::Subs
             Heard::New => tracing::info!("wasmproc: node `{}` joined", beat.node),
             Heard::Known => {}
             Heard::Conflict { .. } => {
-                bridge.stats.node_conflicts.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(
-                    "wasmproc: two hosts claim node `{}` in app `{}`: only the first one heard is used",
-                    beat.node,
-                    bridge.config.app
+                node_conflict(
+                    &bridge,
+                    &format!(
+                        "two hosts claim node `{}` in app `{}`: only the first one heard is used",
+                        beat.node, bridge.config.app
+                    ),
                 );
                 continue;
             }
         }
         bridge.reconcile(&beat.node, &beat.guests);
     }
+}
+
+/// Two hosts claim one node name: counted (`ps`, `top`, metrics) and logged.
+fn node_conflict(bridge: &Bridge, what: &str) {
+    bridge.stats.node_conflicts.fetch_add(1, Ordering::Relaxed);
+    tracing::error!("wasmproc: {what}");
 }
 
 /// Guests of other nodes that ended: their proxies end with the reason.
