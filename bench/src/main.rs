@@ -1,7 +1,7 @@
 //! `make bench`: wasmproc against Node's `fork` and the raw pipe floor, in
 //! the same run, alternating the systems, under the same CPU placement.
 //!
-//! Usage: `wasmproc-bench [--quick] [--only spawn,burst,rtt,stream,memory,cpu,live,real,languages,cluster]`
+//! Usage: `wasmproc-bench [--quick] [--only spawn,burst,rtt,stream,memory,cpu,live,real,languages,cluster,fleet]`
 //! from the repository root after a release build (the Makefile does both).
 //! `wasmproc-bench rtt-pinned` is the part it runs again under `taskset -c 0`.
 //! Prints the table; a full run also writes `bench/results.md` and
@@ -272,6 +272,118 @@ async fn wasmproc_memory(n: usize) -> anyhow::Result<(u64, u64, u64)> {
     Ok((pss, anon, rss))
 }
 
+/// A fleet of `n` echo guests, forked at once: the time until each has
+/// answered one message (ms), and then the PSS of all their runners and
+/// the host's own RSS (KiB).
+async fn wasmproc_fleet(n: usize) -> anyhow::Result<(f64, u64, u64)> {
+    let host = Host::new();
+    let echo = guest("echo")?;
+    let t = Instant::now();
+    let forks = (0..n).map(|_| {
+        let mut c = host.command(&echo);
+        async move { c.fork().await }
+    });
+    let children = futures_join(forks).await?;
+    for child in &children {
+        child.send(b"ready?".to_vec())?;
+    }
+    for (i, child) in children.iter().enumerate() {
+        match child.recv().await {
+            Some(wasmproc::InboxItem::Message { payload, .. }) if payload == b"ready?" => {}
+            other => bail!("guest {i} of the fleet answered {other:?}"),
+        }
+    }
+    let ms = t.elapsed().as_secs_f64() * 1e3;
+    let pss = children.iter().map(|c| rollup(c.pid()).1).sum();
+    let host_rss = rollup(std::process::id()).0;
+    for child in &children {
+        child.kill();
+    }
+    for child in &children {
+        child.wait().await;
+    }
+    Ok((ms, pss, host_rss))
+}
+
+/// Make room for a fleet of `n`: the host holds 4 open files per guest and
+/// each runner is 2 tasks (its main thread and its ticker). The bench lifts
+/// its own open-files limit as far as it may (the hard one too, as root);
+/// when the limits cannot hold `n`, it says so and returns the largest
+/// fleet they hold.
+fn room_for_fleet(n: usize) -> anyhow::Result<usize> {
+    const RESERVE: u64 = 1024;
+    let need = (n as u64) * 4 + RESERVE;
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit struct we own.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        bail!(
+            "cannot read the open-files limit: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    for hard in [limit.rlim_max.max(need), limit.rlim_max] {
+        let raised = libc::rlimit {
+            rlim_cur: need.min(hard).max(limit.rlim_cur),
+            rlim_max: hard,
+        };
+        // SAFETY: setrlimit reads one rlimit struct we own.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            limit = raised;
+            break;
+        }
+    }
+    let by_files = (limit.rlim_cur.saturating_sub(RESERVE) / 4) as usize;
+    let pid_max: u64 = std::fs::read_to_string("/proc/sys/kernel/pid_max")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(u64::MAX);
+    let by_pids = (pid_max.saturating_sub(RESERVE) / 2) as usize;
+    let fits = n.min(by_files).min(by_pids);
+    if fits < n {
+        eprintln!(
+            "bench: a fleet of {n} does not fit: {} open files (hard limit {}; raising it needs \
+             CAP_SYS_RESOURCE) hold {by_files} guests, kernel.pid_max {pid_max} holds {by_pids}; \
+             running {fits}",
+            limit.rlim_cur, limit.rlim_max
+        );
+    }
+    Ok(fits)
+}
+
+async fn fleet_rows(quick: bool, size: Option<usize>, rows: &mut Vec<Row>) -> anyhow::Result<()> {
+    let n = room_for_fleet(size.unwrap_or(if quick { 1_000 } else { 10_000 }))?;
+    eprintln!("bench: fleet of {n}");
+    let (ms, pss, host_rss) = wasmproc_fleet(n).await?;
+    rows.push(Row {
+        scenario: format!("fleet: {n} guests forked at once, each answered one message (s)"),
+        unit: "s",
+        wasmproc: ms / 1e3,
+        node: None,
+        floor: None,
+        higher_better: false,
+    });
+    rows.push(Row {
+        scenario: format!("fleet: PSS of {n} guests' runners (GiB)"),
+        unit: "GiB",
+        wasmproc: pss as f64 / (1024.0 * 1024.0),
+        node: None,
+        floor: None,
+        higher_better: false,
+    });
+    rows.push(Row {
+        scenario: format!("fleet: the host's RSS with {n} guests (MiB)"),
+        unit: "MiB",
+        wasmproc: host_rss as f64 / 1024.0,
+        node: None,
+        floor: None,
+        higher_better: false,
+    });
+    Ok(())
+}
+
 /// Count the primes in 2..limit with one worker guest, then with two: the
 /// coordinator guest times both itself (`--compare`), so neither time holds
 /// a spawn. Returns (one, two) in ms.
@@ -421,11 +533,20 @@ async fn main() -> anyhow::Result<()> {
     if want("cluster") {
         cluster::rows(quick, &mut rows).await?;
     }
+    if want("fleet") {
+        // `--fleet N`: another fleet size.
+        let size = args
+            .iter()
+            .position(|a| a == "--fleet")
+            .and_then(|i| args.get(i + 1))
+            .and_then(|n| n.parse().ok());
+        fleet_rows(quick, size, &mut rows).await?;
+    }
     report(&rows, only.is_none())?;
     Ok(())
 }
 
-const SCENARIOS: [&str; 10] = [
+const SCENARIOS: [&str; 11] = [
     "spawn",
     "burst",
     "rtt",
@@ -436,6 +557,7 @@ const SCENARIOS: [&str; 10] = [
     "real",
     "languages",
     "cluster",
+    "fleet",
 ];
 
 /// The echo guest in each language `make guests` builds.

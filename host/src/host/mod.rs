@@ -48,6 +48,11 @@ pub enum SpawnError {
     RunnerNotFound { searched: String },
     #[error("cannot give the guest a terminal of its own: {0}")]
     Terminal(#[source] io::Error),
+    #[error(
+        "cannot start another runner: this process has used up its {limit} open files (a guest \
+         holds 4, and 2 more for a piped stdout and stderr): raise the limit with `ulimit -n`"
+    )]
+    OutOfFiles { limit: u64 },
     #[error("cannot start the runner {}: {source}", path.display())]
     Spawn {
         path: PathBuf,
@@ -386,9 +391,14 @@ impl Host {
                 self.relay
                     .unregister(session.entry.id, "failed to start")
                     .await;
-                Err(SpawnError::Spawn {
-                    path: runner,
-                    source,
+                Err(match source.raw_os_error() {
+                    Some(libc::EMFILE) => SpawnError::OutOfFiles {
+                        limit: crate::os::limits::open_files_limit(),
+                    },
+                    _ => SpawnError::Spawn {
+                        path: runner,
+                        source,
+                    },
                 })
             }
         }

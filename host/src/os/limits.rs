@@ -1,17 +1,18 @@
 //! How many guests this process can hold: each costs the host a few open
-//! files (two control pipes, a pidfd, and in an app its piped stdout and
-//! stderr), so the open-files limit decides.
+//! files (two control pipes, a sandbox report pipe, a pidfd, and in an app
+//! its piped stdout and stderr), so the open-files limit decides.
 
 use std::io;
 
-/// Open files the host holds per guest: two control pipes, a pidfd, and the
-/// read ends of a piped stdout and stderr.
-pub(crate) const FILES_PER_GUEST: u64 = 5;
+/// Open files the host holds per guest: two control pipes, the sandbox
+/// report pipe, a pidfd, and the read ends of a piped stdout and stderr.
+pub(crate) const FILES_PER_GUEST: u64 = 6;
 /// Open files kept for the host itself (its runtime, the cache, the CLI).
 const FILES_RESERVED: u64 = 64;
 
 /// Raise this process's soft open-files limit to its hard limit (what any
-/// process may do for itself) and return the soft limit now in force.
+/// process may do for itself) and return the soft limit now in force. The
+/// hard limit is the operator's: it is never raised.
 ///
 /// # Errors
 ///
@@ -38,6 +39,19 @@ pub(crate) fn raise_open_files() -> io::Result<u64> {
     Ok(limit.rlim_cur)
 }
 
+/// This process's soft open-files limit now (0 if it cannot be read).
+pub(crate) fn open_files_limit() -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit struct we own.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return 0;
+    }
+    limit.rlim_cur
+}
+
 /// How many guests the open-files limit `files` leaves room for.
 pub(crate) fn guests_for(files: u64) -> u64 {
     files.saturating_sub(FILES_RESERVED) / FILES_PER_GUEST
@@ -48,8 +62,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn each_guest_costs_five_files_after_a_reserve() {
-        assert_eq!(guests_for(1024), 192);
+    fn each_guest_costs_six_files_after_a_reserve() {
+        assert_eq!(guests_for(1024), 160);
         assert_eq!(guests_for(64), 0);
         assert_eq!(guests_for(0), 0);
         assert!(raise_open_files().unwrap() >= 64);

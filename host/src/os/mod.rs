@@ -1,8 +1,10 @@
 //! The host's OS layer: every `libc` call the host makes for its runners is
 //! in this folder (the runner's own hardening is in [`crate::sandbox::os`]).
 //!
-//! - [`process`]: a runner's process: `posix_spawn`, pidfd, `waitid`, the
-//!   reaper; [`Stdio`] and the host's ends of piped stdio.
+//! - [`process`]: a runner's process: pidfd, `waitid`, the reaper;
+//!   [`Stdio`] and the host's ends of piped stdio.
+//! - [`launcher`]: `posix_spawn`, from a thread with a descriptor table of
+//!   its own, so a spawn costs the same with 10 guests or 10,000.
 //! - [`pipe`]: close-on-exec pipes and their buffer size.
 //! - [`alloc`]: the allocator settings for large messages.
 //! - [`limits`]: how many guests the open-files limit leaves room for.
@@ -14,6 +16,7 @@
 //!   daemon.
 
 pub(crate) mod alloc;
+pub(crate) mod launcher;
 pub(crate) mod limits;
 pub(crate) mod pipe;
 pub(crate) mod process;

@@ -1,5 +1,6 @@
-//! A runner's OS process: started with `posix_spawn`, watched and signalled
-//! through a pidfd, reaped with `waitid`.
+//! A runner's OS process: started with `posix_spawn` (by the launcher
+//! thread, [`super::launcher`]), watched and signalled through a pidfd,
+//! reaped with `waitid`.
 //!
 //! `posix_spawn` (glibc's `clone(CLONE_VM | CLONE_VFORK)`) does not copy the
 //! host's page tables the way `fork` does, so a host with a large heap starts
@@ -15,11 +16,9 @@
 //! dropped unwaited (its runtime shut down) is killed and reaped by a
 //! thread of its own, never left a zombie.
 
-use std::ffi::CString;
 use std::io;
 use std::mem::MaybeUninit;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::sync::{Mutex, OnceLock, mpsc};
@@ -27,9 +26,9 @@ use std::sync::{Mutex, OnceLock, mpsc};
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 use tokio::net::unix::pipe;
-use wasmproc_protocol::contract::{
-    CONTROL_IN_FD, CONTROL_OUT_FD, FIRST_UNINHERITED_FD, SANDBOX_REPORT_FD,
-};
+use wasmproc_protocol::contract::{CONTROL_IN_FD, CONTROL_OUT_FD, SANDBOX_REPORT_FD};
+
+use super::launcher::{self, Plan};
 
 /// Where a guest's stdin, stdout or stderr goes.
 #[derive(Debug)]
@@ -94,10 +93,6 @@ pub(crate) struct Process {
     status: Option<std::process::ExitStatus>,
 }
 
-/// Descriptors passed to the child are first moved at or above this number,
-/// so that placing one on 0–4 can never overwrite another still to be placed.
-const FIRST_FREE_FD: RawFd = 10;
-
 impl Process {
     /// Start `program` with no arguments and an empty environment, with
     /// `control` (runner's in, runner's out, sandbox report) on fds 3, 4
@@ -113,20 +108,23 @@ impl Process {
         // that terminal can become its controlling one (the runner takes it).
         let own_terminal =
             matches!(&stdio[0], Stdio::Fd(fd) if super::pty::is_terminal(fd.as_raw_fd()));
-        let mut actions = FileActions::new()?;
+        let mut plan = Plan::new(program, own_terminal)?;
         let mut handles = Handles::default();
         // The child's ends: open in the host until the child has them.
         let mut passed: Vec<OwnedFd> = Vec::new();
         for (target, stdio) in (0..).zip(stdio) {
             let source = match stdio {
-                Stdio::Inherit => continue,
+                Stdio::Inherit => {
+                    plan.inherit.push(target);
+                    continue;
+                }
                 Stdio::Null => {
                     let flags = if target == 0 {
                         libc::O_RDONLY
                     } else {
                         libc::O_WRONLY
                     };
-                    actions.open(target, c"/dev/null", flags)?;
+                    plan.nulls.push((target, flags));
                     continue;
                 }
                 Stdio::Piped => {
@@ -148,42 +146,17 @@ impl Process {
                 Stdio::File(file) => OwnedFd::from(file),
                 Stdio::Fd(fd) => fd,
             };
-            let high = above_targets(source)?;
-            actions.dup2(high.as_raw_fd(), target)?;
-            passed.push(high);
+            plan.dups.push((source.as_raw_fd(), target));
+            passed.push(source);
         }
         for (target, fd) in [CONTROL_IN_FD, CONTROL_OUT_FD, SANDBOX_REPORT_FD]
             .into_iter()
             .zip(control)
         {
-            let high = above_targets(fd)?;
-            actions.dup2(high.as_raw_fd(), target)?;
-            passed.push(high);
+            plan.dups.push((fd.as_raw_fd(), target));
+            passed.push(fd);
         }
-        actions.close_from(FIRST_UNINHERITED_FD)?;
-        let attributes = Attributes::new(own_terminal)?;
-
-        let path = CString::new(program.as_os_str().as_bytes())
-            .map_err(|_| io::Error::other("the runner's path contains a NUL byte"))?;
-        let argv = [path.as_ptr() as *mut libc::c_char, std::ptr::null_mut()];
-        let envp = [std::ptr::null_mut::<libc::c_char>()];
-        let mut pid: libc::pid_t = 0;
-        // SAFETY: every pointer is valid for the call: the path and argv are
-        // NUL-terminated and live until it returns, the file actions and
-        // attributes are initialized and owned by the guards.
-        let rc = unsafe {
-            libc::posix_spawn(
-                &mut pid,
-                path.as_ptr(),
-                &actions.0,
-                &attributes.0,
-                argv.as_ptr(),
-                envp.as_ptr(),
-            )
-        };
-        if rc != 0 {
-            return Err(io::Error::from_raw_os_error(rc));
-        }
+        let pid = launcher::spawn(plan)?;
         drop(passed);
         // SAFETY: pidfd_open takes a pid and flags and returns a new fd.
         let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
@@ -320,126 +293,6 @@ fn reap_later(pidfd: OwnedFd) {
         Mutex::new(tx)
     });
     let _ = sender.lock().unwrap_or_else(|e| e.into_inner()).send(pidfd);
-}
-
-/// `fd` moved at or above [`FIRST_FREE_FD`], close-on-exec (the file action
-/// `dup2` clears the flag on the copy the child gets).
-fn above_targets(fd: OwnedFd) -> io::Result<OwnedFd> {
-    if fd.as_raw_fd() >= FIRST_FREE_FD {
-        // Make sure it does not leak into other children.
-        // SAFETY: F_SETFD on an fd this function owns.
-        if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) } < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        return Ok(fd);
-    }
-    // SAFETY: F_DUPFD_CLOEXEC returns a new descriptor that this function
-    // then owns.
-    let high = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, FIRST_FREE_FD) };
-    if high < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: as above.
-    Ok(unsafe { OwnedFd::from_raw_fd(high) })
-}
-
-/// `posix_spawn_file_actions_t`, destroyed on drop.
-struct FileActions(libc::posix_spawn_file_actions_t);
-
-impl FileActions {
-    fn new() -> io::Result<FileActions> {
-        let mut raw = MaybeUninit::<libc::posix_spawn_file_actions_t>::uninit();
-        // SAFETY: init writes the structure.
-        check(unsafe { libc::posix_spawn_file_actions_init(raw.as_mut_ptr()) })?;
-        // SAFETY: initialized just above.
-        Ok(FileActions(unsafe { raw.assume_init() }))
-    }
-
-    fn dup2(&mut self, from: RawFd, to: RawFd) -> io::Result<()> {
-        // SAFETY: an initialized file actions object.
-        check(unsafe { libc::posix_spawn_file_actions_adddup2(&mut self.0, from, to) })
-    }
-
-    fn open(&mut self, fd: RawFd, path: &std::ffi::CStr, flags: libc::c_int) -> io::Result<()> {
-        // SAFETY: glibc copies the path into the file actions.
-        check(unsafe {
-            libc::posix_spawn_file_actions_addopen(&mut self.0, fd, path.as_ptr(), flags, 0)
-        })
-    }
-
-    fn close_from(&mut self, from: RawFd) -> io::Result<()> {
-        // SAFETY: an initialized file actions object.
-        check(unsafe { libc::posix_spawn_file_actions_addclosefrom_np(&mut self.0, from) })
-    }
-}
-
-impl Drop for FileActions {
-    fn drop(&mut self) {
-        // SAFETY: initialized in `new`, destroyed once.
-        unsafe { libc::posix_spawn_file_actions_destroy(&mut self.0) };
-    }
-}
-
-/// `posix_spawnattr_t`: own process group, empty signal mask, SIGPIPE at
-/// its default; destroyed on drop.
-struct Attributes(libc::posix_spawnattr_t);
-
-impl Attributes {
-    fn new(new_session: bool) -> io::Result<Attributes> {
-        let mut raw = MaybeUninit::<libc::posix_spawnattr_t>::uninit();
-        // SAFETY: init writes the structure.
-        check(unsafe { libc::posix_spawnattr_init(raw.as_mut_ptr()) })?;
-        // SAFETY: initialized just above.
-        let mut attributes = Attributes(unsafe { raw.assume_init() });
-        let mut empty = MaybeUninit::<libc::sigset_t>::uninit();
-        let mut pipe_only = MaybeUninit::<libc::sigset_t>::uninit();
-        // SAFETY: the sigset functions write the sets; the attribute setters
-        // copy them.
-        unsafe {
-            libc::sigemptyset(empty.as_mut_ptr());
-            libc::sigemptyset(pipe_only.as_mut_ptr());
-            libc::sigaddset(pipe_only.as_mut_ptr(), libc::SIGPIPE);
-            check(libc::posix_spawnattr_setsigmask(
-                &mut attributes.0,
-                empty.as_ptr(),
-            ))?;
-            check(libc::posix_spawnattr_setsigdefault(
-                &mut attributes.0,
-                pipe_only.as_ptr(),
-            ))?;
-            // Its own process group: a Ctrl-C at the terminal reaches the
-            // host, which shuts guests down gracefully, not every runner. On
-            // a terminal of its own, its own session (and so its own group).
-            check(libc::posix_spawnattr_setpgroup(&mut attributes.0, 0))?;
-            let group = if new_session {
-                libc::POSIX_SPAWN_SETSID
-            } else {
-                libc::POSIX_SPAWN_SETPGROUP as libc::c_short
-            };
-            check(libc::posix_spawnattr_setflags(
-                &mut attributes.0,
-                group
-                    | (libc::POSIX_SPAWN_SETSIGMASK | libc::POSIX_SPAWN_SETSIGDEF) as libc::c_short,
-            ))?;
-        }
-        Ok(attributes)
-    }
-}
-
-impl Drop for Attributes {
-    fn drop(&mut self) {
-        // SAFETY: initialized in `new`, destroyed once.
-        unsafe { libc::posix_spawnattr_destroy(&mut self.0) };
-    }
-}
-
-/// posix_spawn functions return an errno value instead of setting errno.
-fn check(rc: libc::c_int) -> io::Result<()> {
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::from_raw_os_error(rc))
-    }
 }
 
 #[cfg(test)]
