@@ -499,6 +499,27 @@ async fn a_guest_built_for_version_0_1_still_loads_and_sees_a_call_as_a_message(
     .await;
 }
 
+#[tokio::test]
+async fn a_guest_built_for_version_0_2_still_loads_sends_and_answers_calls() {
+    within(60, async {
+        let host = Host::new();
+        let old = host
+            .command(guest("legacy2"))
+            .name("old2")
+            .fork()
+            .await
+            .unwrap();
+        old.send(b"still here".to_vec()).unwrap();
+        assert_eq!(recv_text(&old).await, "still here");
+        assert_eq!(
+            old.call(b"a call".to_vec(), Duration::from_secs(10)).await,
+            Ok(b"a call".to_vec())
+        );
+        assert!(old.stop(GRACE).await.success());
+    })
+    .await;
+}
+
 #[test]
 fn wasmproc_call_prints_the_reply_or_why_there_is_none() {
     let out = output_within(
