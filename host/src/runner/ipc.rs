@@ -94,33 +94,31 @@ impl Pollable for InboxReady {
     }
 }
 
-impl GuestState {
-    /// Wait for the next inbox item that `shown` lets this guest's version
-    /// see (what it cannot see is taken and passed over).
-    async fn recv_as<T>(&self, shown: impl Fn(proto::InboxItem) -> Option<T>) -> T {
-        loop {
-            if let Some(item) = shown(self.link.recv().await) {
-                return item;
-            }
+/// Wait for the next inbox item that `shown` lets this guest's version see
+/// (what it cannot see is taken and passed over).
+async fn recv_as<T>(link: &Link, shown: fn(proto::InboxItem) -> Option<T>) -> T {
+    loop {
+        if let Some(item) = shown(link.recv().await) {
+            return item;
         }
     }
+}
 
-    /// The next inbox item `shown` lets through, if one is waiting.
-    fn try_recv_as<T>(&self, shown: impl Fn(proto::InboxItem) -> Option<T>) -> Option<T> {
-        std::iter::from_fn(|| self.link.try_recv()).find_map(shown)
-    }
+/// The next inbox item `shown` lets through, if one is waiting.
+fn try_recv_as<T>(link: &Link, shown: fn(proto::InboxItem) -> Option<T>) -> Option<T> {
+    std::iter::from_fn(|| link.try_recv()).find_map(shown)
+}
 
-    /// Wait at most `timeout_ns` for the next item `shown` lets through.
-    async fn recv_timeout_as<T>(
-        &self,
-        timeout_ns: u64,
-        shown: impl Fn(proto::InboxItem) -> Option<T>,
-    ) -> Option<T> {
-        let wait = self.recv_as(shown);
-        tokio::time::timeout(Duration::from_nanos(timeout_ns), wait)
-            .await
-            .ok()
-    }
+/// Wait at most `timeout_ns` for the next item `shown` lets through.
+async fn recv_timeout_as<T>(
+    link: &Link,
+    timeout_ns: u64,
+    shown: fn(proto::InboxItem) -> Option<T>,
+) -> Option<T> {
+    let wait = recv_as(link, shown);
+    tokio::time::timeout(Duration::from_nanos(timeout_ns), wait)
+        .await
+        .ok()
 }
 
 /// `ipc` of version `$ipc` (0.3 or 0.2), served for guests: the two declare
@@ -203,20 +201,18 @@ macro_rules! serve_ipc {
             }
 
             async fn recv(&mut self) -> wasmtime::Result<$ipc::InboxItem> {
-                Ok(self.recv_as($ipc::InboxItem::shown).await)
+                Ok(recv_as(&self.link, $ipc::InboxItem::shown).await)
             }
 
             async fn try_recv(&mut self) -> wasmtime::Result<Option<$ipc::InboxItem>> {
-                Ok(self.try_recv_as($ipc::InboxItem::shown))
+                Ok(try_recv_as(&self.link, $ipc::InboxItem::shown))
             }
 
             async fn recv_timeout(
                 &mut self,
                 timeout_ns: u64,
             ) -> wasmtime::Result<Option<$ipc::InboxItem>> {
-                Ok(self
-                    .recv_timeout_as(timeout_ns, $ipc::InboxItem::shown)
-                    .await)
+                Ok(recv_timeout_as(&self.link, timeout_ns, $ipc::InboxItem::shown).await)
             }
 
             async fn subscribe(&mut self) -> wasmtime::Result<Resource<DynPollable>> {
@@ -385,15 +381,15 @@ impl v0_1::Host for GuestState {
     }
 
     async fn recv(&mut self) -> wasmtime::Result<v0_1::InboxItem> {
-        Ok(self.recv_as(v0_1_item).await)
+        Ok(recv_as(&self.link, v0_1_item).await)
     }
 
     async fn try_recv(&mut self) -> wasmtime::Result<Option<v0_1::InboxItem>> {
-        Ok(self.try_recv_as(v0_1_item))
+        Ok(try_recv_as(&self.link, v0_1_item))
     }
 
     async fn recv_timeout(&mut self, timeout_ns: u64) -> wasmtime::Result<Option<v0_1::InboxItem>> {
-        Ok(self.recv_timeout_as(timeout_ns, v0_1_item).await)
+        Ok(recv_timeout_as(&self.link, timeout_ns, v0_1_item).await)
     }
 
     async fn subscribe(&mut self) -> wasmtime::Result<Resource<DynPollable>> {
