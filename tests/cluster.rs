@@ -583,14 +583,16 @@ node = "b"
     assert_eq!(disorders, 0, "in order per sender and receiver");
     assert!(taken > 0, "some messages crossed");
     let top: serde_json::Value = serde_json::from_str(&a.ok(&["top", "--json"])).unwrap();
-    let sender = top["guests"]
+    println!("sender's counters on A: {}", row(&top, "sender"));
+}
+
+/// Guest `name`'s row in `top --json` (null if it has none).
+fn row(top: &serde_json::Value, name: &str) -> serde_json::Value {
+    top["guests"]
         .as_array()
-        .unwrap()
-        .iter()
-        .find(|g| g["name"] == "sender")
+        .and_then(|guests| guests.iter().find(|g| g["name"] == name))
         .cloned()
-        .unwrap_or_default();
-    println!("sender's counters on A: {sender}");
+        .unwrap_or_default()
 }
 
 /// The lines of a file a guest wrote (none if it wrote none).
@@ -729,13 +731,7 @@ dirs = [{{ host = "{}", guest = "/out" }}]
 
     // The sender's counters say the same, and A holds nothing for B.
     let top: serde_json::Value = serde_json::from_str(&a.ok(&["top", "--json"])).unwrap();
-    let sender = top["guests"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|g| g["name"] == "tally")
-        .cloned()
-        .unwrap_or_default();
+    let sender = row(&top, "tally");
     assert_eq!(sender["unknown_outcome"], unknown.len() as u64, "{sender}");
     assert_eq!(top["cluster"]["unsettled"], 0, "{}", top["cluster"]);
     println!("A's bridge: {}", top["cluster"]);
@@ -1120,12 +1116,8 @@ dirs = [{{ host = "{}", guest = "/out" }}]
     assert!(lost_after >= Duration::from_millis(1500), "{lost_after:?}");
     // Each unknown outcome reached the guest, which wrote each down.
     let after = top();
-    let counted = after["guests"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|g| g["name"] == "flood")
-        .map(|g| g["unknown_outcome"].as_u64().unwrap_or_default())
+    let counted = row(&after, "flood")["unknown_outcome"]
+        .as_u64()
         .unwrap_or_default();
     assert_eq!(told, counted, "{after}");
     assert!(told >= unknown.0);
