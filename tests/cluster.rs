@@ -1136,6 +1136,114 @@ dirs = [{{ host = "{}", guest = "/out" }}]
     assert!(echoed + (returned - told) <= COUNT, "{line}");
 }
 
+/// A stand-in for node `node` of app `app`: it beats every second with
+/// one guest called `guest`, and takes every letter sent to it without
+/// ever answering, until `stop` is set.
+fn silent_host(
+    url: String,
+    app: &str,
+    node: &str,
+    guest: &str,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<u64> {
+    use wasmproc::cluster::wire;
+    let subjects = wire::Subjects::new(app);
+    let beat = wire::encode(&wire::Beat {
+        node: node.to_owned(),
+        instance: 1,
+        guests: vec![wire::Guest {
+            id: 1,
+            name: Some(guest.to_owned()),
+            group: None,
+            max_message_size: 1 << 20,
+        }],
+        leaving: false,
+    });
+    let (inbox, beats) = (subjects.inbox(node), subjects.beat(node));
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            use futures_util::StreamExt;
+            let client = async_nats::connect(url).await.expect("connect");
+            // Subscribed, so NATS never says "no responders".
+            let mut letters = client.subscribe(inbox).await.unwrap();
+            let mut ticks = tokio::time::interval(Duration::from_secs(1));
+            let mut taken = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                tokio::select! {
+                    _ = ticks.tick() => {
+                        client.publish(beats.clone(), beat.clone()).await.unwrap();
+                    }
+                    Some(_) = letters.next() => taken += 1,
+                }
+            }
+            taken
+        })
+    })
+}
+
+#[test]
+fn a_host_that_never_acks_leaves_its_messages_of_unknown_outcome_after_the_ack_timeout() {
+    const COUNT: u64 = 50;
+    let _one = serial();
+    let dir = scratch_dir("cluster-noack");
+    let a_out = dir.join("a-out");
+    std::fs::create_dir_all(&a_out).unwrap();
+    let server = Nats::start(&dir, "noack");
+    let app = manifest(
+        &dir,
+        &format!(
+            r#"
+[guests.sender]
+module = "{{guest:tally}}"
+args = ["send", "r0", "{COUNT}", "1000", "/out/returned"]
+node = "a"
+dirs = [{{ host = "{}", guest = "/out" }}]
+"#,
+            a_out.display()
+        ),
+    );
+    // Node b beats, so it is never lost, and never acks anything.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let b = silent_host(server.url(), "noack", "b", "r0", stop.clone());
+    let a = Host::up(&dir, "noack", "a", &server.url(), &app);
+    let started = Instant::now();
+    a.wait_output("sender | tally sent", Duration::from_secs(60));
+    let done = started.elapsed();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let letters = b.join().unwrap();
+    let returned = lines_of(&a_out.join("returned"));
+    let top: serde_json::Value = serde_json::from_str(&a.ok(&["top", "--json"])).unwrap();
+    println!(
+        "no acks from b: {} of {COUNT} came back ({:?} …), the sender done after {done:.2?}; \
+         b took {letters} letters; A's bridge: {}",
+        returned.len(),
+        returned.first(),
+        top["cluster"]
+    );
+    // Each one, once, as of unknown outcome: b took them and said nothing.
+    let mut numbers: Vec<u64> = returned
+        .iter()
+        .map(|l| {
+            assert!(l.ends_with(" unknown outcome"), "{l}");
+            l.split(' ').next().unwrap().parse().unwrap()
+        })
+        .collect();
+    numbers.sort_unstable();
+    assert_eq!(numbers, (1..=COUNT).collect::<Vec<u64>>());
+    assert!(letters > 0, "the letters reached b");
+    // Not lost: b kept beating.
+    assert_eq!(top["cluster"]["peers"], serde_json::json!(["b"]));
+    assert_eq!(top["cluster"]["unknown_outcome"], COUNT);
+    assert_eq!(row(&top, "sender")["unknown_outcome"], COUNT);
+    assert_eq!(top["cluster"]["unsettled"], 0);
+    // Neither b lost nor our connection dropped: the ack timeout it was.
+    assert_eq!(top["cluster"]["disconnects"], 0);
+}
+
 #[test]
 fn a_host_whose_own_server_stops_answering_judges_nobody_lost() {
     let _one = serial();

@@ -5,7 +5,7 @@
 //!   the guest named TO, one every PAUSE_US microseconds. Message K is
 //!   `K + 3` bytes long (K, little-endian, then zeros), so the length in an
 //!   `undeliverable` notice names the message: each notice is written to
-//!   FILE as `K REASON`. Once all are sent and no notice has come for 5 s,
+//!   FILE as `K REASON`. Once all are sent and no notice has come for 8 s,
 //!   it prints `tally sent N echoed E returned R (unknown outcome U)` (E:
 //!   echoes of its messages, from the recipient) and goes on listening
 //!   until `shutdown`.
@@ -25,8 +25,9 @@ use std::time::{Duration, Instant};
 
 use wasmproc_guest::{self as ipc, Address, InboxItem, UndeliverableReason};
 
-/// How long the sender waits for more notices once all are sent.
-const QUIET: Duration = Duration::from_secs(5);
+/// How long the sender waits for more notices once all are sent: longer
+/// than a host waits for an ack (5 s) before it calls the outcome unknown.
+const QUIET: Duration = Duration::from_secs(8);
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
