@@ -78,6 +78,7 @@ impl Live {
             "unknown_outcome": s.unknown_outcome.load(Relaxed),
             "settled": s.settled.load(Relaxed),
             "unsettled": cluster.unsettled(),
+            "evicted": s.evicted.load(Relaxed),
             "dropped_reports": cluster.dropped_reports(),
             "slow_consumers": s.slow_consumers.load(Relaxed),
             "node_conflicts": s.node_conflicts.load(Relaxed),

@@ -230,8 +230,7 @@ fn envelope_for(
             };
             let (seq, evicted) = bridge.unsettled.keep(node, sent);
             if let Some(evicted) = evicted {
-                let why = "more unsettled messages for that node than this host keeps";
-                settle::unknown(bridge, node, vec![evicted], why);
+                settle::evicted(bridge, node, evicted);
             }
             let envelope = Envelope::Message {
                 to: target.clone(),

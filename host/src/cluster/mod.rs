@@ -115,6 +115,9 @@ pub struct Stats {
     pub unknown_outcome: AtomicU64,
     /// Messages whose take (or return) a peer reported.
     pub settled: AtomicU64,
+    /// Unsettled messages pushed out by the bound (`settle::UNSETTLED` per
+    /// peer), each returned as of unknown outcome.
+    pub evicted: AtomicU64,
     /// Messages the NATS client dropped because a subscription's buffer
     /// was full (`slow consumer`): each is also logged.
     pub slow_consumers: AtomicU64,

@@ -180,6 +180,27 @@ pub(super) fn unknown(bridge: &Bridge, node: &str, sents: Vec<Sent>, why: &str) 
     if sents.is_empty() {
         return;
     }
+    let count = sents.len();
+    tell_unknown(bridge, sents);
+    tracing::warn!(
+        "wasmproc: {count} message(s) to node `{node}` have an unknown outcome ({why}): returned to their senders as such",
+    );
+}
+
+/// The oldest message kept for `node` was pushed out by the bound: back to
+/// its sender as of unknown outcome, logged once per power of two.
+pub(super) fn evicted(bridge: &Bridge, node: &str, sent: Sent) {
+    tell_unknown(bridge, vec![sent]);
+    let evicted = bridge.stats.evicted.fetch_add(1, Ordering::Relaxed) + 1;
+    if evicted.is_power_of_two() {
+        tracing::warn!(
+            "wasmproc: more than {UNSETTLED} messages to node `{node}` unsettled: the oldest go back to their senders as of unknown outcome ({evicted} so far)"
+        );
+    }
+}
+
+/// Count `sents` as of unknown outcome and tell their senders.
+fn tell_unknown(bridge: &Bridge, sents: Vec<Sent>) {
     bridge
         .stats
         .unknown_outcome
@@ -193,10 +214,6 @@ pub(super) fn unknown(bridge: &Bridge, node: &str, sents: Vec<Sent>, why: &str) 
         }
         tell(bridge, sent, UndeliverableReason::UnknownOutcome);
     }
-    tracing::warn!(
-        "wasmproc: {} message(s) to node `{node}` have an unknown outcome ({why}): returned to their senders as such",
-        sents.len()
-    );
 }
 
 /// The receiving side: send each peer the numbers of its messages that
