@@ -449,3 +449,38 @@ async fn fork_all_registers_every_guest_before_any_runs_or_starts_none() {
     })
     .await;
 }
+
+/// Guest code runs uninstrumented and never yields while it computes: the
+/// runner still moves its messages both ways meanwhile.
+#[tokio::test]
+async fn a_computing_guest_still_sends_and_receives_while_it_computes() {
+    within(60, async {
+        let host = Host::new();
+        // It sends once, then computes forever without calling the host:
+        // the message can only leave while it computes.
+        let sender = host
+            .command(guest("busy"))
+            .arg("send")
+            .fork()
+            .await
+            .unwrap();
+        assert_eq!(recv_text(&sender).await, "before");
+        assert_eq!(sender.try_wait(), None, "still computing");
+        sender.kill();
+        // It computes in slices and only looks at its inbox between them,
+        // never waiting on it: what arrives still reaches it.
+        let poller = host
+            .command(guest("busy"))
+            .arg("poll")
+            .fork()
+            .await
+            .unwrap();
+        for text in ["one", "two", "three"] {
+            poller.send(text.as_bytes().to_vec()).unwrap();
+            assert_eq!(recv_text(&poller).await, text);
+        }
+        poller.send(b"stop".to_vec()).unwrap();
+        assert_eq!(poller.wait().await, ExitStatus::Exited { code: 0 });
+    })
+    .await;
+}

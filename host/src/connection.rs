@@ -10,6 +10,7 @@
 //! are read where they are used: [`crate::child`], [`crate::app`].)
 
 use std::io::{self, IoSlice};
+use std::os::fd::RawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -165,6 +166,53 @@ impl Batch {
         if self.bytes.capacity() > 4 * 1024 * 1024 {
             self.bytes.shrink_to(64 * 1024);
         }
+    }
+
+    /// Write every frame to `fd`, a non-blocking pipe, waiting (`poll`)
+    /// while it is full, and clear the batch (also when the write fails):
+    /// for a thread outside the runtime.
+    ///
+    /// # Errors
+    ///
+    /// When the pipe is closed or fails.
+    pub fn write_blocking(&mut self, fd: RawFd) -> io::Result<()> {
+        let result = self.write_all_blocking(fd);
+        self.clear();
+        result
+    }
+
+    fn write_all_blocking(&self, fd: RawFd) -> io::Result<()> {
+        let mut all = self.slices();
+        let mut slices = &mut all[..];
+        while !slices.is_empty() {
+            let count = slices.len().min(MAX_IOVECS);
+            // SAFETY: `IoSlice` is ABI-compatible with `iovec`, and the
+            // buffers outlive the call; `count` is at most `IOV_MAX`.
+            let n = unsafe { libc::writev(fd, slices.as_ptr().cast(), count as libc::c_int) };
+            if n < 0 {
+                let err = io::Error::last_os_error();
+                match err.kind() {
+                    io::ErrorKind::Interrupted => continue,
+                    io::ErrorKind::WouldBlock => {
+                        let mut writable = libc::pollfd {
+                            fd,
+                            events: libc::POLLOUT,
+                            revents: 0,
+                        };
+                        // SAFETY: one valid `pollfd`. An error or a hang-up
+                        // shows in the next `writev`.
+                        unsafe { libc::poll(&mut writable, 1, -1) };
+                        continue;
+                    }
+                    _ => return Err(err),
+                }
+            }
+            if n == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            IoSlice::advance_slices(&mut slices, n.unsigned_abs());
+        }
+        Ok(())
     }
 
     /// The queued bytes in order, as buffers for `writev`.

@@ -8,24 +8,16 @@ use std::sync::OnceLock;
 
 use wasmtime::{Config, Engine, OptLevel};
 
-/// How often a computing guest yields to the runner's own I/O tasks
-/// (delivering its inbox, flushing its sends): the runner's ticker thread
-/// advances the engine's epoch this often, and a guest past its epoch
-/// deadline yields. A yield costs well under a microsecond.
-pub const EPOCH_TICK: std::time::Duration = std::time::Duration::from_millis(1);
-
 /// Build the engine configuration for compiling and running guests.
 pub fn config() -> Config {
     let mut config = Config::new();
     config
         .cranelift_opt_level(OptLevel::Speed)
-        .wasm_backtrace_max_frames(std::num::NonZeroUsize::new(64))
-        // Epochs are how a guest that never calls the host still yields to
-        // the runner's I/O tasks (see EPOCH_TICK): a load and a compare at
-        // each loop head and function entry, far cheaper than counting fuel.
-        // CPU limits are the kernel's (RLIMIT_CPU). The setting changes the
-        // generated code, so it is part of the artifact's compatibility hash.
-        .epoch_interruption(true);
+        // No fuel and no epoch checks: guest code is exactly what `wasmtime
+        // run` runs. A computing guest never yields; the runner's ticker
+        // thread covers its I/O meanwhile (`runner::ticker`), CPU limits are
+        // the kernel's (RLIMIT_CPU), and a guest that must stop is killed.
+        .wasm_backtrace_max_frames(std::num::NonZeroUsize::new(64));
     config
 }
 

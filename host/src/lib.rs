@@ -50,8 +50,8 @@
 //!   RSS and CPU time), `os/user` (the uid, a daemon's session).
 //! - `runner`: what runs in each guest's process: handshake, hardening,
 //!   `runner/guest` (load, run, limit, report), `ipc`, `link`, `drive`,
-//!   `ticker` (the epoch thread that makes a computing guest yield, parked
-//!   while it waits), `probe`.
+//!   `ticker` (the thread that covers a computing guest's I/O, parked while
+//!   it waits), `probe`.
 //! - [`sandbox`]: the two walls: `sandbox/wasi` (the first: capabilities as
 //!   a WASI context), `sandbox/os` (the second: the runner's process, from
 //!   one table of system calls), `sandbox/bpf` (the seccomp program that

@@ -55,19 +55,9 @@ pub(super) async fn run_guest(
             // SAFETY: as above.
             let module = unsafe { Module::deserialize_file(engine, &spec.artifact) }
                 .map_err(|err| anyhow::anyhow!("cannot load artifact {}: {err}", spec.artifact))?;
-            run_module(engine, &module, wasi, spec.limits.max_memory, link).await
+            run_module(engine, &module, wasi, spec.limits.max_memory).await
         }
     }
-}
-
-fn prepare_store<T>(store: &mut Store<T>, link: &Link) {
-    // Past each tick of the runner's ticker, yield to its I/O, then go on.
-    let ticker = link.ticker.clone();
-    store.set_epoch_deadline(1);
-    store.epoch_deadline_callback(move |_| {
-        ticker.yielded();
-        Ok(wasmtime::UpdateDeadline::Yield(1))
-    });
 }
 
 async fn run_component(
@@ -87,8 +77,6 @@ async fn run_component(
     };
     let mut store = Store::new(engine, state);
     store.limiter(|state| &mut state.limiter);
-    let link = store.data().link.clone();
-    prepare_store(&mut store, &link);
     // However large a list a guest hands the host, the runner copies at most
     // a message's worth (plus room for names): beyond, the call traps.
     store.set_hostcall_fuel(
@@ -122,7 +110,6 @@ async fn run_module(
     module: &Module,
     mut wasi: wasmtime_wasi::WasiCtxBuilder,
     max_memory: u64,
-    link: Arc<Link>,
 ) -> anyhow::Result<ExitReport> {
     let mut linker = Linker::<P1State>::new(engine);
     wasmtime_wasi::p1::add_to_linker_async(&mut linker, |state| &mut state.wasi)?;
@@ -132,7 +119,6 @@ async fn run_module(
     };
     let mut store = Store::new(engine, state);
     store.limiter(|state| &mut state.limiter);
-    prepare_store(&mut store, &link);
     let instance = linker
         .instantiate_async(&mut store, module)
         .await

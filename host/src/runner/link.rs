@@ -4,11 +4,14 @@
 //!
 //! Everything runs on the runner's single-threaded runtime. While guest code
 //! runs, the I/O loops wait; they run whenever the guest blocks (`recv`,
-//! `poll`, a WASI read) and every millisecond of pure computation, when the
-//! runner's epoch ticker makes it yield. Consecutive `send`s therefore
-//! pile up in one buffer and leave in a single `write`.
+//! `poll`, a WASI read) and, for a guest that keeps computing, at its first
+//! `ipc` call in each tick of the runner's [`Ticker`], which also writes
+//! what a computing guest queued and the runtime left waiting (its
+//! [`Cover`]). Consecutive `send`s therefore pile up in one buffer and
+//! leave in a single `write`.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -45,7 +48,7 @@ pub struct Link {
     pub id: GuestId,
     pub name: Option<String>,
     pub limits: Limits,
-    /// The epoch ticker, woken by every `ipc` call.
+    /// The ticker, woken by every `ipc` call.
     pub ticker: Arc<Ticker>,
     inbox: Mutex<Inbox>,
     /// Wakes `recv` and pollables when an item arrives.
@@ -127,7 +130,12 @@ struct Inbox {
 #[derive(Debug, Default)]
 struct Outgoing {
     buf: Batch,
+    /// A batch is being written (by the writer loop or the ticker): the
+    /// other waits, so frames leave in order.
     in_flight: bool,
+    /// Batches taken for writing, in all: the ticker tells a buffer the
+    /// runtime left waiting from one it is about to write.
+    takes: u64,
     host_gone: bool,
     /// The taken count last queued for the host.
     reported_taken: u64,
@@ -420,10 +428,21 @@ impl Link {
         }
     }
 
+    /// A guest call to the host: yield to the runtime once if the guest has
+    /// computed for a tick without doing so (see [`Ticker`]), so that the
+    /// I/O loops move what waits in the pipes.
+    pub async fn turn(&self) {
+        self.ticker.wake();
+        if self.ticker.yield_due() {
+            tokio::task::yield_now().await;
+        }
+    }
+
     /// Wait until the inbox holds an item, without taking it. Before the
     /// guest waits, the host hears what it has taken so far (and, the first
     /// time, that the guest is ready for work).
     pub async fn ready(&self) {
+        self.ticker.yielded();
         if !self.said_ready.load(Ordering::Relaxed) {
             self.say_ready().await;
         }
@@ -486,7 +505,7 @@ impl Link {
         mut push: impl FnMut(&mut Batch, u64) -> Result<(), FrameError>,
         carries_taken: bool,
     ) -> Result<(), QueueError> {
-        self.ticker.wake();
+        self.turn().await;
         loop {
             let drained = self.out_drained.notified();
             tokio::pin!(drained);
@@ -618,13 +637,14 @@ impl Link {
         loop {
             {
                 let mut out = self.out();
-                if out.buf.is_empty() {
+                if out.buf.is_empty() || out.in_flight {
                     // `notify_one` keeps a permit: no wake-up is lost
                     // between here and the wait.
                     out.writer_waiting = true;
                 } else {
                     std::mem::swap(&mut out.buf, &mut chunk);
                     out.in_flight = true;
+                    out.takes += 1;
                 }
             }
             if chunk.is_empty() {
@@ -632,20 +652,76 @@ impl Link {
                 continue;
             }
             let result = writer.write(&mut chunk).await;
-            let wake_senders = {
-                let mut out = self.out();
-                out.in_flight = false;
-                if result.is_err() {
-                    out.host_gone = true;
-                }
-                std::mem::take(&mut out.sender_waiting)
-            };
-            if wake_senders {
-                self.out_drained.notify_waiters();
-            }
+            self.written(result.is_ok());
             if result.is_err() {
                 return;
             }
         }
+    }
+
+    /// A batch has been written (or failed): let the senders waiting for
+    /// room go on, and the writer loop take what the ticker's write held up.
+    fn written(&self, ok: bool) {
+        let (wake_senders, wake_writer) = {
+            let mut out = self.out();
+            out.in_flight = false;
+            if !ok {
+                out.host_gone = true;
+            }
+            let wake_writer = !out.buf.is_empty() && std::mem::take(&mut out.writer_waiting);
+            (std::mem::take(&mut out.sender_waiting), wake_writer)
+        };
+        if wake_senders {
+            self.out_drained.notify_waiters();
+        }
+        if wake_writer {
+            self.out_ready.notify_one();
+        }
+    }
+
+    /// The ticker's hold on the outgoing buffer, writing to `to_host`.
+    pub fn cover(&self, to_host: RawFd) -> Cover<'_> {
+        Cover {
+            link: self,
+            to_host,
+            stale: None,
+            chunk: Batch::default(),
+        }
+    }
+}
+
+/// Writes, from the ticker's thread, what a computing guest queued and the
+/// runtime (busy running that guest) has not taken for a whole tick.
+#[derive(Debug)]
+pub struct Cover<'a> {
+    link: &'a Link,
+    to_host: RawFd,
+    /// The writer's take count when the ticker last saw output waiting.
+    stale: Option<u64>,
+    chunk: Batch,
+}
+
+impl Cover<'_> {
+    /// Look once: write what has waited since the last look. Whether output
+    /// is waiting for the runtime (so the ticker must look again).
+    pub fn tick(&mut self) -> bool {
+        {
+            let mut out = self.link.out();
+            if out.buf.is_empty() || out.in_flight || out.host_gone {
+                self.stale = None;
+                return false;
+            }
+            if self.stale != Some(out.takes) {
+                self.stale = Some(out.takes);
+                return true;
+            }
+            std::mem::swap(&mut out.buf, &mut self.chunk);
+            out.in_flight = true;
+            out.takes += 1;
+        }
+        self.stale = None;
+        let result = self.chunk.write_blocking(self.to_host);
+        self.link.written(result.is_ok());
+        true
     }
 }

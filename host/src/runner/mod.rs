@@ -25,7 +25,7 @@ mod probe;
 mod ticker;
 
 use std::fs::File;
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::Arc;
 
 use tokio::net::unix::pipe;
@@ -184,15 +184,16 @@ async fn run(
             std::process::exit(EXIT_FAILED);
         }
     };
-    // After hardening: the ticker thread lives under both walls too.
     let ticker = Arc::new(ticker::Ticker::default());
-    ticker.start(&prepared.engine);
     let link = Arc::new(Link::new(
         spec.id,
         spec.name.clone(),
         spec.limits.clone(),
-        ticker,
+        ticker.clone(),
     ));
+    // After hardening: the ticker thread lives under both walls too. The
+    // pipe stays open until the process ends.
+    ticker.start(link.clone(), tx.as_raw_fd());
     let reader: drive::Branch = Box::pin({
         let link = link.clone();
         async move { link.read_from_host(FrameReader::new(rx, &leftover)).await }

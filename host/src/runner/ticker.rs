@@ -1,59 +1,77 @@
-//! The epoch ticker: how a computing guest still yields to the runner's I/O.
+//! The ticker: the runner's I/O while guest code computes.
 //!
-//! Guest code checks the engine's epoch at every loop head and function
-//! entry; this thread advances it every [`EPOCH_TICK`], and a guest past its
-//! deadline yields to the runner's runtime (which then moves frames in and
-//! out) before going on. A guest that waits instead (for its inbox, a WASI
-//! read, a sleep) reaches no check: after a few ticks without a yield the
-//! ticker parks, so an idle guest costs no wake-ups, and the guest's next
-//! `ipc` call wakes it again.
+//! Guest code runs as compiled, with no instrumentation (no fuel, no epoch
+//! checks): a guest that computes runs exactly as fast as under `wasmtime
+//! run`, and never yields to the runner's runtime. That runtime's I/O loops
+//! ([`super::link`]) move frames whenever the guest waits (`recv`, a
+//! pollable, a WASI read or sleep); this thread covers for them while it
+//! does not, once per [`TICK`]:
+//!
+//! - output the guest queued that the runtime has not taken for a whole
+//!   tick is written from here, so a message sent before a long computation
+//!   leaves within a tick or two, not when the computation ends;
+//! - the guest's next `ipc` call yields once to the runtime
+//!   ([`Ticker::yield_due`]), so a guest that polls with `try-recv` between
+//!   pieces of work still sees what arrived.
+//!
+//! After a few ticks without an `ipc` call and with nothing left to write,
+//! the ticker parks: an idle guest, or one computing without talking, costs
+//! no wake-ups; the guest's next `ipc` call wakes it again.
 
-use std::sync::OnceLock;
+use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::thread::Thread;
+use std::time::Duration;
 
-use wasmtime::Engine;
+use super::link::Link;
 
-use crate::engine::EPOCH_TICK;
+/// How often the ticker looks. A computing guest's sends leave within one
+/// to two ticks.
+pub const TICK: Duration = Duration::from_millis(1);
 
-/// Ticks without a yield before the ticker parks.
+/// Ticks without an `ipc` call before the ticker parks.
 const IDLE_TICKS: u32 = 3;
 
-/// Shared by the ticker thread, the store's epoch callback and the `ipc`
-/// calls.
+/// Shared by the ticker thread and the guest's `ipc` calls.
 #[derive(Debug, Default)]
 pub struct Ticker {
-    /// The guest reached an epoch check since the last tick.
-    yielded: AtomicBool,
+    /// The guest called the host since the last tick.
+    active: AtomicBool,
+    /// A tick has passed since the guest's last yield to the runtime.
+    due: AtomicBool,
     /// The ticker is parked (or about to be).
     parked: AtomicBool,
     thread: OnceLock<Thread>,
 }
 
 impl Ticker {
-    /// Start the ticker thread for `engine`. Without it a computing guest
-    /// still runs; it only serves its I/O when it calls the host.
-    pub fn start(self: &std::sync::Arc<Self>, engine: &Engine) {
+    /// Start the ticker thread for `link`, whose frames go to the host on
+    /// `to_host` (the control pipe, open for the runner's whole life).
+    /// Without it a computing guest still runs; its frames leave only when
+    /// it waits.
+    pub fn start(self: &Arc<Self>, link: Arc<Link>, to_host: RawFd) {
         let ticker = self.clone();
-        let engine = engine.clone();
         let started = std::thread::Builder::new()
-            .name("epoch".to_owned())
+            .name("ticker".to_owned())
             .stack_size(64 * 1024)
-            .spawn(move || ticker.run(&engine));
+            .spawn(move || ticker.run(&link, to_host));
         match started {
             Ok(handle) => {
                 let _ = self.thread.set(handle.thread().clone());
             }
-            Err(err) => eprintln!("wasmproc-runner: cannot start the epoch ticker: {err}"),
+            Err(err) => eprintln!("wasmproc-runner: cannot start the ticker: {err}"),
         }
     }
 
-    fn run(&self, engine: &Engine) -> ! {
+    fn run(&self, link: &Link, to_host: RawFd) -> ! {
         let mut idle = 0;
+        let mut cover = link.cover(to_host);
         loop {
-            std::thread::sleep(EPOCH_TICK);
-            engine.increment_epoch();
-            if self.yielded.swap(false, Ordering::Relaxed) {
+            std::thread::sleep(TICK);
+            self.due.store(true, Ordering::Relaxed);
+            let pending = cover.tick();
+            if self.active.swap(false, Ordering::Relaxed) || pending {
                 idle = 0;
                 continue;
             }
@@ -69,19 +87,25 @@ impl Ticker {
         }
     }
 
-    /// The guest yielded at an epoch check: it is computing.
-    pub fn yielded(&self) {
-        self.yielded.store(true, Ordering::Relaxed);
-    }
-
-    /// The guest called the host and goes on: tick again if parked (one
-    /// load when not).
+    /// The guest calls the host: tick again if parked (one load when not).
     pub fn wake(&self) {
+        self.active.store(true, Ordering::Relaxed);
         if self.parked.load(Ordering::Relaxed)
             && self.parked.swap(false, Ordering::AcqRel)
             && let Some(thread) = self.thread.get()
         {
             thread.unpark();
         }
+    }
+
+    /// Whether the guest should yield to the runtime now: a tick has passed
+    /// since it last did (one load when not). Yielding clears it.
+    pub fn yield_due(&self) -> bool {
+        self.due.load(Ordering::Relaxed) && self.due.swap(false, Ordering::Relaxed)
+    }
+
+    /// The guest yields to the runtime (or waits): nothing is due.
+    pub fn yielded(&self) {
+        self.due.store(false, Ordering::Relaxed);
     }
 }
