@@ -475,26 +475,33 @@ async fn the_kv_guest_answers_get_put_del_and_len() {
 }
 
 #[tokio::test]
-async fn a_guest_built_for_version_0_1_still_loads_and_sees_a_call_as_a_message() {
+async fn guests_built_for_versions_0_1_and_0_2_still_load_and_are_served_as_built() {
     within(60, async {
         let host = Host::new();
-        let old = host
-            .command(guest("legacy"))
-            .name("old")
-            .fork()
-            .await
-            .unwrap();
-        old.send(b"still here".to_vec()).unwrap();
-        assert_eq!(recv_text(&old).await, "still here");
-        // It cannot answer: the call ends at its deadline, and the guest
-        // got the payload as a plain message.
-        assert_eq!(
-            old.call(b"a call".to_vec(), Duration::from_millis(200))
-                .await,
-            Err(CallError::Timeout)
-        );
-        assert_eq!(recv_text(&old).await, "a call");
-        assert!(old.stop(GRACE).await.success());
+        let [v0_1, v0_2] = ["legacy", "legacy2"];
+        for module in [v0_1, v0_2] {
+            let old = host
+                .command(guest(module))
+                .name(module)
+                .fork()
+                .await
+                .unwrap();
+            old.send(b"still here".to_vec()).unwrap();
+            assert_eq!(recv_text(&old).await, "still here", "{module}");
+            // 0.1 never answers: a short deadline does.
+            let deadline = Duration::from_millis(if module == v0_1 { 200 } else { 10_000 });
+            let answer = old.call(b"a call".to_vec(), deadline).await;
+            if module == v0_1 {
+                // 0.1 cannot answer: the call ends at its deadline, and
+                // the guest got the payload as a plain message.
+                assert_eq!(answer, Err(CallError::Timeout));
+                assert_eq!(recv_text(&old).await, "a call");
+            } else {
+                // 0.2 has calls.
+                assert_eq!(answer, Ok(b"a call".to_vec()));
+            }
+            assert!(old.stop(GRACE).await.success(), "{module}");
+        }
     })
     .await;
 }

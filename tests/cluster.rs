@@ -583,14 +583,158 @@ node = "b"
     assert_eq!(disorders, 0, "in order per sender and receiver");
     assert!(taken > 0, "some messages crossed");
     let top: serde_json::Value = serde_json::from_str(&a.ok(&["top", "--json"])).unwrap();
-    let sender = top["guests"]
+    println!("sender's counters on A: {}", row(&top, "sender"));
+}
+
+/// Guest `name`'s row in `top --json` (null if it has none).
+fn row(top: &serde_json::Value, name: &str) -> serde_json::Value {
+    top["guests"]
         .as_array()
-        .unwrap()
-        .iter()
-        .find(|g| g["name"] == "sender")
+        .and_then(|guests| guests.iter().find(|g| g["name"] == name))
         .cloned()
-        .unwrap_or_default();
-    println!("sender's counters on A: {sender}");
+        .unwrap_or_default()
+}
+
+/// The lines of a file a guest wrote (none if it wrote none).
+fn lines_of(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn a_killed_host_leaves_every_message_taken_or_returned_as_of_unknown_outcome() {
+    const COUNT: u64 = 6000;
+    let _one = serial();
+    let dir = scratch_dir("cluster-lossless");
+    let (a_out, b_out) = (dir.join("a-out"), dir.join("b-out"));
+    std::fs::create_dir_all(&a_out).unwrap();
+    std::fs::create_dir_all(&b_out).unwrap();
+    let server = Nats::start(&dir, "lossless");
+    // B's guest takes one message every 2 ms and writes down each; A's
+    // streams one every 0.5 ms and writes down each that comes back.
+    let app = manifest(
+        &dir,
+        &format!(
+            r#"
+[guests.slow]
+module = "{{guest:tally}}"
+args = ["take", "2000", "/out/taken"]
+node = "b"
+dirs = [{{ host = "{}", guest = "/out" }}]
+
+[guests.tally]
+module = "{{guest:tally}}"
+args = ["send", "slow", "{COUNT}", "500", "/out/returned"]
+node = "a"
+dirs = [{{ host = "{}", guest = "/out" }}]
+"#,
+            b_out.display(),
+            a_out.display()
+        ),
+    );
+    let a = Host::up(&dir, "lossless", "a", &server.url(), &app);
+    let mut b = Host::up(&dir, "lossless", "b", &server.url(), &app);
+    let taken_file = b_out.join("taken");
+    wait_for("B's guest to take 300", Duration::from_secs(30), || {
+        (lines_of(&taken_file).len() >= 300).then_some(())
+    });
+    let killed = Instant::now();
+    b.kill9();
+    a.wait_output("tally | tally sent", Duration::from_secs(90));
+    println!(
+        "B SIGKILLed; A's sender was done {:.2?} later",
+        killed.elapsed()
+    );
+
+    // Taken: what B's guest wrote down, in the order it took them.
+    let taken: Vec<u64> = lines_of(&taken_file)
+        .iter()
+        .map(|l| l.parse().expect("a number"))
+        .collect();
+    // Returned: what came back to A's sender, and why.
+    let returned: Vec<(u64, String)> = lines_of(&a_out.join("returned"))
+        .iter()
+        .map(|l| {
+            let (k, why) = l.split_once(' ').expect("`K REASON`");
+            (k.parse().expect("a number"), why.to_owned())
+        })
+        .collect();
+    let unknown: std::collections::BTreeSet<u64> = returned
+        .iter()
+        .filter(|(_, why)| why == "unknown outcome")
+        .map(|(k, _)| *k)
+        .collect();
+    let other: std::collections::BTreeSet<u64> = returned
+        .iter()
+        .filter(|(_, why)| why != "unknown outcome")
+        .map(|(k, _)| *k)
+        .collect();
+    let mut reasons: std::collections::BTreeMap<&str, usize> = Default::default();
+    for (_, why) in &returned {
+        *reasons.entry(why.as_str()).or_default() += 1;
+    }
+    // Taken but not heard of at A before the kill: returned as unknown too.
+    let both: Vec<u64> = taken
+        .iter()
+        .copied()
+        .filter(|k| unknown.contains(k))
+        .collect();
+    println!(
+        "{COUNT} sent A→B, B SIGKILLed mid-stream: taken by B's guest {}, returned {} ({reasons:?}); \
+         taken and returned as unknown (their take reports were lost with B): {}",
+        taken.len(),
+        returned.len(),
+        both.len()
+    );
+
+    // Each message came back at most once, and was taken at most once, in
+    // order (per sender and receiver): 1, 2, 3, ...
+    let numbers: std::collections::BTreeSet<u64> = returned.iter().map(|(k, _)| *k).collect();
+    assert_eq!(numbers.len(), returned.len(), "returned twice");
+    let in_order: Vec<u64> = (1..=taken.len() as u64).collect();
+    assert_eq!(taken, in_order, "taken once each, in order, none skipped");
+    // Nothing lost: every message is taken or returned.
+    for k in 1..=COUNT {
+        assert!(
+            k <= taken.len() as u64 || unknown.contains(&k) || other.contains(&k),
+            "message {k} was neither taken nor returned"
+        );
+    }
+    // A definite return (not `unknown outcome`) means not taken.
+    assert!(
+        other.iter().all(|k| *k > taken.len() as u64),
+        "returned as undeliverable, yet taken"
+    );
+    // Only the last takes can have an unheard report: the messages taken
+    // and returned as unknown are the tail of what B's guest took, and the
+    // takes A heard of came back as nothing.
+    let heard = taken.len() - both.len();
+    assert_eq!(
+        both,
+        taken[heard..].to_vec(),
+        "only the last takes can be unheard"
+    );
+    assert!(heard > 0, "A heard of B's takes");
+    // The sum, exactly: taken + returned = sent + taken-and-returned.
+    assert_eq!(
+        taken.len() + returned.len(),
+        COUNT as usize + both.len(),
+        "every message accounted for once (twice only if taken unheard)"
+    );
+    assert!(
+        !unknown.is_empty(),
+        "B held messages it had not given its guest"
+    );
+
+    // The sender's counters say the same, and A holds nothing for B.
+    let top: serde_json::Value = serde_json::from_str(&a.ok(&["top", "--json"])).unwrap();
+    let sender = row(&top, "tally");
+    assert_eq!(sender["unknown_outcome"], unknown.len() as u64, "{sender}");
+    assert_eq!(top["cluster"]["unsettled"], 0, "{}", top["cluster"]);
+    println!("A's bridge: {}", top["cluster"]);
 }
 
 #[test]
@@ -885,30 +1029,42 @@ node = "c"
 
 #[test]
 fn a_paused_host_is_lost_after_three_beats_and_what_it_held_has_an_unknown_outcome() {
+    const COUNT: u64 = 3000;
     let _one = serial();
     let dir = scratch_dir("cluster-paused");
+    let a_out = dir.join("a-out");
+    std::fs::create_dir_all(&a_out).unwrap();
     let server = Nats::start(&dir, "paused");
+    // A streams one message every 0.2 ms, and writes down each that
+    // comes back.
     let app = manifest(
         &dir,
-        r#"
+        &format!(
+            r#"
 [guests.r0]
-module = "{guest:echo}"
+module = "{{guest:echo}}"
 node = "b"
+
+[guests.flood]
+module = "{{guest:tally}}"
+args = ["send", "r0", "{COUNT}", "200", "/out/returned"]
+node = "a"
+dirs = [{{ host = "{}", guest = "/out" }}]
 "#,
+            a_out.display()
+        ),
     );
     let a = Host::up(&dir, "paused", "a", &server.url(), &app);
     let b = Host::up(&dir, "paused", "b", &server.url(), &app);
-    a.wait_reachable("r0");
-    // 500 messages a millisecond, without waiting for anything.
-    a.start("flood", "pingpong", &["flood", "r0", "5000000"]);
     let top = || -> serde_json::Value {
         serde_json::from_str(&a.ok(&["top", "--json"])).expect("top JSON")
     };
     wait_for("messages to cross", Duration::from_secs(20), || {
-        (top()["cluster"]["acked"].as_u64()? > 100).then_some(())
+        (top()["cluster"]["acked"].as_u64()? > 20).then_some(())
     });
     // Stopped, not killed: its connection stays open, its subscriptions
-    // answer nothing, its beats stop. Only the missed beats can tell.
+    // answer nothing (no acks, no take reports), its beats stop. Only the
+    // missed beats can tell.
     let pid = b.child.as_ref().unwrap().id() as i32;
     // SAFETY: kill(2) on our own child's pid.
     unsafe { libc_kill(pid, 19) };
@@ -936,16 +1092,156 @@ node = "b"
     );
     // SAFETY: as above.
     unsafe { libc_kill(pid, 18) };
+    // The sender guest was told each one, as `unknown outcome`.
+    a.wait_output("flood | tally sent", Duration::from_secs(60));
+    let output = a.output();
+    let line = output
+        .lines()
+        .find(|l| l.contains("flood | tally sent"))
+        .unwrap();
+    let numbers: Vec<u64> = line
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    let [sent, echoed, returned, told] = numbers[numbers.len() - 4..] else {
+        panic!("{line}")
+    };
     println!(
-        "B paused: lost after {lost_after:.2?}; flood's messages of unknown outcome: {}; A's bridge: {}",
+        "B paused: lost after {lost_after:.2?}; flood's messages of unknown outcome: {} (the guest was told {told}); \
+         sent {sent}, echoed {echoed}, returned {returned}; A's bridge: {}",
         unknown.0, unknown.1
     );
     // Three beats of silence: the last beat came at most a beat and a tick
     // (1.25 s) before the pause, so never sooner than 1.75 s after it.
     assert!(lost_after >= Duration::from_millis(1500), "{lost_after:?}");
-    // Only what was in flight, unacknowledged: at most a window's worth.
-    assert!(unknown.0 <= 1024, "{}", unknown.0);
-    assert_eq!(unknown.1["unknown_outcome"], unknown.0);
+    // Each unknown outcome reached the guest, which wrote each down.
+    let after = top();
+    let counted = row(&after, "flood")["unknown_outcome"]
+        .as_u64()
+        .unwrap_or_default();
+    assert_eq!(told, counted, "{after}");
+    assert!(told >= unknown.0);
+    assert_eq!(after["cluster"]["unknown_outcome"], counted);
+    let file = lines_of(&a_out.join("returned"));
+    let told_in_file = file
+        .iter()
+        .filter(|l| l.ends_with(" unknown outcome"))
+        .count();
+    assert_eq!(told_in_file as u64, told);
+    // Nothing silently lost: each message echoed or returned (one that B
+    // took after it resumed may be both: its outcome was unknown).
+    assert_eq!(sent, COUNT);
+    assert!(echoed + returned >= COUNT, "{line}");
+    // And a definite return means not taken: never echoed too.
+    assert!(echoed + (returned - told) <= COUNT, "{line}");
+}
+
+/// A stand-in for node `node` of app `app`: it beats every second with
+/// one guest called `guest`, and takes every letter sent to it without
+/// ever answering, until `stop` is set.
+fn silent_host(
+    url: String,
+    app: &str,
+    node: &str,
+    guest: &str,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<u64> {
+    use wasmproc::cluster::wire;
+    let subjects = wire::Subjects::new(app);
+    let beat = wire::encode(&wire::Beat {
+        node: node.to_owned(),
+        instance: 1,
+        guests: vec![wire::Guest {
+            id: 1,
+            name: Some(guest.to_owned()),
+            group: None,
+            max_message_size: 1 << 20,
+        }],
+        leaving: false,
+    });
+    let (inbox, beats) = (subjects.inbox(node), subjects.beat(node));
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            use futures_util::StreamExt;
+            let client = async_nats::connect(url).await.expect("connect");
+            // Subscribed, so NATS never says "no responders".
+            let mut letters = client.subscribe(inbox).await.unwrap();
+            let mut ticks = tokio::time::interval(Duration::from_secs(1));
+            let mut taken = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                tokio::select! {
+                    _ = ticks.tick() => {
+                        client.publish(beats.clone(), beat.clone()).await.unwrap();
+                    }
+                    Some(_) = letters.next() => taken += 1,
+                }
+            }
+            taken
+        })
+    })
+}
+
+#[test]
+fn a_host_that_never_acks_leaves_its_messages_of_unknown_outcome_after_the_ack_timeout() {
+    const COUNT: u64 = 50;
+    let _one = serial();
+    let dir = scratch_dir("cluster-noack");
+    let a_out = dir.join("a-out");
+    std::fs::create_dir_all(&a_out).unwrap();
+    let server = Nats::start(&dir, "noack");
+    let app = manifest(
+        &dir,
+        &format!(
+            r#"
+[guests.sender]
+module = "{{guest:tally}}"
+args = ["send", "r0", "{COUNT}", "1000", "/out/returned"]
+node = "a"
+dirs = [{{ host = "{}", guest = "/out" }}]
+"#,
+            a_out.display()
+        ),
+    );
+    // Node b beats, so it is never lost, and never acks anything.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let b = silent_host(server.url(), "noack", "b", "r0", stop.clone());
+    let a = Host::up(&dir, "noack", "a", &server.url(), &app);
+    let started = Instant::now();
+    a.wait_output("sender | tally sent", Duration::from_secs(60));
+    let done = started.elapsed();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let letters = b.join().unwrap();
+    let returned = lines_of(&a_out.join("returned"));
+    let top: serde_json::Value = serde_json::from_str(&a.ok(&["top", "--json"])).unwrap();
+    println!(
+        "no acks from b: {} of {COUNT} came back ({:?} …), the sender done after {done:.2?}; \
+         b took {letters} letters; A's bridge: {}",
+        returned.len(),
+        returned.first(),
+        top["cluster"]
+    );
+    // Each one, once, as of unknown outcome: b took them and said nothing.
+    let mut numbers: Vec<u64> = returned
+        .iter()
+        .map(|l| {
+            assert!(l.ends_with(" unknown outcome"), "{l}");
+            l.split(' ').next().unwrap().parse().unwrap()
+        })
+        .collect();
+    numbers.sort_unstable();
+    assert_eq!(numbers, (1..=COUNT).collect::<Vec<u64>>());
+    assert!(letters > 0, "the letters reached b");
+    // Not lost: b kept beating.
+    assert_eq!(top["cluster"]["peers"], serde_json::json!(["b"]));
+    assert_eq!(top["cluster"]["unknown_outcome"], COUNT);
+    assert_eq!(row(&top, "sender")["unknown_outcome"], COUNT);
+    assert_eq!(top["cluster"]["unsettled"], 0);
+    // Neither b lost nor our connection dropped: the ack timeout it was.
+    assert_eq!(top["cluster"]["disconnects"], 0);
 }
 
 #[test]

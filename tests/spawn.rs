@@ -335,7 +335,7 @@ fn cli_errors_say_what_is_wrong() {
         format!(
             "wasmproc: cannot run {0}: {0} imports `example:missing/clock`, which this host does \
              not provide (it provides `wasi_snapshot_preview1` to a core module; WASI 0.2's cli, \
-             clocks, filesystem, io, random and sockets and `wasmproc:guest/ipc` (0.1, 0.2) to a \
+             clocks, filesystem, io, random and sockets and `wasmproc:guest/ipc` (0.1, 0.2, 0.3) to a \
              component)\n",
             needs.display()
         )

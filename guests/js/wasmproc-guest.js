@@ -23,7 +23,7 @@
 // (Rust, Python, JavaScript) speaks, so guests in different languages
 // understand each other.
 
-import * as raw from 'wasmproc:guest/ipc@0.2.0';
+import * as raw from 'wasmproc:guest/ipc@0.3.0';
 import { getArguments } from 'wasi:cli/environment@0.2.12';
 import { exitWithCode } from 'wasi:cli/exit@0.2.12';
 import { poll } from 'wasi:io/poll@0.2.12';
@@ -198,7 +198,11 @@ export class Message {
 export class Undeliverable {
   constructor(raw) {
     /** @type {RawAddress} */ this.to = raw.to;
-    /** `unknown-recipient`, `recipient-exited`, `not-allowed`, `mailbox-full` or `too-large`. */
+    /**
+     * `unknown-recipient`, `recipient-exited`, `not-allowed`, `mailbox-full`,
+     * `too-large` or `unknown-outcome` (sent to a guest on another host that
+     * neither confirmed the take nor refused it: it may or may not have been taken).
+     */
     this.reason = raw.reason;
     /** @type {bigint} */ this.payloadLen = raw.payloadLen;
   }

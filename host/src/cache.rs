@@ -79,7 +79,7 @@ pub fn module_kind(bytes: &[u8], path: &Path) -> Result<ModuleKind, CompileError
 
 /// What runners link a guest to, for [`CompileError::MissingImport`].
 const PROVIDED: &str = "`wasi_snapshot_preview1` to a core module; WASI 0.2's cli, clocks, \
-                        filesystem, io, random and sockets and `wasmproc:guest/ipc` (0.1, 0.2) \
+                        filesystem, io, random and sockets and `wasmproc:guest/ipc` (0.1, 0.2, 0.3) \
                         to a component";
 
 /// The WASI 0.2 packages a component runner links.
@@ -98,7 +98,9 @@ fn provided(name: &str) -> bool {
     let wasi = WASI_PACKAGES.iter().any(|p| interface.starts_with(p))
         && (version.is_empty() || version.starts_with("0.2."));
     let ipc = interface == "wasmproc:guest/ipc"
-        && (version.starts_with("0.1.") || version.starts_with("0.2."));
+        && ["0.1.", "0.2.", "0.3."]
+            .iter()
+            .any(|v| version.starts_with(v));
     wasi || ipc
 }
 

@@ -71,8 +71,10 @@
 //! - [`cluster`]: the cluster bridge: hosts that form one app over NATS;
 //!   `cluster/wire` (subjects and envelopes), `cluster/link` (a remote
 //!   guest's proxy: envelopes out, acks in), `cluster/inbox` (envelopes
-//!   from other hosts), `cluster/peers` (the heartbeat rule),
-//!   `cluster/tasks` (beats, exits, forwarded verbs, the bridge's clock).
+//!   from other hosts), `cluster/settle` (take reports: what the other
+//!   hosts' guests took, and what is unsettled), `cluster/peers` (the
+//!   heartbeat rule), `cluster/tasks` (beats, exits, forwarded verbs, the
+//!   bridge's clock).
 //! - [`manifest`] (crate `wasmproc-manifest`): `app.toml`, checked.
 //! - crate `wasmproc-protocol`: the frame types, the pure codec and the
 //!   host↔runner contract (descriptors, exit codes, name rules), shared

@@ -55,11 +55,15 @@ pub struct Scaffold {
 }
 
 /// The contract: the world, the WASI packages it includes, and the 0.1
-/// package the Rust SDK's bindings are named beside.
+/// and 0.2 packages the Rust SDK's bindings are named beside.
 const WIT: &[(&str, &str)] = &[
     (
         "wit/deps/wasmproc-guest-0.1.0/guest.wit",
         include_str!("../../wit/deps/wasmproc-guest-0.1.0/guest.wit"),
+    ),
+    (
+        "wit/deps/wasmproc-guest-0.2.0/guest.wit",
+        include_str!("../../wit/deps/wasmproc-guest-0.2.0/guest.wit"),
     ),
     ("wit/guest.wit", include_str!("../../wit/guest.wit")),
     (

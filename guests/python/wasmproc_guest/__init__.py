@@ -234,7 +234,9 @@ class Message:
 class Undeliverable:
     """A message this guest sent could not be delivered. ``reason`` is the
     WIT case: ``unknown-recipient``, ``recipient-exited``, ``not-allowed``,
-    ``mailbox-full`` or ``too-large``."""
+    ``mailbox-full``, ``too-large`` or ``unknown-outcome`` (sent to a guest
+    on another host that neither confirmed the take nor refused it: it may
+    or may not have been taken)."""
 
     to: _ipc.Address
     reason: str

@@ -77,19 +77,19 @@ mod bindings {
         inline: "
             package wasmproc:sdk;
             world sdk {
-                import wasmproc:guest/ipc@0.2.0;
+                import wasmproc:guest/ipc@0.3.0;
             }
         ",
         path: "../../wit",
         world: "wasmproc:sdk/sdk",
         with: {
             "wasi:io/poll@0.2.12": wasip2::io::poll,
-            "wasmproc:guest/ipc@0.2.0": generate,
+            "wasmproc:guest/ipc@0.3.0": generate,
         },
     });
 }
 
-use bindings::wasmproc::guest0_2_0::ipc as raw;
+use bindings::wasmproc::guest0_3_0::ipc as raw;
 
 pub use raw::{
     Address, CallError, Down, GuestId, InboxItem, Message, PendingCall, ReplyError, RequestId,
@@ -598,6 +598,9 @@ impl fmt::Display for UndeliverableReason {
             UndeliverableReason::NotAllowed => "not allowed",
             UndeliverableReason::MailboxFull => "mailbox full",
             UndeliverableReason::TooLarge => "too large",
+            // Sent to another host, which neither confirmed the take nor
+            // refused it: it may or may not have been taken.
+            UndeliverableReason::UnknownOutcome => "unknown outcome",
         })
     }
 }

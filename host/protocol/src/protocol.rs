@@ -11,7 +11,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 /// Bumped whenever a frame type changes shape.
-pub const PROTOCOL_VERSION: u32 = 5;
+pub const PROTOCOL_VERSION: u32 = 6;
 
 /// A guest's id: given by the host, never the OS pid (which the OS reuses).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -135,6 +135,11 @@ pub enum UndeliverableReason {
     MailboxFull,
     /// The payload is over the recipient's message size limit.
     TooLarge,
+    /// Sent to a guest of another host, which neither confirmed that its
+    /// guest took it nor refused it (that host was lost, the connection
+    /// dropped, or no answer came in time): it may or may not have been
+    /// taken.
+    UnknownOutcome,
 }
 
 impl fmt::Display for UndeliverableReason {
@@ -145,6 +150,7 @@ impl fmt::Display for UndeliverableReason {
             UndeliverableReason::NotAllowed => "not allowed",
             UndeliverableReason::MailboxFull => "mailbox full",
             UndeliverableReason::TooLarge => "too large",
+            UndeliverableReason::UnknownOutcome => "unknown outcome",
         })
     }
 }

@@ -4,8 +4,9 @@
 //!
 //! A sender on another host is represented here by its proxy, so the
 //! recipient sees a `from` it can answer (by id or by name) and the relay's
-//! accounting works unchanged: what the recipient never takes goes back
-//! to the proxy, whose link carries the notice home.
+//! accounting works unchanged. A message keeps its sending host's number
+//! on its way here, so that its take, or its return when the recipient
+//! never takes it, goes home as that number ([`super::settle`]).
 
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -64,7 +65,12 @@ fn recipient(bridge: &Bridge, to: &Target) -> Result<Arc<Entry>, UndeliverableRe
 async fn handle(bridge: &Arc<Bridge>, node: &str, envelope: Envelope) -> Ack {
     let relay = &bridge.relay;
     match envelope {
-        Envelope::Message { to, from, payload } => {
+        Envelope::Message {
+            to,
+            from,
+            seq,
+            payload,
+        } => {
             let target = match recipient(bridge, &to) {
                 Ok(target) => target,
                 Err(reason) => return Ack::Undeliverable(reason),
@@ -72,7 +78,8 @@ async fn handle(bridge: &Arc<Bridge>, node: &str, envelope: Envelope) -> Ack {
             let Some(sender) = sender_proxy(bridge, node, from) else {
                 return Ack::Garbled;
             };
-            let routed = relay.route(&sender, Address::Id(target.id), payload);
+            let seq = std::num::NonZeroU64::new(seq);
+            let routed = relay.route_numbered(&sender, Address::Id(target.id), payload, seq);
             if let Some(InboxItem::Undeliverable { reason, .. }) = routed.notices.first() {
                 return Ack::Undeliverable(*reason);
             }

@@ -9,7 +9,10 @@
 //! bound by the window, not by the round trip, and a burst costs one NATS
 //! message per letter, not per message. One task for the whole bridge
 //! takes the acks (one per envelope) and settles them; the bridge's clock
-//! settles what has waited [`ACK_TIMEOUT`] as of unknown outcome.
+//! settles what has waited [`ACK_TIMEOUT`] as of unknown outcome. An ack
+//! that accepts a message does not settle it for its sender: the take
+//! report does ([`super::settle`]), and the message is kept as unsettled
+//! from the moment it goes out.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,10 +22,11 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
-use wasmproc_protocol::{Address, CallError, GuestId, InboxItem, RequestId, UndeliverableReason};
+use wasmproc_protocol::{Address, CallError, GuestId, RequestId, UndeliverableReason};
 
 use super::Bridge;
 use super::inbox::Letter;
+use super::settle::{self, Sent};
 use super::wire::{self, Ack, Envelope, Target};
 use crate::relay::{Entry, Item};
 
@@ -46,12 +50,8 @@ const BATCH_BYTES: usize = 4 << 20;
 /// What an envelope in flight was, to settle it.
 #[derive(Debug)]
 enum Kind {
-    /// A message from guest `from` to the address `to` (as it knows it).
-    Send {
-        from: GuestId,
-        to: Address,
-        len: u64,
-    },
+    /// A message, kept as unsettled under number `seq`.
+    Send { seq: u64 },
     /// Call `request`'s request.
     Call { request: RequestId },
     /// An answer or a notice, for a guest of the other host.
@@ -74,8 +74,8 @@ enum Outcome {
     Ack(Ack),
     /// Nobody serves that node's inbox.
     NoResponders,
-    /// No ack in time, or our connection dropped first.
-    Unknown,
+    /// No ack in time, or our connection dropped first: why.
+    Unknown(&'static str),
 }
 
 /// The envelopes of one bridge in flight, by sequence number (oldest
@@ -105,7 +105,11 @@ impl Acks {
             overdue
         };
         for pending in overdue {
-            settle(bridge, pending, Acked::All(Outcome::Unknown));
+            settle(
+                bridge,
+                pending,
+                Acked::All(Outcome::Unknown("no ack in time")),
+            );
         }
     }
 
@@ -113,7 +117,11 @@ impl Acks {
     pub(super) fn fail_all(&self, bridge: &Arc<Bridge>) {
         let all = std::mem::take(&mut *self.lock());
         for (_, pending) in all {
-            settle(bridge, pending, Acked::All(Outcome::Unknown));
+            settle(
+                bridge,
+                pending,
+                Acked::All(Outcome::Unknown("the connection dropped")),
+            );
         }
     }
 }
@@ -121,6 +129,11 @@ impl Acks {
 /// Take `proxy`'s mailbox to `node`, in order, until the proxy is gone.
 pub(super) async fn drain(bridge: Weak<Bridge>, proxy: Arc<Entry>, node: String, target: Target) {
     let window = Arc::new(Semaphore::new(WINDOW));
+    // What its senders call it: one for all its messages.
+    let to = Arc::new(match &proxy.name {
+        Some(name) => Address::Name(name.clone()),
+        None => Address::Id(proxy.id),
+    });
     let mut items = Vec::with_capacity(BATCH);
     let mut letter: Vec<(Envelope, Kind)> = Vec::with_capacity(LETTER);
     while proxy
@@ -136,7 +149,9 @@ pub(super) async fn drain(bridge: Weak<Bridge>, proxy: Arc<Entry>, node: String,
         let limit = bridge.max_payload.saturating_sub(ENVELOPE_ROOM);
         let mut size = 0;
         for item in items.drain(..) {
-            let Some((envelope, kind)) = envelope_for(&bridge, &proxy, &target, item) else {
+            let sent_to = (node.as_str(), &to);
+            let Some((envelope, kind)) = envelope_for(&bridge, &proxy, &target, sent_to, item)
+            else {
                 continue;
             };
             let len = envelope_len(&envelope);
@@ -189,11 +204,14 @@ async fn send_letter(
     true
 }
 
-/// The envelope that carries `item` to the guest `proxy` stands for.
+/// The envelope that carries `item` to the guest `proxy` stands for, on
+/// node `node`, which its senders call `to`. A message is numbered and
+/// kept as unsettled here.
 fn envelope_for(
     bridge: &Bridge,
     proxy: &Entry,
     target: &Target,
+    (node, to): (&str, &Arc<Address>),
     item: Item,
 ) -> Option<(Envelope, Kind)> {
     let from = |id: GuestId, name: Option<String>| wire::From { id: id.0, name };
@@ -203,28 +221,31 @@ fn envelope_for(
             from_name,
             request: None,
             payload,
+            ..
         } => {
-            let to = match &proxy.name {
-                Some(name) => Address::Name(name.clone()),
-                None => Address::Id(proxy.id),
-            };
-            let kind = Kind::Send {
+            let sent = Sent {
                 from: sender,
-                to,
+                to: to.clone(),
                 len: payload.len() as u64,
             };
+            let (seq, evicted) = bridge.unsettled.keep(node, sent);
+            if let Some(evicted) = evicted {
+                settle::evicted(bridge, node, evicted);
+            }
             let envelope = Envelope::Message {
                 to: target.clone(),
                 from: from(sender, from_name),
+                seq: seq.get(),
                 payload: payload.to_vec(),
             };
-            Some((envelope, kind))
+            Some((envelope, Kind::Send { seq: seq.get() }))
         }
         Item::Message {
             from: sender,
             from_name,
             request: Some(request),
             payload,
+            ..
         } => {
             // A call that ended while queued needs no trip.
             let deadline = bridge.relay.call_deadline(request)?;
@@ -301,7 +322,11 @@ async fn publish(
     {
         tracing::warn!("wasmproc: cannot publish to node `{node}`: {err}");
         if let Some(pending) = bridge.acks.lock().remove(&seq) {
-            settle(bridge, pending, Acked::All(Outcome::Unknown));
+            settle(
+                bridge,
+                pending,
+                Acked::All(Outcome::Unknown("it could not be published")),
+            );
         }
     }
 }
@@ -356,6 +381,19 @@ fn settle(bridge: &Arc<Bridge>, pending: Pending, acked: Acked) {
     }
     let Pending { node, kinds, .. } = pending;
     match acked {
+        Acked::All(Outcome::Unknown(why)) => {
+            // Told in one go: a letter may hold hundreds of messages.
+            let mut unknown = Vec::new();
+            for kind in kinds {
+                if let Kind::Send { seq } = kind
+                    // Settled already if its take report came first.
+                    && let Some(sent) = bridge.unsettled.settle(&node, seq)
+                {
+                    unknown.push(sent);
+                }
+            }
+            settle::unknown(bridge, &node, unknown, why);
+        }
         Acked::All(outcome) => {
             for kind in kinds {
                 settle_one(bridge, &node, kind, outcome.clone());
@@ -372,48 +410,33 @@ fn settle(bridge: &Arc<Bridge>, pending: Pending, acked: Acked) {
     }
 }
 
-/// Tell whoever is concerned how one envelope ended.
+/// Tell whoever is concerned how one envelope ended (the unknown outcomes
+/// of messages are told by [`settle`], a letter at a time).
 fn settle_one(bridge: &Bridge, node: &str, kind: Kind, outcome: Outcome) {
     let relay = &bridge.relay;
     match kind {
-        Kind::Send { from, to, len } => {
+        Kind::Send { seq } => {
             let reason = match outcome {
+                // In the recipient's mailbox: its take report settles it.
                 Outcome::Ack(Ack::Accepted) => return,
                 Outcome::Ack(Ack::Undeliverable(reason)) => reason,
                 Outcome::Ack(Ack::CallFailed(_) | Ack::Garbled) | Outcome::NoResponders => {
                     UndeliverableReason::UnknownRecipient
                 }
-                Outcome::Unknown => {
-                    bridge.stats.unknown_outcome.fetch_add(1, Ordering::Relaxed);
-                    if let Some(sender) = relay.entry(from) {
-                        sender
-                            .counters
-                            .unknown_outcome
-                            .fetch_add(1, Ordering::Relaxed);
+                Outcome::Unknown(why) => {
+                    if let Some(sent) = bridge.unsettled.settle(node, seq) {
+                        settle::unknown(bridge, node, vec![sent], why);
                     }
-                    tracing::warn!(
-                        "wasmproc: a message from {from} to {to} on node `{node}`: unknown outcome (no ack within {ACK_TIMEOUT:?})"
-                    );
                     return;
                 }
             };
-            let notice = InboxItem::Undeliverable {
-                to,
-                reason,
-                payload_len: len,
-            };
-            match relay.entry(from) {
-                Some(sender) => relay.notify(&sender.mailbox, notice),
-                None if from == GuestId::PARENT => {
-                    tracing::warn!("wasmproc: the app's message came back: {notice:?}");
-                }
-                // The sender has ended: nobody is left to tell.
-                None => {}
+            if let Some(sent) = bridge.unsettled.settle(node, seq) {
+                settle::tell(bridge, &sent, reason);
             }
         }
         Kind::Call { request } => {
             let error = match outcome {
-                Outcome::Ack(Ack::Accepted) | Outcome::Unknown => return,
+                Outcome::Ack(Ack::Accepted) | Outcome::Unknown(_) => return,
                 Outcome::Ack(Ack::CallFailed(error)) => error,
                 Outcome::Ack(Ack::Undeliverable(_) | Ack::Garbled) => CallError::UnknownRecipient,
                 Outcome::NoResponders => CallError::CalleeExited("host lost".to_owned()),

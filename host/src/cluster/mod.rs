@@ -17,17 +17,26 @@
 //!
 //! # Delivery across hosts
 //!
-//! NATS is at-most-once, so every envelope goes in a request that the
-//! remote relay answers with an [`wire::Ack`] per envelope once the message
-//! is in its recipient's mailbox (from there the remote host returns what
-//! is not taken, as for any guest). Acks are pipelined, [`link::WINDOW`]
+//! Every message is taken by its recipient or returned to its sender, across
+//! hosts too; where nobody can say which, it is returned as `unknown
+//! outcome` (NATS is at-most-once).
+//!
+//! Every envelope goes in a request that the remote relay answers with an
+//! [`wire::Ack`] per envelope once the message is in its recipient's
+//! mailbox. An ack is not a take, so each message also carries a number:
+//! the sending host keeps what each number was (sender, address, length;
+//! no payload) from the moment it goes out, and the receiving host reports
+//! the numbers home in batches when its guests take those messages, or when
+//! they come back because the recipient ended first ([`settle`]). Acks are
+//! pipelined, [`link::WINDOW`]
 //! envelopes per proxy, and what a proxy's mailbox holds goes out many
 //! envelopes to a NATS message, so throughput is bound neither by the round
 //! trip nor by one NATS message per message; one link publishes
 //! in order on one connection, and the receiving host handles its inbox in
 //! order, so the order per sender and receiver holds. No responders means
 //! no host serves that node any more: `unknown recipient` at once. No ack
-//! within [`link::ACK_TIMEOUT`]: the outcome is unknown, and counted so.
+//! within [`link::ACK_TIMEOUT`]: `unknown outcome`, told to the sender (a
+//! guest of WIT 0.2 is not shown it) and counted.
 //!
 //! # Host loss
 //!
@@ -37,13 +46,17 @@
 //! ([`peers`]). Its proxies are
 //! unregistered with `host lost`: monitors get `down (host lost)`, calls
 //! to its guests fail with `callee exited: host lost`, its names leave the
-//! directory. When our own connection drops, every proxy goes with
-//! `no connection`; local guests go on. On reconnect the next beats (ours
-//! at once) bring the directory back.
+//! directory, and every message sent there and not reported taken or
+//! returned (acked or not) goes back to its sender as `unknown outcome`:
+//! its take report may have been in flight. When our own connection
+//! drops, every proxy goes with `no connection`, and every unsettled
+//! message of every peer comes back the same way; local guests go on. On
+//! reconnect the next beats (ours at once) bring the directory back.
 
 mod inbox;
 mod link;
 mod peers;
+mod settle;
 mod tasks;
 pub mod wire;
 
@@ -96,8 +109,15 @@ pub struct Stats {
     pub acked: AtomicU64,
     /// Sends no host served (no responders).
     pub no_responders: AtomicU64,
-    /// Sends whose ack did not come in time.
+    /// Messages given back to their senders as of unknown outcome: no ack
+    /// in time, or the peer or our connection was lost before the peer
+    /// said whether its guest took them.
     pub unknown_outcome: AtomicU64,
+    /// Messages whose take (or return) a peer reported.
+    pub settled: AtomicU64,
+    /// Unsettled messages pushed out by the bound (`settle::UNSETTLED` per
+    /// peer), each returned as of unknown outcome.
+    pub evicted: AtomicU64,
     /// Messages the NATS client dropped because a subscription's buffer
     /// was full (`slow consumer`): each is also logged.
     pub slow_consumers: AtomicU64,
@@ -148,6 +168,8 @@ struct Bridge {
     max_payload: usize,
     state: Mutex<State>,
     acks: link::Acks,
+    /// What we sent to each peer and have not heard settled.
+    unsettled: settle::Unsettled,
     stats: Arc<Stats>,
     control: Mutex<Option<ControlHandler>>,
     /// Asks the beat task for a beat now (a guest came or went).
@@ -169,6 +191,9 @@ const EVENTS: usize = 256;
 
 /// How long a leaving host tries to say so.
 const LEAVE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How long after a peer's last beat its last take reports may come.
+const LEAVE_GRACE: Duration = Duration::from_secs(1);
 
 impl Cluster {
     /// Join the cluster of `config.app` as `config.node`, with `relay`'s
@@ -256,6 +281,10 @@ impl Cluster {
             .subscribe(subjects.control(&config.node))
             .await
             .map_err(subscribe_error)?;
+        let reports = client
+            .subscribe(subjects.settled(&config.node))
+            .await
+            .map_err(subscribe_error)?;
         let max_payload = client.server_info().max_payload;
         let bridge = Arc::new(Bridge {
             client,
@@ -266,6 +295,7 @@ impl Cluster {
             max_payload,
             state: Mutex::new(State::default()),
             acks: link::Acks::default(),
+            unsettled: settle::Unsettled::new(random_instance()),
             stats,
             control: Mutex::new(None),
             beat_now: Arc::new(tokio::sync::Notify::new()),
@@ -283,6 +313,8 @@ impl Cluster {
         tokio::spawn(hear_beats(weak.clone(), beats));
         tokio::spawn(hear_exits(weak.clone(), exits));
         tokio::spawn(serve_control(weak.clone(), control));
+        tokio::spawn(settle::hear(weak.clone(), reports));
+        tokio::spawn(settle::report(weak.clone()));
         tokio::spawn(tick(weak, events, local));
         bridge.beat_now.notify_one();
         Ok(Cluster { inner: bridge })
@@ -315,6 +347,18 @@ impl Cluster {
             .collect();
         guests.sort();
         guests
+    }
+
+    /// Messages sent to other hosts that they have not yet said were taken
+    /// or returned.
+    pub fn unsettled(&self) -> usize {
+        self.inner.unsettled.len()
+    }
+
+    /// Take reports for other hosts this host dropped, because too many
+    /// waited (more than the relay keeps for the bridge).
+    pub fn dropped_reports(&self) -> u64 {
+        self.inner.relay.dropped_settlements()
     }
 
     /// Whether our connection to NATS is up.
@@ -362,6 +406,9 @@ impl Cluster {
             // Nobody would hear it; the peers see our beats stop instead.
             return;
         }
+        // What our guests took or gave back goes before the last beat, so
+        // the peers hear it before they settle the rest as unknown.
+        settle::flush(bridge).await;
         let beat = Beat {
             node: bridge.config.node.clone(),
             instance: bridge.instance,
@@ -542,11 +589,34 @@ impl Bridge {
         }
     }
 
-    /// `node` is lost: say so, and drop its guests.
+    /// `node` is lost: say so, and drop its guests. What we sent there
+    /// and did not hear settled goes back to its senders: unknown outcome.
     async fn lose(&self, node: &str, why: &str) {
         tracing::warn!("wasmproc: node `{node}` is lost ({why}); its guests are unreachable");
         self.lock().liveness.forget(node);
         self.drop_proxies(Some(node), "host lost").await;
+        let unsettled = self.unsettled.take(Some(node));
+        settle::unknown(self, node, unsettled, "host lost");
+    }
+
+    /// Our connection dropped: nothing we sent anywhere will be reported.
+    fn lose_all(&self) {
+        for node in self.unsettled.nodes() {
+            let unsettled = self.unsettled.take(Some(&node));
+            settle::unknown(self, &node, unsettled, "no connection");
+        }
+    }
+
+    /// `node` said it stops: what it has not reported by `LEAVE_GRACE`
+    /// from now never will be (a take report sent before its last beat
+    /// may still be on its way here).
+    fn left(self: &Arc<Self>, node: &str) {
+        let (bridge, node, last) = (self.clone(), node.to_owned(), self.unsettled.last());
+        tokio::spawn(async move {
+            tokio::time::sleep(LEAVE_GRACE).await;
+            let unsettled = bridge.unsettled.take_up_to(&node, last);
+            settle::unknown(&bridge, &node, unsettled, "host stopped");
+        });
     }
 
     /// Our beat: this host's guests now.

@@ -58,6 +58,7 @@ pub(super) async fn hear_beats(bridge: Weak<Bridge>, mut beats: async_nats::Subs
         if beat.leaving {
             bridge.lock().liveness.forget(&beat.node);
             bridge.drop_proxies(Some(&beat.node), "host stopped").await;
+            bridge.left(&beat.node);
             continue;
         }
         let heard = bridge
@@ -247,6 +248,7 @@ async fn connection_event(bridge: &Arc<Bridge>, event: async_nats::Event) {
             bridge.lock().liveness.disconnected();
             bridge.drop_proxies(None, "no connection").await;
             bridge.acks.fail_all(bridge);
+            bridge.lose_all();
         }
         async_nats::Event::Connected => {
             tracing::info!("wasmproc: connected to the cluster's NATS server");

@@ -5,6 +5,7 @@
 //! |---|---|---|
 //! | `wp.APP.in.NODE` | a letter of [`Envelope`]s for node NODE's relay | request; the reply is an [`Ack`] per envelope |
 //! | `wp.APP.ack.NODE-INSTANCE.SEQ` | the [`Ack`]s for letter SEQ | the reply subject of the above |
+//! | `wp.APP.done.NODE` | a [`Report`]: which of NODE's messages were taken or came back | batched, by the receiving host |
 //! | `wp.APP.beat.NODE` | a [`Beat`]: NODE is up, and its guests | every [`BEAT`] |
 //! | `wp.APP.exit.NODE` | an [`Exit`]: a guest of NODE ended | as it happens |
 //! | `wp.APP.claim.NODE` | who runs node NODE? | request, answered by that host |
@@ -76,6 +77,11 @@ impl Subjects {
         self.of("ctl", node)
     }
 
+    /// Where node `node` hears what became of its messages.
+    pub fn settled(&self, node: &str) -> String {
+        self.of("done", node)
+    }
+
     /// Every node's `kind` subject (`beat`, `exit`).
     pub fn every(&self, kind: &str) -> String {
         format!("wp.{}.{kind}.*", self.app)
@@ -113,10 +119,13 @@ pub struct From {
 /// What one host asks of another's relay.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Envelope {
-    /// A message for a guest of the receiving host.
+    /// A message for a guest of the receiving host, numbered by the
+    /// sending host: the receiving host reports that number when the
+    /// message is taken or comes back ([`Report`]).
     Message {
         to: Target,
         from: From,
+        seq: u64,
         #[serde(with = "serde_bytes")]
         payload: Vec<u8>,
     },
@@ -154,6 +163,32 @@ pub enum Ack {
     CallFailed(CallError),
     /// The envelope could not be read (a host of another version).
     Garbled,
+}
+
+/// What became of messages of one host (by their numbers) at another.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Report {
+    /// The node that says so: where the messages went.
+    pub node: String,
+    /// Taken by their recipients.
+    pub taken: Vec<u64>,
+    /// Come back, and why (their recipients ended before taking them).
+    pub returned: Vec<(u64, UndeliverableReason)>,
+}
+
+impl Report {
+    /// This report as reports of at most `most` numbers each.
+    pub fn split(self, most: usize) -> Vec<Report> {
+        let most = most.max(1);
+        let part = |taken: &[u64], returned: &[(u64, UndeliverableReason)]| Report {
+            node: self.node.clone(),
+            taken: taken.to_vec(),
+            returned: returned.to_vec(),
+        };
+        let mut parts: Vec<Report> = self.taken.chunks(most).map(|t| part(t, &[])).collect();
+        parts.extend(self.returned.chunks(most).map(|r| part(&[], r)));
+        parts
+    }
 }
 
 /// One of a host's guests, as its beats announce it.
@@ -224,6 +259,7 @@ mod tests {
         assert_eq!(s.inbox("b"), "wp.my_2eapp.in.b");
         assert_eq!(s.every("beat"), "wp.my_2eapp.beat.*");
         assert_eq!(s.acks("a", 255), "wp.my_2eapp.ack.a-ff");
+        assert_eq!(s.settled("a"), "wp.my_2eapp.done.a");
         assert_eq!(Subjects::node_token("wp.x.beat.n-1"), "n-1");
     }
 
@@ -243,5 +279,24 @@ mod tests {
         assert_eq!(decode::<Envelope>(&[0xff, 0xff, 0xff]), None);
         let ack = Ack::Undeliverable(UndeliverableReason::MailboxFull);
         assert_eq!(decode::<Ack>(&encode(&ack)), Some(ack));
+    }
+
+    #[test]
+    fn reports_split_into_parts_that_keep_every_number() {
+        let report = Report {
+            node: "b".into(),
+            taken: (1..=5).collect(),
+            returned: vec![(9, UndeliverableReason::RecipientExited)],
+        };
+        assert_eq!(decode::<Report>(&encode(&report)), Some(report.clone()));
+        let parts = report.split(2);
+        let taken: Vec<u64> = parts.iter().flat_map(|p| p.taken.clone()).collect();
+        assert_eq!(taken, [1, 2, 3, 4, 5]);
+        assert_eq!(parts.len(), 4);
+        assert_eq!(
+            parts[3].returned,
+            [(9, UndeliverableReason::RecipientExited)]
+        );
+        assert!(parts.iter().all(|p| p.node == "b"));
     }
 }

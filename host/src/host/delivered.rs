@@ -7,21 +7,28 @@
 //! pipe or in the runner's inbox: each message goes back to its sender as
 //! `undeliverable: recipient exited`. Payloads are not kept: a notice
 //! carries only the length.
+//!
+//! A message from a guest of another host also keeps that host's number
+//! for it: its take is told to the relay ([`Relay::settled_remote`]), for
+//! the cluster bridge to tell the sending host, and so is its return.
 
 use std::collections::VecDeque;
 use std::sync::{Mutex, MutexGuard};
 
 use wasmproc_protocol::GuestId;
 
-use crate::relay::{Counters, Item};
+use crate::relay::{Counters, Item, Relay, Seq, Settled};
 
-/// A delivered message's sender and length; `None` for a notice.
-type Record = Option<(GuestId, u64)>;
+/// A delivered message's sender, length and number (from another host);
+/// `None` for a notice.
+type Record = Option<(GuestId, u64, Seq)>;
 
 /// The delivered-but-not-taken items of one runner.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Delivered {
     state: Mutex<State>,
+    /// Told the takes of messages from other hosts.
+    relay: Relay,
 }
 
 #[derive(Debug, Default)]
@@ -45,6 +52,13 @@ impl State {
 }
 
 impl Delivered {
+    pub(crate) fn new(relay: Relay) -> Delivered {
+        Delivered {
+            state: Mutex::default(),
+            relay,
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -64,8 +78,9 @@ impl Delivered {
                     from,
                     request: None,
                     payload,
+                    seq,
                     ..
-                } => Some((*from, payload.len() as u64)),
+                } => Some((*from, payload.len() as u64, *seq)),
                 Item::Message { .. } | Item::Notice(_) => None,
                 Item::Answer { .. } | Item::Expired(_) => continue,
             };
@@ -96,17 +111,21 @@ impl Delivered {
             ));
         }
         let newly = (count - state.taken) as usize;
-        state.pending.drain(..newly);
+        for (from, _, seq) in state.pending.drain(..newly).flatten() {
+            if let Some(seq) = seq {
+                self.relay.settled_remote(from, seq, Settled::Taken);
+            }
+        }
         state.taken = count;
         state.count(counters);
         Ok(())
     }
 
-    /// Everything never taken, in order: the senders and lengths of the
-    /// messages (notices are dropped: nobody is waiting for them).
-    pub(crate) fn drain(&self, counters: &Counters) -> Vec<(GuestId, u64)> {
+    /// Everything never taken, in order: the senders, lengths and numbers
+    /// of the messages (notices are dropped: nobody is waiting for them).
+    pub(crate) fn drain(&self, counters: &Counters) -> Vec<(GuestId, u64, Seq)> {
         let mut state = self.lock();
-        let messages: Vec<(GuestId, u64)> = state.pending.drain(..).flatten().collect();
+        let messages: Vec<(GuestId, u64, Seq)> = state.pending.drain(..).flatten().collect();
         state.taken = state.delivered;
         state.count(counters);
         counters
@@ -128,12 +147,13 @@ mod tests {
             from_name: None,
             request: None,
             payload: vec![0; len].into(),
+            seq: None,
         }
     }
 
     #[test]
     fn what_was_not_taken_is_returned_in_order() {
-        let d = Delivered::default();
+        let d = Delivered::new(Relay::new());
         let c = Counters::default();
         let items = [
             message(1, 10),
@@ -144,13 +164,16 @@ mod tests {
         d.record(&items[..2], &c);
         d.record(&items[2..], &c);
         d.taken(1, &c).unwrap();
-        assert_eq!(d.drain(&c), vec![(GuestId(2), 20), (GuestId(3), 30)]);
+        assert_eq!(
+            d.drain(&c),
+            vec![(GuestId(2), 20, None), (GuestId(3), 30, None)]
+        );
         assert_eq!(d.drain(&c), Vec::new());
     }
 
     #[test]
     fn counts_that_go_back_or_run_ahead_are_violations() {
-        let d = Delivered::default();
+        let d = Delivered::new(Relay::new());
         let c = Counters::default();
         d.record(&[message(1, 1), message(1, 1)], &c);
         d.taken(2, &c).unwrap();

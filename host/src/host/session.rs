@@ -75,7 +75,7 @@ impl Session {
         let pid = process.id();
         let (kill, kill_rx) = mpsc::channel(KILL_REQUESTS);
         let (status_tx, status) = watch::channel(None);
-        let delivered = Arc::new(Delivered::default());
+        let delivered = Arc::new(Delivered::new(relay.clone()));
 
         let writer = FrameWriter::new(to_runner, relay.stats().clone());
         let max_call = Duration::from_millis(spec.limits.max_call_ms);
@@ -160,6 +160,7 @@ async fn write_runner(
                     from_name,
                     request,
                     payload,
+                    ..
                 } => {
                     let head = HostToRunner::Deliver(InboxItem::Message {
                         from,

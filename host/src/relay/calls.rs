@@ -423,6 +423,7 @@ impl Relay {
             from_name,
             request: Some(request),
             payload,
+            seq: None,
         };
         let pushed = match (&callee, from) {
             (Callee::Guest(entry), _) => {

@@ -24,6 +24,7 @@ use tokio::sync::Notify;
 use wasmproc_protocol::{GuestId, InboxItem, RequestId};
 
 use super::calls::Answer;
+use super::remote::Seq;
 
 /// What the host holds for a guest: inbox items, with a message's payload
 /// shared (the members of a broadcast hold one buffer), never copied to be
@@ -37,6 +38,9 @@ pub enum Item {
         /// Set when the message is a call.
         request: Option<RequestId>,
         payload: Bytes,
+        /// For a message from a guest of another host: that host's number
+        /// for it, to tell it when the message is taken or returned.
+        seq: Seq,
     },
     /// Anything else: undeliverable, down, shutdown.
     Notice(InboxItem),
@@ -69,6 +73,7 @@ impl Item {
                 from_name,
                 request,
                 payload,
+                ..
             } => Some(InboxItem::Message {
                 from,
                 from_name,
@@ -94,6 +99,7 @@ impl From<InboxItem> for Item {
                 from_name,
                 request,
                 payload: Bytes::from(payload),
+                seq: None,
             },
             notice => Item::Notice(notice),
         }

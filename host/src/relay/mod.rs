@@ -32,7 +32,7 @@ pub(crate) use mailbox::{
 };
 pub use policy::Refusal;
 use policy::Refusals;
-pub(crate) use remote::{LOCAL_EVENTS, LocalEvent};
+pub(crate) use remote::{LOCAL_EVENTS, LocalEvent, Seq, Settled};
 
 /// One guest as the relay knows it.
 #[derive(Debug)]
@@ -80,9 +80,12 @@ pub struct Counters {
     pub undeliverable: AtomicU64,
     /// Its linear memory in bytes, as its runner last said.
     pub memory: AtomicU64,
-    /// Its sends to other hosts whose fate is unknown: no ack came in time
-    /// (NATS is at-most-once). Its guest API (WIT 0.2) has no item for this,
-    /// so the count is where it shows (`ps`, `top`, metrics).
+    /// Its sends to other hosts whose fate is unknown (NATS is
+    /// at-most-once): no ack came in time, or that host or our connection
+    /// was lost before it said whether its guest took them. A guest of WIT
+    /// 0.3 is told each (`undeliverable: unknown outcome`); one of 0.2 has
+    /// no item for it, so for it the count is where it shows (`ps`, `top`,
+    /// metrics).
     pub unknown_outcome: AtomicU64,
 }
 
@@ -265,6 +268,9 @@ struct Inner {
     /// Where changes to this host's own guests are told (the cluster
     /// bridge, which announces them).
     local_events: remote::LocalEvents,
+    /// What became of the messages from other hosts, for the bridge to
+    /// tell them.
+    settlements: remote::Settlements,
 }
 
 impl Default for Relay {
@@ -310,6 +316,7 @@ impl Relay {
                 budget: Arc::new(HostBudget::new(HOST_BYTES)),
                 calls: calls::Calls::default(),
                 local_events: remote::LocalEvents::default(),
+                settlements: remote::Settlements::default(),
             }),
         }
     }
@@ -397,6 +404,18 @@ impl Relay {
     /// mailbox. What could not be queued comes back in [`Routed`]: notices
     /// for the sender, and messages waiting for room in a full mailbox.
     pub fn route(&self, from: &Entry, to: Address, payload: Vec<u8>) -> Routed {
+        self.route_numbered(from, to, payload, None)
+    }
+
+    /// [`Relay::route`] for a message from a guest of another host, which
+    /// numbered it `seq` (to hear when it is taken or returned).
+    pub(crate) fn route_numbered(
+        &self,
+        from: &Entry,
+        to: Address,
+        payload: Vec<u8>,
+        seq: Seq,
+    ) -> Routed {
         let mut routed = Routed::default();
         let payload = Bytes::from(payload);
         let message = |payload| Item::Message {
@@ -404,6 +423,7 @@ impl Relay {
             from_name: from.name.clone(),
             request: None,
             payload,
+            seq,
         };
         let bounce = |to: Address, reason, len: usize| InboxItem::Undeliverable {
             to,
@@ -584,6 +604,7 @@ impl Relay {
             from_name: Some("parent".to_owned()),
             request: None,
             payload,
+            seq: None,
         };
         let (to, pushed) = push_to(to, item);
         pushed.map_err(|(err, _)| match err {
@@ -665,8 +686,9 @@ impl Relay {
                     from,
                     request: None,
                     payload,
+                    seq,
                     ..
-                } => Some((from, payload.len() as u64)),
+                } => Some((from, payload.len() as u64, seq)),
                 _ => None,
             });
         self.return_to_senders(&entry, never_delivered);
@@ -728,15 +750,25 @@ impl Relay {
         count
     }
 
-    /// Tell the senders of messages `recipient` will never take (by sender
-    /// and length, oldest first) that they came back: `recipient exited`.
-    /// Never waits; a notice that finds no room is dropped and counted.
+    /// Tell the senders of messages `recipient` will never take (by sender,
+    /// length and number, oldest first) that they came back: `recipient
+    /// exited`. A message from another host goes back to that host as a
+    /// number ([`Settled::Returned`]): it builds the notice itself. Never
+    /// waits; a notice that finds no room is dropped and counted.
     pub fn return_to_senders(
         &self,
         recipient: &Entry,
-        messages: impl IntoIterator<Item = (GuestId, u64)>,
+        messages: impl IntoIterator<Item = (GuestId, u64, Seq)>,
     ) {
-        for (from, len) in messages {
+        for (from, len, seq) in messages {
+            if let Some(seq) = seq {
+                self.settled_remote(
+                    from,
+                    seq,
+                    Settled::Returned(UndeliverableReason::RecipientExited),
+                );
+                continue;
+            }
             let notice = InboxItem::Undeliverable {
                 to: Address::Id(recipient.id),
                 reason: UndeliverableReason::RecipientExited,

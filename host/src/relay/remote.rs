@@ -6,11 +6,18 @@
 //! groups, the allow-list, monitors and the call table treat it like any
 //! guest, so a send to a guest on another host takes the same road as a
 //! local one, up to the proxy's mailbox.
+//!
+//! A message from a guest of another host carries that host's number for
+//! it ([`Seq`]) on its way through this host; when its recipient takes it,
+//! or it comes back, the relay keeps the number ([`Settled`]) for the
+//! bridge, which tells the sending host in batches.
 
+use std::num::NonZeroU64;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::mpsc;
-use wasmproc_protocol::{CallError, GuestId, RequestId};
+use tokio::sync::{Notify, mpsc};
+use wasmproc_protocol::{CallError, GuestId, RequestId, UndeliverableReason};
 
 use super::{Entry, Relay};
 
@@ -49,7 +56,93 @@ pub(super) struct LocalEvents {
     sink: Mutex<Option<mpsc::Sender<LocalEvent>>>,
 }
 
+/// The sending host's number for a message from a guest of another host;
+/// `None` for this host's own messages.
+pub(crate) type Seq = Option<NonZeroU64>;
+
+/// What became of a message from another host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Settled {
+    /// Its recipient's guest took it.
+    Taken,
+    /// It came back, and why: the sending host tells its sender.
+    Returned(UndeliverableReason),
+}
+
+/// Settlements at most waiting for the bridge. The bridge takes them every
+/// few milliseconds while connected and drops them while not (the other
+/// hosts then count what we hold as of unknown outcome), so this is only
+/// reached when the bridge falls far behind: past it a settlement is
+/// dropped and counted, and its sending host reports that message as of
+/// unknown outcome if this host is lost, never as taken.
+pub const SETTLEMENTS: usize = 1 << 18;
+
+/// Settlements of messages from other hosts, waiting for the bridge: (the
+/// sender's proxy, its host's number for the message, what became of it).
+#[derive(Debug, Default)]
+pub(super) struct Settlements {
+    waiting: Mutex<Vec<(GuestId, NonZeroU64, Settled)>>,
+    /// Set while a bridge takes them: without one nothing is kept.
+    watched: AtomicBool,
+    ready: Notify,
+    dropped: AtomicU64,
+}
+
 impl Relay {
+    /// A message from `from` (a proxy) numbered `seq` by its host was
+    /// settled: keep that for the bridge. Never waits.
+    pub(crate) fn settled_remote(&self, from: GuestId, seq: NonZeroU64, settled: Settled) {
+        let settlements = &self.inner.settlements;
+        if !settlements.watched.load(Ordering::Relaxed) {
+            return;
+        }
+        let mut waiting = settlements
+            .waiting
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if waiting.len() >= SETTLEMENTS {
+            settlements.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let first = waiting.is_empty();
+        waiting.push((from, seq, settled));
+        drop(waiting);
+        if first {
+            settlements.ready.notify_one();
+        }
+    }
+
+    /// Wait until settlements are waiting, then take them all (oldest
+    /// first). The first call makes the relay keep them.
+    pub(crate) async fn settlements(&self) -> Vec<(GuestId, NonZeroU64, Settled)> {
+        let settlements = &self.inner.settlements;
+        settlements.watched.store(true, Ordering::Relaxed);
+        loop {
+            let taken = self.take_settlements();
+            if !taken.is_empty() {
+                return taken;
+            }
+            settlements.ready.notified().await;
+        }
+    }
+
+    /// The settlements waiting now, taken (none waiting: empty).
+    pub(crate) fn take_settlements(&self) -> Vec<(GuestId, NonZeroU64, Settled)> {
+        std::mem::take(
+            &mut *self
+                .inner
+                .settlements
+                .waiting
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        )
+    }
+
+    /// Settlements dropped because too many were waiting, in all.
+    pub(crate) fn dropped_settlements(&self) -> u64 {
+        self.inner.settlements.dropped.load(Ordering::Relaxed)
+    }
+
     /// Tell changes to this host's own guests to `sink` from now on.
     pub(crate) fn watch_local(&self, sink: mpsc::Sender<LocalEvent>) {
         *self

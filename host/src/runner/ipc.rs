@@ -1,6 +1,11 @@
 //! The `wasmproc:guest/ipc` interface, implemented for guests: version
-//! 0.2 (with calls), and 0.1 for guests built before calls, which sees a
-//! call as a plain message and is served by the 0.2 implementation.
+//! 0.3, and the versions before it for the guests built against them.
+//!
+//! 0.3 and 0.2 differ only in one reason of an `undeliverable` item,
+//! `unknown-outcome` (0.3): one implementation serves both (`serve_ipc!`),
+//! and a 0.2 guest is never shown an item with that reason (the host has
+//! counted and logged it already). 0.1, from before calls, sees a call as a
+//! plain message and is served by the 0.2 implementation.
 //!
 //! This is the one `bindgen!` of the host: it reads the same `wit/` folder
 //! the guests build from.
@@ -19,7 +24,8 @@ wasmtime::component::bindgen!({
     inline: "
         package wasmproc:runner;
         world runner {
-            include wasmproc:guest/guest@0.2.0;
+            include wasmproc:guest/guest@0.3.0;
+            import wasmproc:guest/ipc@0.2.0;
             import wasmproc:guest/ipc@0.1.0;
         }
     ",
@@ -27,15 +33,15 @@ wasmtime::component::bindgen!({
     world: "wasmproc:runner/runner",
     with: {
         "wasi": wasmtime_wasi::p2::bindings,
+        "wasmproc:guest/ipc@0.3.0.pending-call": PendingCall,
         "wasmproc:guest/ipc@0.2.0.pending-call": PendingCall,
     },
     imports: { default: async | trappable },
 });
 
 use self::wasmproc::guest0_1_0::ipc as v0_1;
-use self::wasmproc::guest0_2_0::ipc::{
-    self, Address, CallError, InboxItem, ReplyError, SendError, UndeliverableReason,
-};
+use self::wasmproc::guest0_2_0::ipc as v0_2;
+use self::wasmproc::guest0_3_0::ipc::{self, UndeliverableReason};
 
 /// What a component guest's store holds.
 pub struct GuestState {
@@ -54,13 +60,14 @@ impl WasiView for GuestState {
     }
 }
 
-/// Add both versions of `ipc` to a linker that already has WASI.
+/// Add every version of `ipc` to a linker that already has WASI.
 ///
 /// # Errors
 ///
 /// When the linker already defines the interface.
 pub fn add_to_linker(linker: &mut Linker<GuestState>) -> wasmtime::Result<()> {
     ipc::add_to_linker::<GuestState, HasSelf<GuestState>>(linker, |state| state)?;
+    v0_2::add_to_linker::<GuestState, HasSelf<GuestState>>(linker, |state| state)?;
     v0_1::add_to_linker::<GuestState, HasSelf<GuestState>>(linker, |state| state)
 }
 
@@ -77,30 +84,6 @@ impl Pollable for PendingCall {
     }
 }
 
-impl ipc::HostPendingCall for GuestState {
-    async fn subscribe(
-        &mut self,
-        call: Resource<PendingCall>,
-    ) -> wasmtime::Result<Resource<DynPollable>> {
-        wasmtime_wasi::p2::subscribe(&mut self.table, call)
-    }
-
-    async fn take_reply(
-        &mut self,
-        call: Resource<PendingCall>,
-    ) -> wasmtime::Result<Option<Result<Vec<u8>, CallError>>> {
-        let call = self.table.get(&call)?.call;
-        let answer = self.link.take_answer(call).await;
-        Ok(answer.map(|answer| answer.map_err(Into::into)))
-    }
-
-    async fn drop(&mut self, call: Resource<PendingCall>) -> wasmtime::Result<()> {
-        let call = self.table.delete(call)?;
-        call.link.abandon(call.call).await;
-        Ok(())
-    }
-}
-
 /// The pollable behind `subscribe`: ready while the inbox holds an item.
 struct InboxReady(Arc<Link>);
 
@@ -111,198 +94,277 @@ impl Pollable for InboxReady {
     }
 }
 
-impl ipc::Host for GuestState {
-    async fn send(
-        &mut self,
-        to: Address,
-        payload: Vec<u8>,
-    ) -> wasmtime::Result<Result<(), SendError>> {
-        let limit = self.link.limits.max_message_size;
-        if payload.len() as u64 > limit {
-            return Ok(Err(SendError::TooLarge(limit)));
-        }
-        Ok(self
-            .link
-            .queue_send(to.into(), payload)
-            .await
-            .map_err(|_| SendError::HostGone))
-    }
-
-    async fn call(
-        &mut self,
-        to: Address,
-        payload: Vec<u8>,
-        timeout_ms: u64,
-    ) -> wasmtime::Result<Result<Vec<u8>, CallError>> {
-        let answer = self.link.call(to.into(), payload, timeout_ms).await;
-        Ok(answer.map_err(Into::into))
-    }
-
-    async fn send_request(
-        &mut self,
-        to: Address,
-        payload: Vec<u8>,
-        timeout_ms: u64,
-    ) -> wasmtime::Result<Result<Resource<PendingCall>, CallError>> {
-        let call = match self.link.start_call(to.into(), payload, timeout_ms).await {
-            Ok(call) => call,
-            Err(error) => return Ok(Err(error.into())),
-        };
-        let link = self.link.clone();
-        Ok(Ok(self.table.push(PendingCall { link, call })?))
-    }
-
-    async fn reply(
-        &mut self,
-        request: u64,
-        payload: Vec<u8>,
-    ) -> wasmtime::Result<Result<(), ReplyError>> {
-        let replied = self.link.reply(proto::RequestId(request), payload).await;
-        Ok(replied.map_err(Into::into))
-    }
-
-    async fn recv(&mut self) -> wasmtime::Result<InboxItem> {
-        Ok(self.link.recv().await.into())
-    }
-
-    async fn try_recv(&mut self) -> wasmtime::Result<Option<InboxItem>> {
-        // A guest that polls between pieces of work lets the reader in.
-        self.link.turn().await;
-        Ok(self.link.try_recv().map(Into::into))
-    }
-
-    async fn recv_timeout(&mut self, timeout_ns: u64) -> wasmtime::Result<Option<InboxItem>> {
-        let wait = self.link.recv();
-        Ok(
-            match tokio::time::timeout(Duration::from_nanos(timeout_ns), wait).await {
-                Ok(item) => Some(item.into()),
-                Err(_) => None,
-            },
-        )
-    }
-
-    async fn subscribe(&mut self) -> wasmtime::Result<Resource<DynPollable>> {
-        let ready = self.table.push(InboxReady(self.link.clone()))?;
-        wasmtime_wasi::p2::subscribe(&mut self.table, ready)
-    }
-
-    async fn monitor(&mut self, name: String) -> wasmtime::Result<()> {
-        // If the host is gone there is nobody to watch for; the reader task
-        // is about to end this process anyway.
-        let _ = self
-            .link
-            .queue(&proto::RunnerToHost::Monitor { name })
-            .await;
-        Ok(())
-    }
-
-    async fn max_message_size(&mut self) -> wasmtime::Result<u64> {
-        Ok(self.link.limits.max_message_size)
-    }
-
-    async fn self_id(&mut self) -> wasmtime::Result<u64> {
-        Ok(self.link.id.0)
-    }
-
-    async fn self_name(&mut self) -> wasmtime::Result<Option<String>> {
-        Ok(self.link.name.clone())
-    }
-}
-
-impl From<Address> for proto::Address {
-    fn from(address: Address) -> Self {
-        match address {
-            Address::Parent => proto::Address::Parent,
-            Address::Id(0) => proto::Address::Parent,
-            Address::Id(id) => proto::Address::Id(proto::GuestId(id)),
-            Address::Name(name) => proto::Address::Name(name),
-            Address::Group(group) => proto::Address::Group(group),
-            Address::Broadcast(group) => proto::Address::Broadcast(group),
+/// Wait for the next inbox item that `shown` lets this guest's version see
+/// (what it cannot see is taken and passed over).
+async fn recv_as<T>(link: &Link, shown: fn(proto::InboxItem) -> Option<T>) -> T {
+    loop {
+        if let Some(item) = shown(link.recv().await) {
+            return item;
         }
     }
 }
 
-impl From<proto::Address> for Address {
-    fn from(address: proto::Address) -> Self {
-        match address {
-            proto::Address::Parent => Address::Parent,
-            proto::Address::Id(id) => Address::Id(id.0),
-            proto::Address::Name(name) => Address::Name(name),
-            proto::Address::Group(group) => Address::Group(group),
-            proto::Address::Broadcast(group) => Address::Broadcast(group),
-        }
-    }
+/// The next inbox item `shown` lets through, if one is waiting.
+fn try_recv_as<T>(link: &Link, shown: fn(proto::InboxItem) -> Option<T>) -> Option<T> {
+    std::iter::from_fn(|| link.try_recv()).find_map(shown)
 }
 
-impl From<proto::CallError> for CallError {
-    fn from(error: proto::CallError) -> Self {
-        match error {
-            proto::CallError::Timeout => CallError::Timeout,
-            proto::CallError::UnknownRecipient => CallError::UnknownRecipient,
-            proto::CallError::CalleeExited(reason) => CallError::CalleeExited(reason),
-            proto::CallError::NotAllowed => CallError::NotAllowed,
-            proto::CallError::MailboxFull => CallError::MailboxFull,
-            proto::CallError::TooLarge => CallError::TooLarge,
-            proto::CallError::HostGone => CallError::HostGone,
-            proto::CallError::InvalidTimeout => CallError::InvalidTimeout,
-            proto::CallError::TooManyCalls => CallError::TooManyCalls,
-        }
-    }
+/// Wait at most `timeout_ns` for the next item `shown` lets through.
+async fn recv_timeout_as<T>(
+    link: &Link,
+    timeout_ns: u64,
+    shown: fn(proto::InboxItem) -> Option<T>,
+) -> Option<T> {
+    let wait = recv_as(link, shown);
+    tokio::time::timeout(Duration::from_nanos(timeout_ns), wait)
+        .await
+        .ok()
 }
 
-impl From<proto::ReplyError> for ReplyError {
-    fn from(error: proto::ReplyError) -> Self {
-        match error {
-            proto::ReplyError::Expired => ReplyError::Expired,
-            proto::ReplyError::AlreadyReplied => ReplyError::AlreadyReplied,
-            proto::ReplyError::UnknownRequest => ReplyError::UnknownRequest,
+/// `ipc` of version `$ipc` (0.3 or 0.2), served for guests: the two declare
+/// the same functions and types, and differ only in the reasons `$reason`
+/// can name.
+macro_rules! serve_ipc {
+    ($ipc:ident, $reason:path) => {
+        impl $ipc::HostPendingCall for GuestState {
+            async fn subscribe(
+                &mut self,
+                call: Resource<PendingCall>,
+            ) -> wasmtime::Result<Resource<DynPollable>> {
+                wasmtime_wasi::p2::subscribe(&mut self.table, call)
+            }
+
+            async fn take_reply(
+                &mut self,
+                call: Resource<PendingCall>,
+            ) -> wasmtime::Result<Option<Result<Vec<u8>, $ipc::CallError>>> {
+                let call = self.table.get(&call)?.call;
+                let answer = self.link.take_answer(call).await;
+                Ok(answer.map(|answer| answer.map_err(Into::into)))
+            }
+
+            async fn drop(&mut self, call: Resource<PendingCall>) -> wasmtime::Result<()> {
+                let call = self.table.delete(call)?;
+                call.link.abandon(call.call).await;
+                Ok(())
+            }
         }
-    }
+
+        impl $ipc::Host for GuestState {
+            async fn send(
+                &mut self,
+                to: $ipc::Address,
+                payload: Vec<u8>,
+            ) -> wasmtime::Result<Result<(), $ipc::SendError>> {
+                let limit = self.link.limits.max_message_size;
+                if payload.len() as u64 > limit {
+                    return Ok(Err($ipc::SendError::TooLarge(limit)));
+                }
+                Ok(self
+                    .link
+                    .queue_send(to.into(), payload)
+                    .await
+                    .map_err(|_| $ipc::SendError::HostGone))
+            }
+
+            async fn call(
+                &mut self,
+                to: $ipc::Address,
+                payload: Vec<u8>,
+                timeout_ms: u64,
+            ) -> wasmtime::Result<Result<Vec<u8>, $ipc::CallError>> {
+                let answer = self.link.call(to.into(), payload, timeout_ms).await;
+                Ok(answer.map_err(Into::into))
+            }
+
+            async fn send_request(
+                &mut self,
+                to: $ipc::Address,
+                payload: Vec<u8>,
+                timeout_ms: u64,
+            ) -> wasmtime::Result<Result<Resource<PendingCall>, $ipc::CallError>> {
+                let call = match self.link.start_call(to.into(), payload, timeout_ms).await {
+                    Ok(call) => call,
+                    Err(error) => return Ok(Err(error.into())),
+                };
+                let link = self.link.clone();
+                Ok(Ok(self.table.push(PendingCall { link, call })?))
+            }
+
+            async fn reply(
+                &mut self,
+                request: u64,
+                payload: Vec<u8>,
+            ) -> wasmtime::Result<Result<(), $ipc::ReplyError>> {
+                let replied = self.link.reply(proto::RequestId(request), payload).await;
+                Ok(replied.map_err(Into::into))
+            }
+
+            async fn recv(&mut self) -> wasmtime::Result<$ipc::InboxItem> {
+                Ok(recv_as(&self.link, $ipc::InboxItem::shown).await)
+            }
+
+            async fn try_recv(&mut self) -> wasmtime::Result<Option<$ipc::InboxItem>> {
+                // A guest that polls between pieces of work lets the reader in.
+                self.link.turn().await;
+                Ok(try_recv_as(&self.link, $ipc::InboxItem::shown))
+            }
+
+            async fn recv_timeout(
+                &mut self,
+                timeout_ns: u64,
+            ) -> wasmtime::Result<Option<$ipc::InboxItem>> {
+                Ok(recv_timeout_as(&self.link, timeout_ns, $ipc::InboxItem::shown).await)
+            }
+
+            async fn subscribe(&mut self) -> wasmtime::Result<Resource<DynPollable>> {
+                let ready = self.table.push(InboxReady(self.link.clone()))?;
+                wasmtime_wasi::p2::subscribe(&mut self.table, ready)
+            }
+
+            async fn monitor(&mut self, name: String) -> wasmtime::Result<()> {
+                // If the host is gone there is nobody to watch for; the
+                // reader task is about to end this process anyway.
+                let _ = self
+                    .link
+                    .queue(&proto::RunnerToHost::Monitor { name })
+                    .await;
+                Ok(())
+            }
+
+            async fn max_message_size(&mut self) -> wasmtime::Result<u64> {
+                Ok(self.link.limits.max_message_size)
+            }
+
+            async fn self_id(&mut self) -> wasmtime::Result<u64> {
+                Ok(self.link.id.0)
+            }
+
+            async fn self_name(&mut self) -> wasmtime::Result<Option<String>> {
+                Ok(self.link.name.clone())
+            }
+        }
+
+        impl From<$ipc::Address> for proto::Address {
+            fn from(address: $ipc::Address) -> Self {
+                use $ipc::Address as A;
+                match address {
+                    A::Parent | A::Id(0) => proto::Address::Parent,
+                    A::Id(id) => proto::Address::Id(proto::GuestId(id)),
+                    A::Name(name) => proto::Address::Name(name),
+                    A::Group(group) => proto::Address::Group(group),
+                    A::Broadcast(group) => proto::Address::Broadcast(group),
+                }
+            }
+        }
+
+        impl From<proto::Address> for $ipc::Address {
+            fn from(address: proto::Address) -> Self {
+                use $ipc::Address as A;
+                match address {
+                    proto::Address::Parent => A::Parent,
+                    proto::Address::Id(id) => A::Id(id.0),
+                    proto::Address::Name(name) => A::Name(name),
+                    proto::Address::Group(group) => A::Group(group),
+                    proto::Address::Broadcast(group) => A::Broadcast(group),
+                }
+            }
+        }
+
+        impl From<proto::CallError> for $ipc::CallError {
+            fn from(error: proto::CallError) -> Self {
+                use $ipc::CallError as E;
+                match error {
+                    proto::CallError::Timeout => E::Timeout,
+                    proto::CallError::UnknownRecipient => E::UnknownRecipient,
+                    proto::CallError::CalleeExited(reason) => E::CalleeExited(reason),
+                    proto::CallError::NotAllowed => E::NotAllowed,
+                    proto::CallError::MailboxFull => E::MailboxFull,
+                    proto::CallError::TooLarge => E::TooLarge,
+                    proto::CallError::HostGone => E::HostGone,
+                    proto::CallError::InvalidTimeout => E::InvalidTimeout,
+                    proto::CallError::TooManyCalls => E::TooManyCalls,
+                }
+            }
+        }
+
+        impl From<proto::ReplyError> for $ipc::ReplyError {
+            fn from(error: proto::ReplyError) -> Self {
+                use $ipc::ReplyError as E;
+                match error {
+                    proto::ReplyError::Expired => E::Expired,
+                    proto::ReplyError::AlreadyReplied => E::AlreadyReplied,
+                    proto::ReplyError::UnknownRequest => E::UnknownRequest,
+                }
+            }
+        }
+
+        impl $ipc::InboxItem {
+            /// `item` as this version shows it; `None` for an item it
+            /// cannot (a reason it does not know).
+            fn shown(item: proto::InboxItem) -> Option<Self> {
+                Some(match item {
+                    proto::InboxItem::Message {
+                        from,
+                        from_name,
+                        request,
+                        payload,
+                    } => $ipc::InboxItem::Message($ipc::Message {
+                        from_id: from.0,
+                        from_name,
+                        request: request.map(|r| r.0),
+                        payload,
+                    }),
+                    proto::InboxItem::Undeliverable {
+                        to,
+                        reason,
+                        payload_len,
+                    } => $ipc::InboxItem::Undeliverable($ipc::Undeliverable {
+                        to: to.into(),
+                        reason: $reason(reason)?,
+                        payload_len,
+                    }),
+                    proto::InboxItem::Down { id, name, reason } => {
+                        $ipc::InboxItem::Down($ipc::Down {
+                            id: id.0,
+                            name,
+                            reason,
+                        })
+                    }
+                    proto::InboxItem::Shutdown => $ipc::InboxItem::Shutdown,
+                })
+            }
+        }
+    };
 }
 
-impl From<proto::UndeliverableReason> for UndeliverableReason {
-    fn from(reason: proto::UndeliverableReason) -> Self {
-        match reason {
-            proto::UndeliverableReason::UnknownRecipient => UndeliverableReason::UnknownRecipient,
-            proto::UndeliverableReason::RecipientExited => UndeliverableReason::RecipientExited,
-            proto::UndeliverableReason::NotAllowed => UndeliverableReason::NotAllowed,
-            proto::UndeliverableReason::MailboxFull => UndeliverableReason::MailboxFull,
-            proto::UndeliverableReason::TooLarge => UndeliverableReason::TooLarge,
-        }
-    }
+serve_ipc!(ipc, v0_3_reason);
+serve_ipc!(v0_2, v0_2_reason);
+
+/// A reason as 0.3 names it: every one.
+fn v0_3_reason(reason: proto::UndeliverableReason) -> Option<UndeliverableReason> {
+    Some(match reason {
+        proto::UndeliverableReason::UnknownRecipient => UndeliverableReason::UnknownRecipient,
+        proto::UndeliverableReason::RecipientExited => UndeliverableReason::RecipientExited,
+        proto::UndeliverableReason::NotAllowed => UndeliverableReason::NotAllowed,
+        proto::UndeliverableReason::MailboxFull => UndeliverableReason::MailboxFull,
+        proto::UndeliverableReason::TooLarge => UndeliverableReason::TooLarge,
+        proto::UndeliverableReason::UnknownOutcome => UndeliverableReason::UnknownOutcome,
+    })
 }
 
-impl From<proto::InboxItem> for InboxItem {
-    fn from(item: proto::InboxItem) -> Self {
-        match item {
-            proto::InboxItem::Message {
-                from,
-                from_name,
-                request,
-                payload,
-            } => InboxItem::Message(ipc::Message {
-                from_id: from.0,
-                from_name,
-                request: request.map(|r| r.0),
-                payload,
-            }),
-            proto::InboxItem::Undeliverable {
-                to,
-                reason,
-                payload_len,
-            } => InboxItem::Undeliverable(ipc::Undeliverable {
-                to: to.into(),
-                reason: reason.into(),
-                payload_len,
-            }),
-            proto::InboxItem::Down { id, name, reason } => InboxItem::Down(ipc::Down {
-                id: id.0,
-                name,
-                reason,
-            }),
-            proto::InboxItem::Shutdown => InboxItem::Shutdown,
-        }
-    }
+/// A reason as 0.2 (and 0.1) names it: all but `unknown-outcome`, which a
+/// guest of those versions is not told (its host counts it: `ps`, `top`).
+fn v0_2_reason(reason: proto::UndeliverableReason) -> Option<v0_2::UndeliverableReason> {
+    use v0_2::UndeliverableReason as R;
+    Some(match reason {
+        proto::UndeliverableReason::UnknownRecipient => R::UnknownRecipient,
+        proto::UndeliverableReason::RecipientExited => R::RecipientExited,
+        proto::UndeliverableReason::NotAllowed => R::NotAllowed,
+        proto::UndeliverableReason::MailboxFull => R::MailboxFull,
+        proto::UndeliverableReason::TooLarge => R::TooLarge,
+        proto::UndeliverableReason::UnknownOutcome => return None,
+    })
 }
 
 /// Version 0.1, served by the 0.2 implementation: the same functions
@@ -313,25 +375,23 @@ impl v0_1::Host for GuestState {
         to: v0_1::Address,
         payload: Vec<u8>,
     ) -> wasmtime::Result<Result<(), v0_1::SendError>> {
-        let sent = ipc::Host::send(self, v0_2_address(to), payload).await?;
+        let sent = v0_2::Host::send(self, v0_2_address(to), payload).await?;
         Ok(sent.map_err(|err| match err {
-            SendError::TooLarge(limit) => v0_1::SendError::TooLarge(limit),
-            SendError::HostGone => v0_1::SendError::HostGone,
+            v0_2::SendError::TooLarge(limit) => v0_1::SendError::TooLarge(limit),
+            v0_2::SendError::HostGone => v0_1::SendError::HostGone,
         }))
     }
 
     async fn recv(&mut self) -> wasmtime::Result<v0_1::InboxItem> {
-        Ok(v0_1_item(self.link.recv().await))
+        Ok(recv_as(&self.link, v0_1_item).await)
     }
 
     async fn try_recv(&mut self) -> wasmtime::Result<Option<v0_1::InboxItem>> {
-        Ok(self.link.try_recv().map(v0_1_item))
+        Ok(try_recv_as(&self.link, v0_1_item))
     }
 
     async fn recv_timeout(&mut self, timeout_ns: u64) -> wasmtime::Result<Option<v0_1::InboxItem>> {
-        let wait = self.link.recv();
-        let item = tokio::time::timeout(Duration::from_nanos(timeout_ns), wait).await;
-        Ok(item.ok().map(v0_1_item))
+        Ok(recv_timeout_as(&self.link, timeout_ns, v0_1_item).await)
     }
 
     async fn subscribe(&mut self) -> wasmtime::Result<Resource<DynPollable>> {
@@ -355,52 +415,52 @@ impl v0_1::Host for GuestState {
     }
 }
 
-fn v0_2_address(address: v0_1::Address) -> Address {
+fn v0_2_address(address: v0_1::Address) -> v0_2::Address {
     match address {
-        v0_1::Address::Parent => Address::Parent,
-        v0_1::Address::Id(id) => Address::Id(id),
-        v0_1::Address::Name(name) => Address::Name(name),
-        v0_1::Address::Group(group) => Address::Group(group),
-        v0_1::Address::Broadcast(group) => Address::Broadcast(group),
+        v0_1::Address::Parent => v0_2::Address::Parent,
+        v0_1::Address::Id(id) => v0_2::Address::Id(id),
+        v0_1::Address::Name(name) => v0_2::Address::Name(name),
+        v0_1::Address::Group(group) => v0_2::Address::Group(group),
+        v0_1::Address::Broadcast(group) => v0_2::Address::Broadcast(group),
     }
 }
 
-fn v0_1_address(address: Address) -> v0_1::Address {
+fn v0_1_address(address: v0_2::Address) -> v0_1::Address {
     match address {
-        Address::Parent => v0_1::Address::Parent,
-        Address::Id(id) => v0_1::Address::Id(id),
-        Address::Name(name) => v0_1::Address::Name(name),
-        Address::Group(group) => v0_1::Address::Group(group),
-        Address::Broadcast(group) => v0_1::Address::Broadcast(group),
+        v0_2::Address::Parent => v0_1::Address::Parent,
+        v0_2::Address::Id(id) => v0_1::Address::Id(id),
+        v0_2::Address::Name(name) => v0_1::Address::Name(name),
+        v0_2::Address::Group(group) => v0_1::Address::Group(group),
+        v0_2::Address::Broadcast(group) => v0_1::Address::Broadcast(group),
     }
 }
 
-/// An inbox item as a 0.1 guest sees it: a call is a plain message.
-fn v0_1_item(item: proto::InboxItem) -> v0_1::InboxItem {
-    match InboxItem::from(item) {
-        InboxItem::Message(m) => v0_1::InboxItem::Message(v0_1::Message {
+/// An inbox item as a 0.1 guest sees it: a call is a plain message, and
+/// an `unknown-outcome` is not shown (as for 0.2).
+fn v0_1_item(item: proto::InboxItem) -> Option<v0_1::InboxItem> {
+    use v0_2::UndeliverableReason as R;
+    Some(match v0_2::InboxItem::shown(item)? {
+        v0_2::InboxItem::Message(m) => v0_1::InboxItem::Message(v0_1::Message {
             from_id: m.from_id,
             from_name: m.from_name,
             payload: m.payload,
         }),
-        InboxItem::Undeliverable(u) => v0_1::InboxItem::Undeliverable(v0_1::Undeliverable {
+        v0_2::InboxItem::Undeliverable(u) => v0_1::InboxItem::Undeliverable(v0_1::Undeliverable {
             to: v0_1_address(u.to),
             reason: match u.reason {
-                UndeliverableReason::UnknownRecipient => {
-                    v0_1::UndeliverableReason::UnknownRecipient
-                }
-                UndeliverableReason::RecipientExited => v0_1::UndeliverableReason::RecipientExited,
-                UndeliverableReason::NotAllowed => v0_1::UndeliverableReason::NotAllowed,
-                UndeliverableReason::MailboxFull => v0_1::UndeliverableReason::MailboxFull,
-                UndeliverableReason::TooLarge => v0_1::UndeliverableReason::TooLarge,
+                R::UnknownRecipient => v0_1::UndeliverableReason::UnknownRecipient,
+                R::RecipientExited => v0_1::UndeliverableReason::RecipientExited,
+                R::NotAllowed => v0_1::UndeliverableReason::NotAllowed,
+                R::MailboxFull => v0_1::UndeliverableReason::MailboxFull,
+                R::TooLarge => v0_1::UndeliverableReason::TooLarge,
             },
             payload_len: u.payload_len,
         }),
-        InboxItem::Down(d) => v0_1::InboxItem::Down(v0_1::Down {
+        v0_2::InboxItem::Down(d) => v0_1::InboxItem::Down(v0_1::Down {
             id: d.id,
             name: d.name,
             reason: d.reason,
         }),
-        InboxItem::Shutdown => v0_1::InboxItem::Shutdown,
-    }
+        v0_2::InboxItem::Shutdown => v0_1::InboxItem::Shutdown,
+    })
 }
