@@ -320,3 +320,39 @@ async fn under_chaos_every_message_is_taken_or_returned_exactly_once() {
     })
     .await;
 }
+
+/// A guest that takes without ever answering, and never finds its inbox
+/// empty, is still heard taking: what it took is not returned when it ends.
+#[tokio::test]
+async fn a_receiver_that_takes_without_answering_is_heard_taking() {
+    within(60, async {
+        let host = wasmproc::Host::new();
+        let mut child = host
+            .command(guest("busy"))
+            .args(["take", "10"])
+            .name("silent")
+            .stdout(wasmproc::Stdio::piped())
+            .fork()
+            .await
+            .unwrap();
+        for n in 0..100u32 {
+            child.send(n.to_le_bytes().to_vec()).unwrap();
+        }
+        let mut stdout = tokio::io::BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        tokio::io::AsyncBufReadExt::read_line(&mut stdout, &mut line)
+            .await
+            .unwrap();
+        assert_eq!(line, "took 10\n");
+        // It computes now, its inbox still full, and sends nothing: the
+        // host hears of the ten takes all the same.
+        while wasmproc::testing::outstanding(&host, "silent") != Some(90) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        child.kill();
+        let mut fates = Fates::default();
+        settle(&child, &mut fates).await;
+        assert_eq!((fates.taken.len(), fates.returned), (0, 90));
+    })
+    .await;
+}

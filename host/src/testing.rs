@@ -26,6 +26,17 @@ pub fn mailbox_len(host: &Host, name: &str) -> Option<usize> {
     host.relay().lookup(name).map(|entry| entry.mailbox.len())
 }
 
+/// Items the host has delivered to the runner of the live guest called
+/// `name` and not yet heard taken.
+pub fn outstanding(host: &Host, name: &str) -> Option<u64> {
+    host.relay().lookup(name).map(|entry| {
+        entry
+            .counters
+            .outstanding
+            .load(std::sync::atomic::Ordering::Relaxed)
+    })
+}
+
 /// Turn the per-guest message counters (`top`, metrics) on or off, for a
 /// benchmark that weighs them.
 pub fn set_counting(on: bool) {

@@ -5,7 +5,10 @@
 //!   it computes);
 //! - `busy poll`: computes in slices of about a millisecond, looking at its
 //!   inbox with `try_recv` between slices and never waiting on it; it
-//!   answers each message with the same bytes, and exits 0 at `stop`.
+//!   answers each message with the same bytes, and exits 0 at `stop`;
+//! - `busy take N`: takes N messages without answering any, prints
+//!   `took N` on stdout, then computes forever (it never sends, and never
+//!   waits on its inbox again).
 
 use std::hint::black_box;
 
@@ -39,8 +42,25 @@ fn main() {
                 }
             }
         }
+        Some("take") => {
+            let n: usize = std::env::args()
+                .nth(2)
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(1);
+            let mut took = 0;
+            while took < n {
+                if let InboxItem::Message(_) = ipc::recv() {
+                    took += 1;
+                }
+            }
+            println!("took {took}");
+            let mut x = 1u64;
+            loop {
+                x = compute(x);
+            }
+        }
         other => {
-            eprintln!("usage: busy send|poll (got {other:?})");
+            eprintln!("usage: busy send|poll|take N (got {other:?})");
             std::process::exit(2);
         }
     }

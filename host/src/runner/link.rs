@@ -691,7 +691,8 @@ impl Link {
 }
 
 /// Writes, from the ticker's thread, what a computing guest queued and the
-/// runtime (busy running that guest) has not taken for a whole tick.
+/// runtime (busy running that guest) has not taken for a whole tick; and
+/// tells the host what the guest has taken, when nothing else has.
 #[derive(Debug)]
 pub struct Cover<'a> {
     link: &'a Link,
@@ -707,7 +708,24 @@ impl Cover<'_> {
     pub fn tick(&mut self) -> bool {
         {
             let mut out = self.link.out();
-            if out.buf.is_empty() || out.in_flight || out.host_gone {
+            if out.host_gone {
+                self.stale = None;
+                return false;
+            }
+            // What the guest has taken reaches the host within a tick or
+            // two, also from a guest that takes without ever sending or
+            // finding its inbox empty (the count is read under the lock,
+            // as `queue_with` reads it, so frames keep their order).
+            let taken = self.link.taken.load(Ordering::Relaxed);
+            if taken != out.reported_taken
+                && out.buf.push(&RunnerToHost::Taken { count: taken }).is_ok()
+            {
+                out.reported_taken = taken;
+                if std::mem::take(&mut out.writer_waiting) {
+                    self.link.out_ready.notify_one();
+                }
+            }
+            if out.buf.is_empty() || out.in_flight {
                 self.stale = None;
                 return false;
             }

@@ -10,6 +10,10 @@
 //! - output the guest queued that the runtime has not taken for a whole
 //!   tick is written from here, so a message sent before a long computation
 //!   leaves within a tick or two, not when the computation ends;
+//! - what the guest has taken is told to the host (a `Taken` frame) if no
+//!   other frame has told it, so that the host knows, within a tick or
+//!   two, which messages were taken even from a guest that never sends
+//!   and never finds its inbox empty (the host returns only what was not);
 //! - the guest's next `ipc` call yields once to the runtime
 //!   ([`Ticker::yield_due`]), so a guest that polls with `try-recv` between
 //!   pieces of work still sees what arrived.
