@@ -11,8 +11,10 @@
 //! and closes them again. Inherited stdio is fetched too, so the child sees
 //! the host's fds 0–2 as they are at the spawn.
 //!
-//! Where the kernel refuses (before Linux 5.6, or under a seccomp policy
-//! that forbids these calls), spawns use the caller's table, as before.
+//! Where the kernel refuses (before Linux 5.9, or under a seccomp policy
+//! that forbids `unshare` or `pidfd_getfd`, as container runtimes' default
+//! profiles do without extra capabilities), spawns use the caller's table,
+//! as before, and the host says so once.
 
 use std::ffi::CString;
 use std::io;
@@ -36,7 +38,9 @@ pub(crate) struct Plan {
     path: CString,
     /// `(source, target)`: the host's `source` becomes the child's `target`.
     pub dups: Vec<(RawFd, RawFd)>,
-    /// The host's own descriptors the child keeps at the same number.
+    /// The host's own descriptors the child keeps at the same number (a
+    /// copy fetched by the launcher is passed even if the host's is
+    /// close-on-exec, as `dup2` clears the flag: stdio never is).
     pub inherit: Vec<RawFd>,
     /// `(target, flags)`: `/dev/null` opened with `flags`.
     pub nulls: Vec<(RawFd, libc::c_int)>,
@@ -78,7 +82,10 @@ pub(crate) fn spawn(plan: Plan) -> io::Result<libc::pid_t> {
             Ok(()) => match answer.recv() {
                 Ok(Answer::Spawned(result)) => return result,
                 Ok(Answer::Unsupported(plan, err)) => {
-                    tracing::debug!("spawning from the caller's descriptor table: {err}");
+                    tracing::info!(
+                        "wasmproc: spawning runners from the host's own descriptor table \
+                         ({err}): each spawn copies the host's descriptors"
+                    );
                     BROKEN.store(true, Ordering::Relaxed);
                     return spawn_with(&plan, dup_high, false);
                 }
@@ -135,7 +142,11 @@ fn launcher() -> Option<&'static Mutex<mpsc::Sender<Request>>> {
             match thread.map(|_| started.recv()) {
                 Ok(Ok(Ok(()))) => Some(Mutex::new(tx)),
                 Ok(Ok(Err(err))) => {
-                    tracing::debug!("no launcher thread: {err}");
+                    tracing::info!(
+                        "wasmproc: spawning runners from the host's own descriptor table \
+                         (no table of its own for the launcher: {err}): each spawn copies \
+                         the host's descriptors"
+                    );
                     None
                 }
                 Ok(Err(_)) => None,
@@ -149,7 +160,9 @@ fn launcher() -> Option<&'static Mutex<mpsc::Sender<Request>>> {
 }
 
 /// Give this thread a descriptor table of its own, close everything in
-/// it, and return a pidfd of this process (whose table is the host's).
+/// it, and return a pidfd of this process: `pidfd_getfd` on it reads the
+/// table of the thread-group leader, which is the host's (its main thread
+/// never unshares its table).
 fn own_table() -> io::Result<OwnedFd> {
     // SAFETY: unshare with CLONE_FILES only affects this thread's table.
     if unsafe { libc::unshare(libc::CLONE_FILES) } != 0 {
@@ -168,9 +181,10 @@ fn own_table() -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
-/// Whether `err` says the kernel will not move descriptors at all.
+/// Whether `err` is [`fetch`] saying the kernel will not move descriptors
+/// at all (not a refusal of the spawn itself).
 fn unsupported(err: &io::Error) -> bool {
-    matches!(err.raw_os_error(), Some(libc::ENOSYS | libc::EPERM))
+    err.kind() == io::ErrorKind::Unsupported
 }
 
 /// A copy of the host's descriptor `fd` in this thread's table, above the
@@ -183,6 +197,10 @@ fn fetch(host: &OwnedFd, fd: RawFd) -> io::Result<Option<OwnedFd>> {
         let err = io::Error::last_os_error();
         return match err.raw_os_error() {
             Some(libc::EBADF) => Ok(None),
+            Some(libc::ENOSYS | libc::EPERM) => Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                format!("pidfd_getfd: {err}"),
+            )),
             _ => Err(err),
         };
     }

@@ -7,7 +7,7 @@
 //! woken by another branch while [`Drive`] is being polled (the reader
 //! handing the guest a message, the guest handing the writer a frame) is
 //! polled again at once, in the same turn. Only a branch that wakes itself
-//! (the guest yielding at an epoch tick, a budget running out) and wakes
+//! (the guest yielding in an `ipc` call once a tick, a budget running out) and wakes
 //! from outside (the pipes, timers) go through the runtime, so a computing
 //! guest still lets the runtime poll the pipes at every yield.
 

@@ -20,7 +20,10 @@
 //!
 //! After a few ticks without an `ipc` call and with nothing left to write,
 //! the ticker parks: an idle guest, or one computing without talking, costs
-//! no wake-ups; the guest's next `ipc` call wakes it again.
+//! no wake-ups; the guest's next `ipc` call wakes it again. One limit: a
+//! batch the writer loop has begun and the pipe could not take whole (a
+//! host slow to read) is finished by the runtime, at the guest's next
+//! `ipc` call or wait; the ticker does not take over a write in flight.
 
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -83,8 +86,15 @@ impl Ticker {
             if idle < IDLE_TICKS {
                 continue;
             }
-            self.parked.store(true, Ordering::Release);
-            while self.parked.load(Ordering::Acquire) {
+            self.parked.store(true, Ordering::SeqCst);
+            // An `ipc` call between the look above and here found the
+            // ticker awake and did not unpark it: look again instead.
+            if self.active.load(Ordering::SeqCst) {
+                self.parked.store(false, Ordering::SeqCst);
+                idle = 0;
+                continue;
+            }
+            while self.parked.load(Ordering::SeqCst) {
                 std::thread::park();
             }
             idle = 0;
@@ -93,9 +103,11 @@ impl Ticker {
 
     /// The guest calls the host: tick again if parked (one load when not).
     pub fn wake(&self) {
-        self.active.store(true, Ordering::Relaxed);
-        if self.parked.load(Ordering::Relaxed)
-            && self.parked.swap(false, Ordering::AcqRel)
+        // Sequentially consistent with the ticker's own store to `parked`
+        // and load of `active`: one of the two sees the other.
+        self.active.store(true, Ordering::SeqCst);
+        if self.parked.load(Ordering::SeqCst)
+            && self.parked.swap(false, Ordering::SeqCst)
             && let Some(thread) = self.thread.get()
         {
             thread.unpark();
