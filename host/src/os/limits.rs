@@ -18,14 +18,7 @@ const FILES_RESERVED: u64 = 64;
 ///
 /// When the limit cannot be read.
 pub(crate) fn raise_open_files() -> io::Result<u64> {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes one rlimit struct we own.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
+    let mut limit = open_files()?;
     if limit.rlim_cur < limit.rlim_max {
         let raised = libc::rlimit {
             rlim_cur: limit.rlim_max,
@@ -41,15 +34,20 @@ pub(crate) fn raise_open_files() -> io::Result<u64> {
 
 /// This process's soft open-files limit now (0 if it cannot be read).
 pub(crate) fn open_files_limit() -> u64 {
+    open_files().map_or(0, |limit| limit.rlim_cur)
+}
+
+/// This process's open-files limits.
+fn open_files() -> io::Result<libc::rlimit> {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
     // SAFETY: getrlimit writes one rlimit struct we own.
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
-        return 0;
+        return Err(io::Error::last_os_error());
     }
-    limit.rlim_cur
+    Ok(limit)
 }
 
 /// How many guests the open-files limit `files` leaves room for.

@@ -430,9 +430,9 @@ impl Link {
 
     /// A guest call to the host: yield to the runtime once if the guest has
     /// computed for a tick without doing so (see [`Ticker`]), so that the
-    /// I/O loops move what waits in the pipes.
+    /// I/O loops move what waits in the pipes. (The call wakes the ticker
+    /// where it queues or takes something.)
     pub async fn turn(&self) {
-        self.ticker.wake();
         if self.ticker.yield_due() {
             tokio::task::yield_now().await;
         }
@@ -505,6 +505,7 @@ impl Link {
         mut push: impl FnMut(&mut Batch, u64) -> Result<(), FrameError>,
         carries_taken: bool,
     ) -> Result<(), QueueError> {
+        self.ticker.wake();
         self.turn().await;
         loop {
             let drained = self.out_drained.notified();
