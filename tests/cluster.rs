@@ -1312,3 +1312,165 @@ node = "a"
     println!("SIGTERM with the server gone for 3 s: A ended in {took:.2?}");
     assert!(a.output().contains("srv ended"), "{}", a.output());
 }
+
+#[test]
+fn a_guest_moved_to_another_node_loses_nothing_and_keeps_each_senders_order() {
+    const COUNT: u64 = 3000;
+    let _one = serial();
+    let dir = scratch_dir("cluster-move");
+    let out = dir.join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let server = Nats::start(&dir, "move");
+    // `w` takes one message a millisecond, with room for 16 in its runner;
+    // its two senders (one on each node) stream 8 KiB messages faster than
+    // that: what its pipe cannot hold waits in its host, which the move
+    // must carry over.
+    let app = manifest(
+        &dir,
+        &format!(
+            r#"
+[guests.w]
+module = "{{guest:tally}}"
+args = ["take", "1000", "/out/taken", "shared"]
+node = "a"
+inbox-size = 16
+dirs = [{{ host = "{out}", guest = "/out" }}]
+
+[guests.ta]
+module = "{{guest:tally}}"
+args = ["send", "w", "{COUNT}", "100", "/out/returned-a", "8192"]
+node = "a"
+dirs = [{{ host = "{out}", guest = "/out" }}]
+
+[guests.tb]
+module = "{{guest:tally}}"
+args = ["send", "w", "{COUNT}", "100", "/out/returned-b", "8192"]
+node = "b"
+dirs = [{{ host = "{out}", guest = "/out" }}]
+"#,
+            out = out.display()
+        ),
+    );
+    let a = Host::up(&dir, "move", "a", &server.url(), &app);
+    let b = Host::up(&dir, "move", "b", &server.url(), &app);
+    let taken_file = out.join("taken");
+    wait_for("w to take 300", Duration::from_secs(30), || {
+        (lines_of(&taken_file).len() >= 300).then_some(())
+    });
+    // Asked on A, carried out on B: move `w` from A to B.
+    let tally = guest("tally");
+    let moved = Instant::now();
+    let said = a.ok(&["swap", "--node", "b", "w", tally.to_str().unwrap()]);
+    let took = moved.elapsed();
+    println!("{} (in {took:.2?})", said.trim());
+    assert!(
+        said.starts_with("swapped w from node a to node b: ") && said.contains(" 0 returned"),
+        "{said}"
+    );
+    let moved_count: u64 = said["swapped w from node a to node b: ".len()..]
+        .split(' ')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .expect("how many moved");
+    assert!(
+        moved_count > 0,
+        "A held messages for w when it moved: {said}"
+    );
+    a.wait_output("wasmproc: w moved to node `b`", Duration::from_secs(5));
+    wait_for("w to take them all", Duration::from_secs(90), || {
+        (lines_of(&taken_file).len() as u64 >= 2 * COUNT).then_some(())
+    });
+
+    // Nothing came back, and each sender heard every message taken.
+    for (host, sender) in [(&a, "ta"), (&b, "tb")] {
+        host.wait_output(&format!("{sender} | tally sent"), Duration::from_secs(30));
+        let said = format!("{sender} | tally sent {COUNT} echoed ");
+        let line = host
+            .output()
+            .lines()
+            .find(|l| l.contains(&said))
+            .map(str::to_owned);
+        assert!(
+            line.as_ref()
+                .is_some_and(|l| l.ends_with(" returned 0 (unknown outcome 0)")),
+            "{line:?}"
+        );
+        wait_for(
+            &format!("{sender}'s echoes"),
+            Duration::from_secs(30),
+            || {
+                let top: serde_json::Value =
+                    serde_json::from_str(&host.ok(&["top", "--json"])).unwrap();
+                (row(&top, sender)["msgs_in"] == COUNT).then_some(())
+            },
+        );
+    }
+    assert_eq!(lines_of(&out.join("returned-a")), Vec::<String>::new());
+    assert_eq!(lines_of(&out.join("returned-b")), Vec::<String>::new());
+
+    // Two instances wrote what they took: the old one (on A) a first part
+    // of each sender's numbers, the new one (on B) the rest, each in order.
+    let lines = lines_of(&taken_file);
+    let mut runs: Vec<&str> = Vec::new();
+    let mut by_run: std::collections::BTreeMap<(&str, &str), Vec<u64>> = Default::default();
+    for line in &lines {
+        let mut words = line.split(' ');
+        let (run, k, from) = (
+            words.next().unwrap(),
+            words.next().unwrap(),
+            words.next().unwrap(),
+        );
+        if !runs.contains(&run) {
+            runs.push(run);
+        }
+        by_run
+            .entry((run, from))
+            .or_default()
+            .push(k.parse().unwrap());
+    }
+    assert_eq!(runs.len(), 2, "the old instance and the new one");
+    let (old, new) = (runs[0], runs[1]);
+    for sender in ["ta", "tb"] {
+        let first = by_run.remove(&(old, sender)).unwrap_or_default();
+        let then = by_run.remove(&(new, sender)).unwrap_or_default();
+        println!(
+            "from {sender}: the old instance took {}, the new one {}",
+            first.len(),
+            then.len()
+        );
+        let all: Vec<u64> = first.iter().chain(&then).copied().collect();
+        assert_eq!(
+            all,
+            (1..=COUNT).collect::<Vec<u64>>(),
+            "{sender}: each once, in order"
+        );
+        assert!(
+            !first.is_empty() && !then.is_empty(),
+            "{sender}: before and after the move"
+        );
+    }
+    assert!(by_run.is_empty(), "nobody else sent: {:?}", by_run.keys());
+
+    // `w` runs on B now: B supervises it, A does not, and both reach it.
+    let ps = |host: &Host| -> Vec<serde_json::Value> {
+        serde_json::from_str(&host.ok(&["ps", "--json"])).expect("ps JSON")
+    };
+    let on_b = ps(&b);
+    let w = on_b
+        .iter()
+        .find(|g| g["name"] == "w")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(w["state"], "running", "{on_b:?}");
+    let on_a = ps(&a);
+    assert!(on_a.iter().all(|g| g["name"] != "w"), "{on_a:?}");
+    a.wait_reachable("w");
+    // And neither host is left waiting to hear what became of a message.
+    for host in [&a, &b] {
+        wait_for("every message settled", Duration::from_secs(5), || {
+            let top: serde_json::Value =
+                serde_json::from_str(&host.ok(&["top", "--json"])).unwrap();
+            (top["cluster"]["unsettled"] == 0).then_some(())
+        });
+    }
+}

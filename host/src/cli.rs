@@ -88,7 +88,8 @@ enum Cmd {
     Restart(TargetArgs),
     /// Send PAYLOAD (or @FILE) to a guest of a running app.
     Send(SendArgs),
-    /// Replace a guest's module in a running app, losing no message.
+    /// Replace a guest's module in a running app, losing no message; with
+    /// `--node`, move it to that node of the app's cluster the same way.
     Swap(SwapArgs),
     /// Make a running app what its manifest now says, and print what changed.
     Reload(ReloadArgs),
@@ -1374,8 +1375,12 @@ async fn swap(args: SwapArgs) -> anyhow::Result<u8> {
         "drain_ms": args.drain.as_millis() as u64,
     });
     let answer = ask(&args.app, request).await?;
+    let moved_from = match (answer["from"].as_str(), answer["node"].as_str()) {
+        (Some(from), Some(node)) => format!(" from node {from} to node {node}"),
+        _ => String::new(),
+    };
     say!(
-        "swapped {}: {} moved, {} drained, {} returned (the old one: {})",
+        "swapped {}{moved_from}: {} moved, {} drained, {} returned (the old one: {})",
         args.target,
         answer["moved"],
         answer["drained"],
@@ -1501,6 +1506,10 @@ impl Printer {
                 returned,
             } => warn!(
                 "wasmproc: swapped {}: {moved} moved, {drained} drained, {returned} returned",
+                self.label(guest, self.tty_err)
+            ),
+            Event::MovedAway { guest, node } => warn!(
+                "wasmproc: {} moved to node `{node}`",
                 self.label(guest, self.tty_err)
             ),
             Event::Request { verb, target } if verb == "refused" => {

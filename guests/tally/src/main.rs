@@ -1,17 +1,21 @@
 //! Numbered messages whose every outcome is written down, for the tests of
 //! delivery across hosts:
 //!
-//! - `tally send TO COUNT PAUSE_US FILE` sends the numbers `1..=COUNT` to
-//!   the guest named TO, one every PAUSE_US microseconds. Message K is
-//!   `K + 3` bytes long (K, little-endian, then zeros), so the length in an
-//!   `undeliverable` notice names the message: each notice is written to
-//!   FILE as `K REASON`. Once all are sent and no notice has come for 8 s,
+//! - `tally send TO COUNT PAUSE_US FILE [PAD]` sends the numbers
+//!   `1..=COUNT` to the guest named TO, one every PAUSE_US microseconds.
+//!   Message K is `K + 3 + PAD` bytes long (K, little-endian, then zeros),
+//!   so the length in an `undeliverable` notice names the message: each
+//!   notice is written to FILE as `K REASON`. Once all are sent and no notice has come for 8 s,
 //!   it prints `tally sent N echoed E returned R (unknown outcome U)` (E:
 //!   echoes of its messages, from the recipient) and goes on listening
 //!   until `shutdown`.
-//! - `tally take PAUSE_US FILE` takes messages, writes each one's number
-//!   to FILE, then echoes it to its sender (that frame tells the host the
-//!   message was taken) and waits PAUSE_US: a slow recipient.
+//! - `tally take PAUSE_US FILE [shared]` takes messages, writes each one's
+//!   number to FILE, then echoes it to its sender (that frame tells the
+//!   host the message was taken) and waits PAUSE_US: a slow recipient.
+//!   With `shared`, FILE is appended to and each line is `RUN K SENDER`
+//!   (RUN: this instance's start time in nanoseconds; SENDER: the sender's
+//!   name), so that the two instances of a guest that moved, the old one
+//!   draining and the new one, can write one file and be told apart.
 //!
 //! The sender first waits until TO is reachable (monitoring it: a guest on
 //! another host is known once that host's beat has named it).
@@ -34,8 +38,8 @@ fn main() {
     let arg = |i: usize| args.get(i).map(String::as_str).unwrap_or_default();
     let number = |i: usize| arg(i).parse::<u64>().unwrap_or(0);
     let result = match arg(0) {
-        "send" => send(arg(1), number(2), pause(number(3)), arg(4)),
-        "take" => take(pause(number(1)), arg(2)),
+        "send" => send(arg(1), number(2), pause(number(3)), arg(4), number(5)),
+        "take" => take(pause(number(1)), arg(2), arg(3) == "shared"),
         other => {
             eprintln!("tally: `{other}` is not `send` or `take`");
             ipc::exit(2)
@@ -66,6 +70,8 @@ fn wait_for(to: &str) {
 /// What came back to the sender so far.
 #[derive(Default)]
 struct Counts {
+    /// The bytes each message has beyond its number's own length.
+    pad: u64,
     echoed: u64,
     returned: u64,
     unknown: u64,
@@ -76,7 +82,7 @@ impl Counts {
     fn note(&mut self, item: InboxItem, out: &mut File) -> std::io::Result<bool> {
         match item {
             InboxItem::Undeliverable(u) => {
-                let k = u.payload_len.saturating_sub(3);
+                let k = u.payload_len.saturating_sub(3 + self.pad);
                 writeln!(out, "{k} {}", u.reason)?;
                 self.returned += 1;
                 if matches!(u.reason, UndeliverableReason::UnknownOutcome) {
@@ -94,12 +100,15 @@ impl Counts {
     }
 }
 
-fn send(to: &str, count: u64, pause: Duration, file: &str) -> std::io::Result<()> {
+fn send(to: &str, count: u64, pause: Duration, file: &str, pad: u64) -> std::io::Result<()> {
     let mut out = File::create(file)?;
     wait_for(to);
-    let mut counts = Counts::default();
+    let mut counts = Counts {
+        pad,
+        ..Counts::default()
+    };
     for k in 1..=count {
-        let mut payload = vec![0u8; k as usize + 3];
+        let mut payload = vec![0u8; (k + 3 + pad) as usize];
         payload[..4].copy_from_slice(&(k as u32).to_le_bytes());
         if let Err(err) = ipc::send(Address::Name(to.to_owned()), &payload) {
             writeln!(out, "{k} refused: {err:?}")?;
@@ -122,6 +131,7 @@ fn send(to: &str, count: u64, pause: Duration, file: &str) -> std::io::Result<()
         echoed,
         returned,
         unknown,
+        ..
     } = counts;
     println!("tally sent {count} echoed {echoed} returned {returned} (unknown outcome {unknown})");
     loop {
@@ -131,8 +141,15 @@ fn send(to: &str, count: u64, pause: Duration, file: &str) -> std::io::Result<()
     }
 }
 
-fn take(pause: Duration, file: &str) -> std::io::Result<()> {
-    let mut out = File::create(file)?;
+fn take(pause: Duration, file: &str, shared: bool) -> std::io::Result<()> {
+    let mut out = if shared {
+        File::options().create(true).append(true).open(file)?
+    } else {
+        File::create(file)?
+    };
+    let run = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
     loop {
         match ipc::recv() {
             InboxItem::Message(msg) if msg.payload.len() >= 4 => {
@@ -142,7 +159,13 @@ fn take(pause: Duration, file: &str) -> std::io::Result<()> {
                     msg.payload[2],
                     msg.payload[3],
                 ]);
-                writeln!(out, "{k}")?;
+                if shared {
+                    // One write per line: the other instance appends too.
+                    let sender = msg.from_name.as_deref().unwrap_or("-");
+                    out.write_all(format!("{run} {k} {sender}\n").as_bytes())?;
+                } else {
+                    writeln!(out, "{k}")?;
+                }
                 let _ = ipc::send(msg.reply_to(), &msg.payload[..4]);
                 std::thread::sleep(pause);
             }

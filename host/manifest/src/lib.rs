@@ -47,11 +47,11 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
 /// What happens when a guest ends.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum RestartPolicy {
     /// Never start it again.
@@ -63,15 +63,16 @@ pub enum RestartPolicy {
 }
 
 /// A host folder a guest sees.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Dir {
     pub host: PathBuf,
     pub guest: String,
     pub read_only: bool,
 }
 
-/// One `[guests.NAME]` table, checked and with defaults filled in.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One `[guests.NAME]` table, checked and with defaults filled in. It
+/// travels as JSON from one host to another when a guest moves there.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GuestDef {
     /// The table's name: the guest's name, or with replicas the group's.
     pub name: String,
@@ -105,7 +106,7 @@ pub struct GuestDef {
 /// How long a guest may run and what it may use; `None` takes the host's
 /// default. The same set the CLI's `--timeout`, `--max-*` and
 /// `--inbox-size` flags give.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GuestLimits {
     pub timeout: Option<Duration>,
     pub max_memory: Option<u64>,

@@ -383,6 +383,18 @@ async fn handle(live: &Arc<Live>, request: &Value) -> Answer {
                 .await
         }
         "start" => live.start(guest_def(request)?).await,
+        // The two steps a node a guest moves to asks the node it leaves.
+        "describe" => live.describe(need_target()?),
+        "move-out" => {
+            let node = request["to"]
+                .as_str()
+                .ok_or("`move-out` needs the node `to`")?;
+            let id = request["id"]
+                .as_u64()
+                .ok_or("`move-out` needs the new instance's `id`")?;
+            live.move_out(need_target()?, node, id, millis(request, "drain_ms", 5_000))
+                .await
+        }
         "reload" => {
             let path = request["manifest"]
                 .as_str()

@@ -310,6 +310,9 @@ pub struct Live {
 /// The JSON answer of a verb: `Ok` fields, or an error message.
 pub type Answer = Result<Value, String>;
 
+/// How long a node of the cluster may take to answer one step of a move.
+const MOVE_ASK: Duration = Duration::from_secs(5);
+
 impl Live {
     pub(super) fn new(
         host: Host,
@@ -593,10 +596,11 @@ impl Live {
     }
 
     /// `swap`: replace instance `name`'s module with `module`.
-    pub async fn swap(&self, name: &str, module: PathBuf, drain: Duration) -> Answer {
-        let slot = self.slots().get(name).cloned().ok_or_else(|| {
-            format!("no guest `{name}` in this app (swap one member of a group at a time)")
-        })?;
+    pub async fn swap(self: &Arc<Self>, name: &str, module: PathBuf, drain: Duration) -> Answer {
+        let slot = self.slots().get(name).cloned();
+        let Some(slot) = slot else {
+            return self.move_here(name, module, drain).await;
+        };
         Cache::global()
             .artifact(&module)
             .await
@@ -623,6 +627,160 @@ impl Live {
             "drained": drained,
             "returned": returned,
             "old": old_status.to_string(),
+        }))
+    }
+
+    /// `swap` of a guest that runs on another node of the cluster: move it
+    /// here with the same no-loss swap. Its settings come from the node it
+    /// runs on, its module is `module`; the new instance starts here as a
+    /// standby, and once it is ready, that node hands the guest over
+    /// ([`crate::cluster::Cluster::hand_over`]), lets the old instance
+    /// drain, and supervises it no more; this host supervises the new one.
+    async fn move_here(self: &Arc<Self>, name: &str, module: PathBuf, drain: Duration) -> Answer {
+        let unknown =
+            || format!("no guest `{name}` in this app (swap one member of a group at a time)");
+        let cluster = self.cluster().ok_or_else(unknown)?;
+        let from = self
+            .host
+            .relay()
+            .lookup(name)
+            .and_then(|entry| entry.remote.clone())
+            .ok_or_else(unknown)?;
+        let asked = |verb: &str, answer: Result<Value, String>| match answer {
+            Ok(answer) if answer["ok"] == true => Ok(answer),
+            Ok(answer) => Err(format!(
+                "node `{from}` refused `{verb}` of `{name}`: {}",
+                answer["error"].as_str().unwrap_or("no reason given")
+            )),
+            Err(err) => Err(err),
+        };
+        let describe = json!({ "verb": "describe", "target": name });
+        let described = asked(
+            "describe",
+            cluster.forward(&from, &describe, MOVE_ASK).await,
+        )?;
+        let mut def: GuestDef =
+            serde_json::from_value(described["def"].clone()).map_err(|err| {
+                format!("node `{from}` described `{name}` in a way this host cannot read: {err}")
+            })?;
+        def.module = module;
+        Cache::global()
+            .artifact(&def.module)
+            .await
+            .map_err(|err| err.to_string())?;
+        let standby = command_for(&self.host, &def, name)
+            .standby()
+            .fork()
+            .await
+            .map_err(|err| format!("the new module did not start: {err}"))?;
+        tokio::select! {
+            () = standby.ready() => {}
+            status = standby.wait() => {
+                return Err(format!("the new instance ended before it was ready: {status}"));
+            }
+            () = tokio::time::sleep(super::supervise::SWAP_READY) => {
+                standby.kill();
+                standby.wait().await;
+                return Err(format!(
+                    "the new instance was not ready within {:?}; `{name}` stays on node `{from}`",
+                    super::supervise::SWAP_READY
+                ));
+            }
+        }
+        let move_out = json!({
+            "verb": "move-out",
+            "target": name,
+            "to": cluster.node(),
+            "id": standby.id().0,
+            "drain_ms": drain.as_millis() as u64,
+        });
+        let answer = asked(
+            "move-out",
+            cluster
+                .forward(&from, &move_out, drain + MOVE_ASK * 6)
+                .await,
+        );
+        let here = self.host.relay().lookup(name).map(|e| e.id) == Some(standby.id());
+        let answer = match answer {
+            Ok(answer) => answer,
+            // The name leads here already: the hand-over happened, and
+            // only its answer was lost.
+            Err(err) if here => {
+                tracing::warn!(
+                    "wasmproc: `{name}` moved here, but node `{from}` did not say how: {err}"
+                );
+                json!({ "moved": 0, "drained": 0, "returned": 0, "old": "unknown" })
+            }
+            Err(err) => {
+                standby.kill();
+                standby.wait().await;
+                return Err(format!("`{name}` stays on node `{from}`: {err}"));
+            }
+        };
+        let number = |key: &str| answer[key].as_u64().unwrap_or(0);
+        self.adopt(&def, name, Some(standby));
+        self.emit(Event::Swapped {
+            guest: name.to_owned(),
+            moved: number("moved"),
+            drained: number("drained"),
+            returned: number("returned"),
+        })
+        .await;
+        Ok(json!({
+            "moved": number("moved"),
+            "held": number("held"),
+            "drained": number("drained"),
+            "returned": number("returned"),
+            "old": answer["old"],
+            "unheld": answer["unheld"],
+            "from": from,
+            "node": cluster.node(),
+        }))
+    }
+
+    /// `describe`: the settings guest `name` runs with (for a node it
+    /// moves to).
+    pub fn describe(&self, name: &str) -> Answer {
+        let slot = self
+            .slots()
+            .get(name)
+            .cloned()
+            .ok_or_else(|| format!("no guest `{name}` on this node"))?;
+        let def = slot.info().def.clone();
+        let def = serde_json::to_value(&def).map_err(|err| err.to_string())?;
+        Ok(json!({ "def": def }))
+    }
+
+    /// `move-out`: hand guest `name` over to its new instance, guest `id`
+    /// of node `node` (see [`Live::move_here`] there), let the old one
+    /// drain, and supervise it no more here.
+    pub async fn move_out(&self, name: &str, node: &str, id: u64, drain: Duration) -> Answer {
+        let slot = self
+            .slots()
+            .get(name)
+            .cloned()
+            .ok_or_else(|| format!("no guest `{name}` on this node"))?;
+        let (reply, answer) = oneshot::channel();
+        slot.control
+            .send(Control::MoveOut {
+                node: node.to_owned(),
+                id,
+                drain,
+                reply,
+            })
+            .await
+            .map_err(|_| format!("{name} is no longer supervised"))?;
+        let (swapped, handed) = answer
+            .await
+            .map_err(|_| format!("{name} ended meanwhile"))??;
+        self.slots().remove(name);
+        Ok(json!({
+            "moved": swapped.moved,
+            "held": handed.held,
+            "unheld": handed.unheld,
+            "drained": swapped.drained,
+            "returned": swapped.returned,
+            "old": swapped.old_status.to_string(),
         }))
     }
 

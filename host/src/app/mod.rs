@@ -86,6 +86,12 @@ pub enum Event {
         drained: u64,
         returned: u64,
     },
+    /// The guest moved to another node (`swap --node`): its new instance
+    /// runs there, and this host supervises it no more.
+    MovedAway {
+        guest: String,
+        node: String,
+    },
     /// A guest sent its parent (the app) a message, or called it (`call`:
     /// an app answers no calls; the caller's deadline ends it).
     ToParent {
@@ -184,6 +190,9 @@ impl Event {
                 "drained": drained,
                 "returned": returned,
             }),
+            Event::MovedAway { guest, node } => {
+                json!({"event": "moved-away", "guest": guest, "node": node})
+            }
             Event::Request { verb, target } => {
                 json!({"event": "request", "verb": verb, "target": target})
             }

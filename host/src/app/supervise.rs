@@ -15,6 +15,7 @@ use super::{Event, Stream, command_for, forward_lines};
 use wasmproc_protocol::InboxItem;
 
 use crate::child::Child;
+use crate::cluster::HandedOver;
 use crate::host::Swapped;
 use crate::status::ExitStatus;
 
@@ -42,6 +43,14 @@ pub enum Control {
     },
     /// Stop it and supervise it no more (`reload` without it).
     Remove(oneshot::Sender<Result<String, String>>),
+    /// Hand it over to its new instance, guest `id` of node `node` (a
+    /// standby there, ready), then let it drain and supervise it no more.
+    MoveOut {
+        node: String,
+        id: u64,
+        drain: Duration,
+        reply: oneshot::Sender<Result<(Swapped, HandedOver), String>>,
+    },
 }
 
 /// How one run ended.
@@ -215,24 +224,52 @@ async fn run(
             () = live.shutdown.cancelled() => break Ended::Shutdown(child.stop(def.grace).await),
             Some(verb) = control.recv() => match verb {
                 Control::Stop(reply) => {
-                    let status = stop_run(live, slot, &child, &mut outputs, def, started, State::Stopped).await;
+                    let status = stop_run(live, slot, &child, &mut outputs, def.grace, started, State::Stopped).await;
                     let _ = reply.send(Ok(format!("stopped {name}: {status}")));
                     break Ended::Stopped;
                 }
                 Control::Restart(reply) => {
-                    stop_run(live, slot, &child, &mut outputs, def, started, State::Restarting).await;
+                    stop_run(live, slot, &child, &mut outputs, def.grace, started, State::Restarting).await;
                     let _ = reply.send(Ok(format!("restarted {name}")));
                     break Ended::Restart;
                 }
                 Control::Replace { def: new, reply } => {
-                    stop_run(live, slot, &child, &mut outputs, def, started, State::Restarting).await;
+                    stop_run(live, slot, &child, &mut outputs, def.grace, started, State::Restarting).await;
                     *def = *new;
                     let _ = reply.send(Ok(format!("restarted {name} with its new settings")));
                     break Ended::Restart;
                 }
                 Control::Remove(reply) => {
-                    stop_run(live, slot, &child, &mut outputs, def, started, State::Exited).await;
+                    stop_run(live, slot, &child, &mut outputs, def.grace, started, State::Exited).await;
                     let _ = reply.send(Ok(format!("removed {name}")));
+                    break Ended::Removed;
+                }
+                Control::MoveOut { node, id, drain, reply } => {
+                    let Some(cluster) = live.cluster() else {
+                        let _ = reply.send(Err("this app is not in a cluster".to_owned()));
+                        continue;
+                    };
+                    let handed = match cluster.hand_over(child.entry(), &node, id).await {
+                        Ok(handed) => handed,
+                        Err(err) => {
+                            let _ = reply.send(Err(err));
+                            continue;
+                        }
+                    };
+                    // It finishes what it was delivered; what it does not
+                    // take goes back to its senders.
+                    let counters = &child.entry().counters;
+                    let outstanding = counters.outstanding.load(std::sync::atomic::Ordering::Relaxed);
+                    let status = stop_run(live, slot, &child, &mut outputs, drain, started, State::Exited).await;
+                    let returned = counters.returned.load(std::sync::atomic::Ordering::Relaxed);
+                    live.emit(Event::MovedAway { guest: name.clone(), node: node.clone() }).await;
+                    let swapped = Swapped {
+                        moved: handed.moved,
+                        drained: outstanding.saturating_sub(returned),
+                        returned,
+                        old_status: status,
+                    };
+                    let _ = reply.send(Ok((swapped, handed)));
                     break Ended::Removed;
                 }
                 Control::Swap { module, drain, reply } => {
@@ -300,11 +337,11 @@ async fn stop_run(
     slot: &Slot,
     child: &Child,
     outputs: &mut Vec<tokio::task::JoinHandle<()>>,
-    def: &GuestDef,
+    grace: Duration,
     started: Instant,
     state: State,
 ) -> ExitStatus {
-    let status = child.stop(def.grace).await;
+    let status = child.stop(grace).await;
     to_parent_left(live, &slot.name, child).await;
     slot.set_ended(&status, state);
     drain(outputs).await;
@@ -409,6 +446,9 @@ async fn wait_stopped(live: &Live, name: &str, control: &mut mpsc::Receiver<Cont
                     let _ = reply.send(Err("it is not running".to_owned()));
                 }
                 Some(Control::Swap { reply, .. }) => {
+                    let _ = reply.send(Err("it is not running: restart it first".to_owned()));
+                }
+                Some(Control::MoveOut { reply, .. }) => {
                     let _ = reply.send(Err("it is not running: restart it first".to_owned()));
                 }
             },

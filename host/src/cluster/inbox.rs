@@ -51,14 +51,23 @@ pub(super) async fn serve(bridge: Weak<Bridge>, mut inbox: async_nats::Subscribe
     }
 }
 
-/// The local guest an envelope is for.
-fn recipient(bridge: &Bridge, to: &Target) -> Result<Arc<Entry>, UndeliverableReason> {
+/// The guest an envelope from `node` is for: a local one, or one this host
+/// passes the message on to (keeping its number): by name, a guest that
+/// moved from here to a third node; by id, the proxy a message this host
+/// passed on came from, which the recipient answers (see
+/// [`super::moving`]).
+fn recipient(bridge: &Bridge, node: &str, to: &Target) -> Result<Arc<Entry>, UndeliverableReason> {
     let found = match to {
-        Target::Name(name) => bridge.relay.lookup(name),
+        // Never back to where it came from by name: that host's name led
+        // here.
+        Target::Name(name) => bridge
+            .relay
+            .lookup(name)
+            .filter(|entry| entry.remote.as_deref() != Some(node)),
         Target::Id(id) => bridge.relay.entry(GuestId(*id)),
     };
     found
-        .filter(|entry| entry.remote.is_none())
+        .filter(|entry| entry.remote.as_deref() != Some(bridge.config.node.as_str()))
         .ok_or(UndeliverableReason::RecipientExited)
 }
 
@@ -71,15 +80,17 @@ async fn handle(bridge: &Arc<Bridge>, node: &str, envelope: Envelope) -> Ack {
             seq,
             payload,
         } => {
-            let target = match recipient(bridge, &to) {
+            let target = match recipient(bridge, node, &to) {
                 Ok(target) => target,
                 Err(reason) => return Ack::Undeliverable(reason),
             };
+            let name = from.name.clone().filter(|_| from.id != GuestId::PARENT.0);
             let Some(sender) = sender_proxy(bridge, node, from) else {
                 return Ack::Garbled;
             };
             let seq = std::num::NonZeroU64::new(seq);
-            let routed = relay.route_numbered(&sender, Address::Id(target.id), payload, seq);
+            let numbered = (seq, sender.name.as_ref().or(name.as_ref()));
+            let routed = relay.route_numbered(&sender, Address::Id(target.id), payload, numbered);
             if let Some(InboxItem::Undeliverable { reason, .. }) = routed.notices.first() {
                 return Ack::Undeliverable(*reason);
             }
@@ -99,7 +110,7 @@ async fn handle(bridge: &Arc<Bridge>, node: &str, envelope: Envelope) -> Ack {
             timeout_ms,
             payload,
         } => {
-            let target = match recipient(bridge, &to) {
+            let target = match recipient(bridge, node, &to) {
                 Ok(target) => target,
                 Err(_) => {
                     return Ack::CallFailed(wasmproc_protocol::CallError::CalleeExited(
@@ -148,8 +159,12 @@ fn sender_proxy(bridge: &Arc<Bridge>, node: &str, from: wire::From) -> Option<Ar
         return Some(proxy);
     }
     // Not announced yet (its host's next beat will): made now, so that a
-    // reply finds it. The parent of that host gets no name here.
-    let name = from.name.filter(|_| from.id != GuestId::PARENT.0);
+    // reply finds it. The parent of that host gets no name here, nor a
+    // guest whose name leads elsewhere here (a message that host passed on
+    // from a third one, or from here).
+    let name = from
+        .name
+        .filter(|name| from.id != GuestId::PARENT.0 && bridge.relay.lookup(name).is_none());
     bridge.proxy(
         node,
         &wire::Guest {

@@ -63,6 +63,8 @@ enum Kind {
 struct Pending {
     sent: Instant,
     node: String,
+    /// The proxy whose link sent it.
+    proxy: GuestId,
     kinds: Vec<Kind>,
     /// Its places in its proxy's window, given back when settled.
     _permits: OwnedSemaphorePermit,
@@ -113,6 +115,17 @@ impl Acks {
         }
     }
 
+    /// Whether a letter of `proxy` numbered below `before` that carries a
+    /// message or a call is still unacked.
+    fn carrying(&self, proxy: GuestId, before: u64) -> bool {
+        self.lock().range(..before).any(|(_, p)| {
+            p.proxy == proxy
+                && p.kinds
+                    .iter()
+                    .any(|k| matches!(k, Kind::Send { .. } | Kind::Call { .. }))
+        })
+    }
+
     /// Our connection dropped: nothing in flight will be acked.
     pub(super) fn fail_all(&self, bridge: &Arc<Bridge>) {
         let all = std::mem::take(&mut *self.lock());
@@ -126,8 +139,80 @@ impl Acks {
     }
 }
 
+/// One proxy's link: what its envelopes name as their recipient, how far
+/// it has got, and whether it may send yet.
+#[derive(Debug)]
+pub(super) struct Link {
+    target: Mutex<Target>,
+    /// Items taken from the proxy's mailbox and handled (published, or
+    /// needing no trip), in all: against the mailbox's count of items
+    /// taken, whether the link holds any it has not sent.
+    handled: AtomicU64,
+    /// Whether it may send: the proxy of a guest moving to its node holds
+    /// what it is given until the move says (see [`super::moving`]).
+    open: tokio::sync::watch::Sender<bool>,
+}
+
+impl Link {
+    pub(super) fn new(target: Target, open: bool) -> Arc<Link> {
+        Arc::new(Link {
+            target: Mutex::new(target),
+            handled: AtomicU64::new(0),
+            open: tokio::sync::watch::Sender::new(open),
+        })
+    }
+
+    fn target(&self) -> Target {
+        self.target
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Name the recipient `target` from the next batch on.
+    pub(super) fn retarget(&self, target: Target) {
+        *self.target.lock().unwrap_or_else(|e| e.into_inner()) = target;
+    }
+
+    /// Let it send.
+    pub(super) fn open(&self) {
+        self.open.send_replace(true);
+    }
+}
+
+/// Wait until `proxy`'s link has sent the first `upto` items taken from its
+/// mailbox and the other host has acked every message and call among them
+/// (they are in its relay then, behind anything sent before). `false` if
+/// that takes longer than `limit`.
+pub(super) async fn flushed(
+    bridge: &Bridge,
+    proxy: &Entry,
+    link: &Link,
+    upto: u64,
+    limit: Duration,
+) -> bool {
+    const POLL: Duration = Duration::from_millis(1);
+    let deadline = Instant::now() + limit;
+    while link.handled.load(Ordering::Acquire) < upto {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    // Everything published so far has a lower number than this.
+    let before = bridge.acks.next.load(Ordering::Relaxed);
+    while bridge.acks.carrying(proxy.id, before) {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    true
+}
+
 /// Take `proxy`'s mailbox to `node`, in order, until the proxy is gone.
-pub(super) async fn drain(bridge: Weak<Bridge>, proxy: Arc<Entry>, node: String, target: Target) {
+pub(super) async fn drain(bridge: Weak<Bridge>, proxy: Arc<Entry>, node: String, link: Arc<Link>) {
+    let _ = link.open.subscribe().wait_for(|open| *open).await;
     let window = Arc::new(Semaphore::new(WINDOW));
     // What its senders call it: one for all its messages.
     let to = Arc::new(match &proxy.name {
@@ -148,6 +233,7 @@ pub(super) async fn drain(bridge: Weak<Bridge>, proxy: Arc<Entry>, node: String,
         // for each envelope's own fields.
         let limit = bridge.max_payload.saturating_sub(ENVELOPE_ROOM);
         let mut size = 0;
+        let (taken, target) = (items.len() as u64, link.target());
         for item in items.drain(..) {
             let sent_to = (node.as_str(), &to);
             let Some((envelope, kind)) = envelope_for(&bridge, &proxy, &target, sent_to, item)
@@ -156,7 +242,7 @@ pub(super) async fn drain(bridge: Weak<Bridge>, proxy: Arc<Entry>, node: String,
             };
             let len = envelope_len(&envelope);
             if !letter.is_empty() && (size + len > limit || letter.len() == LETTER) {
-                if !send_letter(&bridge, &node, &window, &mut letter).await {
+                if !send_letter(&bridge, (&node, proxy.id), &window, &mut letter).await {
                     return;
                 }
                 size = 0;
@@ -164,9 +250,10 @@ pub(super) async fn drain(bridge: Weak<Bridge>, proxy: Arc<Entry>, node: String,
             size += len;
             letter.push((envelope, kind));
         }
-        if !send_letter(&bridge, &node, &window, &mut letter).await {
+        if !send_letter(&bridge, (&node, proxy.id), &window, &mut letter).await {
             return;
         }
+        link.handled.fetch_add(taken, Ordering::Release);
     }
 }
 
@@ -189,7 +276,7 @@ fn envelope_len(envelope: &Envelope) -> usize {
 /// window has room for them. `false` when the window is gone.
 async fn send_letter(
     bridge: &Arc<Bridge>,
-    node: &str,
+    (node, proxy): (&str, GuestId),
     window: &Arc<Semaphore>,
     letter: &mut Vec<(Envelope, Kind)>,
 ) -> bool {
@@ -200,7 +287,7 @@ async fn send_letter(
         return false;
     };
     let (envelopes, kinds) = letter.drain(..).unzip();
-    publish(bridge, node, envelopes, kinds, permits).await;
+    publish(bridge, (node, proxy), envelopes, kinds, permits).await;
     true
 }
 
@@ -221,12 +308,13 @@ fn envelope_for(
             from_name,
             request: None,
             payload,
-            ..
+            seq: origin,
         } => {
             let sent = Sent {
                 from: sender,
                 to: to.clone(),
                 len: payload.len() as u64,
+                origin,
             };
             let (seq, evicted) = bridge.unsettled.keep(node, sent);
             if let Some(evicted) = evicted {
@@ -280,7 +368,7 @@ fn envelope_for(
 
 async fn publish(
     bridge: &Arc<Bridge>,
-    node: &str,
+    (node, proxy): (&str, GuestId),
     envelopes: Vec<Envelope>,
     kinds: Vec<Kind>,
     permits: OwnedSemaphorePermit,
@@ -294,6 +382,7 @@ async fn publish(
     let pending = Pending {
         sent: Instant::now(),
         node: node.to_owned(),
+        proxy,
         kinds,
         _permits: permits,
     };

@@ -55,10 +55,13 @@
 
 mod inbox;
 mod link;
+mod moving;
 mod peers;
 mod settle;
 mod tasks;
 pub mod wire;
+
+pub use moving::HandedOver;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -146,9 +149,14 @@ pub struct Cluster {
 #[derive(Debug)]
 struct Proxy {
     entry: Arc<Entry>,
-    /// When it was made: one made for a sender (before its host's beat
-    /// named it) is not reaped by a beat older than itself.
+    link: Arc<link::Link>,
+    /// When it was made (or its guest's move ended): one made for a sender
+    /// (before its host's beat named it), or for a guest moving to its
+    /// host, is not reaped by a beat older than itself.
     born: Instant,
+    /// It stands for a guest moving to its node, which that node's beats
+    /// do not name until the move ends.
+    moving: bool,
 }
 
 #[derive(Debug, Default)]
@@ -156,6 +164,9 @@ struct State {
     liveness: Liveness,
     /// (node, its id for the guest) → the proxy.
     proxies: HashMap<(String, u64), Proxy>,
+    /// Guests moving between two other nodes, by name: what this host
+    /// sends them is held until the move ends.
+    holds: HashMap<String, moving::Hold>,
 }
 
 struct Bridge {
@@ -383,10 +394,14 @@ impl Cluster {
         timeout: Duration,
     ) -> Result<serde_json::Value, String> {
         let subject = self.inner.subjects.control(node);
-        let ask = self
-            .inner
-            .client
-            .request(subject, bytes::Bytes::from(request.to_string()));
+        // The client's own request timeout (2 s) is for short asks; a verb
+        // (a swap, a move) may take longer.
+        let ask = self.inner.client.send_request(
+            subject,
+            async_nats::Request::new()
+                .payload(bytes::Bytes::from(request.to_string()))
+                .timeout(Some(timeout)),
+        );
         match tokio::time::timeout(timeout, ask).await {
             Err(_) => Err(format!("node `{node}` did not answer within {timeout:?}")),
             Ok(Err(err)) if err.kind() == async_nats::RequestErrorKind::NoResponders => {
@@ -499,21 +514,35 @@ impl Bridge {
             Some(name) => wire::Target::Name(name.clone()),
             None => wire::Target::Id(guest.id),
         };
-        state.proxies.insert(
-            (node.to_owned(), guest.id),
+        drop(state);
+        self.add_proxy(node, guest.id, &entry, link::Link::new(target, true), false);
+        Some(entry)
+    }
+
+    /// Keep `entry` as the proxy of `node`'s guest `id`, and start its link.
+    fn add_proxy(
+        self: &Arc<Self>,
+        node: &str,
+        id: u64,
+        entry: &Arc<Entry>,
+        link: Arc<link::Link>,
+        moving: bool,
+    ) {
+        self.lock().proxies.insert(
+            (node.to_owned(), id),
             Proxy {
                 entry: entry.clone(),
+                link: link.clone(),
                 born: Instant::now(),
+                moving,
             },
         );
-        drop(state);
         tokio::spawn(link::drain(
             Arc::downgrade(self),
             entry.clone(),
             node.to_owned(),
-            target,
+            link,
         ));
-        Some(entry)
     }
 
     /// The proxy of `node`'s guest `id`, if there is one.
@@ -545,8 +574,15 @@ impl Bridge {
             let keys: Vec<(String, u64)> = state
                 .proxies
                 .iter()
+                // A proxy whose guest moved on ends with that instance's
+                // exit (it may still answer calls); one of a guest moving
+                // here is named once the move ends.
                 .filter(|((n, id), p)| {
-                    n == node && !listed.contains(id) && peers::ago(p.born) > young
+                    n == node
+                        && !listed.contains(id)
+                        && peers::ago(p.born) > young
+                        && !p.moving
+                        && p.entry.successor().is_none()
                 })
                 .map(|(key, _)| key.clone())
                 .collect();
@@ -594,6 +630,7 @@ impl Bridge {
     async fn lose(&self, node: &str, why: &str) {
         tracing::warn!("wasmproc: node `{node}` is lost ({why}); its guests are unreachable");
         self.lock().liveness.forget(node);
+        moving::lost(self, node);
         self.drop_proxies(Some(node), "host lost").await;
         let unsettled = self.unsettled.take(Some(node));
         settle::unknown(self, node, unsettled, "host lost");

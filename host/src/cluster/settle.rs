@@ -36,7 +36,7 @@ use wasmproc_protocol::{Address, GuestId, InboxItem, UndeliverableReason};
 
 use super::Bridge;
 use super::wire::{self, Report};
-use crate::relay::Settled;
+use crate::relay::{Seq, Settled};
 
 /// Numbers kept per peer at most, unsettled.
 pub const UNSETTLED: usize = 1 << 18;
@@ -57,6 +57,10 @@ pub(super) struct Sent {
     /// shared by all its messages).
     pub to: Arc<Address>,
     pub len: u64,
+    /// Set when this host passed the message on (its guest moved on to
+    /// another host): the number of its sender's host for it, which hears
+    /// what became of it from here.
+    pub origin: Seq,
 }
 
 /// Per peer, the messages sent there and not settled, by number.
@@ -105,13 +109,20 @@ impl Unsettled {
         self.lock().get_mut(node)?.remove(&seq)
     }
 
-    /// Numbers `seqs` of `node` were taken there: forget them.
-    pub(super) fn forget(&self, node: &str, seqs: &[u64]) {
+    /// Numbers `seqs` of `node` were taken there: forget them. Returns
+    /// those this host passed on, whose senders' hosts are to hear it.
+    pub(super) fn forget(&self, node: &str, seqs: &[u64]) -> Vec<Sent> {
+        let mut passed_on = Vec::new();
         if let Some(kept) = self.lock().get_mut(node) {
             for seq in seqs {
-                kept.remove(seq);
+                if let Some(sent) = kept.remove(seq)
+                    && sent.origin.is_some()
+                {
+                    passed_on.push(sent);
+                }
             }
         }
+        passed_on
     }
 
     /// Everything kept for `node` (every node: `None`), taken.
@@ -154,9 +165,14 @@ impl Unsettled {
     }
 }
 
-/// Tell `sent`'s sender that it came back, for `reason`.
+/// Tell `sent`'s sender that it came back, for `reason` (a message this
+/// host passed on: its sender's host, as a number).
 pub(super) fn tell(bridge: &Bridge, sent: &Sent, reason: UndeliverableReason) {
     let relay = &bridge.relay;
+    if let Some(origin) = sent.origin {
+        relay.settled_remote(sent.from, origin, Settled::Returned(reason));
+        return;
+    }
     let notice = InboxItem::Undeliverable {
         to: (*sent.to).clone(),
         reason,
@@ -301,7 +317,13 @@ pub(super) async fn hear(bridge: Weak<Bridge>, mut reports: async_nats::Subscrib
         };
         let unsettled = &bridge.unsettled;
         let mut settled = report.taken.len() as u64;
-        unsettled.forget(&report.node, &report.taken);
+        for sent in unsettled.forget(&report.node, &report.taken) {
+            if let Some(origin) = sent.origin {
+                bridge
+                    .relay
+                    .settled_remote(sent.from, origin, Settled::Taken);
+            }
+        }
         for (seq, reason) in report.returned {
             settled += 1;
             // Gone already when it was settled as of unknown outcome.
@@ -322,6 +344,7 @@ mod tests {
             from: GuestId(from),
             to: Arc::new(Address::Name("r".into())),
             len: 1,
+            origin: None,
         }
     }
 

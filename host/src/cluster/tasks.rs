@@ -13,7 +13,7 @@ use tokio::time::Instant;
 
 use super::peers::Heard;
 use super::wire::{self, BEAT, Beat, Exit};
-use super::{Bridge, inbox};
+use super::{Bridge, inbox, moving};
 use crate::relay::LocalEvent;
 
 /// Answer every claim of our node: it is taken.
@@ -98,12 +98,22 @@ pub(super) async fn hear_exits(bridge: Weak<Bridge>, mut exits: async_nats::Subs
         let Some((node, exit)) = wire::decode::<(String, Exit)>(&message.payload) else {
             continue;
         };
-        // A swapped-out instance: the proxy leads to its name, which the
-        // next beat shows with the new instance's id.
-        if node == bridge.config.node || exit.moved {
+        if node == bridge.config.node {
             continue;
         }
-        let proxy = bridge.lock().proxies.remove(&(node, exit.id));
+        let proxy = {
+            let mut state = bridge.lock();
+            let key = (node, exit.id);
+            match state.proxies.get(&key) {
+                // A swapped-out instance: the proxy leads to its name, which
+                // the next beat shows with the new instance's id. One that
+                // moved to another node gave its name to that node's proxy
+                // here, and ends now.
+                Some(p) if exit.moved && p.entry.successor().is_none() => None,
+                Some(_) => state.proxies.remove(&key),
+                None => None,
+            }
+        };
         if let Some(proxy) = proxy {
             bridge.relay.unregister(proxy.entry.id, &exit.reason).await;
         }
@@ -125,10 +135,18 @@ pub(super) async fn serve_control(bridge: Weak<Bridge>, mut requests: async_nats
             .unwrap_or_else(|e| e.into_inner())
             .clone();
         let client = bridge.client.clone();
+        let weak = Arc::downgrade(&bridge);
         drop(bridge);
         // Each verb on its own: a slow one (a swap) holds up no other.
         tokio::spawn(async move {
-            let answer = match (handler, serde_json::from_slice(&message.payload)) {
+            let request: Result<serde_json::Value, _> = serde_json::from_slice(&message.payload);
+            // A guest moving between nodes is the bridge's own business.
+            let moving = match (&request, weak.upgrade()) {
+                (Ok(request), Some(bridge)) => moving::answer(&bridge, request).await,
+                _ => None,
+            };
+            let answer = match (handler, request) {
+                _ if moving.is_some() => moving.unwrap_or_default(),
                 (Some(handler), Ok(request)) => handler(request).await,
                 (None, _) => {
                     serde_json::json!({"ok": false, "error": "this node takes no verbs yet"})

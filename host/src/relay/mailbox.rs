@@ -175,6 +175,8 @@ struct State {
     moved: bool,
     /// The most items it has held at once.
     high_water: usize,
+    /// Items taken out so far (a proxy's link: how far it has got).
+    popped: u64,
 }
 
 impl Default for Mailbox {
@@ -359,6 +361,7 @@ impl Mailbox {
                         bytes += len;
                         self.release(&mut state, len);
                         out.extend(state.queue.pop_front());
+                        state.popped += 1;
                     }
                     if state.queue.len() <= self.max_items / 2 && state.bytes <= self.max_bytes / 2
                     {
@@ -392,6 +395,7 @@ impl Mailbox {
             let mut state = self.lock();
             let item = state.queue.pop_front()?;
             self.release(&mut state, item.payload_len());
+            state.popped += 1;
             item
         };
         self.writable.notify_waiters();
@@ -419,20 +423,34 @@ impl Mailbox {
         moved
     }
 
-    /// Take the messages of a name's previous instance, ahead of anything
-    /// else, whatever the bound: they were admitted once already.
-    pub fn take_moved(&self, items: Vec<Item>) {
+    /// Take the messages of a name's previous instance, whatever the
+    /// bound (they were admitted once already): ahead of anything else,
+    /// or `behind` what is queued (what the name's old host sent on came
+    /// first).
+    pub fn take_moved(&self, items: Vec<Item>, behind: bool) {
         if items.is_empty() {
             return;
         }
         {
             let mut state = self.lock();
-            for item in items.into_iter().rev() {
+            for item in &items {
                 self.hold(&mut state, item.payload_len());
-                state.queue.push_front(item);
             }
+            if behind {
+                state.queue.extend(items);
+            } else {
+                for item in items.into_iter().rev() {
+                    state.queue.push_front(item);
+                }
+            }
+            state.high_water = state.high_water.max(state.queue.len());
         }
         self.readable.notify_one();
+    }
+
+    /// How many items have been taken out of it so far.
+    pub fn popped(&self) -> u64 {
+        self.lock().popped
     }
 
     /// Refuse further items; the consumer still drains what is queued.
@@ -502,7 +520,7 @@ mod tests {
             moved.iter().map(Item::payload_len).collect::<Vec<_>>(),
             [1, 2]
         );
-        new.take_moved(moved);
+        new.take_moved(moved, false);
         assert_eq!(old.try_push(msg(4)).unwrap_err().0, PushError::Moved);
         old.try_push_notice(InboxItem::Shutdown).unwrap();
         assert_eq!(old.len(), 2);
@@ -510,6 +528,22 @@ mod tests {
             .map(|i| i.payload_len())
             .collect();
         assert_eq!(lens, [1, 2, 3]);
+    }
+
+    #[test]
+    fn messages_moved_behind_queue_after_what_is_there_and_pops_are_counted() {
+        let old = Mailbox::new(10, 100);
+        let new = Mailbox::new(10, 100);
+        old.try_push(msg(1)).unwrap();
+        old.try_push(msg(2)).unwrap();
+        new.try_push(msg(3)).unwrap();
+        new.take_moved(old.move_messages(), true);
+        assert_eq!(new.high_water(), 3);
+        let lens: Vec<usize> = std::iter::from_fn(|| new.try_pop())
+            .map(|i| i.payload_len())
+            .collect();
+        assert_eq!(lens, [3, 1, 2]);
+        assert_eq!((old.popped(), new.popped()), (0, 3));
     }
 
     fn msg(len: usize) -> InboxItem {

@@ -404,23 +404,25 @@ impl Relay {
     /// mailbox. What could not be queued comes back in [`Routed`]: notices
     /// for the sender, and messages waiting for room in a full mailbox.
     pub fn route(&self, from: &Entry, to: Address, payload: Vec<u8>) -> Routed {
-        self.route_numbered(from, to, payload, None)
+        self.route_numbered(from, to, payload, (None, from.name.as_ref()))
     }
 
     /// [`Relay::route`] for a message from a guest of another host, which
-    /// numbered it `seq` (to hear when it is taken or returned).
+    /// numbered it `seq` (to hear when it is taken or returned), and whose
+    /// name is `from_name` (its proxy here may have none: a message passed
+    /// on by a host its guest moved from).
     pub(crate) fn route_numbered(
         &self,
         from: &Entry,
         to: Address,
         payload: Vec<u8>,
-        seq: Seq,
+        (seq, from_name): (Seq, Option<&String>),
     ) -> Routed {
         let mut routed = Routed::default();
         let payload = Bytes::from(payload);
         let message = |payload| Item::Message {
             from: from.id,
-            from_name: from.name.clone(),
+            from_name: from_name.cloned(),
             request: None,
             payload,
             seq,
@@ -716,6 +718,13 @@ impl Relay {
     /// its own calls, and finishes what it was delivered. Returns how many
     /// messages moved.
     pub fn switch(&self, old: &Arc<Entry>, new: &Arc<Entry>) -> usize {
+        self.switch_to(old, new, false)
+    }
+
+    /// [`Relay::switch`], the moved messages queued ahead of what `new`
+    /// holds, or `behind` it (a guest moving here from another host: what
+    /// its old host sends on was sent first).
+    pub(crate) fn switch_to(&self, old: &Arc<Entry>, new: &Arc<Entry>, behind: bool) -> usize {
         let mut table = self.write();
         *old.successor.lock().unwrap_or_else(|e| e.into_inner()) = Some(new.clone());
         let moved = old.mailbox.move_messages();
@@ -729,7 +738,7 @@ impl Relay {
             }
         }
         let count = moved.len();
-        new.mailbox.take_moved(moved);
+        new.mailbox.take_moved(moved, behind);
         if let Some(name) = &old.name {
             table.names.insert(name.clone(), new.id);
         }
