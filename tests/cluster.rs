@@ -1315,36 +1315,36 @@ node = "a"
 
 #[test]
 fn a_guest_moved_to_another_node_loses_nothing_and_keeps_each_senders_order() {
-    const COUNT: u64 = 3000;
+    const COUNT: u64 = 1500;
     let _one = serial();
     let dir = scratch_dir("cluster-move");
     let out = dir.join("out");
     std::fs::create_dir_all(&out).unwrap();
     let server = Nats::start(&dir, "move");
-    // `w` takes one message a millisecond, with room for 16 in its runner;
-    // its two senders (one on each node) stream 8 KiB messages faster than
-    // that: what its pipe cannot hold waits in its host, which the move
-    // must carry over.
+    // `w` takes one message every 2 ms, with room for 16 in its runner;
+    // its two senders (one on each node) stream 2 KiB messages faster than
+    // that: what its pipe cannot hold waits in its host (under its
+    // mailbox's bound), which the move must carry over.
     let app = manifest(
         &dir,
         &format!(
             r#"
 [guests.w]
 module = "{{guest:tally}}"
-args = ["take", "1000", "/out/taken", "shared"]
+args = ["take", "2000", "/out/taken", "shared"]
 node = "a"
 inbox-size = 16
 dirs = [{{ host = "{out}", guest = "/out" }}]
 
 [guests.ta]
 module = "{{guest:tally}}"
-args = ["send", "w", "{COUNT}", "100", "/out/returned-a", "8192"]
+args = ["send", "w", "{COUNT}", "100", "/out/returned-a", "2048"]
 node = "a"
 dirs = [{{ host = "{out}", guest = "/out" }}]
 
 [guests.tb]
 module = "{{guest:tally}}"
-args = ["send", "w", "{COUNT}", "100", "/out/returned-b", "8192"]
+args = ["send", "w", "{COUNT}", "100", "/out/returned-b", "2048"]
 node = "b"
 dirs = [{{ host = "{out}", guest = "/out" }}]
 "#,
@@ -1473,4 +1473,84 @@ dirs = [{{ host = "{out}", guest = "/out" }}]
             (top["cluster"]["unsettled"] == 0).then_some(())
         });
     }
+}
+
+#[test]
+fn takes_made_while_a_hosts_connection_is_down_are_reported_once_it_is_back() {
+    const COUNT: u64 = 1500;
+    let _one = serial();
+    let dir = scratch_dir("cluster-offline-takes");
+    let (a_out, b_out) = (dir.join("a-out"), dir.join("b-out"));
+    std::fs::create_dir_all(&a_out).unwrap();
+    std::fs::create_dir_all(&b_out).unwrap();
+    let mut servers = nats_cluster(&dir);
+    // B's guest takes one message every 5 ms; A's sender is done long
+    // before, so most of its messages wait in B's host meanwhile.
+    let app = manifest(
+        &dir,
+        &format!(
+            r#"
+[guests.slow]
+module = "{{guest:tally}}"
+args = ["take", "5000", "/out/taken"]
+node = "b"
+dirs = [{{ host = "{}", guest = "/out" }}]
+
+[guests.tally]
+module = "{{guest:tally}}"
+args = ["send", "slow", "{COUNT}", "100", "/out/returned"]
+node = "a"
+dirs = [{{ host = "{}", guest = "/out" }}]
+"#,
+            b_out.display(),
+            a_out.display()
+        ),
+    );
+    let a = Host::up(&dir, "offline", "a", &servers[0].url(), &app);
+    let b = Host::up(&dir, "offline", "b", &servers[1].url(), &app);
+    let taken_file = b_out.join("taken");
+    wait_for(
+        "A's sender to have sent them all",
+        Duration::from_secs(60),
+        || {
+            let top: serde_json::Value = serde_json::from_str(&a.ok(&["top", "--json"])).unwrap();
+            (row(&top, "tally")["msgs_out"] == COUNT).then_some(())
+        },
+    );
+    // B loses its server for a moment, shorter than the beats a peer must
+    // miss to be lost (A keeps its own); B's guest goes on taking.
+    let before = lines_of(&taken_file).len();
+    let restarted = Instant::now();
+    servers[1].restart();
+    b.wait_output("lost the connection", Duration::from_secs(10));
+    wait_for("B to connect again", Duration::from_secs(10), || {
+        let top: serde_json::Value = serde_json::from_str(&b.ok(&["top", "--json"])).unwrap();
+        (top["cluster"]["connected"] == true).then_some(())
+    });
+    let during = lines_of(&taken_file).len() - before;
+    println!(
+        "B was back {:.2?} after the restart began",
+        restarted.elapsed()
+    );
+    wait_for(
+        "B's guest to take them all",
+        Duration::from_secs(60),
+        || (lines_of(&taken_file).len() as u64 == COUNT).then_some(()),
+    );
+    println!("B's guest took {during} message(s) while the server was restarting");
+    assert!(during > 0, "B's guest took messages meanwhile");
+
+    // A heard of every take: nothing left unsettled, nothing returned.
+    wait_for("A to hear every take", Duration::from_secs(10), || {
+        let top: serde_json::Value = serde_json::from_str(&a.ok(&["top", "--json"])).unwrap();
+        (top["cluster"]["unsettled"] == 0).then_some(())
+    });
+    let top: serde_json::Value = serde_json::from_str(&a.ok(&["top", "--json"])).unwrap();
+    assert_eq!(top["cluster"]["unknown_outcome"], 0, "{}", top["cluster"]);
+    assert_eq!(lines_of(&a_out.join("returned")), Vec::<String>::new());
+    assert!(
+        !a.output().contains("is lost"),
+        "A judged B lost:\n{}",
+        a.output()
+    );
 }

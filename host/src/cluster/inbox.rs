@@ -17,7 +17,7 @@ use wasmproc_protocol::{Address, GuestId, InboxItem, RequestId, UndeliverableRea
 
 use super::Bridge;
 use super::wire::{self, Ack, Envelope, Target};
-use crate::relay::Entry;
+use crate::relay::{Entry, Number};
 
 /// Envelopes, in order, and the node that sent them: one NATS message,
 /// answered with one [`Ack`] per envelope.
@@ -35,8 +35,10 @@ pub(super) async fn serve(bridge: Weak<Bridge>, mut inbox: async_nats::Subscribe
         let acks = match wire::decode::<Letter>(&message.payload) {
             Some(Letter { node, envelopes }) => {
                 let mut acks = Vec::with_capacity(envelopes.len());
+                let mut patience = crate::relay::MAILBOX_PATIENCE;
+                let home: Arc<str> = Arc::from(node.as_str());
                 for envelope in envelopes {
-                    acks.push(handle(&bridge, &node, envelope).await);
+                    acks.push(handle(&bridge, &home, envelope, &mut patience).await);
                 }
                 acks
             }
@@ -71,8 +73,19 @@ fn recipient(bridge: &Bridge, node: &str, to: &Target) -> Result<Arc<Entry>, Und
         .ok_or(UndeliverableReason::RecipientExited)
 }
 
-async fn handle(bridge: &Arc<Bridge>, node: &str, envelope: Envelope) -> Ack {
-    let relay = &bridge.relay;
+/// Handle one envelope of a letter. A message for a full mailbox waits for
+/// room out of `patience`, what the whole letter may wait: once that is
+/// spent, the rest of the letter's messages for full mailboxes come back
+/// `mailbox full` at once, so the letter's acks come well within the
+/// sender's ack timeout however slowly a recipient takes (and this inbox,
+/// which serves every guest here, is not held up by one).
+async fn handle(
+    bridge: &Arc<Bridge>,
+    home: &Arc<str>,
+    envelope: Envelope,
+    patience: &mut Duration,
+) -> Ack {
+    let (relay, node) = (&bridge.relay, &**home);
     match envelope {
         Envelope::Message {
             to,
@@ -88,16 +101,25 @@ async fn handle(bridge: &Arc<Bridge>, node: &str, envelope: Envelope) -> Ack {
             let Some(sender) = sender_proxy(bridge, node, from) else {
                 return Ack::Garbled;
             };
-            let seq = std::num::NonZeroU64::new(seq);
-            let numbered = (seq, sender.name.as_ref().or(name.as_ref()));
+            let number = std::num::NonZeroU64::new(seq).map(|seq| Number {
+                seq,
+                node: home.clone(),
+            });
+            let numbered = (number, sender.name.as_ref().or(name.as_ref()));
             let routed = relay.route_numbered(&sender, Address::Id(target.id), payload, numbered);
             if let Some(InboxItem::Undeliverable { reason, .. }) = routed.notices.first() {
                 return Ack::Undeliverable(*reason);
             }
             for pending in routed.waiting {
-                if let Some(InboxItem::Undeliverable { reason, .. }) =
-                    relay.deliver_pending(&sender, pending).await
-                {
+                if patience.is_zero() {
+                    return Ack::Undeliverable(UndeliverableReason::MailboxFull);
+                }
+                let waited = tokio::time::Instant::now();
+                let delivered = relay
+                    .deliver_pending_within(&sender, pending, *patience)
+                    .await;
+                *patience = patience.saturating_sub(waited.elapsed());
+                if let Some(InboxItem::Undeliverable { reason, .. }) = delivered {
                     return Ack::Undeliverable(reason);
                 }
             }

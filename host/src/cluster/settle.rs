@@ -169,8 +169,8 @@ impl Unsettled {
 /// host passed on: its sender's host, as a number).
 pub(super) fn tell(bridge: &Bridge, sent: &Sent, reason: UndeliverableReason) {
     let relay = &bridge.relay;
-    if let Some(origin) = sent.origin {
-        relay.settled_remote(sent.from, origin, Settled::Returned(reason));
+    if let Some(origin) = &sent.origin {
+        relay.settled_remote(origin, Settled::Returned(reason));
         return;
     }
     let notice = InboxItem::Undeliverable {
@@ -251,9 +251,22 @@ pub(super) async fn report(bridge: Weak<Bridge>) {
         let Some(bridge) = bridge.upgrade() else {
             return;
         };
+        if !bridge.lock().liveness.is_connected() {
+            // Kept for when the connection is back: a peer that did not
+            // judge this host lost meanwhile is owed them.
+            drop(bridge);
+            relay.keep_settlements(settled);
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(OFFLINE_POLL) => continue,
+            }
+        }
         send_reports(&bridge, settled).await;
     }
 }
+
+/// How often reports kept while our connection is down look for it.
+const OFFLINE_POLL: Duration = Duration::from_millis(50);
 
 /// Send what waits now at once (a host about to leave).
 pub(super) async fn flush(bridge: &Bridge) {
@@ -262,25 +275,15 @@ pub(super) async fn flush(bridge: &Bridge) {
 }
 
 /// Group `settled` by the sender's node and send each node its report.
-async fn send_reports(bridge: &Bridge, settled: Vec<(GuestId, NonZeroU64, Settled)>) {
-    if settled.is_empty() || !bridge.lock().liveness.is_connected() {
-        // The peers count what we held as of unknown outcome already.
+async fn send_reports(bridge: &Bridge, settled: Vec<(Arc<str>, NonZeroU64, Settled)>) {
+    if settled.is_empty() {
         return;
     }
-    let mut reports: HashMap<String, Report> = HashMap::new();
-    // A run of one sender's messages is common: one look-up for it.
-    let mut last: Option<(GuestId, Option<String>)> = None;
-    for (from, seq, settled) in settled {
-        let node = match &last {
-            Some((id, node)) if *id == from => node.clone(),
-            _ => {
-                let node = bridge.relay.entry(from).and_then(|e| e.remote.clone());
-                last = Some((from, node.clone()));
-                node
-            }
-        };
-        // Its proxy is gone: so is that host, which settles it itself.
-        let Some(node) = node else { continue };
+    let mut reports: HashMap<Arc<str>, Report> = HashMap::new();
+    // Also when the sender's proxy here has gone meanwhile: a host that
+    // was lost hears nothing (it counts what it sent as of unknown outcome
+    // itself), one that is there hears what it is owed.
+    for (node, seq, settled) in settled {
         let report = reports.entry(node).or_insert_with(|| Report {
             node: bridge.config.node.clone(),
             taken: Vec::new(),
@@ -318,10 +321,8 @@ pub(super) async fn hear(bridge: Weak<Bridge>, mut reports: async_nats::Subscrib
         let unsettled = &bridge.unsettled;
         let mut settled = report.taken.len() as u64;
         for sent in unsettled.forget(&report.node, &report.taken) {
-            if let Some(origin) = sent.origin {
-                bridge
-                    .relay
-                    .settled_remote(sent.from, origin, Settled::Taken);
+            if let Some(origin) = &sent.origin {
+                bridge.relay.settled_remote(origin, Settled::Taken);
             }
         }
         for (seq, reason) in report.returned {

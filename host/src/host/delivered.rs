@@ -80,7 +80,7 @@ impl Delivered {
                     payload,
                     seq,
                     ..
-                } => Some((*from, payload.len() as u64, *seq)),
+                } => Some((*from, payload.len() as u64, seq.clone())),
                 Item::Message { .. } | Item::Notice(_) => None,
                 Item::Answer { .. } | Item::Expired(_) => continue,
             };
@@ -111,9 +111,9 @@ impl Delivered {
             ));
         }
         let newly = (count - state.taken) as usize;
-        for (from, _, seq) in state.pending.drain(..newly).flatten() {
-            if let Some(seq) = seq {
-                self.relay.settled_remote(from, seq, Settled::Taken);
+        for (_, _, number) in state.pending.drain(..newly).flatten() {
+            if let Some(number) = number {
+                self.relay.settled_remote(&number, Settled::Taken);
             }
         }
         state.taken = count;

@@ -32,7 +32,7 @@ pub(crate) use mailbox::{
 };
 pub use policy::Refusal;
 use policy::Refusals;
-pub(crate) use remote::{LOCAL_EVENTS, LocalEvent, Seq, Settled};
+pub(crate) use remote::{LOCAL_EVENTS, LocalEvent, Number, Seq, Settled};
 
 /// One guest as the relay knows it.
 #[derive(Debug)]
@@ -425,7 +425,7 @@ impl Relay {
             from_name: from_name.cloned(),
             request: None,
             payload,
-            seq,
+            seq: seq.clone(),
         };
         let bounce = |to: Address, reason, len: usize| InboxItem::Undeliverable {
             to,
@@ -528,6 +528,17 @@ impl Relay {
     /// moment for room. Returns the notice for the sender if it could not be
     /// delivered.
     pub async fn deliver_pending(&self, from: &Entry, pending: Pending) -> Option<InboxItem> {
+        self.deliver_pending_within(from, pending, MAILBOX_PATIENCE)
+            .await
+    }
+
+    /// [`Relay::deliver_pending`], waiting at most `patience` for room.
+    pub(crate) async fn deliver_pending_within(
+        &self,
+        from: &Entry,
+        pending: Pending,
+        patience: std::time::Duration,
+    ) -> Option<InboxItem> {
         let Pending {
             mut target,
             mut item,
@@ -539,7 +550,7 @@ impl Relay {
                 Some(target) => &target.mailbox,
                 None => &from.parent_inbox,
             };
-            match mailbox.push_wait(item, MAILBOX_PATIENCE).await {
+            match mailbox.push_wait(item, patience).await {
                 Ok(()) => return None,
                 Err((PushError::Full, _)) => break UndeliverableReason::MailboxFull,
                 Err((PushError::Closed, _)) => break UndeliverableReason::RecipientExited,
@@ -770,10 +781,9 @@ impl Relay {
         messages: impl IntoIterator<Item = (GuestId, u64, Seq)>,
     ) {
         for (from, len, seq) in messages {
-            if let Some(seq) = seq {
+            if let Some(number) = seq {
                 self.settled_remote(
-                    from,
-                    seq,
+                    &number,
                     Settled::Returned(UndeliverableReason::RecipientExited),
                 );
                 continue;

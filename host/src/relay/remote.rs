@@ -56,9 +56,18 @@ pub(super) struct LocalEvents {
     sink: Mutex<Option<mpsc::Sender<LocalEvent>>>,
 }
 
-/// The sending host's number for a message from a guest of another host;
-/// `None` for this host's own messages.
-pub(crate) type Seq = Option<NonZeroU64>;
+/// The sending host's number for a message from a guest of another host,
+/// and that host's node: kept with the message from the moment it arrives,
+/// so that its take is reported home even when the sender's proxy here has
+/// gone meanwhile.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Number {
+    pub seq: NonZeroU64,
+    pub node: Arc<str>,
+}
+
+/// A message's [`Number`]; `None` for this host's own messages.
+pub(crate) type Seq = Option<Number>;
 
 /// What became of a message from another host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,10 +87,10 @@ pub(crate) enum Settled {
 pub const SETTLEMENTS: usize = 1 << 18;
 
 /// Settlements of messages from other hosts, waiting for the bridge: (the
-/// sender's proxy, its host's number for the message, what became of it).
+/// sending host's node, its number for the message, what became of it).
 #[derive(Debug, Default)]
 pub(super) struct Settlements {
-    waiting: Mutex<Vec<(GuestId, NonZeroU64, Settled)>>,
+    waiting: Mutex<Vec<(Arc<str>, NonZeroU64, Settled)>>,
     /// Set while a bridge takes them: without one nothing is kept.
     watched: AtomicBool,
     ready: Notify,
@@ -89,9 +98,9 @@ pub(super) struct Settlements {
 }
 
 impl Relay {
-    /// A message from `from` (a proxy) numbered `seq` by its host was
-    /// settled: keep that for the bridge. Never waits.
-    pub(crate) fn settled_remote(&self, from: GuestId, seq: NonZeroU64, settled: Settled) {
+    /// A message from another host, `number` there, was settled: keep that
+    /// for the bridge. Never waits.
+    pub(crate) fn settled_remote(&self, number: &Number, settled: Settled) {
         let settlements = &self.inner.settlements;
         if !settlements.watched.load(Ordering::Relaxed) {
             return;
@@ -105,7 +114,7 @@ impl Relay {
             return;
         }
         let first = waiting.is_empty();
-        waiting.push((from, seq, settled));
+        waiting.push((number.node.clone(), number.seq, settled));
         drop(waiting);
         if first {
             settlements.ready.notify_one();
@@ -114,7 +123,7 @@ impl Relay {
 
     /// Wait until settlements are waiting, then take them all (oldest
     /// first). The first call makes the relay keep them.
-    pub(crate) async fn settlements(&self) -> Vec<(GuestId, NonZeroU64, Settled)> {
+    pub(crate) async fn settlements(&self) -> Vec<(Arc<str>, NonZeroU64, Settled)> {
         let settlements = &self.inner.settlements;
         settlements.watched.store(true, Ordering::Relaxed);
         loop {
@@ -127,7 +136,7 @@ impl Relay {
     }
 
     /// The settlements waiting now, taken (none waiting: empty).
-    pub(crate) fn take_settlements(&self) -> Vec<(GuestId, NonZeroU64, Settled)> {
+    pub(crate) fn take_settlements(&self) -> Vec<(Arc<str>, NonZeroU64, Settled)> {
         std::mem::take(
             &mut *self
                 .inner
@@ -136,6 +145,27 @@ impl Relay {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner()),
         )
+    }
+
+    /// Put `settled` back ahead of what waits (the bridge could not send
+    /// them yet), within the bound: past it the newest are dropped and
+    /// counted.
+    pub(crate) fn keep_settlements(&self, settled: Vec<(Arc<str>, NonZeroU64, Settled)>) {
+        let settlements = &self.inner.settlements;
+        let mut waiting = settlements
+            .waiting
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let mut kept = settled;
+        kept.append(&mut waiting);
+        if kept.len() > SETTLEMENTS {
+            let over = kept.len() - SETTLEMENTS;
+            kept.truncate(SETTLEMENTS);
+            settlements
+                .dropped
+                .fetch_add(over as u64, Ordering::Relaxed);
+        }
+        *waiting = kept;
     }
 
     /// Settlements dropped because too many were waiting, in all.
