@@ -1554,3 +1554,77 @@ dirs = [{{ host = "{}", guest = "/out" }}]
         a.output()
     );
 }
+
+#[test]
+fn of_two_hosts_that_claim_one_node_at_once_exactly_one_runs_it() {
+    let _one = serial();
+    let dir = scratch_dir("cluster-twins");
+    let server = Nats::start(&dir, "twins");
+    let app = manifest(
+        &dir,
+        r#"
+[guests.here]
+module = "{guest:echo}"
+node = "a"
+"#,
+    );
+    for round in 0..3 {
+        let app_name = format!("twins{round}");
+        let spawn = |which: &str| {
+            let runtime = dir.join(format!("run-{round}-{which}"));
+            std::fs::create_dir_all(&runtime).unwrap();
+            Command::new(cli())
+                .args([
+                    "up",
+                    "--app",
+                    &app_name,
+                    "--cluster",
+                    &server.url(),
+                    "--node",
+                    "a",
+                ])
+                .arg(&app)
+                .env("XDG_RUNTIME_DIR", runtime)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("start wasmproc up")
+        };
+        let mut twins = vec![spawn("x"), spawn("y")];
+        // One is refused at once; the other runs on.
+        let refused = wait_for("one host to be refused", Duration::from_secs(30), || {
+            twins
+                .iter_mut()
+                .position(|t| t.try_wait().ok().flatten().is_some())
+        });
+        let out = twins.remove(refused).wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(
+            err.contains(&format!(
+                "node `a` is in app `{app_name}`'s cluster already"
+            )),
+            "{err}"
+        );
+        // A third comes later: the one left holds the name.
+        let late = spawn("z").wait_with_output().unwrap();
+        assert_eq!(
+            late.status.code(),
+            Some(1),
+            "{}",
+            String::from_utf8_lossy(&late.stderr)
+        );
+        let mut kept = twins.pop().unwrap();
+        std::thread::sleep(Duration::from_secs(2));
+        assert!(
+            kept.try_wait().unwrap().is_none(),
+            "the host that kept node `a` runs on"
+        );
+        let kept_name = ["y", "x"][refused];
+        println!("round {round}: host {kept_name} kept node `a`");
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc_kill(kept.id() as i32, 15) };
+        let _ = kept.wait();
+    }
+}

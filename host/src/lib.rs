@@ -72,9 +72,10 @@
 //!   `cluster/wire` (subjects and envelopes), `cluster/link` (a remote
 //!   guest's proxy: envelopes out, acks in), `cluster/inbox` (envelopes
 //!   from other hosts), `cluster/settle` (take reports: what the other
-//!   hosts' guests took, and what is unsettled), `cluster/peers` (the
-//!   heartbeat rule), `cluster/tasks` (beats, exits, forwarded verbs, the
-//!   bridge's clock).
+//!   hosts' guests took, and what is unsettled), `cluster/moving` (a
+//!   guest moving to another node: hold, switch, release),
+//!   `cluster/peers` (the heartbeat rule), `cluster/tasks` (beats, exits,
+//!   forwarded verbs, the bridge's clock).
 //! - [`manifest`] (crate `wasmproc-manifest`): `app.toml`, checked.
 //! - crate `wasmproc-protocol`: the frame types, the pure codec and the
 //!   host↔runner contract (descriptors, exit codes, name rules), shared

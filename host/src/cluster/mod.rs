@@ -53,6 +53,7 @@
 //! message of every peer comes back the same way; local guests go on. On
 //! reconnect the next beats (ours at once) bring the directory back.
 
+mod claim;
 mod inbox;
 mod link;
 mod moving;
@@ -254,24 +255,25 @@ impl Cluster {
             url: config.url.clone(),
             reason: err.to_string(),
         };
-        // Claim the node: whoever runs it answers.
-        match client
-            .request(subjects.claim(&config.node), bytes::Bytes::new())
-            .await
-        {
-            Ok(_) => {
-                return Err(JoinError::NodeTaken {
-                    node: config.node.clone(),
-                    app: config.app.clone(),
-                });
-            }
-            Err(err) => tracing::debug!("node {} is free: {err}", config.node),
-        }
+        // Claim the node: whoever runs it (or claims it too) answers.
         let instance = random_instance();
         let claims = client
             .subscribe(subjects.claim(&config.node))
             .await
             .map_err(subscribe_error)?;
+        let claim = claim::Claim::new(instance);
+        let answering = tokio::spawn(claim::answer(client.clone(), claims, claim.clone()));
+        let ours = claim
+            .decide(&client, subjects.claim(&config.node))
+            .await
+            .map_err(subscribe_error)?;
+        if !ours {
+            answering.abort();
+            return Err(JoinError::NodeTaken {
+                node: config.node.clone(),
+                app: config.app.clone(),
+            });
+        }
         let inbox = client
             .subscribe(subjects.inbox(&config.node))
             .await
@@ -317,8 +319,7 @@ impl Cluster {
         relay.watch_local(local_tx);
 
         let weak = Arc::downgrade(&bridge);
-        use tasks::{answer_claims, hear_beats, hear_exits, serve_control, tick};
-        tokio::spawn(answer_claims(bridge.client.clone(), claims, instance));
+        use tasks::{hear_beats, hear_exits, serve_control, tick};
         tokio::spawn(inbox::serve(weak.clone(), inbox));
         tokio::spawn(link::receive_acks(weak.clone(), acks));
         tokio::spawn(hear_beats(weak.clone(), beats));

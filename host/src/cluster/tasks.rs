@@ -1,7 +1,8 @@
-//! The bridge's long-lived tasks: the claim of our node, the beats and
-//! exits of the other nodes, control verbs forwarded here, and the clock
-//! (our beats, lost peers, overdue acks, connection events). Each holds
-//! the bridge weakly and ends with it, or with the shutdown token.
+//! The bridge's long-lived tasks: the beats and exits of the other nodes,
+//! control verbs forwarded here, and the clock (our beats, lost peers,
+//! overdue acks, connection events). Each holds the bridge weakly and ends
+//! with it, or with the shutdown token. (Our node's claim is answered by
+//! [`super::claim`].)
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
@@ -15,21 +16,6 @@ use super::peers::Heard;
 use super::wire::{self, BEAT, Beat, Exit};
 use super::{Bridge, inbox, moving};
 use crate::relay::LocalEvent;
-
-/// Answer every claim of our node: it is taken.
-pub(super) async fn answer_claims(
-    client: async_nats::Client,
-    mut claims: async_nats::Subscriber,
-    instance: u64,
-) {
-    while let Some(claim) = claims.next().await {
-        if let Some(reply) = claim.reply {
-            let _ = client
-                .publish(reply, bytes::Bytes::from(instance.to_string()))
-                .await;
-        }
-    }
-}
 
 /// Beats of every node (ours included, to catch a second claimant).
 pub(super) async fn hear_beats(bridge: Weak<Bridge>, mut beats: async_nats::Subscriber) {
