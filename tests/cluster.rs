@@ -1628,3 +1628,125 @@ node = "a"
         let _ = kept.wait();
     }
 }
+
+#[test]
+fn a_take_report_nobody_answers_is_sent_again_until_it_is() {
+    use futures_util::StreamExt;
+    use wasmproc::cluster::wire;
+    let _one = serial();
+    let dir = scratch_dir("cluster-report-again");
+    let server = Nats::start(&dir, "again");
+    let app = manifest(
+        &dir,
+        r#"
+[guests.sink]
+module = "{guest:echo}"
+node = "a"
+"#,
+    );
+    let a = Host::up(&dir, "again", "a", &server.url(), &app);
+    // A stand-in node `s` (this test) sends five numbered messages to
+    // `sink` on A, and leaves A's first take report unanswered.
+    let subjects = wire::Subjects::new("again");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (first, second, third) = runtime.block_on(async {
+        let client = async_nats::connect(server.url()).await.expect("connect");
+        let mut reports = client.subscribe(subjects.settled("s")).await.unwrap();
+        // Answer what A sends its stand-ins here (the echoes), so that
+        // NATS never says nobody serves node `s`.
+        let mut inbox = client.subscribe(subjects.inbox("s")).await.unwrap();
+        let answering = client.clone();
+        tokio::spawn(async move {
+            while let Some(letter) = inbox.next().await {
+                let count =
+                    wire::decode::<wire::Letter>(&letter.payload).map_or(0, |l| l.envelopes.len());
+                let acks = wire::encode(&vec![wire::Ack::Accepted; count]);
+                if let Some(reply) = letter.reply {
+                    let _ = answering.publish(reply, acks).await;
+                }
+            }
+        });
+        let beat = wire::encode(&wire::Beat {
+            node: "s".to_owned(),
+            instance: 7,
+            guests: vec![wire::Guest {
+                id: 1,
+                name: Some("feeder".to_owned()),
+                group: None,
+                max_message_size: 1 << 20,
+            }],
+            leaving: false,
+        });
+        let beating = client.clone();
+        let beats = subjects.beat("s");
+        tokio::spawn(async move {
+            loop {
+                let _ = beating.publish(beats.clone(), beat.clone()).await;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let envelopes = (100..105)
+            .map(|seq| wire::Envelope::Message {
+                to: wire::Target::Name("sink".to_owned()),
+                from: wire::From {
+                    id: 1,
+                    name: Some("feeder".to_owned()),
+                },
+                seq,
+                payload: b"hi".to_vec(),
+            })
+            .collect();
+        let letter = wire::encode(&wire::Letter {
+            node: "s".to_owned(),
+            envelopes,
+        });
+        let acks = client
+            .request(subjects.inbox("a"), letter)
+            .await
+            .expect("A acks the letter");
+        assert_eq!(
+            wire::decode::<Vec<wire::Ack>>(&acks.payload),
+            Some(vec![wire::Ack::Accepted; 5])
+        );
+        let mut next = async || {
+            let report = tokio::time::timeout(Duration::from_secs(3), reports.next()).await;
+            report.ok().flatten()
+        };
+        let first = next().await.expect("A's take report");
+        let heard = Instant::now();
+        let second = next().await.expect("A's report, sent again");
+        let again = heard.elapsed();
+        client
+            .publish(
+                second.reply.clone().expect("a reply subject"),
+                bytes::Bytes::new(),
+            )
+            .await
+            .unwrap();
+        client.flush().await.unwrap();
+        let third = next().await;
+        println!("A sent its unanswered report again after {again:.2?}");
+        (first, second, third)
+    });
+    let taken = |m: &async_nats::Message| {
+        let mut taken = wire::decode::<wire::Report>(&m.payload)
+            .expect("a report")
+            .taken;
+        taken.sort_unstable();
+        taken
+    };
+    assert_eq!(taken(&first), [100, 101, 102, 103, 104]);
+    assert_eq!(taken(&second), taken(&first), "the same report");
+    assert!(third.is_none(), "answered: not sent a third time");
+    let top: serde_json::Value = serde_json::from_str(&a.ok(&["top", "--json"])).unwrap();
+    assert_eq!(
+        top["cluster"]["reports_unanswered"], 0,
+        "{}",
+        top["cluster"]
+    );
+    assert_eq!(top["cluster"]["reports_given_up"], 0, "{}", top["cluster"]);
+}

@@ -158,10 +158,45 @@ pub fn render(live: &Live) -> String {
                 "Messages the NATS client dropped (slow consumer).",
             ),
             ("disconnects", "Times the connection to NATS dropped."),
+            (
+                "settled",
+                "Messages to other nodes they reported taken or returned.",
+            ),
+            (
+                "evicted",
+                "Unsettled messages past the bound, returned as of unknown outcome.",
+            ),
+            (
+                "dropped_reports",
+                "Take reports for other nodes dropped past the bound.",
+            ),
+            (
+                "reports_given_up",
+                "Take reports no node answered after every try.",
+            ),
+            (
+                "node_conflicts",
+                "Beats of another host claiming this node.",
+            ),
         ] {
             let name = format!("wasmproc_cluster_{key}_total");
             let _ = writeln!(out, "# HELP {name} {help}");
             let _ = writeln!(out, "# TYPE {name} counter");
+            let _ = writeln!(out, "{name} {}", cluster[key]);
+        }
+        for (key, help) in [
+            (
+                "unsettled",
+                "Messages sent to other nodes and not yet reported taken or returned.",
+            ),
+            (
+                "reports_unanswered",
+                "Take reports sent to other nodes and not answered yet.",
+            ),
+        ] {
+            let name = format!("wasmproc_cluster_{key}");
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} gauge");
             let _ = writeln!(out, "{name} {}", cluster[key]);
         }
     }

@@ -68,6 +68,7 @@ impl Live {
             return Value::Null;
         };
         let s = cluster.stats();
+        let (unanswered, given_up) = cluster.unanswered_reports();
         json!({
             "node": cluster.node(),
             "connected": cluster.connected(),
@@ -80,6 +81,8 @@ impl Live {
             "unsettled": cluster.unsettled(),
             "evicted": s.evicted.load(Relaxed),
             "dropped_reports": cluster.dropped_reports(),
+            "reports_unanswered": unanswered,
+            "reports_given_up": given_up,
             "slow_consumers": s.slow_consumers.load(Relaxed),
             "node_conflicts": s.node_conflicts.load(Relaxed),
             "disconnects": s.disconnects.load(Relaxed),

@@ -12,20 +12,11 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use serde::{Deserialize, Serialize};
 use wasmproc_protocol::{Address, GuestId, InboxItem, RequestId, UndeliverableReason};
 
 use super::Bridge;
-use super::wire::{self, Ack, Envelope, Target};
+use super::wire::{self, Ack, Envelope, Letter, Target};
 use crate::relay::{Entry, Number};
-
-/// Envelopes, in order, and the node that sent them: one NATS message,
-/// answered with one [`Ack`] per envelope.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub(super) struct Letter {
-    pub node: String,
-    pub envelopes: Vec<Envelope>,
-}
 
 pub(super) async fn serve(bridge: Weak<Bridge>, mut inbox: async_nats::Subscriber) {
     while let Some(message) = inbox.next().await {

@@ -25,8 +25,8 @@ use tokio::time::Instant;
 use wasmproc_protocol::{Address, CallError, GuestId, RequestId, UndeliverableReason};
 
 use super::Bridge;
-use super::inbox::Letter;
 use super::settle::{self, Sent};
+use super::wire::Letter;
 use super::wire::{self, Ack, Envelope, Target};
 use crate::relay::{Entry, Item};
 

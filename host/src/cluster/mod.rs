@@ -182,6 +182,8 @@ struct Bridge {
     acks: link::Acks,
     /// What we sent to each peer and have not heard settled.
     unsettled: settle::Unsettled,
+    /// Take reports we sent and have not heard answered.
+    reports: settle::Outbox,
     stats: Arc<Stats>,
     control: Mutex<Option<ControlHandler>>,
     /// Asks the beat task for a beat now (a guest came or went).
@@ -298,6 +300,13 @@ impl Cluster {
             .subscribe(subjects.settled(&config.node))
             .await
             .map_err(subscribe_error)?;
+        let report_answers = client
+            .subscribe(format!(
+                "{}.*",
+                subjects.report_acks(&config.node, instance)
+            ))
+            .await
+            .map_err(subscribe_error)?;
         let max_payload = client.server_info().max_payload;
         let bridge = Arc::new(Bridge {
             client,
@@ -309,6 +318,7 @@ impl Cluster {
             state: Mutex::new(State::default()),
             acks: link::Acks::default(),
             unsettled: settle::Unsettled::new(random_instance()),
+            reports: settle::Outbox::default(),
             stats,
             control: Mutex::new(None),
             beat_now: Arc::new(tokio::sync::Notify::new()),
@@ -327,6 +337,7 @@ impl Cluster {
         tokio::spawn(serve_control(weak.clone(), control));
         tokio::spawn(settle::hear(weak.clone(), reports));
         tokio::spawn(settle::report(weak.clone()));
+        tokio::spawn(settle::hear_answers(weak.clone(), report_answers));
         tokio::spawn(tick(weak, events, local));
         bridge.beat_now.notify_one();
         Ok(Cluster { inner: bridge })
@@ -365,6 +376,13 @@ impl Cluster {
     /// or returned.
     pub fn unsettled(&self) -> usize {
         self.inner.unsettled.len()
+    }
+
+    /// Take reports sent to other hosts and not answered yet, and those
+    /// given up on (unanswered after every try, or past the bound).
+    pub fn unanswered_reports(&self) -> (usize, u64) {
+        let outbox = &self.inner.reports;
+        (outbox.len(), outbox.given_up.load(Ordering::Relaxed))
     }
 
     /// Take reports for other hosts this host dropped, because too many
@@ -632,6 +650,7 @@ impl Bridge {
         tracing::warn!("wasmproc: node `{node}` is lost ({why}); its guests are unreachable");
         self.lock().liveness.forget(node);
         moving::lost(self, node);
+        self.reports.forget(node);
         self.drop_proxies(Some(node), "host lost").await;
         let unsettled = self.unsettled.take(Some(node));
         settle::unknown(self, node, unsettled, "host lost");

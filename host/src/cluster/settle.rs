@@ -15,6 +15,15 @@
 //! every number it still keeps back to its sender as `unknown outcome`:
 //! that message may have been taken, with the word of it in flight.
 //!
+//! Reports are acknowledged: each goes out as a NATS message with a reply
+//! subject, the sending host answers it, and one not answered within
+//! [`REPORT_ACK`] goes out again (up to [`REPORT_TRIES`] times, while that
+//! host is a peer and our connection is up; numbers are idempotent, so a
+//! report heard twice settles nothing twice). So a report NATS drops on
+//! the way (a slow consumer, a connection that dropped with it in a
+//! buffer) is sent again rather than leaving its messages unsettled while
+//! both hosts live.
+//!
 //! # Bounds
 //!
 //! What a peer holds unsettled is bounded there (each guest's mailbox, its
@@ -47,6 +56,145 @@ pub const FLUSH: Duration = Duration::from_millis(5);
 /// Numbers in one report at most (about 10 bytes each: far under the
 /// smallest `max_payload` a server is run with).
 const REPORT: usize = 8 * 1024;
+
+/// How long a report may go unanswered before it is sent again.
+pub const REPORT_ACK: Duration = Duration::from_secs(1);
+
+/// How many times a report is sent at most.
+pub const REPORT_TRIES: u32 = 10;
+
+/// Reports sent and not answered yet, at most (about 80 KiB each at
+/// worst); past it the oldest is given up, and counted.
+const OUTBOX: usize = 256;
+
+/// A report sent and not answered yet.
+#[derive(Debug)]
+struct Unanswered {
+    node: Arc<str>,
+    payload: bytes::Bytes,
+    sent: tokio::time::Instant,
+    tries: u32,
+}
+
+/// The reports this host sent and has not heard answered, by number.
+#[derive(Debug, Default)]
+pub(super) struct Outbox {
+    unanswered: Mutex<BTreeMap<u64, Unanswered>>,
+    next: AtomicU64,
+    /// Reports given up: unanswered after every try, or past the bound.
+    pub given_up: AtomicU64,
+}
+
+impl Outbox {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Unanswered>> {
+        self.unanswered.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Report `id` was answered.
+    pub(super) fn answered(&self, id: u64) {
+        self.lock().remove(&id);
+    }
+
+    /// `node` is lost: it hears nothing more.
+    pub(super) fn forget(&self, node: &str) {
+        self.lock().retain(|_, r| &*r.node != node);
+    }
+
+    /// Reports waiting for an answer now.
+    pub(super) fn len(&self) -> usize {
+        self.lock().len()
+    }
+}
+
+/// Send `payload`, a report for `node`, and keep it until it is answered.
+async fn send_report(bridge: &Bridge, node: &Arc<str>, payload: bytes::Bytes) {
+    let outbox = &bridge.reports;
+    let id = outbox.next.fetch_add(1, Ordering::Relaxed);
+    {
+        let mut unanswered = outbox.lock();
+        if unanswered.len() >= OUTBOX {
+            unanswered.pop_first();
+            outbox.given_up.fetch_add(1, Ordering::Relaxed);
+        }
+        unanswered.insert(
+            id,
+            Unanswered {
+                node: node.clone(),
+                payload: payload.clone(),
+                sent: tokio::time::Instant::now(),
+                tries: 1,
+            },
+        );
+    }
+    publish_report(bridge, node, id, payload).await;
+}
+
+async fn publish_report(bridge: &Bridge, node: &str, id: u64, payload: bytes::Bytes) {
+    let reply = format!(
+        "{}.{id}",
+        bridge
+            .subjects
+            .report_acks(&bridge.config.node, bridge.instance)
+    );
+    let _ = bridge
+        .client
+        .publish_with_reply(bridge.subjects.settled(node), reply, payload)
+        .await;
+}
+
+/// Send again what has gone unanswered for [`REPORT_ACK`] (the bridge's
+/// clock calls this while connected), and give up on what has had every
+/// try or whose host is no longer a peer.
+pub(super) async fn resend(bridge: &Bridge, now: tokio::time::Instant) {
+    let peers = bridge.lock().liveness.nodes();
+    let again: Vec<(u64, Arc<str>, bytes::Bytes)> = {
+        let outbox = &bridge.reports;
+        let mut unanswered = outbox.lock();
+        let before = unanswered.len();
+        // A host not heard from yet may be about to beat: it gets one
+        // timeout's grace.
+        unanswered.retain(|_, r| {
+            r.tries < REPORT_TRIES
+                && (peers.iter().any(|p| **p == *r.node) || now.duration_since(r.sent) < REPORT_ACK)
+        });
+        let gone = before - unanswered.len();
+        if gone > 0 {
+            outbox.given_up.fetch_add(gone as u64, Ordering::Relaxed);
+            tracing::warn!(
+                "wasmproc: gave up on {gone} take report(s) nobody answered; their messages stay unsettled on their hosts until this host is lost there"
+            );
+        }
+        unanswered
+            .iter_mut()
+            .filter(|(_, r)| now.duration_since(r.sent) >= REPORT_ACK)
+            .map(|(id, r)| {
+                r.sent = now;
+                r.tries += 1;
+                (*id, r.node.clone(), r.payload.clone())
+            })
+            .collect()
+    };
+    for (id, node, payload) in again {
+        publish_report(bridge, &node, id, payload).await;
+    }
+}
+
+/// Take every answer to our reports.
+pub(super) async fn hear_answers(bridge: Weak<Bridge>, mut answers: async_nats::Subscriber) {
+    while let Some(answer) = answers.next().await {
+        let Some(bridge) = bridge.upgrade() else {
+            return;
+        };
+        if let Some(id) = answer
+            .subject
+            .rsplit('.')
+            .next()
+            .and_then(|s| s.parse::<u64>().ok())
+        {
+            bridge.reports.answered(id);
+        }
+    }
+}
 
 /// A message sent to another host and not settled there yet: enough to
 /// tell its sender.
@@ -295,12 +443,8 @@ async fn send_reports(bridge: &Bridge, settled: Vec<(Arc<str>, NonZeroU64, Settl
         }
     }
     for (node, report) in reports {
-        let subject = bridge.subjects.settled(&node);
         for part in report.split(REPORT) {
-            let _ = bridge
-                .client
-                .publish(subject.clone(), wire::encode(&part))
-                .await;
+            send_report(bridge, &node, wire::encode(&part)).await;
         }
     }
 }
@@ -318,6 +462,11 @@ pub(super) async fn hear(bridge: Weak<Bridge>, mut reports: async_nats::Subscrib
             );
             continue;
         };
+        // Heard: its host need not send it again (whatever it says, which
+        // is settled below).
+        if let Some(reply) = message.reply {
+            let _ = bridge.client.publish(reply, bytes::Bytes::new()).await;
+        }
         let unsettled = &bridge.unsettled;
         let mut settled = report.taken.len() as u64;
         for sent in unsettled.forget(&report.node, &report.taken) {

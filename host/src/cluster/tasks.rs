@@ -14,7 +14,7 @@ use tokio::time::Instant;
 
 use super::peers::Heard;
 use super::wire::{self, BEAT, Beat, Exit};
-use super::{Bridge, inbox, moving};
+use super::{Bridge, moving};
 use crate::relay::LocalEvent;
 
 /// Beats of every node (ours included, to catch a second claimant).
@@ -215,6 +215,9 @@ pub(super) async fn tick(
             }
         }
         bridge.acks.sweep(&bridge, now);
+        if bridge.lock().liveness.is_connected() {
+            super::settle::resend(&bridge, now).await;
+        }
     }
 }
 
@@ -224,7 +227,7 @@ async fn probe(bridge: Weak<Bridge>, node: String) {
     let Some(strong) = bridge.upgrade() else {
         return;
     };
-    let envelope = wire::encode(&inbox::Letter {
+    let envelope = wire::encode(&wire::Letter {
         node: strong.config.node.clone(),
         envelopes: vec![wire::Envelope::Ping],
     });

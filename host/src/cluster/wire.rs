@@ -92,6 +92,12 @@ impl Subjects {
         format!("wp.{}.ack.{}-{instance:x}", self.app, token(node))
     }
 
+    /// Where process `instance` of `node` hears its take reports answered
+    /// (one more token: report numbers).
+    pub fn report_acks(&self, node: &str, instance: u64) -> String {
+        format!("{}.report", self.acks(node, instance))
+    }
+
     /// The node whose `kind` subject this is (the last token, unescaped
     /// enough to compare: tokens are compared escaped).
     pub fn node_token(subject: &str) -> &str {
@@ -163,6 +169,14 @@ pub enum Ack {
     CallFailed(CallError),
     /// The envelope could not be read (a host of another version).
     Garbled,
+}
+
+/// Envelopes, in order, and the node that sent them: one NATS message to
+/// a node's inbox, answered with one [`Ack`] per envelope.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Letter {
+    pub node: String,
+    pub envelopes: Vec<Envelope>,
 }
 
 /// What became of messages of one host (by their numbers) at another.
