@@ -455,10 +455,16 @@ pub fn main() -> ExitCode {
     if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
         show_compiles();
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // A one-shot run drives a single guest: a runtime on the main thread
+    // starts no worker threads (nor reads the cgroup's CPU quota to size
+    // them) before the runner can start.
+    let one_shot = matches!(&cli.command, Cmd::Run(args) if !is_app(&args.module));
+    let mut builder = if one_shot {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(runtime) => runtime,
         Err(err) => {
             warn!("wasmproc: cannot start the async runtime: {err}");
@@ -538,8 +544,13 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// Whether `module` names an app's manifest rather than a module.
+fn is_app(module: &std::path::Path) -> bool {
+    module.extension().is_some_and(|e| e == "toml")
+}
+
 async fn run(args: RunArgs) -> anyhow::Result<u8> {
-    if args.module.extension().is_some_and(|e| e == "toml") {
+    if is_app(&args.module) {
         anyhow::ensure!(
             args.args.is_empty(),
             "an app takes no arguments after `--`: give each guest its `args` in the manifest"
