@@ -243,6 +243,17 @@ impl FrameWriter {
         FrameWriter { pipe, stats }
     }
 
+    /// Wait until the pipe takes bytes (at once, but for a pipe that is
+    /// full or has never been written: its first readiness comes from the
+    /// runtime's reactor).
+    ///
+    /// # Errors
+    ///
+    /// When the pipe fails.
+    pub async fn writable(&self) -> io::Result<()> {
+        self.pipe.writable().await
+    }
+
     /// Write every frame in `batch`, with as few `writev` calls as the pipe
     /// allows, and clear it for reuse (also when the write fails).
     ///

@@ -2,9 +2,10 @@
 //!
 //! Forking a guest: compile (or find) its artifact in the [`crate::cache`],
 //! register it with the [`crate::relay`] (*reserve*), take a runner from the
-//! [`pool`] or start one from the [`spawner`] thread, and hand both to a
-//! [`session`], which runs the runner's writer, reader and waiter tasks and
-//! returns the [`Child`] handle.
+//! [`pool`] or start one from the [`spawner`] thread (then while the module
+//! is looked up: a runner needs its launch spec only once it is up), and
+//! hand both to a [`session`], which runs the runner's writer, reader and
+//! waiter tasks and returns the [`Child`] handle.
 //!
 //! - [`pool`]: runners started ahead of time.
 //! - [`spawner`]: the runner binary and the long-lived spawner thread.
@@ -31,7 +32,7 @@ use crate::status::ExitStatus;
 use pool::Pool;
 use session::Session;
 pub use spawner::{RUNNER_ENV, RUNNER_NAME};
-use spawner::{default_stdio, runner_path, spawn_runner};
+use spawner::{runner_path, spawn_runner};
 pub(crate) use spec::Spec;
 
 /// Why a guest could not be started.
@@ -255,9 +256,28 @@ impl Host {
     }
 
     /// Start the guest described by `spec`.
-    pub(crate) async fn fork(&self, spec: Spec) -> Result<Child, SpawnError> {
-        let reserved = self.reserve(&spec).await?;
-        self.start(reserved, spec).await
+    ///
+    /// Without a pooled runner to take, the runner starts while the module
+    /// is looked up (or compiled): it needs the launch spec only once it is
+    /// up, and starting a process is the longer of the two. A runner started
+    /// for a module that then fails is killed and reaped.
+    pub(crate) async fn fork(&self, mut spec: Spec) -> Result<Child, SpawnError> {
+        let runner = match self.runner() {
+            Ok(runner) if self.pool.is_none() || !spec.default_stdio() => runner,
+            // A pooled runner, or the error a missing module comes first.
+            _ => {
+                let reserved = self.reserve(&spec).await?;
+                return self.start(reserved, spec).await;
+            }
+        };
+        let stdio = spec.take_stdio();
+        let (reserved, spawned) =
+            tokio::join!(self.reserve(&spec), spawn_runner(runner.clone(), stdio));
+        let reserved = reserved?;
+        match spawned {
+            Ok(spawned) => Ok(self.session(reserved, &spec).start(spawned)),
+            Err(source) => Err(self.failed_to_spawn(reserved, source).await),
+        }
     }
 
     /// Start the guests built as `specs` together (see
@@ -332,10 +352,7 @@ impl Host {
     /// mailbox until its runner starts.
     async fn reserve(&self, spec: &Spec) -> Result<Reserved, SpawnError> {
         let artifact = Cache::global().artifact(&spec.module).await?;
-        let runner = match &self.runner {
-            Some(path) => path.clone(),
-            None => runner_path()?,
-        };
+        let runner = self.runner()?;
         let entry = self.relay.register(Registration {
             name: spec.name.clone(),
             group: spec.group.clone(),
@@ -353,54 +370,57 @@ impl Host {
         })
     }
 
+    /// The runner binary this host starts.
+    fn runner(&self) -> Result<PathBuf, SpawnError> {
+        match &self.runner {
+            Some(path) => Ok(path.clone()),
+            None => runner_path(),
+        }
+    }
+
+    /// The session of a reserved guest, to start on a runner.
+    fn session(&self, reserved: Reserved, spec: &Spec) -> Session {
+        Session {
+            entry: reserved.entry,
+            relay: self.relay.clone(),
+            spec: reserved.launch,
+            timeout: spec.timeout,
+        }
+    }
+
     /// Start the runner of a reserved guest: a pooled one when the command
     /// keeps the default stdio, else a new process.
-    async fn start(&self, reserved: Reserved, spec: Spec) -> Result<Child, SpawnError> {
-        let Reserved {
-            entry,
-            launch,
-            runner,
-        } = reserved;
-        let session = Session {
-            entry,
-            relay: self.relay.clone(),
-            spec: launch,
-            timeout: spec.timeout,
-        };
+    async fn start(&self, reserved: Reserved, mut spec: Spec) -> Result<Child, SpawnError> {
         let pooled = match &self.pool {
             Some(pool) if spec.default_stdio() => {
                 let taken = pool.take();
-                pool.refill(runner.clone());
+                pool.refill(reserved.runner.clone());
                 taken
             }
             _ => None,
         };
         if let Some(spawned) = pooled {
-            return Ok(session.start(spawned));
+            return Ok(self.session(reserved, &spec).start(spawned));
         }
-        let [stdin, stdout, stderr] = spec.stdio;
-        let [default_in, default_out, default_err] = default_stdio();
-        let stdio = [
-            stdin.unwrap_or(default_in),
-            stdout.unwrap_or(default_out),
-            stderr.unwrap_or(default_err),
-        ];
-        match spawn_runner(runner.clone(), stdio).await {
-            Ok(spawned) => Ok(session.start(spawned)),
-            Err(source) => {
-                self.relay
-                    .unregister(session.entry.id, "failed to start")
-                    .await;
-                Err(match source.raw_os_error() {
-                    Some(libc::EMFILE) => SpawnError::OutOfFiles {
-                        limit: crate::os::limits::open_files_limit(),
-                    },
-                    _ => SpawnError::Spawn {
-                        path: runner,
-                        source,
-                    },
-                })
-            }
+        match spawn_runner(reserved.runner.clone(), spec.take_stdio()).await {
+            Ok(spawned) => Ok(self.session(reserved, &spec).start(spawned)),
+            Err(source) => Err(self.failed_to_spawn(reserved, source).await),
+        }
+    }
+
+    /// Unregister a guest whose runner could not be started, and say why.
+    async fn failed_to_spawn(&self, reserved: Reserved, source: io::Error) -> SpawnError {
+        self.relay
+            .unregister(reserved.entry.id, "failed to start")
+            .await;
+        match source.raw_os_error() {
+            Some(libc::EMFILE) => SpawnError::OutOfFiles {
+                limit: crate::os::limits::open_files_limit(),
+            },
+            _ => SpawnError::Spawn {
+                path: reserved.runner,
+                source,
+            },
         }
     }
 }

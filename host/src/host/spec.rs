@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use wasmproc_protocol::{GuestId, LaunchSpec, Limits, PROTOCOL_VERSION, Preopen, Walls};
 
+use super::spawner::default_stdio;
 use crate::cache::Artifact;
 use crate::os::Stdio;
 
@@ -35,6 +36,18 @@ impl Spec {
     /// runner, started with it, can take it).
     pub(crate) fn default_stdio(&self) -> bool {
         self.stdio.iter().all(Option::is_none)
+    }
+
+    /// The stdio the runner starts with: what was set, else a fork's
+    /// default. Taken out of the spec (descriptors are not copied).
+    pub(crate) fn take_stdio(&mut self) -> [Stdio; 3] {
+        let [stdin, stdout, stderr] = &mut self.stdio;
+        let [default_in, default_out, default_err] = default_stdio();
+        [
+            stdin.take().unwrap_or(default_in),
+            stdout.take().unwrap_or(default_out),
+            stderr.take().unwrap_or(default_err),
+        ]
     }
 
     /// The launch spec for the runner of guest `id`, running `artifact`.

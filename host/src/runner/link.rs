@@ -636,20 +636,38 @@ impl Link {
     pub async fn write_to_host(&self, mut writer: FrameWriter) {
         let mut chunk = Batch::default();
         loop {
-            {
+            let waiting = {
                 let mut out = self.out();
-                if out.buf.is_empty() || out.in_flight {
+                let waiting = out.buf.is_empty() || out.in_flight;
+                if waiting {
                     // `notify_one` keeps a permit: no wake-up is lost
                     // between here and the wait.
                     out.writer_waiting = true;
-                } else {
+                }
+                waiting
+            };
+            if waiting {
+                self.out_ready.notified().await;
+                continue;
+            }
+            // The batch is taken only once the pipe takes bytes: until the
+            // runtime's reactor has said so (the pipe's first write, or a
+            // full pipe) a guest that computes without waiting would hold
+            // a batch taken here, which the ticker must not write; left in
+            // place, the ticker writes it.
+            if writer.writable().await.is_err() {
+                self.written(false);
+                return;
+            }
+            {
+                let mut out = self.out();
+                if !out.buf.is_empty() && !out.in_flight {
                     std::mem::swap(&mut out.buf, &mut chunk);
                     out.in_flight = true;
                     out.takes += 1;
                 }
             }
             if chunk.is_empty() {
-                self.out_ready.notified().await;
                 continue;
             }
             let result = writer.write(&mut chunk).await;
