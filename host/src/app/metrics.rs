@@ -179,10 +179,13 @@ pub fn render(live: &Live) -> String {
                 "Beats of another host claiming this node.",
             ),
         ] {
-            let name = format!("wasmproc_cluster_{key}_total");
-            let _ = writeln!(out, "# HELP {name} {help}");
-            let _ = writeln!(out, "# TYPE {name} counter");
-            let _ = writeln!(out, "{name} {}", cluster[key]);
+            cluster_metric(
+                &mut out,
+                &format!("{key}_total"),
+                help,
+                "counter",
+                &cluster[key],
+            );
         }
         for (key, help) in [
             (
@@ -194,13 +197,18 @@ pub fn render(live: &Live) -> String {
                 "Take reports sent to other nodes and not answered yet.",
             ),
         ] {
-            let name = format!("wasmproc_cluster_{key}");
-            let _ = writeln!(out, "# HELP {name} {help}");
-            let _ = writeln!(out, "# TYPE {name} gauge");
-            let _ = writeln!(out, "{name} {}", cluster[key]);
+            cluster_metric(&mut out, key, help, "gauge", &cluster[key]);
         }
     }
     out
+}
+
+/// One of the bridge's numbers, as `wasmproc_cluster_NAME` of `kind`.
+fn cluster_metric(out: &mut String, name: &str, help: &str, kind: &str, value: &Value) {
+    let name = format!("wasmproc_cluster_{name}");
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+    let _ = writeln!(out, "{name} {value}");
 }
 
 /// Serve `GET /metrics` on `listener` until the app shuts down.
