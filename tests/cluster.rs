@@ -565,7 +565,7 @@ node = "b"
 "#,
     );
     let a = Host::up(&dir, "stream", "a", &server.url(), &app);
-    let _b = Host::up(&dir, "stream", "b", &server.url(), &app);
+    let b = Host::up(&dir, "stream", "b", &server.url(), &app);
     a.wait_reachable("r0");
     // Each number goes A → B and is echoed B → A: taken, or returned.
     let started = Instant::now();
@@ -584,6 +584,30 @@ node = "b"
     assert!(taken > 0, "some messages crossed");
     let top: serde_json::Value = serde_json::from_str(&a.ok(&["top", "--json"])).unwrap();
     println!("sender's counters on A: {}", row(&top, "sender"));
+    // Every letter either way was acked exactly once, most of them on a
+    // letter going back (the echoes carry A's acks, A's sends B's).
+    let bridge = |host: &Host| {
+        let top: serde_json::Value = serde_json::from_str(&host.ok(&["top", "--json"])).unwrap();
+        top["cluster"].clone()
+    };
+    let settled = |c: &serde_json::Value| (c["acked"] == c["sent"]).then_some(());
+    wait_for("A's letters all acked", Duration::from_secs(5), || {
+        settled(&bridge(&a))
+    });
+    wait_for("B's letters all acked", Duration::from_secs(5), || {
+        settled(&bridge(&b))
+    });
+    let (on_a, on_b) = (bridge(&a), bridge(&b));
+    for (acking, sending) in [(&on_b, &on_a), (&on_a, &on_b)] {
+        let carried = acking["acks_carried"].as_u64().unwrap();
+        let alone = acking["acks_alone"].as_u64().unwrap();
+        println!(
+            "{}'s letters: {} sent, acked {carried} carried and {alone} alone",
+            sending["node"], sending["sent"]
+        );
+        assert_eq!(carried + alone, sending["sent"].as_u64().unwrap());
+        assert!(carried > 0, "no ack rode on a letter going back");
+    }
 }
 
 /// Guest `name`'s row in `top --json` (null if it has none).
@@ -1700,10 +1724,7 @@ node = "a"
                 payload: b"hi".to_vec(),
             })
             .collect();
-        let letter = wire::encode(&wire::Letter {
-            node: "s".to_owned(),
-            envelopes,
-        });
+        let letter = wire::encode(&wire::Letter::new("s".to_owned(), envelopes));
         let acks = client
             .request(subjects.inbox("a"), letter)
             .await

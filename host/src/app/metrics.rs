@@ -148,6 +148,11 @@ pub fn render(live: &Live) -> String {
         for (key, help) in [
             ("sent", "Envelopes sent to other nodes."),
             ("acked", "Acks received from other nodes."),
+            (
+                "acks_carried",
+                "Other nodes' letters acked on a letter going back.",
+            ),
+            ("acks_alone", "Other nodes' letters acked on their own."),
             ("no_responders", "Sends no node served."),
             (
                 "unknown_outcome",

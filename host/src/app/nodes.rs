@@ -75,6 +75,8 @@ impl Live {
             "peers": cluster.peers(),
             "sent": s.sent.load(Relaxed),
             "acked": s.acked.load(Relaxed),
+            "acks_carried": s.acks_carried.load(Relaxed),
+            "acks_alone": s.acks_alone.load(Relaxed),
             "no_responders": s.no_responders.load(Relaxed),
             "unknown_outcome": s.unknown_outcome.load(Relaxed),
             "settled": s.settled.load(Relaxed),

@@ -1,6 +1,7 @@
 //! This host's inbox on NATS: envelopes from the other hosts, handled one
 //! at a time in the order they came (which keeps each sender's order), each
-//! answered with its [`Ack`].
+//! answered with its [`Ack`] (at once, or carried by a letter going back:
+//! [`super::owed`]), and the acks of our letters that came carried.
 //!
 //! A sender on another host is represented here by its proxy, so the
 //! recipient sees a `from` it can answer (by id or by name) and the relay's
@@ -14,8 +15,8 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use wasmproc_protocol::{Address, GuestId, InboxItem, RequestId, UndeliverableReason};
 
-use super::Bridge;
 use super::wire::{self, Ack, Envelope, Letter, Target};
+use super::{Bridge, link, owed};
 use crate::relay::{Entry, Number};
 
 pub(super) async fn serve(bridge: Weak<Bridge>, mut inbox: async_nats::Subscriber) {
@@ -23,23 +24,43 @@ pub(super) async fn serve(bridge: Weak<Bridge>, mut inbox: async_nats::Subscribe
         let Some(bridge) = bridge.upgrade() else {
             return;
         };
-        let acks = match wire::decode::<Letter>(&message.payload) {
-            Some(Letter { node, envelopes }) => {
+        let (node, acks) = match wire::decode::<Letter>(&message.payload) {
+            Some(Letter {
+                node,
+                envelopes,
+                acks: carried,
+            }) => {
+                for answered in carried {
+                    link::answered(&bridge, answered);
+                }
                 let mut acks = Vec::with_capacity(envelopes.len());
                 let mut patience = crate::relay::MAILBOX_PATIENCE;
                 let home: Arc<str> = Arc::from(node.as_str());
                 for envelope in envelopes {
                     acks.push(handle(&bridge, &home, envelope, &mut patience).await);
                 }
-                acks
+                (Some(node), acks)
             }
             None => {
                 tracing::warn!("wasmproc: envelopes that are not, on {}", message.subject);
-                vec![Ack::Garbled]
+                (None, vec![Ack::Garbled])
             }
         };
-        if let Some(reply) = message.reply {
-            let _ = bridge.client.publish(reply, wire::encode(&acks)).await;
+        let Some(reply) = message.reply else {
+            continue;
+        };
+        // A host's acks may wait for a letter going back; anyone else's
+        // request is answered now.
+        match node {
+            Some(node) if bridge.subjects.is_acks(&reply) => {
+                let now = bridge.owed.owe(&node, reply.to_string(), acks);
+                if !now.is_empty() {
+                    owed::send(&bridge, now).await;
+                }
+            }
+            _ => {
+                let _ = bridge.client.publish(reply, wire::encode(&acks)).await;
+            }
         }
     }
 }

@@ -7,8 +7,10 @@
 //! waiting for the acks: at most [`WINDOW`] envelopes are unsettled per
 //! proxy (their permits travel with the pending letter), so a stream is
 //! bound by the window, not by the round trip, and a burst costs one NATS
-//! message per letter, not per message. One task for the whole bridge
-//! takes the acks (one per envelope) and settles them; the bridge's clock
+//! message per letter, not per message. A letter also carries the acks
+//! this host owes the other ([`super::owed`]). One task for the whole
+//! bridge takes the acks (one per envelope) that come on their own, the
+//! inbox those that come carried, and each settles them; the bridge's clock
 //! settles what has waited [`ACK_TIMEOUT`] as of unknown outcome. An ack
 //! that accepts a message does not settle it for its sender: the take
 //! report does ([`super::settle`]), and the message is kept as unsettled
@@ -24,10 +26,9 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use wasmproc_protocol::{Address, CallError, GuestId, RequestId, UndeliverableReason};
 
-use super::Bridge;
 use super::settle::{self, Sent};
-use super::wire::Letter;
-use super::wire::{self, Ack, Envelope, Target};
+use super::wire::{self, Ack, Answered, Envelope, Letter, Target};
+use super::{Bridge, owed};
 use crate::relay::{Entry, Item};
 
 /// Envelopes in flight per proxy, unacknowledged.
@@ -374,11 +375,23 @@ async fn publish(
     permits: OwnedSemaphorePermit,
 ) {
     let seq = bridge.acks.next.fetch_add(1, Ordering::Relaxed);
-    let letter = Letter {
+    let mut letter = Letter {
         node: bridge.config.node.clone(),
         envelopes,
+        // What we owe that host rides along.
+        acks: bridge.owed.take(node),
     };
-    let payload = wire::encode(&letter);
+    let mut payload = wire::encode(&letter);
+    if payload.len() > bridge.max_payload && !letter.acks.is_empty() {
+        // The acks go on their own, then.
+        owed::send(bridge, std::mem::take(&mut letter.acks)).await;
+        payload = wire::encode(&letter);
+    }
+    let carried = letter.acks.len() as u64;
+    bridge
+        .stats
+        .acks_carried
+        .fetch_add(carried, Ordering::Relaxed);
     let pending = Pending {
         sent: Instant::now(),
         node: node.to_owned(),
@@ -426,19 +439,17 @@ pub(super) async fn receive_acks(bridge: Weak<Bridge>, mut acks: async_nats::Sub
         let Some(bridge) = bridge.upgrade() else {
             return;
         };
-        let Some(seq) = message
-            .subject
-            .rsplit('.')
-            .next()
-            .and_then(|s| s.parse::<u64>().ok())
-        else {
+        let token = message.subject.rsplit('.').next().unwrap_or_default();
+        if token == owed::MANY {
+            match wire::decode::<Vec<Answered>>(&message.payload) {
+                Some(answers) => answers.into_iter().for_each(|a| answered(&bridge, a)),
+                None => tracing::warn!("wasmproc: acks that are not, on {}", message.subject),
+            }
+            continue;
+        }
+        let Ok(seq) = token.parse::<u64>() else {
             continue;
         };
-        // An ack after its timeout finds nothing: it was settled as unknown.
-        let Some(pending) = bridge.acks.lock().remove(&seq) else {
-            continue;
-        };
-        bridge.stats.acked.fetch_add(1, Ordering::Relaxed);
         let acked = if message.status == Some(async_nats::StatusCode::NO_RESPONDERS) {
             Acked::All(Outcome::NoResponders)
         } else {
@@ -447,8 +458,33 @@ pub(super) async fn receive_acks(bridge: Weak<Bridge>, mut acks: async_nats::Sub
                 None => Acked::All(Outcome::Ack(Ack::Garbled)),
             }
         };
-        settle(&bridge, pending, acked);
+        ack(&bridge, seq, acked);
     }
+}
+
+/// Settle the letter an ack that came carried (or with others) answers,
+/// if it is one of ours: a host that restarted since hears its old
+/// letters' acks, which find nothing.
+pub(super) fn answered(bridge: &Arc<Bridge>, answered: Answered) {
+    let ours = bridge.subjects.acks(&bridge.config.node, bridge.instance);
+    let seq = answered
+        .reply
+        .strip_prefix(ours.as_str())
+        .and_then(|rest| rest.strip_prefix('.'))
+        .and_then(|seq| seq.parse::<u64>().ok());
+    if let Some(seq) = seq {
+        ack(bridge, seq, Acked::Each(answered.acks));
+    }
+}
+
+/// Settle letter `seq` as `acked`.
+fn ack(bridge: &Arc<Bridge>, seq: u64, acked: Acked) {
+    // An ack after its timeout finds nothing: it was settled as unknown.
+    let Some(pending) = bridge.acks.lock().remove(&seq) else {
+        return;
+    };
+    bridge.stats.acked.fetch_add(1, Ordering::Relaxed);
+    settle(bridge, pending, acked);
 }
 
 /// How a letter ended: one outcome for all its envelopes, or an ack each.

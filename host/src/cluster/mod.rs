@@ -31,7 +31,10 @@
 //! pipelined, [`link::WINDOW`]
 //! envelopes per proxy, and what a proxy's mailbox holds goes out many
 //! envelopes to a NATS message, so throughput is bound neither by the round
-//! trip nor by one NATS message per message; one link publishes
+//! trip nor by one NATS message per message; an ack that only accepts
+//! waits a moment for a letter going back to carry it ([`owed`]), so a
+//! round trip costs two NATS messages, as a plain request and reply does;
+//! one link publishes
 //! in order on one connection, and the receiving host handles its inbox in
 //! order, so the order per sender and receiver holds. No responders means
 //! no host serves that node any more: `unknown recipient` at once. No ack
@@ -57,6 +60,7 @@ mod claim;
 mod inbox;
 mod link;
 mod moving;
+mod owed;
 mod peers;
 mod settle;
 mod tasks;
@@ -111,6 +115,10 @@ pub struct Stats {
     /// Envelopes published to other hosts, and acks received.
     pub sent: AtomicU64,
     pub acked: AtomicU64,
+    /// Other hosts' letters we acked: on a letter of ours going back, or
+    /// on their own.
+    pub acks_carried: AtomicU64,
+    pub acks_alone: AtomicU64,
     /// Sends no host served (no responders).
     pub no_responders: AtomicU64,
     /// Messages given back to their senders as of unknown outcome: no ack
@@ -180,6 +188,8 @@ struct Bridge {
     max_payload: usize,
     state: Mutex<State>,
     acks: link::Acks,
+    /// Acks we owe other hosts' letters, waiting for a letter going back.
+    owed: owed::Owed,
     /// What we sent to each peer and have not heard settled.
     unsettled: settle::Unsettled,
     /// Take reports we sent and have not heard answered.
@@ -317,6 +327,7 @@ impl Cluster {
             max_payload,
             state: Mutex::new(State::default()),
             acks: link::Acks::default(),
+            owed: owed::Owed::default(),
             unsettled: settle::Unsettled::new(random_instance()),
             reports: settle::Outbox::default(),
             stats,
@@ -332,6 +343,7 @@ impl Cluster {
         use tasks::{hear_beats, hear_exits, serve_control, tick};
         tokio::spawn(inbox::serve(weak.clone(), inbox));
         tokio::spawn(link::receive_acks(weak.clone(), acks));
+        tokio::spawn(owed::flush(weak.clone()));
         tokio::spawn(hear_beats(weak.clone(), beats));
         tokio::spawn(hear_exits(weak.clone(), exits));
         tokio::spawn(serve_control(weak.clone(), control));
@@ -651,6 +663,7 @@ impl Bridge {
         self.lock().liveness.forget(node);
         moving::lost(self, node);
         self.reports.forget(node);
+        self.owed.forget(node);
         self.drop_proxies(Some(node), "host lost").await;
         let unsettled = self.unsettled.take(Some(node));
         settle::unknown(self, node, unsettled, "host lost");

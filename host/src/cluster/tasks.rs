@@ -227,10 +227,10 @@ async fn probe(bridge: Weak<Bridge>, node: String) {
     let Some(strong) = bridge.upgrade() else {
         return;
     };
-    let envelope = wire::encode(&wire::Letter {
-        node: strong.config.node.clone(),
-        envelopes: vec![wire::Envelope::Ping],
-    });
+    let envelope = wire::encode(&wire::Letter::new(
+        strong.config.node.clone(),
+        vec![wire::Envelope::Ping],
+    ));
     let (client, subject) = (strong.client.clone(), strong.subjects.inbox(&node));
     drop(strong);
     let ask = client.request(subject, envelope);

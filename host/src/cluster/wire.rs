@@ -4,7 +4,8 @@
 //! | subject | what | how |
 //! |---|---|---|
 //! | `wp.APP.in.NODE` | a letter of [`Envelope`]s for node NODE's relay | request; the reply is an [`Ack`] per envelope |
-//! | `wp.APP.ack.NODE-INSTANCE.SEQ` | the [`Ack`]s for letter SEQ | the reply subject of the above |
+//! | `wp.APP.ack.NODE-INSTANCE.SEQ` | the [`Ack`]s for letter SEQ | the reply subject of the above (or carried by a letter going back: [`Letter::acks`]) |
+//! | `wp.APP.ack.NODE-INSTANCE.many` | [`Answered`]s of several letters | acks that waited and no letter took |
 //! | `wp.APP.done.NODE` | a [`Report`]: which of NODE's messages were taken or came back | batched, by the receiving host |
 //! | `wp.APP.beat.NODE` | a [`Beat`]: NODE is up, and its guests | every [`BEAT`] |
 //! | `wp.APP.exit.NODE` | an [`Exit`]: a guest of NODE ended | as it happens |
@@ -92,6 +93,18 @@ impl Subjects {
         format!("wp.{}.ack.{}-{instance:x}", self.app, token(node))
     }
 
+    /// Whether `subject` is where some host of this app hears its acks.
+    pub fn is_acks(&self, subject: &str) -> bool {
+        subject
+            .strip_prefix("wp.")
+            .and_then(|rest| rest.strip_prefix(self.app.as_str()))
+            .and_then(|rest| rest.strip_prefix(".ack."))
+            .is_some_and(|rest| {
+                rest.split_once('.')
+                    .is_some_and(|(_, seq)| seq.parse::<u64>().is_ok())
+            })
+    }
+
     /// Where process `instance` of `node` hears its take reports answered
     /// (one more token: report numbers).
     pub fn report_acks(&self, node: &str, instance: u64) -> String {
@@ -172,11 +185,33 @@ pub enum Ack {
 }
 
 /// Envelopes, in order, and the node that sent them: one NATS message to
-/// a node's inbox, answered with one [`Ack`] per envelope.
+/// a node's inbox, answered with one [`Ack`] per envelope, on its own or
+/// carried by a letter going back.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Letter {
     pub node: String,
     pub envelopes: Vec<Envelope>,
+    /// The acks of letters the receiving host sent here, carried back.
+    pub acks: Vec<Answered>,
+}
+
+impl Letter {
+    /// A letter that carries no acks.
+    pub fn new(node: String, envelopes: Vec<Envelope>) -> Letter {
+        Letter {
+            node,
+            envelopes,
+            acks: Vec::new(),
+        }
+    }
+}
+
+/// The acks of one letter: the reply subject it named, and an [`Ack`]
+/// per envelope.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Answered {
+    pub reply: String,
+    pub acks: Vec<Ack>,
 }
 
 /// What became of messages of one host (by their numbers) at another.
@@ -275,6 +310,30 @@ mod tests {
         assert_eq!(s.acks("a", 255), "wp.my_2eapp.ack.a-ff");
         assert_eq!(s.settled("a"), "wp.my_2eapp.done.a");
         assert_eq!(Subjects::node_token("wp.x.beat.n-1"), "n-1");
+    }
+
+    #[test]
+    fn only_a_hosts_acks_subject_of_this_app_counts_as_one() {
+        let s = Subjects::new("my.app");
+        assert!(s.is_acks(&format!("{}.17", s.acks("a", 255))));
+        // Another app's, a report's answer, a probe's inbox, no number.
+        assert!(!s.is_acks(&format!("{}.17", Subjects::new("other").acks("a", 255))));
+        assert!(!s.is_acks(&format!("{}.3", s.report_acks("a", 255))));
+        assert!(!s.is_acks("_INBOX.abc.def"));
+        assert!(!s.is_acks(&format!("{}.many", s.acks("a", 255))));
+    }
+
+    #[test]
+    fn a_letter_carries_acks_back() {
+        let letter = Letter {
+            node: "b".into(),
+            envelopes: vec![Envelope::Ping],
+            acks: vec![Answered {
+                reply: "wp.x.ack.a-1.9".into(),
+                acks: vec![Ack::Accepted, Ack::Garbled],
+            }],
+        };
+        assert_eq!(decode::<Letter>(&encode(&letter)), Some(letter));
     }
 
     #[test]
