@@ -4,7 +4,8 @@
 //!
 //! - round trip: a guest on A sends numbered 8 B messages to a guest on B
 //!   and waits for each back (`pingpong ping`/`pong`), against async-nats
-//!   request/reply of 8 B between two processes;
+//!   request/reply of 8 B between two processes; and the same again with
+//!   every process of both on CPU 0;
 //! - stream: a guest on A sends 64 B messages to a guest on B without
 //!   waiting, each acknowledged by B's relay, until B's guest answers that
 //!   all came (`pingpong stream`/`sink`), against async-nats pub→sub with
@@ -119,6 +120,14 @@ async fn run_guest(
     }
 }
 
+/// The figures of one run of the cluster scenarios.
+struct Measured {
+    rtt_us: f64,
+    raw_rtt_us: f64,
+    /// The acked stream and its floor (msg/s), when asked for.
+    stream: Option<(f64, f64)>,
+}
+
 pub(super) async fn rows(quick: bool, rows: &mut Vec<Row>) -> anyhow::Result<()> {
     eprintln!("bench: cluster");
     let (trips, messages) = if quick {
@@ -126,6 +135,63 @@ pub(super) async fn rows(quick: bool, rows: &mut Vec<Row>) -> anyhow::Result<()>
     } else {
         (10_000, 100_000)
     };
+    let measured = measure(trips, Some(messages)).await?;
+    // The round trip again with every process on CPU 0 (a bench process of
+    // its own under `taskset`, which its children inherit): placement
+    // moves the unpinned figure more than any change does.
+    let me = std::env::current_exe()?;
+    let pinned = super::external(
+        &me.to_string_lossy(),
+        &["cluster-rtt".to_owned(), trips.to_string()],
+        true,
+    )?;
+    let (stream, raw_stream) = measured.stream.context("the stream was measured")?;
+    rows.push(Row {
+        scenario: "rtt guest↔guest across hosts over NATS (µs; floor = async-nats request/reply)"
+            .to_owned(),
+        unit: "µs",
+        wasmproc: measured.rtt_us,
+        node: None,
+        floor: Some(measured.raw_rtt_us),
+        higher_better: false,
+    });
+    rows.push(Row {
+        scenario: "rtt guest↔guest across hosts over NATS, one CPU (µs; floor = async-nats request/reply, one CPU)"
+            .to_owned(),
+        unit: "µs",
+        wasmproc: pinned["rtt_us"].as_f64().context("rtt_us")?,
+        node: None,
+        floor: pinned["raw_rtt_us"].as_f64(),
+        higher_better: false,
+    });
+    rows.push(Row {
+        scenario:
+            "stream 64 B across hosts, each acked (msg/s; floor = async-nats pub→sub, no acks)"
+                .to_owned(),
+        unit: "msg/s",
+        wasmproc: stream,
+        node: None,
+        floor: Some(raw_stream),
+        higher_better: true,
+    });
+    Ok(())
+}
+
+/// `wasmproc-bench cluster-rtt N`: the round trip alone (run under
+/// `taskset` by [`rows`]), printed as JSON.
+pub(super) async fn rtt_alone(trips: u64) -> anyhow::Result<()> {
+    let measured = measure(trips, None).await?;
+    println!(
+        "{}",
+        serde_json::json!({"rtt_us": measured.rtt_us, "raw_rtt_us": measured.raw_rtt_us})
+    );
+    Ok(())
+}
+
+/// A NATS server, host B as a `wasmproc up` process and host A in this
+/// process: `trips` round trips, then `messages` streamed if asked, then
+/// the same against plain async-nats processes.
+async fn measure(trips: u64, messages: Option<u64>) -> anyhow::Result<Measured> {
     let dir = std::env::temp_dir().join(format!("wasmproc-bench-cluster-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
@@ -153,7 +219,8 @@ module = "{m}"
 args = ["stream", "sink", "{messages}", "64"]
 node = "later"
 "#,
-        m = pingpong.display()
+        m = pingpong.display(),
+        messages = messages.unwrap_or(1)
     );
     let path = dir.join("cluster.toml");
     std::fs::write(&path, text)?;
@@ -213,42 +280,37 @@ node = "later"
 
     let rtt = run_guest(&live, &manifest, "ping", &mut ended).await?;
     let rtt_us = rtt.as_secs_f64() * 1e6 / trips as f64;
-    let streamed = run_guest(&live, &manifest, "stream", &mut ended).await?;
-    let stream_rate = messages as f64 / streamed.as_secs_f64();
+    let streamed = match messages {
+        Some(messages) => {
+            let streamed = run_guest(&live, &manifest, "stream", &mut ended).await?;
+            Some(messages as f64 / streamed.as_secs_f64())
+        }
+        None => None,
+    };
     shutdown.cancel();
     wasmproc::app::finish(&live).await;
 
-    let raw_rtt = {
+    let raw_rtt_us = {
         let _serve = floor_server(&["serve", &url, "bench.rtt"])?;
         floor_run(&["request", &url, "bench.rtt", &trips.to_string(), "8"])?["rtt_us"]
             .as_f64()
             .context("rtt_us")?
     };
-    let raw_stream = {
-        let _sink = floor_server(&["sink", &url, "bench.s", &messages.to_string()])?;
-        floor_run(&["pub", &url, "bench.s", &messages.to_string(), "64"])?["msgs_per_s"]
-            .as_f64()
-            .context("msgs_per_s")?
+    let stream = match (streamed, messages) {
+        (Some(streamed), Some(messages)) => {
+            let n = messages.to_string();
+            let _sink = floor_server(&["sink", &url, "bench.s", &n])?;
+            let raw = floor_run(&["pub", &url, "bench.s", &n, "64"])?["msgs_per_s"]
+                .as_f64()
+                .context("msgs_per_s")?;
+            Some((streamed, raw))
+        }
+        _ => None,
     };
-    rows.push(Row {
-        scenario: "rtt guest↔guest across hosts over NATS (µs; floor = async-nats request/reply)"
-            .to_owned(),
-        unit: "µs",
-        wasmproc: rtt_us,
-        node: None,
-        floor: Some(raw_rtt),
-        higher_better: false,
-    });
-    rows.push(Row {
-        scenario:
-            "stream 64 B across hosts, each acked (msg/s; floor = async-nats pub→sub, no acks)"
-                .to_owned(),
-        unit: "msg/s",
-        wasmproc: stream_rate,
-        node: None,
-        floor: Some(raw_stream),
-        higher_better: true,
-    });
     let _ = std::fs::remove_dir_all(&dir);
-    Ok(())
+    Ok(Measured {
+        rtt_us,
+        raw_rtt_us,
+        stream,
+    })
 }

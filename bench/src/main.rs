@@ -472,6 +472,13 @@ async fn main() -> anyhow::Result<()> {
     if args.first().map(String::as_str) == Some("rtt-pinned") {
         return rtt_pinned().await;
     }
+    // `wasmproc-bench cluster-rtt N`: the cross-host round trip alone.
+    if let (Some("cluster-rtt"), Some(trips)) = (
+        args.first().map(String::as_str),
+        args.get(1).and_then(|v| v.parse().ok()),
+    ) {
+        return cluster::rtt_alone(trips).await;
+    }
     // `wasmproc-bench stream N SIZE`: wasmproc's stream alone, for profiling.
     if let (Some("stream"), Some(n), Some(size)) = (
         args.first().map(String::as_str),
