@@ -15,7 +15,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use common::{cli, guest, output_within, scratch_dir};
+use common::{cli, guest, output_within, scrape, scratch_dir};
 
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
@@ -559,6 +559,9 @@ fn a_hundred_thousand_numbered_messages_cross_hosts_complete_and_in_order() {
     let app = manifest(
         &dir,
         r#"
+[app]
+metrics = "127.0.0.1:0"
+
 [guests.r0]
 module = "{guest:echo}"
 node = "b"
@@ -597,7 +600,15 @@ node = "b"
     wait_for("B's letters all acked", Duration::from_secs(5), || {
         settled(&bridge(&b))
     });
+    // And every message either way heard settled exactly once: A's by B's
+    // reports, the echoes by A's.
+    wait_for("every message settled", Duration::from_secs(5), || {
+        let (on_a, on_b) = (bridge(&a), bridge(&b));
+        (on_a["unsettled"] == 0 && on_b["unsettled"] == 0).then_some(())
+    });
     let (on_a, on_b) = (bridge(&a), bridge(&b));
+    assert_eq!(on_a["settled"], COUNT, "{on_a}");
+    assert_eq!(on_b["settled"], taken, "{on_b}");
     for (acking, sending) in [(&on_b, &on_a), (&on_a, &on_b)] {
         let carried = acking["acks_carried"].as_u64().unwrap();
         let alone = acking["acks_alone"].as_u64().unwrap();
@@ -608,6 +619,28 @@ node = "b"
         assert_eq!(carried + alone, sending["sent"].as_u64().unwrap());
         assert!(carried > 0, "no ack rode on a letter going back");
     }
+    // The metrics endpoint, scraped with a real HTTP client, says the same.
+    let output = a.output();
+    let address = output
+        .lines()
+        .find_map(|l| l.strip_prefix("wasmproc: metrics on http://"))
+        .and_then(|rest| rest.strip_suffix("/metrics"))
+        .expect("A says where its metrics are");
+    let (status, text) = scrape(address);
+    assert_eq!(status, 200);
+    let metric = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("wasmproc_cluster_{name} ")))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("no wasmproc_cluster_{name} in:\n{text}"))
+    };
+    let on_a = bridge(&a);
+    for key in ["sent", "acked", "acks_carried", "acks_alone", "settled"] {
+        assert_eq!(metric(&format!("{key}_total")), on_a[key], "{key}");
+    }
+    assert_eq!(metric("settled_total"), COUNT);
+    assert_eq!(metric("unsettled"), 0);
+    assert_eq!(metric("unknown_outcome_total"), 0);
 }
 
 /// Guest `name`'s row in `top --json` (null if it has none).

@@ -184,3 +184,22 @@ where
     );
     stdout
 }
+
+/// `GET http://address/metrics` with a real HTTP client: status and body.
+pub fn scrape(address: &str) -> (u16, String) {
+    use http_body_util::BodyExt;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http::<http_body_util::Empty<bytes::Bytes>>();
+        let uri: hyper::Uri = format!("http://{address}/metrics").parse().unwrap();
+        let response = client.get(uri).await.unwrap();
+        let status = response.status().as_u16();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8(body.to_vec()).unwrap())
+    })
+}

@@ -125,7 +125,9 @@ pub struct Stats {
     /// in time, or the peer or our connection was lost before the peer
     /// said whether its guest took them.
     pub unknown_outcome: AtomicU64,
-    /// Messages whose take (or return) a peer reported.
+    /// Messages whose take (or return) a peer reported, each counted once
+    /// (a report heard again, or one about a message already settled as of
+    /// unknown outcome, adds nothing).
     pub settled: AtomicU64,
     /// Unsettled messages pushed out by the bound (`settle::UNSETTLED` per
     /// peer), each returned as of unknown outcome.

@@ -257,20 +257,24 @@ impl Unsettled {
         self.lock().get_mut(node)?.remove(&seq)
     }
 
-    /// Numbers `seqs` of `node` were taken there: forget them. Returns
-    /// those this host passed on, whose senders' hosts are to hear it.
-    pub(super) fn forget(&self, node: &str, seqs: &[u64]) -> Vec<Sent> {
-        let mut passed_on = Vec::new();
+    /// Numbers `seqs` of `node` were taken there: forget them. Returns how
+    /// many were still kept (a report heard twice, or after the message
+    /// was settled as of unknown outcome, finds nothing), and those among
+    /// them this host passed on, whose senders' hosts are to hear it.
+    pub(super) fn forget(&self, node: &str, seqs: &[u64]) -> (u64, Vec<Sent>) {
+        let (mut kept_here, mut passed_on) = (0, Vec::new());
         if let Some(kept) = self.lock().get_mut(node) {
             for seq in seqs {
-                if let Some(sent) = kept.remove(seq)
-                    && sent.origin.is_some()
-                {
+                let Some(sent) = kept.remove(seq) else {
+                    continue;
+                };
+                kept_here += 1;
+                if sent.origin.is_some() {
                     passed_on.push(sent);
                 }
             }
         }
-        passed_on
+        (kept_here, passed_on)
     }
 
     /// Everything kept for `node` (every node: `None`), taken.
@@ -468,16 +472,16 @@ pub(super) async fn hear(bridge: Weak<Bridge>, mut reports: async_nats::Subscrib
             let _ = bridge.client.publish(reply, bytes::Bytes::new()).await;
         }
         let unsettled = &bridge.unsettled;
-        let mut settled = report.taken.len() as u64;
-        for sent in unsettled.forget(&report.node, &report.taken) {
+        let (mut settled, passed_on) = unsettled.forget(&report.node, &report.taken);
+        for sent in passed_on {
             if let Some(origin) = &sent.origin {
                 bridge.relay.settled_remote(origin, Settled::Taken);
             }
         }
         for (seq, reason) in report.returned {
-            settled += 1;
             // Gone already when it was settled as of unknown outcome.
             if let Some(sent) = unsettled.settle(&report.node, seq) {
+                settled += 1;
                 tell(&bridge, &sent, reason);
             }
         }
