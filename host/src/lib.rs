@@ -71,7 +71,8 @@
 //! - [`cluster`]: the cluster bridge: hosts that form one app over NATS;
 //!   `cluster/wire` (subjects and envelopes), `cluster/link` (a remote
 //!   guest's proxy: envelopes out, acks in), `cluster/inbox` (envelopes
-//!   from other hosts), `cluster/settle` (take reports: what the other
+//!   from other hosts), `cluster/owed` (acks waiting for a letter going
+//!   back to carry them), `cluster/settle` (take reports: what the other
 //!   hosts' guests took, and what is unsettled), `cluster/moving` (a
 //!   guest moving to another node: hold, switch, release),
 //!   `cluster/peers` (the heartbeat rule), `cluster/tasks` (beats, exits,
