@@ -661,6 +661,98 @@ fn lines_of(path: &Path) -> Vec<String> {
         .collect()
 }
 
+/// The manifest table of `w`, a `tally take` on `node` that takes one
+/// message every `pause_us` with room for 16 in its runner, and writes
+/// down each it takes in `out/taken` (shared).
+fn slow_taker(pause_us: u32, node: &str, out: &Path) -> String {
+    format!(
+        r#"
+[guests.w]
+module = "{{guest:tally}}"
+args = ["take", "{pause_us}", "/out/taken", "shared"]
+node = "{node}"
+inbox-size = 16
+dirs = [{{ host = "{out}", guest = "/out" }}]
+"#,
+        out = out.display()
+    )
+}
+
+#[test]
+fn a_backlog_for_a_slow_recipient_comes_back_mailbox_full_not_of_unknown_outcome() {
+    const COUNT: u64 = 600;
+    const SENDERS: [&str; 3] = ["s0", "s1", "s2"];
+    let _one = serial();
+    let dir = scratch_dir("cluster-backlog");
+    let out = dir.join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let server = Nats::start(&dir, "backlog");
+    // `w` on B takes one message every 10 ms; three senders on A send it
+    // 16 KiB messages as fast as they can, 29 MB in all against a mailbox
+    // of 16 MiB: B's inbox has many letters waiting for room at once, and
+    // at 100 messages a second its acks would come back long after A's 5 s
+    // ack timeout if each letter waited its own second.
+    let senders: String = SENDERS
+        .iter()
+        .map(|name| {
+            format!(
+                r#"
+[guests.{name}]
+module = "{{guest:tally}}"
+args = ["send", "w", "{COUNT}", "0", "/out/returned-{name}", "16384"]
+node = "a"
+dirs = [{{ host = "{out}", guest = "/out" }}]
+"#,
+                out = out.display()
+            )
+        })
+        .collect();
+    let app = manifest(&dir, &format!("{}{senders}", slow_taker(10_000, "b", &out)));
+    let b = Host::up(&dir, "backlog", "b", &server.url(), &app);
+    let a = Host::up(&dir, "backlog", "a", &server.url(), &app);
+    for name in SENDERS {
+        a.wait_output(&format!("{name} | tally sent"), Duration::from_secs(90));
+    }
+    // Each message was taken or came back `mailbox full`, never both, and
+    // none came back as of unknown outcome.
+    let returned: Vec<Vec<u64>> = SENDERS
+        .iter()
+        .map(|name| {
+            lines_of(&out.join(format!("returned-{name}")))
+                .iter()
+                .map(|line| {
+                    let (k, reason) = line.split_once(' ').expect("K REASON");
+                    assert_eq!(reason, "mailbox full", "{name}: {line}");
+                    k.parse().unwrap()
+                })
+                .collect()
+        })
+        .collect();
+    let back: u64 = returned.iter().map(|r| r.len() as u64).sum();
+    let taken_file = out.join("taken");
+    wait_for("w to take the rest", Duration::from_secs(60), || {
+        (lines_of(&taken_file).len() as u64 + back >= 3 * COUNT).then_some(())
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    let taken = lines_of(&taken_file);
+    for (name, returned) in SENDERS.iter().zip(&returned) {
+        let mut all: Vec<u64> = taken
+            .iter()
+            .filter(|line| line.ends_with(&format!(" {name}")))
+            .map(|line| line.split(' ').nth(1).unwrap().parse().unwrap())
+            .chain(returned.iter().copied())
+            .collect();
+        let (took, gave_back) = (all.len() - returned.len(), returned.len());
+        all.sort_unstable();
+        assert_eq!(all, (1..=COUNT).collect::<Vec<_>>(), "{name}");
+        println!("{name}: {took} taken, {gave_back} back `mailbox full`");
+    }
+    assert!(back > 0, "the mailbox never filled");
+    let top: serde_json::Value = serde_json::from_str(&a.ok(&["top", "--json"])).unwrap();
+    assert_eq!(top["cluster"]["unknown_outcome"], 0, "{}", top["cluster"]);
+    drop(b);
+}
+
 #[test]
 fn a_killed_host_leaves_every_message_taken_or_returned_as_of_unknown_outcome() {
     const COUNT: u64 = 6000;
@@ -1385,14 +1477,7 @@ fn a_guest_moved_to_another_node_loses_nothing_and_keeps_each_senders_order() {
     let app = manifest(
         &dir,
         &format!(
-            r#"
-[guests.w]
-module = "{{guest:tally}}"
-args = ["take", "2000", "/out/taken", "shared"]
-node = "a"
-inbox-size = 16
-dirs = [{{ host = "{out}", guest = "/out" }}]
-
+            r#"{w}
 [guests.ta]
 module = "{{guest:tally}}"
 args = ["send", "w", "{COUNT}", "100", "/out/returned-a", "2048"]
@@ -1405,6 +1490,7 @@ args = ["send", "w", "{COUNT}", "100", "/out/returned-b", "2048"]
 node = "b"
 dirs = [{{ host = "{out}", guest = "/out" }}]
 "#,
+            w = slow_taker(2000, "a", &out),
             out = out.display()
         ),
     );

@@ -1,5 +1,7 @@
 //! This host's inbox on NATS: envelopes from the other hosts, handled one
-//! at a time in the order they came (which keeps each sender's order), each
+//! at a time in the order they came (which keeps each sender's order; a
+//! message for a full mailbox waits for room only so long, per letter and
+//! while the inbox has a backlog: [`handle`], [`BACKLOG`]), each
 //! answered with its [`Ack`] (at once, or carried by a letter going back:
 //! [`super::owed`]), and the acks of our letters that came carried.
 //!
@@ -12,15 +14,35 @@
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use wasmproc_protocol::{Address, GuestId, InboxItem, RequestId, UndeliverableReason};
 
 use super::wire::{self, Ack, Envelope, Letter, Target};
 use super::{Bridge, link, owed};
 use crate::relay::{Entry, Number};
 
+/// How long the inbox may go without catching up (without finding no
+/// letter waiting) before a letter's messages no longer wait for room in
+/// full mailboxes: well under the senders' ack timeout, so that a backlog
+/// of letters for slow recipients, each waiting its own second, cannot
+/// make the acks of the later ones late.
+pub const BACKLOG: Duration = Duration::from_secs(2);
+
 pub(super) async fn serve(bridge: Weak<Bridge>, mut inbox: async_nats::Subscriber) {
-    while let Some(message) = inbox.next().await {
+    // Since when letters have been waiting for this task without a break.
+    let mut busy_since: Option<tokio::time::Instant> = None;
+    loop {
+        let message = match inbox.next().now_or_never() {
+            Some(message) => message,
+            None => {
+                busy_since = None;
+                inbox.next().await
+            }
+        };
+        let Some(message) = message else {
+            return;
+        };
+        let since = *busy_since.get_or_insert_with(tokio::time::Instant::now);
         let Some(bridge) = bridge.upgrade() else {
             return;
         };
@@ -34,7 +56,8 @@ pub(super) async fn serve(bridge: Weak<Bridge>, mut inbox: async_nats::Subscribe
                     link::answered(&bridge, answered);
                 }
                 let mut acks = Vec::with_capacity(envelopes.len());
-                let mut patience = crate::relay::MAILBOX_PATIENCE;
+                let mut patience =
+                    crate::relay::MAILBOX_PATIENCE.min(BACKLOG.saturating_sub(since.elapsed()));
                 let home: Arc<str> = Arc::from(node.as_str());
                 for envelope in envelopes {
                     acks.push(handle(&bridge, &home, envelope, &mut patience).await);

@@ -457,6 +457,8 @@ impl Cluster {
         // What our guests took or gave back goes before the last beat, so
         // the peers hear it before they settle the rest as unknown.
         settle::flush(bridge).await;
+        // And the acks that waited for a letter going back.
+        owed::send(bridge, bridge.owed.take_all()).await;
         let beat = Beat {
             node: bridge.config.node.clone(),
             instance: bridge.instance,

@@ -94,6 +94,16 @@ impl Owed {
         }
     }
 
+    /// Everything owed, to every node (this host leaves).
+    pub(super) fn take_all(&self) -> Vec<Answered> {
+        let mut all = Vec::new();
+        for owing in self.lock().values_mut() {
+            owing.envelopes = 0;
+            all.append(&mut owing.answers);
+        }
+        all
+    }
+
     /// Forget what is owed to a node that is gone.
     pub(super) fn forget(&self, node: &str) {
         self.lock().remove(node);
@@ -186,7 +196,10 @@ mod tests {
         let carried: Vec<String> = owed.take("a").into_iter().map(|a| a.reply).collect();
         assert_eq!(carried, ["wp.x.ack.a-1.7", "wp.x.ack.a-1.8"]);
         assert!(owed.take("a").is_empty());
+        assert!(owed.owe("c", "wp.x.ack.c-3.4".into(), acks(1)).is_empty());
         assert_eq!(owed.take("b").len(), 1);
+        assert!(owed.take("d").is_empty());
+        assert_eq!(owed.take_all().len(), 1);
         assert!(owed.take("c").is_empty());
     }
 
