@@ -22,11 +22,14 @@ use super::{Bridge, link, owed};
 use crate::relay::{Entry, Number};
 
 /// How long the inbox may go without catching up (without finding no
-/// letter waiting) before a letter's messages no longer wait for room in
-/// full mailboxes: well under the senders' ack timeout, so that a backlog
-/// of letters for slow recipients, each waiting its own second, cannot
-/// make the acks of the later ones late.
-pub const BACKLOG: Duration = Duration::from_secs(2);
+/// letter waiting) before a letter's messages and calls no longer wait
+/// for room in full mailboxes, so that a backlog of letters for slow
+/// recipients, each waiting its own second, cannot make the acks of the
+/// later ones late. An ack carried by a letter waits out the backlog of
+/// both inboxes (the one that owes it, the one it goes to): twice this,
+/// and the 1 ms an ack may wait for a letter, stay well under the
+/// senders' ack timeout.
+pub const BACKLOG: Duration = Duration::from_secs(1);
 
 pub(super) async fn serve(bridge: Weak<Bridge>, mut inbox: async_nats::Subscriber) {
     // Since when letters have been waiting for this task without a break.
@@ -72,10 +75,11 @@ pub(super) async fn serve(bridge: Weak<Bridge>, mut inbox: async_nats::Subscribe
         let Some(reply) = message.reply else {
             continue;
         };
-        // A host's acks may wait for a letter going back; anyone else's
-        // request is answered now.
+        // A host's acks may wait for a letter going back (not once this
+        // host shuts down: its guests may take a while to end, and its
+        // letters then stop); anyone else's request is answered now.
         match node {
-            Some(node) if bridge.subjects.is_acks(&reply) => {
+            Some(node) if bridge.subjects.is_acks(&reply) && !bridge.shutdown.is_cancelled() => {
                 let now = bridge.owed.owe(&node, reply.to_string(), acks);
                 if !now.is_empty() {
                     owed::send(&bridge, now).await;
@@ -108,8 +112,8 @@ fn recipient(bridge: &Bridge, node: &str, to: &Target) -> Result<Arc<Entry>, Und
         .ok_or(UndeliverableReason::RecipientExited)
 }
 
-/// Handle one envelope of a letter. A message for a full mailbox waits for
-/// room out of `patience`, what the whole letter may wait: once that is
+/// Handle one envelope of a letter. A message (or call) for a full mailbox
+/// waits for room out of `patience`, what the whole letter may wait: once that is
 /// spent, the rest of the letter's messages for full mailboxes come back
 /// `mailbox full` at once, so the letter's acks come well within the
 /// sender's ack timeout however slowly a recipient takes (and this inbox,
@@ -179,16 +183,19 @@ async fn handle(
                 return Ack::Garbled;
             };
             // The caller's call number here is its call's id at home.
-            match relay
+            let waited = tokio::time::Instant::now();
+            let placed = relay
                 .call_from_guest(
                     &caller,
                     &Address::Id(target.id),
                     request,
                     Duration::from_millis(timeout_ms),
                     payload,
+                    *patience,
                 )
-                .await
-            {
+                .await;
+            *patience = patience.saturating_sub(waited.elapsed());
+            match placed {
                 Ok(()) => Ack::Accepted,
                 Err(error) => Ack::CallFailed(error),
             }

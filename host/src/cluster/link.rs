@@ -423,6 +423,14 @@ async fn publish(
         .await
     {
         tracing::warn!("wasmproc: cannot publish to node `{node}`: {err}");
+        // The acks it carried go on their own, if they can.
+        let acks = letter.acks;
+        let carried = acks.len() as u64;
+        bridge
+            .stats
+            .acks_carried
+            .fetch_sub(carried, Ordering::Relaxed);
+        owed::send(bridge, acks).await;
         if let Some(pending) = bridge.acks.lock().remove(&seq) {
             settle(
                 bridge,

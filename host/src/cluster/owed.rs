@@ -11,8 +11,9 @@
 //! several letters' acks to one host in one NATS message. An ack that
 //! refuses anything goes out at once, as does everything once
 //! [`ACK_HOLD`] envelopes wait for one host (a stream without answers
-//! keeps its window moving), and every answer to a reply subject that is
-//! not a host's acks (a probe, another program's request).
+//! keeps its window moving), every answer to a reply subject that is not
+//! a host's acks (a probe, another program's request), and every ack once
+//! this host shuts down.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -139,7 +140,13 @@ pub(super) async fn flush(bridge: Weak<Bridge>) {
         let (shutdown, wake) = (strong.shutdown.clone(), strong.owed.wake.clone());
         drop(strong);
         tokio::select! {
-            () = shutdown.cancelled() => return,
+            () = shutdown.cancelled() => {
+                // From here the inbox answers at once: what waits goes now.
+                if let Some(bridge) = bridge.upgrade() {
+                    send(&bridge, bridge.owed.take_all()).await;
+                }
+                return;
+            }
             () = wake.notified() => {}
         }
         let mut at = Instant::now() + ACK_DELAY;

@@ -30,7 +30,7 @@ use super::spawner::Spawned;
 use crate::child::{Child, KillReason, Killer, Watch};
 use crate::connection::{Batch, FrameReader, FrameWriter};
 use crate::os::process::Process;
-use crate::relay::{Entry, Item, Relay};
+use crate::relay::{Entry, Item, MAILBOX_PATIENCE, Relay};
 use crate::status::{ExitStatus, Limit};
 
 /// Frames per write when a guest's mailbox holds many.
@@ -464,7 +464,7 @@ impl Reader {
                 self.delivered.taken(taken, &self.entry.counters)?;
                 entry.counters.sent(payload.len());
                 if let Err(error) = relay
-                    .call_from_guest(entry, &to, call, timeout, payload)
+                    .call_from_guest(entry, &to, call, timeout, payload, MAILBOX_PATIENCE)
                     .await
                 {
                     let answer = Item::Answer {

@@ -351,8 +351,11 @@ enum Callee {
 pub(crate) struct Forged;
 
 impl Relay {
-    /// Place guest `from`'s call number `call` to `to`. What is not known
-    /// at once arrives later in its mailbox, as an [`Item::Answer`].
+    /// Place guest `from`'s call number `call` to `to`, waiting at most
+    /// `patience` for room in a full mailbox ([`MAILBOX_PATIENCE`] for a
+    /// guest of this host; what is left of its letter's for one of another
+    /// host). What is not known at once arrives later in its mailbox, as an
+    /// [`Item::Answer`].
     ///
     /// # Errors
     ///
@@ -364,9 +367,11 @@ impl Relay {
         call: u64,
         timeout: Duration,
         payload: Vec<u8>,
+        patience: Duration,
     ) -> Result<(), CallError> {
         let caller = Caller::Guest { id: from.id, call };
-        self.place(caller, Some(from), to, timeout, Bytes::from(payload))
+        let payload = Bytes::from(payload);
+        self.place(caller, Some(from), to, (timeout, patience), payload)
             .await
     }
 
@@ -382,19 +387,20 @@ impl Relay {
             Caller::Parent(answer),
             None,
             to,
-            timeout,
+            (timeout, MAILBOX_PATIENCE),
             Bytes::from(payload),
         )
         .await?;
         answered.await.unwrap_or(Err(CallError::HostGone))
     }
 
+    /// Place a call of `timeout`, waiting at most `patience` for room.
     async fn place(
         &self,
         caller: Caller,
         from: Option<&Arc<Entry>>,
         to: &Address,
-        timeout: Duration,
+        (timeout, patience): (Duration, Duration),
         payload: Bytes,
     ) -> Result<(), CallError> {
         if timeout.is_zero() {
@@ -433,16 +439,17 @@ impl Relay {
                     self.inner.calls.repoint(request, entry.id, took.id);
                 }
                 match pushed {
-                    Err((PushError::Full, item)) => {
-                        took.mailbox.push_wait(item, MAILBOX_PATIENCE).await
+                    // No patience left: full, without waiting.
+                    Err((PushError::Full, item)) if patience.is_zero() => {
+                        Err((PushError::Full, item))
                     }
+                    Err((PushError::Full, item)) => took.mailbox.push_wait(item, patience).await,
                     other => other,
                 }
             }
             (Callee::Parent, Some(from)) => match from.parent_inbox.try_push(item) {
-                Err((PushError::Full, item)) => {
-                    from.parent_inbox.push_wait(item, MAILBOX_PATIENCE).await
-                }
+                Err((PushError::Full, item)) if patience.is_zero() => Err((PushError::Full, item)),
+                Err((PushError::Full, item)) => from.parent_inbox.push_wait(item, patience).await,
                 other => other,
             },
             (Callee::Parent, None) => Err((PushError::Closed, item)),
