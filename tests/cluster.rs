@@ -1499,6 +1499,8 @@ dirs = [{{ host = "{out}", guest = "/out" }}]
     let a = Host::up(&dir, "move", "a", &server.url(), &app);
     let b = Host::up(&dir, "move", "b", &server.url(), &app);
     let taken_file = out.join("taken");
+    // B knows of `w` (so `tb` streams too) before the move is asked.
+    b.wait_reachable("w");
     wait_for("w to take 300", Duration::from_secs(30), || {
         (lines_of(&taken_file).len() >= 300).then_some(())
     });

@@ -52,7 +52,11 @@ pub(super) async fn hear_beats(bridge: Weak<Bridge>, mut beats: async_nats::Subs
             .liveness
             .beat(&beat.node, beat.instance, Instant::now());
         match heard {
-            Heard::New => tracing::info!("wasmproc: node `{}` joined", beat.node),
+            Heard::New => {
+                tracing::info!("wasmproc: node `{}` joined", beat.node);
+                // It hears of our guests now, not at our next beat.
+                bridge.beat_now.notify_one();
+            }
             Heard::Known => {}
             Heard::Conflict { .. } => {
                 node_conflict(
