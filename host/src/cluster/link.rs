@@ -387,11 +387,6 @@ async fn publish(
         owed::send(bridge, std::mem::take(&mut letter.acks)).await;
         payload = wire::encode(&letter);
     }
-    let carried = letter.acks.len() as u64;
-    bridge
-        .stats
-        .acks_carried
-        .fetch_add(carried, Ordering::Relaxed);
     let pending = Pending {
         sent: Instant::now(),
         node: node.to_owned(),
@@ -412,10 +407,7 @@ async fn publish(
         return;
     }
     bridge.acks.lock().insert(seq, pending);
-    let reply = format!(
-        "{}.{seq}",
-        bridge.subjects.acks(&bridge.config.node, bridge.instance)
-    );
+    let reply = format!("{}.{seq}", bridge.acks_subject);
     bridge.stats.sent.fetch_add(1, Ordering::Relaxed);
     if let Err(err) = bridge
         .client
@@ -424,13 +416,7 @@ async fn publish(
     {
         tracing::warn!("wasmproc: cannot publish to node `{node}`: {err}");
         // The acks it carried go on their own, if they can.
-        let acks = letter.acks;
-        let carried = acks.len() as u64;
-        bridge
-            .stats
-            .acks_carried
-            .fetch_sub(carried, Ordering::Relaxed);
-        owed::send(bridge, acks).await;
+        owed::send(bridge, letter.acks).await;
         if let Some(pending) = bridge.acks.lock().remove(&seq) {
             settle(
                 bridge,
@@ -438,7 +424,13 @@ async fn publish(
                 Acked::All(Outcome::Unknown("it could not be published")),
             );
         }
+        return;
     }
+    let carried = letter.acks.len() as u64;
+    bridge
+        .stats
+        .acks_carried
+        .fetch_add(carried, Ordering::Relaxed);
 }
 
 /// Take every ack that comes back, and settle its envelope.
@@ -474,10 +466,9 @@ pub(super) async fn receive_acks(bridge: Weak<Bridge>, mut acks: async_nats::Sub
 /// if it is one of ours: a host that restarted since hears its old
 /// letters' acks, which find nothing.
 pub(super) fn answered(bridge: &Arc<Bridge>, answered: Answered) {
-    let ours = bridge.subjects.acks(&bridge.config.node, bridge.instance);
     let seq = answered
         .reply
-        .strip_prefix(ours.as_str())
+        .strip_prefix(bridge.acks_subject.as_str())
         .and_then(|rest| rest.strip_prefix('.'))
         .and_then(|seq| seq.parse::<u64>().ok());
     if let Some(seq) = seq {

@@ -185,6 +185,9 @@ struct Bridge {
     subjects: Subjects,
     config: ClusterConfig,
     instance: u64,
+    /// Where our acks come back: each letter's reply subject is this and
+    /// its number.
+    acks_subject: String,
     relay: Relay,
     /// The largest envelope the server takes.
     max_payload: usize,
@@ -292,8 +295,9 @@ impl Cluster {
             .subscribe(subjects.inbox(&config.node))
             .await
             .map_err(subscribe_error)?;
+        let acks_subject = subjects.acks(&config.node, instance);
         let acks = client
-            .subscribe(format!("{}.*", subjects.acks(&config.node, instance)))
+            .subscribe(format!("{acks_subject}.*"))
             .await
             .map_err(subscribe_error)?;
         let beats = client
@@ -325,6 +329,7 @@ impl Cluster {
             subjects,
             config,
             instance,
+            acks_subject,
             relay: relay.clone(),
             max_payload,
             state: Mutex::new(State::default()),

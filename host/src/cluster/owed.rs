@@ -44,6 +44,14 @@ struct Owing {
     since: Instant,
 }
 
+impl Owing {
+    /// Everything owed, taken.
+    fn drain(&mut self) -> Vec<Answered> {
+        self.envelopes = 0;
+        std::mem::take(&mut self.answers)
+    }
+}
+
 /// Owed acks by the node whose letters they answer.
 #[derive(Debug, Default)]
 pub(super) struct Owed {
@@ -78,31 +86,22 @@ impl Owed {
         owing.envelopes += answer.acks.len();
         owing.answers.push(answer);
         if owing.envelopes >= ACK_HOLD {
-            owing.envelopes = 0;
-            return std::mem::take(&mut owing.answers);
+            return owing.drain();
         }
         Vec::new()
     }
 
     /// Everything owed to `node`, for a letter going there.
     pub(super) fn take(&self, node: &str) -> Vec<Answered> {
-        match self.lock().get_mut(node) {
-            Some(owing) => {
-                owing.envelopes = 0;
-                std::mem::take(&mut owing.answers)
-            }
-            None => Vec::new(),
-        }
+        self.lock()
+            .get_mut(node)
+            .map(Owing::drain)
+            .unwrap_or_default()
     }
 
     /// Everything owed, to every node (this host leaves).
     pub(super) fn take_all(&self) -> Vec<Answered> {
-        let mut all = Vec::new();
-        for owing in self.lock().values_mut() {
-            owing.envelopes = 0;
-            all.append(&mut owing.answers);
-        }
-        all
+        self.lock().values_mut().flat_map(Owing::drain).collect()
     }
 
     /// Forget what is owed to a node that is gone.
@@ -121,8 +120,7 @@ impl Owed {
             }
             let at = owing.since + ACK_DELAY;
             if at <= now {
-                owing.envelopes = 0;
-                due.append(&mut owing.answers);
+                due.append(&mut owing.drain());
             } else {
                 next = Some(next.map_or(at, |next| next.min(at)));
             }
