@@ -705,6 +705,8 @@ impl Link {
             to_host,
             stale: None,
             chunk: Batch::default(),
+            taken_seen: [0; TAKE_LAG],
+            looked: 0,
         }
     }
 }
@@ -719,11 +721,25 @@ pub struct Cover<'a> {
     /// The writer's take count when the ticker last saw output waiting.
     stale: Option<u64>,
     chunk: Batch,
+    /// The guest's taken count at each of the last [`TAKE_LAG`] looks,
+    /// oldest at `looked % TAKE_LAG`.
+    taken_seen: [u64; TAKE_LAG],
+    looked: usize,
 }
+
+/// How many ticks old a take must be before the ticker tells the host of
+/// it. A guest that answers what it takes (an echo, a reply) sends the
+/// answer within microseconds, in a frame that carries the take itself:
+/// told only of older takes, the host never hears a take alone that is
+/// about to be answered, so a runner killed between the take and the answer
+/// has its message returned, not taken without an answer. A guest that
+/// takes and computes is heard taking within `TAKE_LAG + 1` ticks.
+const TAKE_LAG: usize = 5;
 
 impl Cover<'_> {
     /// Look once: write what has waited since the last look. Whether output
-    /// is waiting for the runtime (so the ticker must look again).
+    /// is waiting for the runtime or a take is still untold (so the ticker
+    /// must look again).
     pub fn tick(&mut self) -> bool {
         {
             let mut out = self.link.out();
@@ -731,22 +747,27 @@ impl Cover<'_> {
                 self.stale = None;
                 return false;
             }
-            // What the guest has taken reaches the host within a tick or
-            // two, also from a guest that takes without ever sending or
+            // What the guest took [`TAKE_LAG`] ticks ago reaches the host
+            // now, also from a guest that takes without ever sending or
             // finding its inbox empty (the count is read under the lock,
-            // as `queue_with` reads it, so frames keep their order).
+            // as `queue_with` reads it, so frames keep their order; counts
+            // only grow, so an older one is never news).
             let taken = self.link.taken.load(Ordering::Relaxed);
-            if taken != out.reported_taken
-                && out.buf.push(&RunnerToHost::Taken { count: taken }).is_ok()
+            let slot = self.looked % TAKE_LAG;
+            let old = std::mem::replace(&mut self.taken_seen[slot], taken);
+            self.looked = self.looked.wrapping_add(1);
+            if old > out.reported_taken && out.buf.push(&RunnerToHost::Taken { count: old }).is_ok()
             {
-                out.reported_taken = taken;
+                out.reported_taken = old;
                 if std::mem::take(&mut out.writer_waiting) {
                     self.link.out_ready.notify_one();
                 }
             }
+            // A take not yet told keeps the ticker looking.
+            let untold = taken > out.reported_taken;
             if out.buf.is_empty() || out.in_flight {
                 self.stale = None;
-                return false;
+                return untold;
             }
             if self.stale != Some(out.takes) {
                 self.stale = Some(out.takes);

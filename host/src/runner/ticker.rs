@@ -11,9 +11,12 @@
 //!   tick is written from here, so a message sent before a long computation
 //!   leaves within a tick or two, not when the computation ends;
 //! - what the guest has taken is told to the host (a `Taken` frame) if no
-//!   other frame has told it, so that the host knows, within a tick or
-//!   two, which messages were taken even from a guest that never sends
-//!   and never finds its inbox empty (the host returns only what was not);
+//!   other frame has told it, so that the host knows, within a few ticks,
+//!   which messages were taken even from a guest that never sends and
+//!   never finds its inbox empty (the host returns only what was not). Only
+//!   takes a few ticks old are told this way: a guest that answers what it
+//!   takes tells the take with the answer, in one frame, so a runner killed
+//!   between the two has the message returned, never taken unanswered;
 //! - the guest's next `ipc` call yields once to the runtime
 //!   ([`Ticker::yield_due`]), so a guest that polls with `try-recv` between
 //!   pieces of work still sees what arrived.
