@@ -403,15 +403,16 @@ impl Link {
     /// Wait for the next inbox item.
     pub async fn recv(&self) -> InboxItem {
         loop {
+            // A guest kept busy never waits for its inbox: the host still
+            // hears that it is ready, and how far its memory grew. That
+            // goes before the take, so that the take itself travels with
+            // what the guest does with the item (an answer, say).
+            if !self.said_ready.load(Ordering::Relaxed)
+                || self.memory.load(Ordering::Relaxed) != self.memory_queued.load(Ordering::Relaxed)
+            {
+                self.say_ready().await;
+            }
             if let Some(item) = self.try_recv() {
-                // A guest kept busy never waits for its inbox: the host
-                // still hears that it is ready, and how far its memory grew.
-                if !self.said_ready.load(Ordering::Relaxed)
-                    || self.memory.load(Ordering::Relaxed)
-                        != self.memory_queued.load(Ordering::Relaxed)
-                {
-                    self.say_ready().await;
-                }
                 return item;
             }
             self.ready().await;
