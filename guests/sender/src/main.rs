@@ -9,11 +9,17 @@
 //! duplicate), it prints
 //! `taken T returned R duplicates D disorders O` (a disorder: a receiver
 //! instance echoed a number lower than one it echoed before) and exits 0.
+//! After 30 s without hearing anything it says on stderr which messages are
+//! still out, and goes on waiting.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 use wasmproc_guest::{self as ipc, Address, InboxItem};
+
+/// How long the sender waits without hearing anything before it says
+/// which messages are still out (and goes on waiting).
+const QUIET: Duration = Duration::from_secs(30);
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -35,7 +41,24 @@ fn main() {
             }
             next += 1;
         }
-        match ipc::recv() {
+        let Some(item) = ipc::recv_timeout(QUIET) else {
+            // Nothing for a long while, with messages still out: say which,
+            // so that a test that hangs names what has no outcome.
+            let open: Vec<String> = (0..next)
+                .filter(|&n| !echoed[n as usize])
+                .take(8)
+                .map(|n| n.to_string())
+                .collect();
+            eprintln!(
+                "sender: nothing came for {} s, {} of {next} sent without an echo \
+                 ({returned} returned); the first not echoed: {}",
+                QUIET.as_secs(),
+                next - taken,
+                open.join(" ")
+            );
+            continue;
+        };
+        match item {
             InboxItem::Message(msg) if msg.payload.len() == 4 => {
                 let n = u32::from_le_bytes([
                     msg.payload[0],
