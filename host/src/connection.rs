@@ -18,10 +18,10 @@ use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tokio::io::AsyncWriteExt;
-use tokio::net::unix::pipe;
 use tokio_util::codec::{Decoder, FramedRead};
 use wasmproc_protocol::framing::{self, FrameCodec, FrameError, MAX_FRAME_LEN};
+
+pub use crate::os::pipe::ControlFd;
 
 /// Bytes read from a pipe at a time.
 const READ_CHUNK: usize = 256 * 1024;
@@ -48,14 +48,14 @@ impl WriteStats {
 /// Reads typed frames from a pipe.
 #[derive(Debug)]
 pub struct FrameReader<In> {
-    inner: FramedRead<pipe::Receiver, FrameCodec<In>>,
+    inner: FramedRead<ControlFd, FrameCodec<In>>,
     leftover: BytesMut,
 }
 
 impl<In: DeserializeOwned> FrameReader<In> {
     /// Read frames from `pipe`, starting with the bytes in `leftover` (read
     /// earlier by a blocking reader).
-    pub fn new(pipe: pipe::Receiver, leftover: &[u8]) -> Self {
+    pub fn new(pipe: ControlFd, leftover: &[u8]) -> Self {
         let inner = FramedRead::with_capacity(pipe, FrameCodec::new(MAX_FRAME_LEN), READ_CHUNK);
         FrameReader {
             inner,
@@ -233,13 +233,13 @@ impl Batch {
 /// Writes batches of frames to a pipe.
 #[derive(Debug)]
 pub struct FrameWriter {
-    pipe: pipe::Sender,
+    pipe: ControlFd,
     stats: Arc<WriteStats>,
 }
 
 impl FrameWriter {
     /// A writer to `pipe` that counts into `stats`.
-    pub fn new(pipe: pipe::Sender, stats: Arc<WriteStats>) -> Self {
+    pub fn new(pipe: ControlFd, stats: Arc<WriteStats>) -> Self {
         FrameWriter { pipe, stats }
     }
 

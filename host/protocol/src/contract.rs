@@ -6,9 +6,11 @@
 pub const CONTROL_IN_FD: i32 = 3;
 /// The control pipe from the runner to the host, as the runner sees it.
 pub const CONTROL_OUT_FD: i32 = 4;
-/// Where a runner reports, from its `SIGSYS` handler, the number of a
-/// system call its sandbox refused (4 bytes, little-endian), before it
-/// dies. A pipe of its own, so the report can never land inside a frame.
+/// A page of shared memory (a sealed `memfd`) where a runner's `SIGSYS`
+/// handler stores the number of a system call its sandbox refused, before
+/// it dies: apart from the frames, so the report can never land inside
+/// one. The runner maps it and closes the descriptor before its sandbox
+/// goes up.
 pub const SANDBOX_REPORT_FD: i32 = 5;
 /// The first descriptor a runner does not inherit: everything from here up
 /// is closed at spawn and again by the runner's hardening.
@@ -21,7 +23,7 @@ pub const EXIT_HOST_GONE: i32 = 70;
 /// (bad launch spec, artifact, imports), after reporting why.
 pub const EXIT_FAILED: i32 = 71;
 /// The runner exits with this when its sandbox refused a system call
-/// (reported on [`SANDBOX_REPORT_FD`]).
+/// (reported on the [`SANDBOX_REPORT_FD`] page).
 pub const EXIT_SANDBOX_REFUSED: i32 = 72;
 
 /// The longest guest or group name, in bytes.

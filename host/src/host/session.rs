@@ -525,8 +525,8 @@ struct Waiter {
     relay: Relay,
     /// What was delivered and not taken goes back when the runner ends.
     delivered: Arc<Delivered>,
-    /// The runner's sandbox report pipe (read end).
-    report: std::os::fd::OwnedFd,
+    /// The runner's sandbox report page.
+    report: crate::os::report::ReportPage,
     /// Where [`Child::wait`] reads the status.
     status: watch::Sender<Option<ExitStatus>>,
     timeout: Option<Duration>,
@@ -572,7 +572,7 @@ impl Waiter {
         // (it is older), then what was still in the host's mailbox.
         self.relay
             .return_to_senders(&self.entry, self.delivered.drain(&self.entry.counters));
-        let refused = refused_syscall(&self.report).map(crate::os::syscalls::name);
+        let refused = self.report.refused().map(crate::os::syscalls::name);
         let status = combine(os_status, outcome, refused, killed, self.entry.max_cpu);
         tracing::debug!(guest = %self.entry.id, "ended: {status}");
         self.relay
@@ -580,16 +580,6 @@ impl Waiter {
             .await;
         let _ = self.status.send(Some(status));
     }
-}
-
-/// The system call the runner's sandbox refused, if it said so before
-/// dying (the write end closed with the runner, so this never blocks).
-fn refused_syscall(report: &std::os::fd::OwnedFd) -> Option<i64> {
-    use std::os::fd::AsRawFd;
-    let mut bytes = [0u8; 4];
-    // SAFETY: read writes at most 4 bytes into `bytes`.
-    let n = unsafe { libc::read(report.as_raw_fd(), bytes.as_mut_ptr().cast(), 4) };
-    (n == 4).then(|| i64::from(i32::from_le_bytes(bytes)))
 }
 
 /// The status of a guest from what the OS, the reader, the runner's sandbox

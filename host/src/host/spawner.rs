@@ -6,16 +6,15 @@
 //! worker thread would die with it.
 
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock, mpsc};
 
-use tokio::net::unix::pipe;
 use tokio::sync::oneshot;
 
 use super::SpawnError;
-use crate::os::pipe::{cloexec_pipe, enlarge_pipe};
+use crate::os::pipe::{ControlFd, control_channel};
 use crate::os::process::{Handles, Process, Stdio};
+use crate::os::report::ReportPage;
 
 /// The environment variable naming the runner binary, overriding the search.
 pub const RUNNER_ENV: &str = "WASMPROC_RUNNER";
@@ -26,10 +25,10 @@ pub const RUNNER_NAME: &str = "wasmproc-runner";
 pub(crate) struct Spawned {
     pub(crate) process: Process,
     pub(crate) handles: Handles,
-    pub(crate) to_runner: pipe::Sender,
-    pub(crate) from_runner: pipe::Receiver,
+    pub(crate) to_runner: ControlFd,
+    pub(crate) from_runner: ControlFd,
     /// Where the runner says which system call its sandbox refused.
-    pub(crate) report: OwnedFd,
+    pub(crate) report: ReportPage,
 }
 
 /// The stdio of a fork that sets none: stdin null, stdout and stderr inherited.
@@ -123,17 +122,19 @@ pub(crate) async fn spawn_runner(runner: PathBuf, stdio: [Stdio; 3]) -> io::Resu
 
 /// Start one runner (on the spawner thread, inside a runtime context).
 fn spawn_now(runner: &Path, stdio: [Stdio; 3]) -> io::Result<Spawned> {
-    let (runner_in, host_out) = cloexec_pipe()?;
-    let (host_in, runner_out) = cloexec_pipe()?;
-    let (report, runner_report) = cloexec_pipe()?;
-    enlarge_pipe(host_out.as_fd());
-    enlarge_pipe(host_in.as_fd());
+    static RAISED: OnceLock<()> = OnceLock::new();
+    // 10,000 guests need more than the usual soft limit of 1,024 files.
+    RAISED.get_or_init(|| {
+        let _ = crate::os::limits::raise_open_files();
+    });
+    let ((to_runner, from_runner), (runner_in, runner_out)) = control_channel()?;
+    let (report, runner_report) = ReportPage::new()?;
     let (process, handles) = Process::spawn(runner, stdio, [runner_in, runner_out, runner_report])?;
     Ok(Spawned {
         process,
         handles,
-        to_runner: pipe::Sender::from_owned_fd(host_out)?,
-        from_runner: pipe::Receiver::from_owned_fd(host_in)?,
+        to_runner,
+        from_runner,
         report,
     })
 }

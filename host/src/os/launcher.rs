@@ -163,7 +163,22 @@ fn launcher() -> Option<&'static Mutex<mpsc::Sender<Request>>> {
 /// it, and return a pidfd of this process: `pidfd_getfd` on it reads the
 /// table of the thread-group leader, which is the host's (its main thread
 /// never unshares its table).
+///
+/// It also blocks every signal: a handler run on this thread would see
+/// its table, not the host's (tokio's SIGCHLD handler writes to a pipe of
+/// the host's, and the kernel sends a child's SIGCHLD to the thread that
+/// spawned it first), so signals go to the host's other threads instead.
 fn own_table() -> io::Result<OwnedFd> {
+    let mut all = MaybeUninit::<libc::sigset_t>::uninit();
+    // SAFETY: sigfillset writes the set; pthread_sigmask only changes this
+    // thread's mask (children get an empty one: see `Attributes`).
+    let rc = unsafe {
+        libc::sigfillset(all.as_mut_ptr());
+        libc::pthread_sigmask(libc::SIG_BLOCK, all.as_ptr(), std::ptr::null_mut())
+    };
+    if rc != 0 {
+        return Err(io::Error::from_raw_os_error(rc));
+    }
     // SAFETY: unshare with CLONE_FILES only affects this thread's table.
     if unsafe { libc::unshare(libc::CLONE_FILES) } != 0 {
         return Err(io::Error::last_os_error());

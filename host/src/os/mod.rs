@@ -1,11 +1,13 @@
 //! The host's OS layer: every `libc` call the host makes for its runners is
 //! in this folder (the runner's own hardening is in [`crate::sandbox::os`]).
 //!
-//! - [`process`]: a runner's process: pidfd, `waitid`, the reaper;
+//! - [`process`]: a runner's process: SIGCHLD, `waitid`, the reaper;
 //!   [`Stdio`] and the host's ends of piped stdio.
 //! - [`launcher`]: `posix_spawn`, from a thread with a descriptor table of
 //!   its own, so a spawn costs the same with 10 guests or 10,000.
-//! - [`pipe`]: close-on-exec pipes and their buffer size.
+//! - [`pipe`]: close-on-exec pipes and their buffer size, and the
+//!   socketpair a guest gets instead where pipes would not fit.
+//! - [`report`]: the page where a runner's sandbox says what it refused.
 //! - [`alloc`]: the allocator settings for large messages.
 //! - [`limits`]: how many guests the open-files limit leaves room for.
 //! - [`pty`]: a terminal of its own for a guest on a terminal.
@@ -22,6 +24,7 @@ pub(crate) mod pipe;
 pub(crate) mod process;
 pub(crate) mod procfs;
 pub(crate) mod pty;
+pub(crate) mod report;
 pub(crate) mod syscalls;
 pub mod user;
 

@@ -1,6 +1,6 @@
 //! A runner's OS process: started with `posix_spawn` (by the launcher
-//! thread, [`super::launcher`]), watched and signalled through a pidfd,
-//! reaped with `waitid`.
+//! thread, [`super::launcher`]), signalled by its pid, reaped with
+//! `waitid` when SIGCHLD says a child ended.
 //!
 //! `posix_spawn` (glibc's `clone(CLONE_VM | CLONE_VFORK)`) does not copy the
 //! host's page tables the way `fork` does, so a host with a large heap starts
@@ -11,21 +11,25 @@
 //! own process group, default signal mask. The runner asks for its
 //! parent-death signal itself, first thing (see [`crate::runner`]).
 //!
-//! The pidfd is taken before anything can reap the child, so `kill` and
-//! `wait` can never reach another process that reused the pid. A process
-//! dropped unwaited (its runtime shut down) is killed and reaped by a
-//! thread of its own, never left a zombie.
+//! The host holds no descriptor for a runner's process (with 10,000
+//! guests, a pidfd each would use up the open-file limit): only the host
+//! reaps its runners, so until it has, the pid stays the runner's (a
+//! zombie keeps it) and `kill` cannot reach another process that reused
+//! it. Each waiting process listens for SIGCHLD and, on every one (the
+//! kernel coalesces them), asks `waitid(P_PID, pid, WNOHANG)` about its own
+//! pid only: never `P_ALL`, which would take the statuses of an embedding
+//! program's own children. A process dropped unwaited (its runtime shut
+//! down) is killed and reaped by a thread of its own, never left a zombie.
 
 use std::io;
 use std::mem::MaybeUninit;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::sync::{Mutex, OnceLock, mpsc};
 
-use tokio::io::Interest;
-use tokio::io::unix::AsyncFd;
 use tokio::net::unix::pipe;
+use tokio::signal::unix::{Signal, SignalKind, signal};
 use wasmproc_protocol::contract::{CONTROL_IN_FD, CONTROL_OUT_FD, SANDBOX_REPORT_FD};
 
 use super::launcher::{self, Plan};
@@ -89,7 +93,8 @@ pub(crate) struct Handles {
 #[derive(Debug)]
 pub(crate) struct Process {
     pid: u32,
-    pidfd: AsyncFd<OwnedFd>,
+    /// Wakes [`Process::wait`] on every SIGCHLD the host receives.
+    ended: Signal,
     status: Option<std::process::ExitStatus>,
 }
 
@@ -98,7 +103,8 @@ impl Process {
     /// `control` (runner's in, runner's out, sandbox report) on fds 3, 4
     /// and 5.
     ///
-    /// Must run inside a tokio runtime (the pidfd and pipes register with it).
+    /// Must run inside a tokio runtime (the SIGCHLD listener and the pipes
+    /// register with it).
     pub(crate) fn spawn(
         program: &Path,
         stdio: [Stdio; 3],
@@ -156,32 +162,14 @@ impl Process {
             plan.dups.push((fd.as_raw_fd(), target));
             passed.push(fd);
         }
+        // Listening before the spawn: a child that ends at once still wakes
+        // the first wait.
+        let ended = signal(SignalKind::child())?;
         let pid = launcher::spawn(plan)?;
         drop(passed);
-        // SAFETY: pidfd_open takes a pid and flags and returns a new fd.
-        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-        if fd < 0 {
-            let err = io::Error::last_os_error();
-            // Without a pidfd the child could not be watched: stop it.
-            // SAFETY: `pid` is this process's unreaped child.
-            unsafe {
-                libc::kill(pid, libc::SIGKILL);
-                libc::waitpid(pid, std::ptr::null_mut(), 0);
-            }
-            return Err(io::Error::new(
-                err.kind(),
-                format!("pidfd_open for runner {pid}: {err}"),
-            ));
-        }
-        // SAFETY: the fd was just returned by pidfd_open and nothing else owns it.
-        let pidfd = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
-        // SAFETY: an OwnedFd stays open and keeps its number until dropped,
-        // which only the AsyncFd can do.
-        let pidfd = unsafe { AsyncFd::register_with_interest(pidfd, Interest::READABLE) }
-            .map_err(|err| err.into_parts().1)?;
         let process = Process {
             pid: pid as u32,
-            pidfd,
+            ended,
             status: None,
         };
         Ok((process, handles))
@@ -194,15 +182,10 @@ impl Process {
 
     /// Send SIGKILL (nothing happens if it has already been reaped).
     pub(crate) fn kill(&self) {
-        // SAFETY: pidfd_send_signal with a valid pidfd and no siginfo.
-        unsafe {
-            libc::syscall(
-                libc::SYS_pidfd_send_signal,
-                self.pidfd.get_ref().as_raw_fd(),
-                libc::SIGKILL,
-                std::ptr::null::<libc::siginfo_t>(),
-                0,
-            );
+        if self.status.is_none() {
+            // SAFETY: `pid` is this host's child, not yet reaped (only
+            // `wait` reaps it, and it sets `status`), so it is still ours.
+            unsafe { libc::kill(self.pid as libc::pid_t, libc::SIGKILL) };
         }
     }
 
@@ -212,13 +195,21 @@ impl Process {
             if let Some(status) = self.status {
                 return Ok(status);
             }
-            let mut ready = self.pidfd.readable().await?;
-            match reap(self.pidfd.get_ref(), libc::WNOHANG) {
-                Ok(Some(status)) => self.status = Some(status),
-                // Not ended yet (a spurious wake-up).
-                Ok(None) => ready.clear_ready(),
-                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+            match reap(self.pid, libc::WNOHANG) {
+                Ok(Some(status)) => {
+                    self.status = Some(status);
+                    continue;
+                }
+                Ok(None) => {}
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
                 Err(err) => return Err(err),
+            }
+            // Some child ended since the last look (or the listener was
+            // made): look again.
+            if self.ended.recv().await.is_none() {
+                return Err(io::Error::other(
+                    "the runtime stopped listening for SIGCHLD",
+                ));
             }
         }
     }
@@ -233,25 +224,19 @@ impl Drop for Process {
             return;
         }
         self.kill();
-        // SAFETY: F_DUPFD_CLOEXEC returns a new descriptor, owned below.
-        let dup =
-            unsafe { libc::fcntl(self.pidfd.get_ref().as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) };
-        if dup >= 0 {
-            // SAFETY: just returned by fcntl, owned by nothing else.
-            reap_later(unsafe { OwnedFd::from_raw_fd(dup) });
-        }
+        reap_later(self.pid);
     }
 }
 
-/// Reap the process behind `pidfd` with `waitid` (`flags`: `WNOHANG` or
-/// 0 to block): its status, or `None` while it still runs.
-fn reap(pidfd: &OwnedFd, flags: libc::c_int) -> io::Result<Option<std::process::ExitStatus>> {
+/// Reap child `pid` with `waitid` (`flags`: `WNOHANG` or 0 to block): its
+/// status, or `None` while it still runs.
+fn reap(pid: u32, flags: libc::c_int) -> io::Result<Option<std::process::ExitStatus>> {
     let mut info = MaybeUninit::<libc::siginfo_t>::zeroed();
-    // SAFETY: waitid writes one siginfo_t for the pidfd's process.
+    // SAFETY: waitid writes one siginfo_t for that one child.
     let rc = unsafe {
         libc::waitid(
-            libc::P_PIDFD,
-            pidfd.as_raw_fd() as libc::id_t,
+            libc::P_PID,
+            pid as libc::id_t,
             info.as_mut_ptr(),
             libc::WEXITED | flags,
         )
@@ -275,16 +260,16 @@ fn reap(pidfd: &OwnedFd, flags: libc::c_int) -> io::Result<Option<std::process::
 }
 
 /// Wait for killed processes on one thread of its own.
-fn reap_later(pidfd: OwnedFd) {
-    static REAPER: OnceLock<Mutex<mpsc::Sender<OwnedFd>>> = OnceLock::new();
+fn reap_later(pid: u32) {
+    static REAPER: OnceLock<Mutex<mpsc::Sender<u32>>> = OnceLock::new();
     let sender = REAPER.get_or_init(|| {
-        let (tx, rx) = mpsc::channel::<OwnedFd>();
+        let (tx, rx) = mpsc::channel::<u32>();
         let spawned = std::thread::Builder::new()
             .name("wasmproc-reaper".into())
             .spawn(move || {
-                for pidfd in rx {
+                for pid in rx {
                     // The process was sent SIGKILL: this returns promptly.
-                    let _ = reap(&pidfd, 0);
+                    let _ = reap(pid, 0);
                 }
             });
         if let Err(err) = spawned {
@@ -292,7 +277,7 @@ fn reap_later(pidfd: OwnedFd) {
         }
         Mutex::new(tx)
     });
-    let _ = sender.lock().unwrap_or_else(|e| e.into_inner()).send(pidfd);
+    let _ = sender.lock().unwrap_or_else(|e| e.into_inner()).send(pid);
 }
 
 #[cfg(test)]
@@ -304,12 +289,12 @@ mod tests {
     use super::*;
     use crate::os::pipe::cloexec_pipe;
 
-    /// Start `program` with `stdio` and fresh control and report pipes (the
-    /// host's ends close at once: these children never use them).
+    /// Start `program` with `stdio`, fresh control pipes and a report
+    /// page (the host's ends close at once: these children never use them).
     fn start(program: &str, stdio: [Stdio; 3]) -> io::Result<(Process, Handles)> {
         let (runner_in, _host_out) = cloexec_pipe()?;
         let (_host_in, runner_out) = cloexec_pipe()?;
-        let (_report_in, report_out) = cloexec_pipe()?;
+        let (_report, report_out) = crate::os::report::ReportPage::new()?;
         Process::spawn(
             Path::new(program),
             stdio,
@@ -317,8 +302,8 @@ mod tests {
         )
     }
 
-    /// `/bin/sh` reading `script` from a piped stdin, with the control and
-    /// report pipes on fds 3 to 5: its status and stdout.
+    /// `/bin/sh` reading `script` from a piped stdin, with the control
+    /// pipes and the report page on fds 3 to 5: its status and stdout.
     async fn shell(script: &str) -> (std::process::ExitStatus, String) {
         let (mut process, handles) =
             start("/bin/sh", [Stdio::Piped, Stdio::Piped, Stdio::Null]).unwrap();

@@ -25,17 +25,16 @@ mod probe;
 mod ticker;
 
 use std::fs::File;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{FromRawFd, OwnedFd};
 use std::sync::Arc;
 
-use tokio::net::unix::pipe;
 use wasmproc_protocol::contract::{CONTROL_IN_FD, CONTROL_OUT_FD, EXIT_FAILED, EXIT_HOST_GONE};
 use wasmproc_protocol::{
     ExitReport, FrameError, HardeningStep, HostToRunner, LaunchSpec, PROTOCOL_VERSION,
     RunnerToHost, check_version, read_frame_blocking, write_frame_blocking,
 };
 
-use crate::connection::{FrameReader, FrameWriter, WriteStats};
+use crate::connection::{ControlFd, FrameReader, FrameWriter, WriteStats};
 use crate::sandbox::os::OsPolicy;
 use guest::{Prepared, run_guest};
 use link::Link;
@@ -175,8 +174,8 @@ async fn run(
     to_host: File,
     leftover: Vec<u8>,
 ) -> ! {
-    let io = pipe::Receiver::from_owned_fd(OwnedFd::from(from_host))
-        .and_then(|rx| pipe::Sender::from_owned_fd(OwnedFd::from(to_host)).map(|tx| (rx, tx)));
+    let io = ControlFd::from_owned_fd(OwnedFd::from(from_host))
+        .and_then(|rx| ControlFd::from_owned_fd(OwnedFd::from(to_host)).map(|tx| (rx, tx)));
     let (rx, tx) = match io {
         Ok(pipes) => pipes,
         Err(err) => {

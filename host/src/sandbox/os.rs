@@ -436,9 +436,9 @@ fn install_filters(filters: &Filters) -> Result<String, String> {
     ))
 }
 
-/// Where a `SIGSYS` from the seccomp filter lands: report the refused
-/// call's number on the sandbox report pipe and end the runner. Only
-/// async-signal-safe calls: `write` and `_exit`.
+/// Where a `SIGSYS` from the seccomp filter lands: store the refused
+/// call's number on the sandbox report page and end the runner. Only
+/// async-signal-safe steps: an atomic store and `_exit`.
 extern "C" fn report_refused_call(
     _signal: libc::c_int,
     info: *mut libc::siginfo_t,
@@ -448,15 +448,13 @@ extern "C" fn report_refused_call(
     // the call's address, then its number: offset 24 on 64-bit Linux.
     // SAFETY: the kernel passes a valid siginfo_t for SA_SIGINFO handlers.
     let nr = unsafe { std::ptr::read_unaligned(info.cast::<u8>().add(24).cast::<i32>()) };
-    let bytes = nr.to_le_bytes();
-    // SAFETY: write and _exit are async-signal-safe; `bytes` lives here.
-    unsafe {
-        libc::write(SANDBOX_REPORT_FD, bytes.as_ptr().cast(), bytes.len());
-        libc::_exit(EXIT_SANDBOX_REFUSED);
-    }
+    crate::os::report::store_in_runner(nr);
+    // SAFETY: _exit is async-signal-safe.
+    unsafe { libc::_exit(EXIT_SANDBOX_REFUSED) }
 }
 
 fn install_sigsys_report() -> Result<(), String> {
+    crate::os::report::map_in_runner(SANDBOX_REPORT_FD).map_err(|err| err.to_string())?;
     // SAFETY: a zeroed sigaction with our handler and SA_SIGINFO; the
     // handler is an `extern "C"` function that lives forever.
     unsafe {
