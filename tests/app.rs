@@ -545,8 +545,9 @@ fn an_app_with_more_guests_than_open_files_allow_is_refused_before_any_starts() 
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(
         String::from_utf8(out.stderr).unwrap(),
-        "wasmproc: the app has 600 guests, but this host can start at most 330 (6 open files \
-         each, of a limit of 2048): raise the limit with `ulimit -n` or run fewer replicas\n"
+        "wasmproc: the app has 600 guests, but this host can start at most 581 with a limit of \
+         2048 open files (4 each in the first half of it, 3 in the second): raise the limit \
+         with `ulimit -n` or run fewer replicas\n"
     );
 }
 

@@ -484,3 +484,91 @@ async fn a_computing_guest_still_sends_and_receives_while_it_computes() {
     })
     .await;
 }
+
+/// Descriptors of this process whose link reads `kind:[…]` (`pipe`, `socket`).
+fn own_descriptors(kind: &str) -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|entry| std::fs::read_link(entry.ok()?.path()).ok())
+        .filter(|link| link.to_string_lossy().starts_with(&format!("{kind}:[")))
+        .count()
+}
+
+/// The fleet the test below runs in a process of its own, under a limit
+/// of 256 open files: 150 guests on pipes alone would need 300.
+#[tokio::test]
+async fn past_half_the_open_files_limit_each_guest_gets_one_socket_and_works_the_same() {
+    if std::env::var_os("WASMPROC_TEST_LOW_FILES_LIMIT").is_none() {
+        // `ulimit -n` sets the soft and the hard limit: the host cannot raise it.
+        let out = common::output_within(
+            std::process::Command::new("sh")
+                .arg("-c")
+                .arg("ulimit -n 256 && exec \"$0\" --exact \"$1\" --nocapture")
+                .arg(std::env::current_exe().unwrap())
+                .arg("past_half_the_open_files_limit_each_guest_gets_one_socket_and_works_the_same")
+                .env("WASMPROC_TEST_LOW_FILES_LIMIT", "1"),
+            120,
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout.contains("1 passed"),
+            "{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        return;
+    }
+    within(100, async {
+        const GUESTS: usize = 150;
+        let (pipes, sockets) = (own_descriptors("pipe"), own_descriptors("socket"));
+        let host = Host::new();
+        let echo = guest("echo");
+        let mut guests = Vec::new();
+        for _ in 0..GUESTS {
+            guests.push(host.command(&echo).fork().await.unwrap());
+        }
+        for (i, child) in guests.iter().enumerate() {
+            child.send(format!("guest {i}").into_bytes()).unwrap();
+        }
+        for (i, child) in guests.iter().enumerate() {
+            assert_eq!(recv_text(child).await, format!("guest {i}"));
+        }
+        let on_pipes = (own_descriptors("pipe") - pipes) / 2;
+        let on_sockets = own_descriptors("socket") - sockets;
+        println!("{on_pipes} guests on pipes, {on_sockets} on sockets");
+        assert_eq!(on_pipes + on_sockets, GUESTS);
+        // Pipes up to descriptor 128, half the limit: fewer than 64 guests.
+        assert!((40..64).contains(&on_pipes), "{on_pipes} on pipes");
+        // The last guest is on a socket: a 1 MiB message goes there and back
+        // whole; and two more guests, on sockets too, talk through the relay.
+        let last = guests.last().unwrap();
+        let big: Vec<u8> = (0..1 << 20).map(|i: u32| (i % 251) as u8).collect();
+        last.send(big.clone()).unwrap();
+        match last.recv().await {
+            Some(InboxItem::Message { payload, .. }) => assert!(payload == big),
+            other => panic!("expected the 1 MiB echo, got {other:?}"),
+        }
+        let pong = host
+            .command(guest("pingpong"))
+            .args(["pong", "200"])
+            .name("pong")
+            .fork()
+            .await
+            .unwrap();
+        let ping = host
+            .command(guest("pingpong"))
+            .args(["ping", "pong", "200"])
+            .fork()
+            .await
+            .unwrap();
+        assert_eq!(ping.recv_value::<(u64, bool)>().await.unwrap(), (200, true));
+        assert_eq!(pong.recv_value::<(u64, bool)>().await.unwrap(), (200, true));
+        assert_eq!(ping.wait().await, ExitStatus::Exited { code: 0 });
+        for child in &guests {
+            child.kill();
+        }
+        for child in &guests {
+            child.wait().await;
+        }
+    })
+    .await;
+}

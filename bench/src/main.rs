@@ -305,14 +305,15 @@ async fn wasmproc_fleet(n: usize) -> anyhow::Result<(f64, u64, u64)> {
     Ok((ms, pss, host_rss))
 }
 
-/// Make room for a fleet of `n`: the host holds 4 open files per guest and
-/// each runner is 2 tasks (its main thread and its ticker). The bench lifts
-/// its own open-files limit as far as it may (the hard one too, as root);
-/// when the limits cannot hold `n`, it says so and returns the largest
-/// fleet they hold.
+/// Make room for a fleet of `n`: the host holds two open files per guest
+/// (its control pipes) in the first half of its open-files limit and one
+/// (a socket) in the second, and each runner is 2 tasks (its main thread
+/// and its ticker). The bench lifts its own open-files limit as far as it
+/// may (the hard one too, as root); when the limits cannot hold `n`, it
+/// says so and returns the largest fleet they hold.
 fn room_for_fleet(n: usize) -> anyhow::Result<usize> {
     const RESERVE: u64 = 1024;
-    let need = (n as u64) * 4 + RESERVE;
+    let need = (n as u64) * 2 + RESERVE;
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -335,7 +336,8 @@ fn room_for_fleet(n: usize) -> anyhow::Result<usize> {
             break;
         }
     }
-    let by_files = (limit.rlim_cur.saturating_sub(RESERVE) / 4) as usize;
+    let half = limit.rlim_cur / 2;
+    let by_files = (half.saturating_sub(RESERVE) / 2 + (limit.rlim_cur - half)) as usize;
     let pid_max: u64 = std::fs::read_to_string("/proc/sys/kernel/pid_max")
         .ok()
         .and_then(|v| v.trim().parse().ok())

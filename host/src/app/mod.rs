@@ -32,7 +32,9 @@ use crate::cluster::{Cluster, ClusterConfig};
 use crate::command::{Command, default_arg0};
 use crate::host::Host;
 use crate::os::Stdio;
-use crate::os::limits::{FILES_PER_GUEST, guests_for, raise_open_files};
+use crate::os::limits::{
+    FILES_PER_GUEST, FILES_PER_GUEST_ON_SOCKETS, guests_for, raise_open_files,
+};
 use crate::status::ExitStatus;
 
 /// Longest output line forwarded whole; longer lines are cut.
@@ -225,8 +227,9 @@ pub enum AppError {
     /// More guests than this process can hold open.
     #[error(
         "the app has {guests} guests, but this host can start at most {capacity} \
-         ({FILES_PER_GUEST} open files each, of a limit of {files}): raise the limit with \
-         `ulimit -n` or run fewer replicas"
+         with a limit of {files} open files ({FILES_PER_GUEST} each in the first half of it, \
+         {FILES_PER_GUEST_ON_SOCKETS} in the second): raise the limit with `ulimit -n` or run \
+         fewer replicas"
     )]
     TooManyGuests {
         guests: u64,

@@ -1,12 +1,17 @@
 //! How many guests this process can hold: each costs the host a few open
-//! files (two control pipes, a sandbox report pipe, a pidfd, and in an app
-//! its piped stdout and stderr), so the open-files limit decides.
+//! files (its control channel, and in an app its piped stdout and stderr),
+//! so the open-files limit decides. The control channel is two pipes while
+//! the host's descriptors fill less than half of the limit and one socket
+//! after that (see [`crate::os::pipe`]); the sandbox report is a mapped
+//! page and the runner's process a pid, neither a descriptor.
 
 use std::io;
 
-/// Open files the host holds per guest: two control pipes, the sandbox
-/// report pipe, a pidfd, and the read ends of a piped stdout and stderr.
-pub(crate) const FILES_PER_GUEST: u64 = 6;
+/// Open files the host holds per app guest while pipes fit: two control
+/// pipes and the read ends of a piped stdout and stderr.
+pub(crate) const FILES_PER_GUEST: u64 = 4;
+/// The same once the control channel is one socket.
+pub(crate) const FILES_PER_GUEST_ON_SOCKETS: u64 = 3;
 /// Open files kept for the host itself (its runtime, the cache, the CLI).
 const FILES_RESERVED: u64 = 64;
 
@@ -50,9 +55,13 @@ fn open_files() -> io::Result<libc::rlimit> {
     Ok(limit)
 }
 
-/// How many guests the open-files limit `files` leaves room for.
+/// How many app guests the open-files limit `files` leaves room for: the
+/// first half of it holds guests on pipes, the second half guests on
+/// sockets.
 pub(crate) fn guests_for(files: u64) -> u64 {
-    files.saturating_sub(FILES_RESERVED) / FILES_PER_GUEST
+    let half = files / 2;
+    half.saturating_sub(FILES_RESERVED) / FILES_PER_GUEST
+        + (files - half) / FILES_PER_GUEST_ON_SOCKETS
 }
 
 #[cfg(test)]
@@ -60,9 +69,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn each_guest_costs_six_files_after_a_reserve() {
-        assert_eq!(guests_for(1024), 160);
-        assert_eq!(guests_for(64), 0);
+    fn guests_cost_four_files_in_the_first_half_and_three_in_the_second() {
+        assert_eq!(guests_for(2048), 240 + 341);
+        assert_eq!(guests_for(1024), 112 + 170);
         assert_eq!(guests_for(0), 0);
         assert!(raise_open_files().unwrap() >= 64);
     }

@@ -1,14 +1,15 @@
 //! Pipes for control channels and pipelines, and the socketpair a guest's
 //! control channel becomes where pipes would not fit.
 //!
-//! A control channel is two pipes while the host's control pipes take
-//! less than half of its open-files limit, and one `socketpair` after that.
+//! A control channel is two pipes while the host's descriptors fill less
+//! than half of its open-files limit (the pipes' own numbers say so: the
+//! kernel gives out the lowest free one), and one `socketpair` after that.
 //! A pipe is the cheaper of the two (a write to a Unix socket allocates a
 //! buffer: on this project's 2-vCPU reference machine a 64-byte ping-pong
 //! takes 6.6 µs over pipes and 12.8 µs over a socketpair), but it costs
-//! the host two descriptors per guest where the socket costs one. With the
-//! usual hard limit of 20,000, the first 5,000 guests get pipes and the
-//! next ones sockets, so 10,000 guests hold 15,000 descriptors. The runner
+//! the host two descriptors per guest where the socket costs one. With a
+//! limit of 20,000, the first 5,000 guests get pipes and the next ones
+//! sockets, so 10,000 guests hold 15,000 descriptors. The runner
 //! sees no difference: its fds 3 and 4 are the two pipes, or the one socket
 //! twice, and it reads one and writes the other.
 
@@ -16,7 +17,6 @@ use std::io::{self, IoSlice};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 
 use tokio::io::unix::AsyncFd;
@@ -50,34 +50,38 @@ pub(crate) fn cloexec_pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
-/// Control pipe descriptors the host holds now (both ends it keeps, of
-/// every guest on pipes).
-static CONTROL_PIPE_FDS: AtomicU64 = AtomicU64::new(0);
-
 /// The host's end(s) of a new control channel and the runner's `(fd 3,
-/// fd 4)`: two pipes while they fit in half of the open-files limit, one
-/// socketpair (the runner's end twice) after that.
+/// fd 4)`: two pipes while their descriptors are numbered below half of
+/// the open-files limit, one socketpair (the runner's end twice) after that.
 ///
 /// # Errors
 ///
 /// When the process is out of descriptors.
 pub(crate) fn control_channel() -> io::Result<((ControlFd, ControlFd), (OwnedFd, OwnedFd))> {
-    let limit = crate::os::limits::open_files_limit();
-    let pipes = CONTROL_PIPE_FDS.load(Ordering::Relaxed);
-    if pipes + 2 <= limit / 2 {
-        let (runner_in, host_out) = cloexec_pipe()?;
-        let (host_in, runner_out) = cloexec_pipe()?;
+    let half = crate::os::limits::open_files_limit() / 2;
+    let (runner_in, host_out) = cloexec_pipe()?;
+    let (host_in, runner_out) = cloexec_pipe()?;
+    let highest = [&runner_in, &host_out, &host_in, &runner_out]
+        .iter()
+        .map(|fd| fd.as_raw_fd())
+        .max()
+        .unwrap_or_default();
+    if u64::try_from(highest).unwrap_or(u64::MAX) < half {
         enlarge_pipe(host_out.as_fd());
         enlarge_pipe(host_in.as_fd());
-        let host = (ControlFd::counted(host_out)?, ControlFd::counted(host_in)?);
+        let host = (
+            ControlFd::from_owned_fd(host_out)?,
+            ControlFd::from_owned_fd(host_in)?,
+        );
         return Ok((host, (runner_in, runner_out)));
     }
+    drop((runner_in, host_out, host_in, runner_out));
     let (host_end, runner_end) = cloexec_socketpair()?;
     for end in [&host_end, &runner_end] {
         enlarge_socket(end.as_fd());
     }
     let runner_out = runner_end.try_clone()?;
-    let host = ControlFd::new(host_end, false)?;
+    let host = ControlFd::from_owned_fd(host_end)?;
     Ok(((host.clone(), host), (runner_end, runner_out)))
 }
 
@@ -120,22 +124,7 @@ fn enlarge_socket(fd: BorrowedFd<'_>) {
 /// runtime: a pipe's end, or a socket shared by the channel's reader and
 /// writer (clones share it).
 #[derive(Debug, Clone)]
-pub struct ControlFd(Arc<Registered>);
-
-#[derive(Debug)]
-struct Registered {
-    fd: AsyncFd<OwnedFd>,
-    /// Counted in [`CONTROL_PIPE_FDS`] (a host's pipe end).
-    counted: bool,
-}
-
-impl Drop for Registered {
-    fn drop(&mut self) {
-        if self.counted {
-            CONTROL_PIPE_FDS.fetch_sub(1, Ordering::Relaxed);
-        }
-    }
-}
+pub struct ControlFd(Arc<AsyncFd<OwnedFd>>);
 
 impl ControlFd {
     /// `fd` (a pipe's end or a stream socket), made non-blocking and
@@ -145,41 +134,19 @@ impl ControlFd {
     ///
     /// Outside a runtime, or when `fd` cannot be registered.
     pub fn from_owned_fd(fd: OwnedFd) -> io::Result<ControlFd> {
-        ControlFd::new(fd, false)
-    }
-
-    /// A host's control pipe end, counted against the pipes' half of the
-    /// open-files limit.
-    fn counted(fd: OwnedFd) -> io::Result<ControlFd> {
-        ControlFd::new(fd, true)
-    }
-
-    fn new(fd: OwnedFd, counted: bool) -> io::Result<ControlFd> {
-        if counted {
-            CONTROL_PIPE_FDS.fetch_add(1, Ordering::Relaxed);
-        }
-        // Counted from here on: a failure below gives it back on drop.
-        let registered = |fd| -> io::Result<ControlFd> {
-            set_nonblocking(&fd)?;
-            // SAFETY: an OwnedFd stays open and keeps its number until
-            // dropped, which only the AsyncFd can do.
-            let fd = unsafe {
-                AsyncFd::register_with_interest(fd, Interest::READABLE | Interest::WRITABLE)
-            }
-            .map_err(|err| err.into_parts().1)?;
-            Ok(ControlFd(Arc::new(Registered { fd, counted })))
-        };
-        registered(fd).inspect_err(|_| {
-            if counted {
-                CONTROL_PIPE_FDS.fetch_sub(1, Ordering::Relaxed);
-            }
-        })
+        set_nonblocking(&fd)?;
+        // SAFETY: an OwnedFd stays open and keeps its number until
+        // dropped, which only the AsyncFd can do.
+        let fd =
+            unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE | Interest::WRITABLE) }
+                .map_err(|err| err.into_parts().1)?;
+        Ok(ControlFd(Arc::new(fd)))
     }
 
     /// The descriptor (for a thread outside the runtime that writes to it
     /// with [`crate::connection::Batch::write_blocking`]).
     pub fn as_raw_fd(&self) -> RawFd {
-        self.0.fd.get_ref().as_raw_fd()
+        self.0.get_ref().as_raw_fd()
     }
 
     /// Wait until it takes bytes.
@@ -189,7 +156,7 @@ impl ControlFd {
     /// When the descriptor fails.
     pub async fn writable(&self) -> io::Result<()> {
         // Dropped without clearing: the next write finds it ready.
-        self.0.fd.writable().await.map(drop)
+        self.0.writable().await.map(drop)
     }
 
     /// Write from `slices` (one `writev`), waiting while it is full.
@@ -199,7 +166,7 @@ impl ControlFd {
     /// When the other end is closed or the write fails.
     pub async fn write_vectored(&self, slices: &[IoSlice<'_>]) -> io::Result<usize> {
         loop {
-            let mut ready = self.0.fd.writable().await?;
+            let mut ready = self.0.writable().await?;
             let count = slices.len().min(libc::c_int::MAX as usize) as libc::c_int;
             // SAFETY: `IoSlice` is ABI-compatible with `iovec` and the
             // buffers outlive the call.
@@ -225,7 +192,7 @@ impl AsyncRead for ControlFd {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         loop {
-            let mut ready = ready!(self.0.fd.poll_read_ready(cx))?;
+            let mut ready = ready!(self.0.poll_read_ready(cx))?;
             // SAFETY: the bytes are only written (by read) and then marked
             // initialized, never read before.
             let unfilled = unsafe { buf.unfilled_mut() };
