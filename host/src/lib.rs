@@ -43,8 +43,9 @@
 //!   `relay/mailbox` (the bounded per-guest queue).
 //! - `connection`: frames over control pipes: the reader, the batch and
 //!   the writer, the one place a frame's head and payload are laid out.
-//! - `os`: every `libc` call of the host: `os/process` (pidfd, reaper,
-//!   [`Stdio`]), `os/launcher` (`posix_spawn` from a thread with a
+//! - `os`: every `libc` call of the host: `os/process` (a runner's pid,
+//!   `SIGCHLD`, the reaper, [`Stdio`]), `os/report` (the sandbox report
+//!   page), `os/launcher` (`posix_spawn` from a thread with a
 //!   descriptor table of its own), `os/pipe`, `os/alloc`, `os/limits` (how
 //!   many guests the open-files limit allows), `os/pty` (pseudo-terminals),
 //!   `os/syscalls` (every system call's name), `os/procfs` (a runner's

@@ -29,4 +29,5 @@ pub(crate) mod syscalls;
 pub mod user;
 
 pub use alloc::keep_large_buffers_in_heap;
+pub(crate) use alloc::release_free_heap;
 pub use process::{ChildStderr, ChildStdin, ChildStdout, Stdio};

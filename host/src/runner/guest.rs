@@ -36,12 +36,18 @@ impl Prepared {
 }
 
 /// Load and run the guest; `Err` only when it could not start.
+///
+/// The linker is dropped once the guest is instantiated, and the heap pages
+/// it and the loading freed go back to the kernel: an idle runner keeps
+/// only what its guest uses (about a tenth of its memory was the linker's
+/// tables of WASI functions).
 pub(super) async fn run_guest(
-    prepared: &Prepared,
+    prepared: Prepared,
     spec: &LaunchSpec,
     link: Arc<Link>,
 ) -> anyhow::Result<ExitReport> {
-    let engine = &prepared.engine;
+    let Prepared { engine, linker } = prepared;
+    let engine = &engine;
     let wasi = sandbox::wasi_builder(spec)?;
     match spec.kind {
         ModuleKind::Component => {
@@ -49,9 +55,10 @@ pub(super) async fn run_guest(
             // engine configuration, and wrote it atomically to its cache.
             let component = unsafe { Component::deserialize_file(engine, &spec.artifact) }
                 .map_err(|err| anyhow::anyhow!("cannot load artifact {}: {err}", spec.artifact))?;
-            run_component(engine, &prepared.linker, &component, wasi, link).await
+            run_component(engine, linker, &component, wasi, link).await
         }
         ModuleKind::Module => {
+            drop(linker);
             // SAFETY: as above.
             let module = unsafe { Module::deserialize_file(engine, &spec.artifact) }
                 .map_err(|err| anyhow::anyhow!("cannot load artifact {}: {err}", spec.artifact))?;
@@ -62,7 +69,7 @@ pub(super) async fn run_guest(
 
 async fn run_component(
     engine: &Engine,
-    linker: &wasmtime::component::Linker<ipc::GuestState>,
+    linker: wasmtime::component::Linker<ipc::GuestState>,
     component: &Component,
     mut wasi: wasmtime_wasi::WasiCtxBuilder,
     link: Arc<Link>,
@@ -85,9 +92,11 @@ async fn run_component(
             .saturating_add(1024 * 1024),
     );
     let command =
-        wasmtime_wasi::p2::bindings::Command::instantiate_async(&mut store, component, linker)
+        wasmtime_wasi::p2::bindings::Command::instantiate_async(&mut store, component, &linker)
             .await
             .map_err(|err| anyhow::anyhow!("cannot instantiate the guest: {err}"))?;
+    drop(linker);
+    crate::os::release_free_heap();
     Ok(match command.wasi_cli_run().call_run(&mut store).await {
         Ok(Ok(())) => ExitReport::Exited { code: 0 },
         Ok(Err(())) => ExitReport::Exited { code: 1 },
@@ -123,6 +132,8 @@ async fn run_module(
         .instantiate_async(&mut store, module)
         .await
         .map_err(|err| anyhow::anyhow!("cannot instantiate the guest: {err}"))?;
+    drop(linker);
+    crate::os::release_free_heap();
     let start = instance
         .get_typed_func::<(), ()>(&mut store, "_start")
         .map_err(|err| anyhow::anyhow!("the module has no `_start` function: {err}"))?;

@@ -205,7 +205,7 @@ async fn run(
         }
     });
     let guest: drive::Branch = Box::pin(async move {
-        let report = match run_guest(&prepared, &spec, link.clone()).await {
+        let report = match run_guest(prepared, &spec, link.clone()).await {
             Ok(report) => report,
             Err(err) => ExitReport::Failed {
                 message: format!("{err:#}"),
