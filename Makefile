@@ -55,12 +55,16 @@ guests/target/js/%.wasm: guests/js/%/app.js guests/js/wasmproc-guest.js $(WIT) |
 	cd guests/js && $(COMPONENTIZE_JS) $*/app.js --wit ../../wit --world-name command --disable http fetch-event -o ../target/js/$*.wasm
 
 ## build: the host CLI, the runner and the library
+# The runner is built on its own: built together with the host, cargo would
+# unify its features with the host's and link Cranelift into every guest.
 build:
 	$(CARGO) build
+	$(CARGO) build -p wasmproc-runner
 
 ## test: build everything and run every test
 test: guests
-	PATH="$(PY_TOOLS)/bin:$$PATH" $(CARGO) test --workspace
+	$(CARGO) build -p wasmproc-runner
+	PATH="$(PY_TOOLS)/bin:$$PATH" $(CARGO) test --workspace --exclude wasmproc-runner
 
 ## run: the demo app: a coordinator and two prime workers, each in its own process
 run: guests build
@@ -69,12 +73,14 @@ run: guests build
 ## bench: wasmproc against Node's fork and the raw pipe floor (release build)
 bench: guests
 	$(CARGO) build --release -p wasmproc --bins -p wasmproc-bench
+	$(CARGO) build --release -p wasmproc-runner
 	./target/release/wasmproc-bench
 
 ## soak: 1,000 guests relaying tokens in a ring for 10 minutes (release build)
 SOAK_ARGS ?= --guests 1000 --tokens 1000 --minutes 10
 soak: guests
 	$(CARGO) build --release -p wasmproc --bins -p wasmproc-bench
+	$(CARGO) build --release -p wasmproc-runner
 	./target/release/soak $(SOAK_ARGS)
 
 ## lint: formatting and clippy, as the project keeps them
@@ -82,6 +88,7 @@ lint:
 	$(CARGO) fmt --all -- --check
 	cd guests && $(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
+	$(CARGO) clippy -p wasmproc-runner -- -D warnings
 	cd guests && $(CARGO) clippy --target $(GUEST_TARGET) --all-targets -- -D warnings
 
 ## fuzz: the frame decoder and manifest parser fuzzers, FUZZ_SECONDS each (nightly)

@@ -10,6 +10,10 @@
 //!
 //! [`precompile_compatibility_hash`]: wasmtime::Engine::precompile_compatibility_hash
 
+// The runner builds this crate without Cranelift: it only finds artifacts
+// by path, so the compiling half of the cache goes unused there.
+#![cfg_attr(not(feature = "compiler"), expect(dead_code, unused_imports))]
+
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::io::Write;
@@ -289,6 +293,7 @@ fn observe(progress: impl FnOnce() -> CompileProgress) {
 /// artifacts, without reading or hashing it again. Compiling takes a lock
 /// on the artifact's name, so two processes that want the same new
 /// artifact at once compile it once: the second waits and finds it made.
+#[cfg(feature = "compiler")]
 fn compile_to_cache(path: &Path, dir: &Path) -> Result<Artifact, CompileError> {
     use std::io::Read;
     let read_error = |source| CompileError::Read {
@@ -387,6 +392,15 @@ fn compile_to_cache(path: &Path, dir: &Path) -> Result<Artifact, CompileError> {
     Ok(Artifact {
         path: artifact,
         kind,
+    })
+}
+
+/// A build without Cranelift (the runner's) loads artifacts and never makes one.
+#[cfg(not(feature = "compiler"))]
+fn compile_to_cache(path: &Path, _dir: &Path) -> Result<Artifact, CompileError> {
+    Err(CompileError::Compile {
+        path: path.to_owned(),
+        message: "this build of wasmproc has no compiler (its `compiler` feature is off)".into(),
     })
 }
 
