@@ -23,8 +23,11 @@ use wasmproc_protocol::framing::{self, FrameCodec, FrameError, MAX_FRAME_LEN};
 
 pub use crate::os::pipe::ControlFd;
 
-/// Bytes read from a pipe at a time.
-const READ_CHUNK: usize = 256 * 1024;
+/// The read buffer a reader starts with, and so the most a read takes while
+/// frames are small. A frame larger than this makes the buffer grow to hold
+/// it whole (the codec reserves its length); an idle guest's runner keeps
+/// only this much, of which it touches what its largest read filled.
+const READ_CHUNK: usize = 16 * 1024;
 
 /// Counters of what a writer did, to see batching at work.
 #[derive(Debug, Default)]
