@@ -243,8 +243,10 @@ pub fn write_frame_blocking<T: Serialize>(
 pub fn read_frame_blocking<T: DeserializeOwned>(
     input: &mut impl std::io::Read,
 ) -> Result<(T, Vec<u8>), FrameError> {
-    let mut buf = Vec::with_capacity(64 * 1024);
-    let mut chunk = vec![0u8; 64 * 1024];
+    // A runner reads its launch spec with this, a few KiB at most: a chunk on
+    // the stack, not 64 KiB of zeroed heap for every runner to fault in.
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8 * 1024];
     loop {
         if let Some((frame, used)) = decode::<T>(&buf, MAX_FRAME_LEN)? {
             return Ok((frame, buf.split_off(used)));
