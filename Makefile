@@ -16,7 +16,7 @@ PY_GUESTS := $(patsubst guests/python/%/app.py,guests/target/python/%.wasm,$(wil
 JS_GUESTS := $(patsubst guests/js/%/app.js,guests/target/js/%.wasm,$(wildcard guests/js/*/app.js))
 WIT := $(wildcard wit/*.wit wit/deps/*/*.wit)
 
-.PHONY: all setup tools guests rust-guests python-guests js-guests build test run bench soak lint fmt fuzz clean
+.PHONY: all setup tools guests rust-guests python-guests js-guests build runner release test run bench soak lint fmt fuzz clean
 
 all: build guests
 
@@ -55,15 +55,21 @@ guests/target/js/%.wasm: guests/js/%/app.js guests/js/wasmproc-guest.js $(WIT) |
 	cd guests/js && $(COMPONENTIZE_JS) $*/app.js --wit ../../wit --world-name command --disable http fetch-event -o ../target/js/$*.wasm
 
 ## build: the host CLI, the runner and the library
-# The runner is built on its own: built together with the host, cargo would
-# unify its features with the host's and link Cranelift into every guest.
-build:
+build: runner
 	$(CARGO) build
+
+## runner: wasmproc-runner, built on its own: built together with the host,
+## cargo would unify its features with the host's and link Cranelift into it
+runner:
 	$(CARGO) build -p wasmproc-runner
 
+## release: what `make bench` and `make soak` run, in the release profile
+release:
+	$(CARGO) build --release -p wasmproc --bins -p wasmproc-bench
+	$(CARGO) build --release -p wasmproc-runner
+
 ## test: build everything and run every test
-test: guests
-	$(CARGO) build -p wasmproc-runner
+test: guests runner
 	PATH="$(PY_TOOLS)/bin:$$PATH" $(CARGO) test --workspace --exclude wasmproc-runner
 
 ## run: the demo app: a coordinator and two prime workers, each in its own process
@@ -71,16 +77,12 @@ run: guests build
 	./target/debug/wasmproc run examples/primes-app/app.toml
 
 ## bench: wasmproc against Node's fork and the raw pipe floor (release build)
-bench: guests
-	$(CARGO) build --release -p wasmproc --bins -p wasmproc-bench
-	$(CARGO) build --release -p wasmproc-runner
+bench: guests release
 	./target/release/wasmproc-bench
 
 ## soak: 1,000 guests relaying tokens in a ring for 10 minutes (release build)
 SOAK_ARGS ?= --guests 1000 --tokens 1000 --minutes 10
-soak: guests
-	$(CARGO) build --release -p wasmproc --bins -p wasmproc-bench
-	$(CARGO) build --release -p wasmproc-runner
+soak: guests release
 	./target/release/soak $(SOAK_ARGS)
 
 ## lint: formatting and clippy, as the project keeps them
