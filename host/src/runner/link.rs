@@ -30,8 +30,13 @@ use wasmproc_protocol::HostToRunner;
 use wasmproc_protocol::contract::EXIT_HOST_GONE;
 
 /// Above this many buffered outgoing bytes, `send` waits for the pipe to
-/// drain (the host reads slower than the guest sends).
-const OUT_HIGH_WATER: usize = 4 * 1024 * 1024;
+/// drain (the host reads slower than the guest sends). As much as the pipe
+/// holds: a batch then never grows past the size [`Batch::clear`] keeps, so
+/// a streaming guest reuses its two buffers instead of faulting in fresh
+/// pages for every one (with 4 MiB, a stream of 2 million 64 B messages
+/// took 24,000–41,000 page faults in all instead of ~5,000, at the same
+/// rate).
+const OUT_HIGH_WATER: usize = 1024 * 1024;
 
 /// How many ended requests the runner remembers, to tell a second or late
 /// reply (`already-replied`, `expired`) from an unknown one.
