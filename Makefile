@@ -70,20 +70,20 @@ HOST_TRIPLE := $(shell rustc -vV | sed -n 's/^host: //p')
 RUNNER_RUSTFLAGS := -C target-feature=+crt-static --cfg getrandom_backend="linux_getrandom"
 RUNNER_BUILD = CARGO_TARGET_$(shell echo $(HOST_TRIPLE) | tr 'a-z.-' 'A-Z__')_RUSTFLAGS='$(RUNNER_RUSTFLAGS)' \
 	$(CARGO) build -p wasmproc-runner --target $(HOST_TRIPLE)
+# The runner of profile $(1), linked beside that profile's host binaries.
+link_runner = mkdir -p target/$(1) && ln -f target/$(HOST_TRIPLE)/$(1)/wasmproc-runner target/$(1)/wasmproc-runner
 
 ## runner: wasmproc-runner, built on its own (built together with the host,
 ## cargo would unify its features with the host's and link Cranelift into it)
 runner:
 	$(RUNNER_BUILD)
-	@mkdir -p target/debug
-	ln -f target/$(HOST_TRIPLE)/debug/wasmproc-runner target/debug/wasmproc-runner
+	$(call link_runner,debug)
 
 ## release: what `make bench` and `make soak` run, in the release profile
 release:
 	$(CARGO) build --release -p wasmproc --bins -p wasmproc-bench
 	$(RUNNER_BUILD) --release
-	@mkdir -p target/release
-	ln -f target/$(HOST_TRIPLE)/release/wasmproc-runner target/release/wasmproc-runner
+	$(call link_runner,release)
 
 ## test: build everything and run every test
 test: guests runner

@@ -26,6 +26,7 @@ use wasmproc_protocol::{
 
 use super::ticker::Ticker;
 use crate::connection::{Batch, FrameReader, FrameWriter};
+use crate::os::pipe::PIPE_BUFFER;
 use wasmproc_protocol::HostToRunner;
 use wasmproc_protocol::contract::EXIT_HOST_GONE;
 
@@ -36,7 +37,7 @@ use wasmproc_protocol::contract::EXIT_HOST_GONE;
 /// pages for every one (with 4 MiB, a stream of 2 million 64 B messages
 /// took 24,000–41,000 page faults in all instead of ~5,000, at the same
 /// rate).
-const OUT_HIGH_WATER: usize = 1024 * 1024;
+const OUT_HIGH_WATER: usize = PIPE_BUFFER as usize;
 
 /// How many ended requests the runner remembers, to tell a second or late
 /// reply (`already-replied`, `expired`) from an unknown one.
