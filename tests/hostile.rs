@@ -517,8 +517,9 @@ async fn malformed_and_forged_frames_end_the_runner_as_a_protocol_violation() {
         let cases = [
             (
                 "oversize",
-                "frame of 4294967295 bytes is over the 67174400-byte limit",
+                "frame of 2147483647 bytes is over the 67174400-byte limit",
             ),
+            ("lying-mark", "malformed frame of 100 bytes"),
             ("truncated", "stream ended inside a frame"),
             ("garbage", "malformed frame of 60 bytes"),
             ("out-of-order", "expected Hello first, got Send"),

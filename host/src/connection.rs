@@ -14,12 +14,16 @@ use std::os::fd::RawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use bytes::{Bytes, BytesMut};
-use futures_util::StreamExt;
+use std::marker::PhantomData;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tokio_util::codec::{Decoder, FramedRead};
-use wasmproc_protocol::framing::{self, FrameCodec, FrameError, MAX_FRAME_LEN};
+use tokio::io::AsyncReadExt;
+use tokio_util::codec::Decoder;
+use wasmproc_protocol::framing::{
+    self, FrameCodec, FrameError, Header, MAX_FRAME_LEN, WithPayload,
+};
 
 pub use crate::os::pipe::ControlFd;
 
@@ -49,20 +53,31 @@ impl WriteStats {
 }
 
 /// Reads typed frames from a pipe.
+///
+/// Frames are read in chunks of up to [`READ_CHUNK`] bytes, so a burst of
+/// small frames costs one `read`. A marked frame (one that ends with a large
+/// payload, see [`framing`]) is read in two parts: its head into the chunk
+/// buffer, its payload straight from the pipe into the buffer the frame
+/// keeps, which is then not copied again.
 #[derive(Debug)]
 pub struct FrameReader<In> {
-    inner: FramedRead<ControlFd, FrameCodec<In>>,
-    leftover: BytesMut,
+    pipe: ControlFd,
+    buf: BytesMut,
+    max_len: usize,
+    _frames: PhantomData<fn() -> In>,
 }
 
-impl<In: DeserializeOwned> FrameReader<In> {
+impl<In: DeserializeOwned + WithPayload> FrameReader<In> {
     /// Read frames from `pipe`, starting with the bytes in `leftover` (read
     /// earlier by a blocking reader).
     pub fn new(pipe: ControlFd, leftover: &[u8]) -> Self {
-        let inner = FramedRead::with_capacity(pipe, FrameCodec::new(MAX_FRAME_LEN), READ_CHUNK);
+        let mut buf = BytesMut::with_capacity(READ_CHUNK.max(leftover.len()));
+        buf.extend_from_slice(leftover);
         FrameReader {
-            inner,
-            leftover: BytesMut::from(leftover),
+            pipe,
+            buf,
+            max_len: MAX_FRAME_LEN,
+            _frames: PhantomData,
         }
     }
 
@@ -72,16 +87,55 @@ impl<In: DeserializeOwned> FrameReader<In> {
     ///
     /// A [`FrameError`] for malformed, oversized or truncated frames and I/O errors.
     pub async fn next(&mut self) -> Result<Option<In>, FrameError> {
-        // `FramedRead` reads before it decodes: frames already buffered by a
-        // blocking read must not wait for more bytes to arrive.
-        if !self.leftover.is_empty() {
-            if let Some(frame) = FrameCodec::<In>::new(MAX_FRAME_LEN).decode(&mut self.leftover)? {
-                return Ok(Some(frame));
+        loop {
+            if let Some(header) = framing::header(&self.buf, self.max_len)? {
+                if let Some(payload_len) = header.payload_len {
+                    let head_len = header.len - payload_len;
+                    if self.buf.len() >= header.header_len + head_len {
+                        return self.read_marked(header, payload_len).await.map(Some);
+                    }
+                } else if let Some(frame) =
+                    FrameCodec::<In>::new(self.max_len).decode(&mut self.buf)?
+                {
+                    return Ok(Some(frame));
+                }
             }
-            let partial = std::mem::take(&mut self.leftover);
-            self.inner.read_buffer_mut().extend_from_slice(&partial);
+            // More bytes are needed: the codec reserved room for the rest
+            // of a frame whose length it knows; otherwise read a chunk.
+            if self.buf.capacity() - self.buf.len() < READ_CHUNK / 4 {
+                self.buf.reserve(READ_CHUNK);
+            }
+            if self.pipe.read_buf(&mut self.buf).await? == 0 {
+                return if self.buf.is_empty() {
+                    Ok(None)
+                } else {
+                    Err(FrameError::Truncated {
+                        buffered: self.buf.len(),
+                    })
+                };
+            }
         }
-        self.inner.next().await.transpose()
+    }
+
+    /// The marked frame at the start of the buffer, whose head is there:
+    /// the payload bytes already read, then the rest from the pipe.
+    async fn read_marked(&mut self, header: Header, payload_len: usize) -> Result<In, FrameError> {
+        let head_len = header.len - payload_len;
+        self.buf.advance(header.header_len);
+        let head = self.buf.split_to(head_len);
+        let mut payload = Vec::with_capacity(payload_len);
+        let buffered = self.buf.len().min(payload_len);
+        payload.extend_from_slice(&self.buf[..buffered]);
+        self.buf.advance(buffered);
+        while payload.len() < payload_len {
+            let want = payload_len - payload.len();
+            if self.pipe.read_buf(&mut (&mut payload).limit(want)).await? == 0 {
+                return Err(FrameError::Truncated {
+                    buffered: head_len + payload.len(),
+                });
+            }
+        }
+        framing::decode_head(&head, payload)
     }
 }
 
@@ -283,5 +337,100 @@ impl FrameWriter {
             IoSlice::advance_slices(&mut slices, n);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use wasmproc_protocol::framing::MARK_MIN_PAYLOAD;
+    use wasmproc_protocol::{Address, RunnerToHost};
+
+    use super::*;
+    use crate::os::pipe::cloexec_pipe;
+
+    fn send(to: &str, payload: Vec<u8>) -> RunnerToHost {
+        RunnerToHost::Send {
+            to: Address::Name(to.into()),
+            taken: 3,
+            payload,
+        }
+    }
+
+    /// The frames of `batch`, as one run of bytes.
+    fn bytes_of(batch: &Batch) -> Vec<u8> {
+        batch
+            .slices()
+            .iter()
+            .flat_map(|s| s.iter().copied())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn marked_and_plain_frames_come_through_a_pipe_whole_and_in_order() {
+        let (rx, tx) = cloexec_pipe().unwrap();
+        let frames = vec![
+            send("a", vec![1; 5]),
+            send(
+                "b",
+                (0..MARK_MIN_PAYLOAD + 3).map(|i| (i % 251) as u8).collect(),
+            ),
+            send("c", Vec::new()),
+            send("d", vec![4; 3 << 20]),
+            RunnerToHost::Ready,
+        ];
+        let mut batch = Batch::default();
+        for frame in &frames {
+            match frame {
+                RunnerToHost::Send { to, taken, payload } => {
+                    let head = RunnerToHost::Send {
+                        to: to.clone(),
+                        taken: *taken,
+                        payload: Vec::new(),
+                    };
+                    batch.push_split(&head, payload.clone()).unwrap();
+                }
+                other => batch.push(other).unwrap(),
+            }
+        }
+        let bytes = bytes_of(&batch);
+        // The first frame arrives as leftover of a blocking read; the rest
+        // in odd pieces, so that heads and payloads straddle reads.
+        let (leftover, rest) = bytes.split_at(7);
+        let rest = rest.to_vec();
+        let writer = std::thread::spawn(move || {
+            let mut pipe = std::fs::File::from(tx);
+            for piece in rest.chunks(40_000) {
+                pipe.write_all(piece).unwrap();
+            }
+        });
+        let mut reader =
+            FrameReader::<RunnerToHost>::new(ControlFd::from_owned_fd(rx).unwrap(), leftover);
+        for (i, want) in frames.iter().enumerate() {
+            let got = reader.next().await.unwrap();
+            assert!(got.as_ref() == Some(want), "frame {i}");
+        }
+        writer.join().unwrap();
+        assert!(reader.next().await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_marked_frame_cut_short_is_truncated() {
+        let (rx, tx) = cloexec_pipe().unwrap();
+        let mut batch = Batch::default();
+        let payload = vec![9; MARK_MIN_PAYLOAD];
+        batch.push_split(&send("e", Vec::new()), payload).unwrap();
+        let bytes = bytes_of(&batch);
+        let cut = bytes[..bytes.len() - 1].to_vec();
+        // More than the pipe holds: written beside the reader, then closed.
+        let writer = std::thread::spawn(move || std::fs::File::from(tx).write_all(&cut).unwrap());
+        let mut reader =
+            FrameReader::<RunnerToHost>::new(ControlFd::from_owned_fd(rx).unwrap(), &[]);
+        assert!(matches!(
+            reader.next().await,
+            Err(FrameError::Truncated { buffered }) if buffered == bytes.len() - 1 - framing::MARKED_HEADER_LEN
+        ));
+        writer.join().unwrap();
     }
 }

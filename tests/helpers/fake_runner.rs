@@ -45,7 +45,18 @@ fn main() {
         "oversize" => {
             write(&hello);
             write(&hardened);
-            to_host.write_all(&u32::MAX.to_le_bytes()).unwrap();
+            // The largest length a plain prefix can announce (the top bit
+            // marks a payload length after it).
+            to_host.write_all(&(u32::MAX >> 1).to_le_bytes()).unwrap();
+        }
+        "lying-mark" => {
+            write(&hello);
+            write(&hardened);
+            // A marked frame of 100 bytes whose payload would be 200.
+            let mark = wasmproc_protocol::framing::PAYLOAD_MARK | 100;
+            to_host.write_all(&mark.to_le_bytes()).unwrap();
+            to_host.write_all(&200u32.to_le_bytes()).unwrap();
+            to_host.write_all(&[0; 100]).unwrap();
         }
         "truncated" => {
             write(&hello);

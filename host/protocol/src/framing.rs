@@ -4,6 +4,14 @@
 //! postcard. The length is checked against a hard maximum *before* any buffer
 //! is grown for the body, so a hostile peer announcing a 4 GiB frame costs
 //! nothing but an error.
+//!
+//! A frame whose last field is a payload of [`MARK_MIN_PAYLOAD`] bytes or
+//! more is *marked*: its length has the top bit ([`PAYLOAD_MARK`]) set and a
+//! second 4-byte word, the payload's length, follows it; the body is the
+//! same. A reader then knows where the payload starts before it arrives,
+//! and can read it from the pipe straight into the buffer the frame keeps
+//! ([`decode_head`], [`WithPayload`]) instead of copying it out of its read
+//! buffer.
 
 use std::marker::PhantomData;
 
@@ -20,6 +28,34 @@ pub const MAX_FRAME_LEN: usize = MAX_PAYLOAD_LEN + 64 * 1024;
 
 /// Bytes in the length prefix.
 pub const HEADER_LEN: usize = 4;
+
+/// Set in a marked frame's length: a payload length follows (see the
+/// module's documentation).
+pub const PAYLOAD_MARK: u32 = 1 << 31;
+
+/// Bytes in a marked frame's prefix: its length and its payload's.
+pub const MARKED_HEADER_LEN: usize = 8;
+
+/// Payloads at least this large are marked in their frame's prefix.
+pub const MARK_MIN_PAYLOAD: usize = 64 * 1024;
+
+/// A frame's prefix, read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    /// Bytes of the prefix itself.
+    pub header_len: usize,
+    /// Bytes of the body after it.
+    pub len: usize,
+    /// For a marked frame, the bytes at the end of the body that are its
+    /// payload.
+    pub payload_len: Option<usize>,
+}
+
+/// A frame type some of whose frames end with a payload (`serde_bytes`).
+pub trait WithPayload {
+    /// The payload this frame ends with, if its kind has one.
+    fn payload_mut(&mut self) -> Option<&mut Vec<u8>>;
+}
 
 /// Why bytes could not be turned into a frame, or a frame into bytes.
 #[derive(Debug, thiserror::Error)]
@@ -125,7 +161,90 @@ pub fn encode_head_into<T: Serialize>(
     // The payload's real length, encoded as postcard encodes any length.
     let with_len = postcard::to_extend(&(payload_len as u64), std::mem::take(out));
     *out = with_len.map_err(|source| FrameError::Malformed { len: 0, source })?;
-    set_header(out, start, payload_len, max_len)
+    set_header(out, start, payload_len, max_len)?;
+    if payload_len >= MARK_MIN_PAYLOAD {
+        // Within the limit, so the length leaves the top bit free.
+        let len = u32::from_le_bytes([out[start], out[start + 1], out[start + 2], out[start + 3]]);
+        out[start..start + HEADER_LEN].copy_from_slice(&(len | PAYLOAD_MARK).to_le_bytes());
+        let payload_word = (payload_len as u32).to_le_bytes();
+        out.splice(start + HEADER_LEN..start + HEADER_LEN, payload_word);
+    }
+    Ok(())
+}
+
+/// The prefix at the start of `buf`, once it is all there.
+///
+/// # Errors
+///
+/// [`FrameError::TooLarge`] when the body is over `max_len`;
+/// [`FrameError::Malformed`] for a marked payload longer than its body.
+pub fn header(buf: &[u8], max_len: usize) -> Result<Option<Header>, FrameError> {
+    let Some(word) = buf.get(..HEADER_LEN) else {
+        return Ok(None);
+    };
+    let word = u32::from_le_bytes([word[0], word[1], word[2], word[3]]);
+    let len = (word & !PAYLOAD_MARK) as usize;
+    if len > max_len {
+        return Err(FrameError::TooLarge { len, max: max_len });
+    }
+    if word & PAYLOAD_MARK == 0 {
+        return Ok(Some(Header {
+            header_len: HEADER_LEN,
+            len,
+            payload_len: None,
+        }));
+    }
+    let Some(payload) = buf.get(HEADER_LEN..MARKED_HEADER_LEN) else {
+        return Ok(None);
+    };
+    let payload_len = u32::from_le_bytes([payload[0], payload[1], payload[2], payload[3]]) as usize;
+    if payload_len > len {
+        return Err(FrameError::Malformed {
+            len,
+            source: postcard::Error::DeserializeUnexpectedEnd,
+        });
+    }
+    Ok(Some(Header {
+        header_len: MARKED_HEADER_LEN,
+        len,
+        payload_len: Some(payload_len),
+    }))
+}
+
+/// Decode a marked frame from its `head` (its body up to the payload) and
+/// its `payload`, read separately: the frame the whole body would decode to.
+///
+/// # Errors
+///
+/// [`FrameError::Malformed`] when the head does not end with the payload's
+/// length, does not decode, or its kind carries no payload.
+pub fn decode_head<T: DeserializeOwned + WithPayload>(
+    head: &[u8],
+    payload: Vec<u8>,
+) -> Result<T, FrameError> {
+    let len = head.len() + payload.len();
+    let malformed = |source| FrameError::Malformed { len, source };
+    // The head ends with the payload's length, as postcard encodes it:
+    // decode it with an empty payload in its place.
+    let payload_len = postcard::to_stdvec(&(payload.len() as u64)).map_err(malformed)?;
+    let Some(fields) = head.strip_suffix(payload_len.as_slice()) else {
+        return Err(malformed(postcard::Error::DeserializeBadVarint));
+    };
+    let mut empty = Vec::with_capacity(fields.len() + 1);
+    empty.extend_from_slice(fields);
+    empty.push(0);
+    let (mut frame, rest): (T, _) = postcard::take_from_bytes(&empty).map_err(malformed)?;
+    if !rest.is_empty() {
+        return Err(FrameError::Trailing {
+            len,
+            trailing: rest.len(),
+        });
+    }
+    match frame.payload_mut() {
+        Some(slot) if slot.is_empty() => *slot = payload,
+        _ => return Err(malformed(postcard::Error::DeserializeBadEncoding)),
+    }
+    Ok(frame)
 }
 
 /// Decode the first frame in `buf`.
@@ -141,16 +260,29 @@ pub fn decode<T: DeserializeOwned>(
     buf: &[u8],
     max_len: usize,
 ) -> Result<Option<(T, usize)>, FrameError> {
-    let Some(header) = buf.get(..HEADER_LEN) else {
+    let Some(Header {
+        header_len,
+        len,
+        payload_len,
+    }) = header(buf, max_len)?
+    else {
         return Ok(None);
     };
-    let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
-    if len > max_len {
-        return Err(FrameError::TooLarge { len, max: max_len });
+    let Some(body) = buf.get(header_len..header_len + len) else {
+        return Ok(None);
+    };
+    if let Some(payload_len) = payload_len {
+        // The mark must tell the truth, whichever way the frame is read.
+        let head = &body[..len - payload_len];
+        let word = postcard::to_stdvec(&(payload_len as u64))
+            .map_err(|source| FrameError::Malformed { len, source })?;
+        if !head.ends_with(&word) {
+            return Err(FrameError::Malformed {
+                len,
+                source: postcard::Error::DeserializeBadVarint,
+            });
+        }
     }
-    let Some(body) = buf.get(HEADER_LEN..HEADER_LEN + len) else {
-        return Ok(None);
-    };
     let (value, rest) =
         postcard::take_from_bytes(body).map_err(|source| FrameError::Malformed { len, source })?;
     if !rest.is_empty() {
@@ -159,7 +291,7 @@ pub fn decode<T: DeserializeOwned>(
             trailing: rest.len(),
         });
     }
-    Ok(Some((value, HEADER_LEN + len)))
+    Ok(Some((value, header_len + len)))
 }
 
 /// A [`tokio_util::codec`] decoder of `In` frames (frames are encoded with
@@ -199,9 +331,8 @@ impl<In: DeserializeOwned> Decoder for FrameCodec<In> {
             None => {
                 // Reserve for the rest of this frame only once its (already
                 // checked) length is known, so one read can take it whole.
-                if src.len() >= HEADER_LEN {
-                    let len = u32::from_le_bytes([src[0], src[1], src[2], src[3]]) as usize;
-                    src.reserve(HEADER_LEN + len - src.len());
+                if let Some(header) = header(src, self.max_len)? {
+                    src.reserve(header.header_len + header.len - src.len());
                 }
                 Ok(None)
             }
@@ -289,8 +420,78 @@ mod tests {
             split.extend_from_slice(&payload);
             let mut at_once = Vec::new();
             encode_into(&whole, &mut at_once, MAX_FRAME_LEN).unwrap();
+            if len >= MARK_MIN_PAYLOAD {
+                // The same body, after a marked length and the payload's.
+                let body_len = (at_once.len() - HEADER_LEN) as u32;
+                at_once.splice(..HEADER_LEN, (body_len | PAYLOAD_MARK).to_le_bytes());
+                at_once.splice(HEADER_LEN..HEADER_LEN, (len as u32).to_le_bytes());
+            }
             assert_eq!(split, at_once, "payload of {len} bytes");
+            let (back, used) = decode::<RunnerToHost>(&split, MAX_FRAME_LEN)
+                .unwrap()
+                .unwrap();
+            assert_eq!((back, used), (whole, split.len()), "payload of {len} bytes");
         }
+    }
+
+    #[test]
+    fn a_marked_frame_decodes_from_its_head_and_its_payload_read_apart() {
+        let payload = vec![9u8; MARK_MIN_PAYLOAD + 5];
+        let head = HostToRunner::Replied {
+            call: 7,
+            payload: Vec::new(),
+        };
+        let mut frame = Vec::new();
+        encode_head_into(&head, payload.len(), &mut frame, MAX_FRAME_LEN).unwrap();
+        let found = header(&frame, MAX_FRAME_LEN).unwrap().unwrap();
+        assert_eq!(
+            found,
+            Header {
+                header_len: MARKED_HEADER_LEN,
+                len: frame.len() - MARKED_HEADER_LEN + payload.len(),
+                payload_len: Some(payload.len()),
+            }
+        );
+        let back: HostToRunner = decode_head(&frame[MARKED_HEADER_LEN..], payload.clone()).unwrap();
+        assert_eq!(back, HostToRunner::Replied { call: 7, payload });
+    }
+
+    #[test]
+    fn a_mark_that_lies_about_the_payload_is_malformed() {
+        let payload = vec![1u8; MARK_MIN_PAYLOAD];
+        let head = RunnerToHost::Send {
+            to: Address::Parent,
+            taken: 0,
+            payload: Vec::new(),
+        };
+        let mut frame = Vec::new();
+        encode_head_into(&head, payload.len(), &mut frame, MAX_FRAME_LEN).unwrap();
+        frame.extend_from_slice(&payload);
+        // One byte less of payload than the body's own length says.
+        frame[HEADER_LEN..MARKED_HEADER_LEN]
+            .copy_from_slice(&(payload.len() as u32 - 1).to_le_bytes());
+        assert!(matches!(
+            decode::<RunnerToHost>(&frame, MAX_FRAME_LEN),
+            Err(FrameError::Malformed { .. })
+        ));
+        let head_part = &frame[MARKED_HEADER_LEN..frame.len() - payload.len() + 1];
+        assert!(matches!(
+            decode_head::<RunnerToHost>(head_part, payload[1..].to_vec()),
+            Err(FrameError::Malformed { .. })
+        ));
+        // Longer than the body: refused from the prefix alone.
+        frame[HEADER_LEN..MARKED_HEADER_LEN].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(matches!(
+            header(&frame, MAX_FRAME_LEN),
+            Err(FrameError::Malformed { .. })
+        ));
+        // A frame kind without a payload cannot be marked.
+        let mut ready = Vec::new();
+        encode_into(&RunnerToHost::Ready, &mut ready, MAX_FRAME_LEN).unwrap();
+        assert!(matches!(
+            decode_head::<RunnerToHost>(&ready[HEADER_LEN..], vec![0; 3]),
+            Err(FrameError::Malformed { .. })
+        ));
     }
 
     #[test]
@@ -415,7 +616,10 @@ mod tests {
         let mut codec = FrameCodec::<RunnerToHost>::new(1024);
         let mut buf = BytesMut::from(&u32::MAX.to_le_bytes()[..]);
         let err = codec.decode(&mut buf).unwrap_err();
-        assert!(matches!(err, FrameError::TooLarge { len, max: 1024 } if len == u32::MAX as usize));
+        // The top bit marks a payload; the rest is the length, 2 GiB.
+        assert!(
+            matches!(err, FrameError::TooLarge { len, max: 1024 } if len == (u32::MAX >> 1) as usize)
+        );
         // Nothing was reserved for the announced 4 GiB body.
         assert!(buf.capacity() < 1024);
     }

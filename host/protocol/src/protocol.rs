@@ -11,7 +11,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 /// Bumped whenever a frame type changes shape.
-pub const PROTOCOL_VERSION: u32 = 6;
+pub const PROTOCOL_VERSION: u32 = 7;
 
 /// A guest's id: given by the host, never the OS pid (which the OS reuses).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -413,5 +413,26 @@ pub fn check_version(theirs: u32) -> Result<(), VersionMismatch> {
             ours: PROTOCOL_VERSION,
             theirs,
         })
+    }
+}
+
+impl crate::framing::WithPayload for HostToRunner {
+    fn payload_mut(&mut self) -> Option<&mut Vec<u8>> {
+        match self {
+            HostToRunner::Deliver(InboxItem::Message { payload, .. })
+            | HostToRunner::Replied { payload, .. } => Some(payload),
+            _ => None,
+        }
+    }
+}
+
+impl crate::framing::WithPayload for RunnerToHost {
+    fn payload_mut(&mut self) -> Option<&mut Vec<u8>> {
+        match self {
+            RunnerToHost::Send { payload, .. }
+            | RunnerToHost::Call { payload, .. }
+            | RunnerToHost::Reply { payload, .. } => Some(payload),
+            _ => None,
+        }
     }
 }
