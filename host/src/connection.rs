@@ -83,6 +83,10 @@ impl<In: DeserializeOwned + WithPayload> FrameReader<In> {
 
     /// The next frame, or `None` at a clean end of the stream.
     ///
+    /// Not cancel-safe: dropped while it reads a marked frame's payload, it
+    /// loses that frame. Both readers (the host's, the runner's) await it
+    /// to the end.
+    ///
     /// # Errors
     ///
     /// A [`FrameError`] for malformed, oversized or truncated frames and I/O errors.
