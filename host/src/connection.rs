@@ -10,11 +10,10 @@
 //! are read where they are used: [`crate::child`], [`crate::app`].)
 
 use std::io::{self, IoSlice};
+use std::marker::PhantomData;
 use std::os::fd::RawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-
-use std::marker::PhantomData;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use serde::Serialize;
@@ -144,8 +143,9 @@ impl<In: DeserializeOwned + WithPayload> FrameReader<In> {
 }
 
 /// Payloads at least this large are written from where they are, after
-/// their frame's head, instead of being copied into the batch.
-pub const OUT_OF_LINE: usize = 64 * 1024;
+/// their frame's head, instead of being copied into the batch: the size
+/// from which frames are marked, and their payloads read in place too.
+pub const OUT_OF_LINE: usize = framing::MARK_MIN_PAYLOAD;
 
 /// At most this many buffers per `writev` (the kernel's `IOV_MAX` is 1024).
 const MAX_IOVECS: usize = 1024;

@@ -164,12 +164,22 @@ pub fn encode_head_into<T: Serialize>(
     set_header(out, start, payload_len, max_len)?;
     if payload_len >= MARK_MIN_PAYLOAD {
         // Within the limit, so the length leaves the top bit free.
-        let len = u32::from_le_bytes([out[start], out[start + 1], out[start + 2], out[start + 3]]);
-        out[start..start + HEADER_LEN].copy_from_slice(&(len | PAYLOAD_MARK).to_le_bytes());
+        out[start + HEADER_LEN - 1] |= (PAYLOAD_MARK >> 24) as u8;
         let payload_word = (payload_len as u32).to_le_bytes();
         out.splice(start + HEADER_LEN..start + HEADER_LEN, payload_word);
     }
     Ok(())
+}
+
+/// A marked frame's `head` (its body up to the payload) without the
+/// payload's length it ends with, which must be `payload_len`.
+fn head_fields(head: &[u8], payload_len: usize, len: usize) -> Result<&[u8], FrameError> {
+    let malformed = |source| FrameError::Malformed { len, source };
+    // As postcard encodes any length: a varint, at most 10 bytes.
+    let mut word = [0u8; 10];
+    let word = postcard::to_slice(&(payload_len as u64), &mut word).map_err(malformed)?;
+    head.strip_suffix(&*word)
+        .ok_or(malformed(postcard::Error::DeserializeBadVarint))
 }
 
 /// The prefix at the start of `buf`, once it is all there.
@@ -224,12 +234,8 @@ pub fn decode_head<T: DeserializeOwned + WithPayload>(
 ) -> Result<T, FrameError> {
     let len = head.len() + payload.len();
     let malformed = |source| FrameError::Malformed { len, source };
-    // The head ends with the payload's length, as postcard encodes it:
-    // decode it with an empty payload in its place.
-    let payload_len = postcard::to_stdvec(&(payload.len() as u64)).map_err(malformed)?;
-    let Some(fields) = head.strip_suffix(payload_len.as_slice()) else {
-        return Err(malformed(postcard::Error::DeserializeBadVarint));
-    };
+    // Decode the head with an empty payload in place of the real one.
+    let fields = head_fields(head, payload.len(), len)?;
     let mut empty = Vec::with_capacity(fields.len() + 1);
     empty.extend_from_slice(fields);
     empty.push(0);
@@ -273,15 +279,7 @@ pub fn decode<T: DeserializeOwned>(
     };
     if let Some(payload_len) = payload_len {
         // The mark must tell the truth, whichever way the frame is read.
-        let head = &body[..len - payload_len];
-        let word = postcard::to_stdvec(&(payload_len as u64))
-            .map_err(|source| FrameError::Malformed { len, source })?;
-        if !head.ends_with(&word) {
-            return Err(FrameError::Malformed {
-                len,
-                source: postcard::Error::DeserializeBadVarint,
-            });
-        }
+        head_fields(&body[..len - payload_len], payload_len, len)?;
     }
     let (value, rest) =
         postcard::take_from_bytes(body).map_err(|source| FrameError::Malformed { len, source })?;
