@@ -1542,15 +1542,23 @@ dirs = [{{ host = "{out}", guest = "/out" }}]
                 .is_some_and(|l| l.ends_with(" returned 0 (unknown outcome 0)")),
             "{line:?}"
         );
-        wait_for(
-            &format!("{sender}'s echoes"),
-            Duration::from_secs(30),
-            || {
-                let top: serde_json::Value =
-                    serde_json::from_str(&host.ok(&["top", "--json"])).unwrap();
-                (row(&top, sender)["msgs_in"] == COUNT).then_some(())
-            },
-        );
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let top: serde_json::Value =
+                serde_json::from_str(&host.ok(&["top", "--json"])).unwrap();
+            if row(&top, sender)["msgs_in"] == COUNT {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "waited 30s for {sender}'s {COUNT} echoes; its row: {}\n\
+                 host a printed:\n{}\nhost b printed:\n{}",
+                row(&top, sender),
+                a.output(),
+                b.output()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
     assert_eq!(lines_of(&out.join("returned-a")), Vec::<String>::new());
     assert_eq!(lines_of(&out.join("returned-b")), Vec::<String>::new());

@@ -520,6 +520,11 @@ async fn malformed_and_forged_frames_end_the_runner_as_a_protocol_violation() {
                 "frame of 2147483647 bytes is over the 67174400-byte limit",
             ),
             ("lying-mark", "malformed frame of 100 bytes"),
+            (
+                "ring-outside",
+                "frame of 65542 bytes: its payload of 65536 bytes at position 4194204 \
+                 is not in the shared ring (4194304 bytes, read up to position 0)",
+            ),
             ("truncated", "stream ended inside a frame"),
             ("garbage", "malformed frame of 60 bytes"),
             ("out-of-order", "expected Hello first, got Send"),

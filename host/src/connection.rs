@@ -25,6 +25,7 @@ use wasmproc_protocol::framing::{
 };
 
 pub use crate::os::pipe::ControlFd;
+use crate::os::ring::{RingReader, RingWriter};
 
 /// The read buffer a reader starts with, and so the most a read takes while
 /// frames are small. A frame larger than this makes the buffer grow to hold
@@ -57,12 +58,14 @@ impl WriteStats {
 /// small frames costs one `read`. A marked frame (one that ends with a large
 /// payload, see [`framing`]) is read in two parts: its head into the chunk
 /// buffer, its payload straight from the pipe into the buffer the frame
-/// keeps, which is then not copied again.
+/// keeps, which is then not copied again; or, for a frame whose payload
+/// the writer put in the shared ring, from the ring.
 #[derive(Debug)]
 pub struct FrameReader<In> {
     pipe: ControlFd,
     buf: BytesMut,
     max_len: usize,
+    ring: Option<RingReader>,
     _frames: PhantomData<fn() -> In>,
 }
 
@@ -76,8 +79,16 @@ impl<In: DeserializeOwned + WithPayload> FrameReader<In> {
             pipe,
             buf,
             max_len: MAX_FRAME_LEN,
+            ring: None,
             _frames: PhantomData,
         }
+    }
+
+    /// Take payloads from `ring` where frames say they are there (without
+    /// one, such a frame is an error).
+    pub fn with_ring(mut self, ring: Option<RingReader>) -> Self {
+        self.ring = ring;
+        self
     }
 
     /// The next frame, or `None` at a clean end of the stream.
@@ -92,7 +103,11 @@ impl<In: DeserializeOwned + WithPayload> FrameReader<In> {
     pub async fn next(&mut self) -> Result<Option<In>, FrameError> {
         loop {
             if let Some(header) = framing::header(&self.buf, self.max_len)? {
-                if let Some(payload_len) = header.payload_len {
+                if let (Some(pos), Some(payload_len)) = (header.ring_pos, header.payload_len) {
+                    if self.buf.len() >= header.header_len + header.pipe_len() {
+                        return self.take_from_ring(header, pos, payload_len).map(Some);
+                    }
+                } else if let Some(payload_len) = header.payload_len {
                     let head_len = header.len - payload_len;
                     if self.buf.len() >= header.header_len + head_len {
                         return self.read_marked(header, payload_len).await.map(Some);
@@ -118,6 +133,32 @@ impl<In: DeserializeOwned + WithPayload> FrameReader<In> {
                 };
             }
         }
+    }
+
+    /// The frame at the start of the buffer, whose head is there and whose
+    /// payload is at `pos` in the ring.
+    fn take_from_ring(
+        &mut self,
+        header: Header,
+        pos: u64,
+        payload_len: usize,
+    ) -> Result<In, FrameError> {
+        let len = header.len;
+        let Some(ring) = self.ring.as_mut() else {
+            return Err(FrameError::Ring {
+                len,
+                reason: "its payload is in a shared ring, and this reader has none".to_owned(),
+            });
+        };
+        let payload = ring
+            .take(pos, payload_len)
+            .map_err(|outside| FrameError::Ring {
+                len,
+                reason: outside.to_string(),
+            })?;
+        self.buf.advance(header.header_len);
+        let head = self.buf.split_to(header.pipe_len());
+        framing::decode_head(&head, payload)
     }
 
     /// The marked frame at the start of the buffer, whose head is there:
@@ -184,8 +225,9 @@ impl Batch {
     }
 
     /// Add a frame given as its `head` (the frame with an empty payload as
-    /// its last field) and its `payload`, which is kept (shared, not copied)
-    /// when it is large.
+    /// its last field) and its `payload`. A large payload is copied into
+    /// `ring` when it has room (the frame then says where it is), or else
+    /// kept (shared, not copied) to be written after its head.
     ///
     /// # Errors
     ///
@@ -194,8 +236,24 @@ impl Batch {
         &mut self,
         head: &T,
         payload: impl Into<Bytes>,
+        ring: Option<&mut RingWriter>,
     ) -> Result<(), FrameError> {
         let payload = payload.into();
+        if payload.len() >= OUT_OF_LINE {
+            // (Should the frame then be refused, its room in the ring is
+            // only skipped: the reader takes positions that leave gaps.)
+            if let Some(pos) = ring.and_then(|ring| ring.put(&payload)) {
+                framing::encode_ring_head_into(
+                    head,
+                    payload.len(),
+                    pos,
+                    &mut self.bytes,
+                    MAX_FRAME_LEN,
+                )?;
+                self.frames += 1;
+                return Ok(());
+            }
+        }
         framing::encode_head_into(head, payload.len(), &mut self.bytes, MAX_FRAME_LEN)?;
         if payload.len() < OUT_OF_LINE {
             self.bytes.extend_from_slice(&payload);
@@ -393,7 +451,7 @@ mod tests {
                         taken: *taken,
                         payload: Vec::new(),
                     };
-                    batch.push_split(&head, payload.clone()).unwrap();
+                    batch.push_split(&head, payload.clone(), None).unwrap();
                 }
                 other => batch.push(other).unwrap(),
             }
@@ -420,11 +478,86 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn payloads_in_the_ring_and_in_the_pipe_come_through_in_order() {
+        let region = crate::os::ring::test_region();
+        let host = crate::os::ring::Rings::host(&region);
+        let runner = crate::os::ring::Rings::runner(&region);
+        let (rx, tx) = cloexec_pipe().unwrap();
+        // Eight payloads of 1 MiB into a ring of four: the first ones go
+        // through the ring, the rest (the ring full, nobody reading yet)
+        // through the pipe; small ones in between stay in the batch.
+        let mut frames = Vec::new();
+        for i in 0..8u8 {
+            frames.push(send("big", vec![i; 1 << 20]));
+            frames.push(send("small", vec![i; 10]));
+        }
+        frames.push(send("over half the ring", vec![9; 3 << 20]));
+        let mut ring = host.writer;
+        let mut batch = Batch::default();
+        for frame in &frames {
+            let RunnerToHost::Send { to, taken, payload } = frame else {
+                unreachable!()
+            };
+            let head = RunnerToHost::Send {
+                to: to.clone(),
+                taken: *taken,
+                payload: Vec::new(),
+            };
+            batch
+                .push_split(&head, payload.clone(), Some(&mut ring))
+                .unwrap();
+        }
+        let bytes = bytes_of(&batch);
+        assert_eq!(batch.tails.len(), 5, "the pipe carries five payloads");
+        assert!(
+            bytes.len() < 9 * (1 << 20),
+            "four payloads are not in the pipe: {} bytes",
+            bytes.len()
+        );
+        let writer = std::thread::spawn(move || std::fs::File::from(tx).write_all(&bytes).unwrap());
+        let mut reader =
+            FrameReader::<RunnerToHost>::new(ControlFd::from_owned_fd(rx).unwrap(), &[])
+                .with_ring(Some(runner.reader));
+        for (i, want) in frames.iter().enumerate() {
+            let got = reader.next().await.unwrap();
+            assert!(got.as_ref() == Some(want), "frame {i}");
+        }
+        writer.join().unwrap();
+        assert!(reader.next().await.unwrap().is_none());
+        // Read, the ring has room again.
+        assert!(ring.put(&[1; 1 << 20]).is_some());
+    }
+
+    #[tokio::test]
+    async fn a_frame_whose_payload_is_in_a_ring_the_reader_lacks_is_refused() {
+        let region = crate::os::ring::test_region();
+        let mut ring = crate::os::ring::Rings::host(&region).writer;
+        let (rx, tx) = cloexec_pipe().unwrap();
+        let mut batch = Batch::default();
+        let payload = vec![3; MARK_MIN_PAYLOAD];
+        batch
+            .push_split(&send("f", Vec::new()), payload, Some(&mut ring))
+            .unwrap();
+        std::fs::File::from(tx)
+            .write_all(&bytes_of(&batch))
+            .unwrap();
+        let mut reader =
+            FrameReader::<RunnerToHost>::new(ControlFd::from_owned_fd(rx).unwrap(), &[]);
+        let err = reader.next().await.unwrap_err().to_string();
+        assert!(
+            err.ends_with("its payload is in a shared ring, and this reader has none"),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
     async fn a_marked_frame_cut_short_is_truncated() {
         let (rx, tx) = cloexec_pipe().unwrap();
         let mut batch = Batch::default();
         let payload = vec![9; MARK_MIN_PAYLOAD];
-        batch.push_split(&send("e", Vec::new()), payload).unwrap();
+        batch
+            .push_split(&send("e", Vec::new()), payload, None)
+            .unwrap();
         let bytes = bytes_of(&batch);
         let cut = bytes[..bytes.len() - 1].to_vec();
         // More than the pipe holds: written beside the reader, then closed.

@@ -4,8 +4,8 @@
 //! its misbehaviour from the guest's first argument, does it, and then waits
 //! for the host to end it:
 //!
-//! `oversize`, `truncated`, `garbage`, `out-of-order`, `second-hello`,
-//! `after-exit`, `over-limit`, `forged`.
+//! `oversize`, `lying-mark`, `ring-outside`, `truncated`, `garbage`,
+//! `out-of-order`, `second-hello`, `after-exit`, `over-limit`, `forged`.
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -57,6 +57,28 @@ fn main() {
             to_host.write_all(&mark.to_le_bytes()).unwrap();
             to_host.write_all(&200u32.to_le_bytes()).unwrap();
             to_host.write_all(&[0; 100]).unwrap();
+        }
+        "ring-outside" => {
+            write(&hello);
+            write(&hardened);
+            // A frame whose payload of 64 KiB would run past the end of
+            // the shared ring.
+            let head = RunnerToHost::Send {
+                to: Address::Parent,
+                taken: 0,
+                payload: Vec::new(),
+            };
+            let mut frame = Vec::new();
+            let at = (4 << 20) - 100;
+            wasmproc_protocol::framing::encode_ring_head_into(
+                &head,
+                64 << 10,
+                at,
+                &mut frame,
+                1 << 20,
+            )
+            .unwrap();
+            to_host.write_all(&frame).unwrap();
         }
         "truncated" => {
             write(&hello);

@@ -166,8 +166,18 @@ fn take(pause: Duration, file: &str, shared: bool) -> std::io::Result<()> {
                 } else {
                     writeln!(out, "{k}")?;
                 }
-                let _ = ipc::send(msg.reply_to(), &msg.payload[..4]);
+                if let Err(err) = ipc::send(msg.reply_to(), &msg.payload[..4]) {
+                    eprintln!(
+                        "tally: the echo of {k} to {} was refused: {err:?}",
+                        msg.from_id
+                    );
+                }
                 std::thread::sleep(pause);
+            }
+            // An echo that could not be delivered: said, so that a test
+            // that counts echoes can tell why one is missing.
+            InboxItem::Undeliverable(u) => {
+                eprintln!("tally: an echo to {:?} came back: {}", u.to, u.reason);
             }
             InboxItem::Shutdown => return Ok(()),
             _ => {}

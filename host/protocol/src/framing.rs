@@ -12,6 +12,12 @@
 //! and can read it from the pipe straight into the buffer the frame keeps
 //! ([`decode_head`], [`WithPayload`]) instead of copying it out of its read
 //! buffer.
+//!
+//! A marked frame whose payload word has its own top bit ([`RING_MARK`])
+//! set carries no payload on the pipe at all: an 8-byte position follows
+//! the word, and the payload lies at that position in the writer's shared
+//! ring (the host's `os::ring`); only the head follows the prefix. The
+//! length still counts the payload, as if it were there.
 
 use std::marker::PhantomData;
 
@@ -39,6 +45,14 @@ pub const MARKED_HEADER_LEN: usize = 8;
 /// Payloads at least this large are marked in their frame's prefix.
 pub const MARK_MIN_PAYLOAD: usize = 64 * 1024;
 
+/// Set in a marked frame's payload word: the payload is in the writer's
+/// shared ring, at the position in the 8 bytes after the word.
+pub const RING_MARK: u32 = 1 << 31;
+
+/// Bytes in the prefix of a frame whose payload is in a ring: its length,
+/// its payload's, and the payload's position.
+pub const RING_HEADER_LEN: usize = 16;
+
 /// A frame's prefix, read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Header {
@@ -49,6 +63,20 @@ pub struct Header {
     /// For a marked frame, the bytes at the end of the body that are its
     /// payload.
     pub payload_len: Option<usize>,
+    /// For a frame whose payload is in the writer's ring, its position
+    /// there: the pipe then carries the body without the payload.
+    pub ring_pos: Option<u64>,
+}
+
+impl Header {
+    /// The bytes after the prefix on the pipe: the body, or for a frame
+    /// whose payload is in a ring, its head.
+    pub fn pipe_len(&self) -> usize {
+        match (self.ring_pos, self.payload_len) {
+            (Some(_), Some(payload_len)) => self.len - payload_len,
+            _ => self.len,
+        }
+    }
 }
 
 /// A frame type some of whose frames end with a payload (`serde_bytes`).
@@ -79,6 +107,10 @@ pub enum FrameError {
     /// A frame given as a head does not end with an empty payload.
     #[error("not a frame head: it must end with an empty payload")]
     NotAHead,
+    /// A frame says its payload is in a shared ring, and it is not there
+    /// (or the reader has no ring).
+    #[error("frame of {len} bytes: {reason}")]
+    Ring { len: usize, reason: String },
     /// Reading or writing the pipe failed.
     #[error("pipe I/O failed: {0}")]
     Io(#[from] std::io::Error),
@@ -171,6 +203,37 @@ pub fn encode_head_into<T: Serialize>(
     Ok(())
 }
 
+/// Encode the frame `head` (as for [`encode_head_into`]) as a frame whose
+/// payload of `payload_len` bytes (at least [`MARK_MIN_PAYLOAD`]) the
+/// caller has put at `pos` in its shared ring: nothing follows the head.
+///
+/// # Errors
+///
+/// As [`encode_head_into`]; [`FrameError::Ring`] for a payload too small
+/// to be marked.
+pub fn encode_ring_head_into<T: Serialize>(
+    head: &T,
+    payload_len: usize,
+    pos: u64,
+    out: &mut Vec<u8>,
+    max_len: usize,
+) -> Result<(), FrameError> {
+    if payload_len < MARK_MIN_PAYLOAD {
+        return Err(FrameError::Ring {
+            len: payload_len,
+            reason: format!("a payload under {MARK_MIN_PAYLOAD} bytes is never in a ring"),
+        });
+    }
+    let start = out.len();
+    encode_head_into(head, payload_len, out, max_len)?;
+    out[start + MARKED_HEADER_LEN - 1] |= (RING_MARK >> 24) as u8;
+    out.splice(
+        start + MARKED_HEADER_LEN..start + MARKED_HEADER_LEN,
+        pos.to_le_bytes(),
+    );
+    Ok(())
+}
+
 /// A marked frame's `head` (its body up to the payload) without the
 /// payload's length it ends with, which must be `payload_len`.
 fn head_fields(head: &[u8], payload_len: usize, len: usize) -> Result<&[u8], FrameError> {
@@ -202,22 +265,38 @@ pub fn header(buf: &[u8], max_len: usize) -> Result<Option<Header>, FrameError> 
             header_len: HEADER_LEN,
             len,
             payload_len: None,
+            ring_pos: None,
         }));
     }
     let Some(payload) = buf.get(HEADER_LEN..MARKED_HEADER_LEN) else {
         return Ok(None);
     };
-    let payload_len = u32::from_le_bytes([payload[0], payload[1], payload[2], payload[3]]) as usize;
+    let payload_word = u32::from_le_bytes([payload[0], payload[1], payload[2], payload[3]]);
+    let payload_len = (payload_word & !RING_MARK) as usize;
     if payload_len > len {
         return Err(FrameError::Malformed {
             len,
             source: postcard::Error::DeserializeUnexpectedEnd,
         });
     }
+    if payload_word & RING_MARK == 0 {
+        return Ok(Some(Header {
+            header_len: MARKED_HEADER_LEN,
+            len,
+            payload_len: Some(payload_len),
+            ring_pos: None,
+        }));
+    }
+    let Some(pos) = buf.get(MARKED_HEADER_LEN..RING_HEADER_LEN) else {
+        return Ok(None);
+    };
+    let mut word = [0u8; 8];
+    word.copy_from_slice(pos);
     Ok(Some(Header {
-        header_len: MARKED_HEADER_LEN,
+        header_len: RING_HEADER_LEN,
         len,
         payload_len: Some(payload_len),
+        ring_pos: Some(u64::from_le_bytes(word)),
     }))
 }
 
@@ -270,10 +349,17 @@ pub fn decode<T: DeserializeOwned>(
         header_len,
         len,
         payload_len,
+        ring_pos,
     }) = header(buf, max_len)?
     else {
         return Ok(None);
     };
+    if ring_pos.is_some() {
+        return Err(FrameError::Ring {
+            len,
+            reason: "its payload is in a shared ring, and this reader has none".to_owned(),
+        });
+    }
     let Some(body) = buf.get(header_len..header_len + len) else {
         return Ok(None);
     };
@@ -448,10 +534,61 @@ mod tests {
                 header_len: MARKED_HEADER_LEN,
                 len: frame.len() - MARKED_HEADER_LEN + payload.len(),
                 payload_len: Some(payload.len()),
+                ring_pos: None,
             }
         );
         let back: HostToRunner = decode_head(&frame[MARKED_HEADER_LEN..], payload.clone()).unwrap();
         assert_eq!(back, HostToRunner::Replied { call: 7, payload });
+    }
+
+    #[test]
+    fn a_frame_whose_payload_is_in_a_ring_carries_its_head_and_the_position() {
+        let payload = vec![4u8; MARK_MIN_PAYLOAD + 1];
+        let head = HostToRunner::Replied {
+            call: 7,
+            payload: Vec::new(),
+        };
+        let mut marked = Vec::new();
+        encode_head_into(&head, payload.len(), &mut marked, MAX_FRAME_LEN).unwrap();
+        let pos = (5u64 << 32) + 3;
+        let mut frame = Vec::new();
+        encode_ring_head_into(&head, payload.len(), pos, &mut frame, MAX_FRAME_LEN).unwrap();
+        assert_eq!(frame.len(), marked.len() + 8);
+        let found = header(&frame, MAX_FRAME_LEN).unwrap().unwrap();
+        assert_eq!(
+            found,
+            Header {
+                header_len: RING_HEADER_LEN,
+                len: frame.len() - RING_HEADER_LEN + payload.len(),
+                payload_len: Some(payload.len()),
+                ring_pos: Some(pos),
+            }
+        );
+        assert_eq!(found.pipe_len(), frame.len() - RING_HEADER_LEN);
+        // The same head as the marked frame's, after the position.
+        assert_eq!(
+            frame[RING_HEADER_LEN..],
+            marked[MARKED_HEADER_LEN..],
+            "the head"
+        );
+        let back: HostToRunner = decode_head(&frame[RING_HEADER_LEN..], payload.clone()).unwrap();
+        assert_eq!(back, HostToRunner::Replied { call: 7, payload });
+        // Half a prefix is not yet a header.
+        assert_eq!(header(&frame[..12], MAX_FRAME_LEN).unwrap(), None);
+        // A reader without a ring refuses it, saying why.
+        let err = decode::<HostToRunner>(&frame, MAX_FRAME_LEN).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "frame of {} bytes: its payload is in a shared ring, and this reader has none",
+                found.len
+            )
+        );
+        // A small payload is never in a ring.
+        assert!(matches!(
+            encode_ring_head_into(&head, 10, 0, &mut Vec::new(), MAX_FRAME_LEN),
+            Err(FrameError::Ring { len: 10, .. })
+        ));
     }
 
     #[test]

@@ -30,6 +30,7 @@ use super::spawner::Spawned;
 use crate::child::{Child, KillReason, Killer, Watch};
 use crate::connection::{Batch, FrameReader, FrameWriter};
 use crate::os::process::Process;
+use crate::os::ring::{RingWriter, Rings};
 use crate::relay::{Entry, Item, MAILBOX_PATIENCE, Relay};
 use crate::status::{ExitStatus, Limit};
 
@@ -77,10 +78,15 @@ impl Session {
         let (status_tx, status) = watch::channel(None);
         let delivered = Arc::new(Delivered::new(relay.clone()));
 
+        let Rings {
+            writer: ring_out,
+            reader: ring_in,
+        } = report.rings();
         let writer = FrameWriter::new(to_runner, relay.stats().clone());
         let max_call = Duration::from_millis(spec.limits.max_call_ms);
         let writer = tokio::spawn(write_runner(
             writer,
+            ring_out,
             spec,
             entry.clone(),
             relay.clone(),
@@ -93,7 +99,8 @@ impl Session {
             delivered: delivered.clone(),
             kill: kill.clone(),
         };
-        let reader = tokio::spawn(reader.run(FrameReader::new(from_runner, &[])));
+        let reader =
+            tokio::spawn(reader.run(FrameReader::new(from_runner, &[]).with_ring(Some(ring_in))));
         let waiter = Waiter {
             process,
             kill: kill_rx,
@@ -117,9 +124,11 @@ impl Session {
 
 /// The writer task: the launch spec, then the mailbox, in batches. Every
 /// inbox item is recorded as delivered before it is written; a request
-/// whose call has ended meanwhile is not written at all.
+/// whose call has ended meanwhile is not written at all. Large payloads go
+/// through `ring` where it has room.
 async fn write_runner(
     mut writer: FrameWriter,
+    mut ring: RingWriter,
     spec: LaunchSpec,
     entry: Arc<Entry>,
     relay: Relay,
@@ -168,7 +177,7 @@ async fn write_runner(
                         request,
                         payload: Vec::new(),
                     });
-                    batch.push_split(&head, payload)
+                    batch.push_split(&head, payload, Some(&mut ring))
                 }
                 Item::Notice(notice) => batch.push(&HostToRunner::Deliver(notice)),
                 Item::Answer {
@@ -180,6 +189,7 @@ async fn write_runner(
                         payload: Vec::new(),
                     },
                     payload,
+                    Some(&mut ring),
                 ),
                 Item::Answer {
                     call,

@@ -7,7 +7,9 @@
 //!   its own, so a spawn costs the same with 10 guests or 10,000.
 //! - [`pipe`]: close-on-exec pipes and their buffer size, and the
 //!   socketpair a guest gets instead where pipes would not fit.
-//! - [`report`]: the page where a runner's sandbox says what it refused.
+//! - [`report`]: a runner's shared memory, and in it the page where its
+//!   sandbox says what it refused.
+//! - [`ring`]: the payload rings in that memory, for large payloads.
 //! - [`alloc`]: the allocator settings for large messages.
 //! - [`limits`]: how many guests the open-files limit leaves room for.
 //! - [`pty`]: a terminal of its own for a guest on a terminal.
@@ -25,6 +27,7 @@ pub(crate) mod process;
 pub(crate) mod procfs;
 pub(crate) mod pty;
 pub(crate) mod report;
+pub(crate) mod ring;
 pub(crate) mod syscalls;
 pub mod user;
 

@@ -1,41 +1,38 @@
-//! The sandbox report page: where a runner's `SIGSYS` handler says which
-//! system call its seccomp filter refused, for the host to read once the
-//! runner has ended.
+//! A runner's shared memory, and in it the sandbox report page: where a
+//! runner's `SIGSYS` handler says which system call its seccomp filter
+//! refused, for the host to read once the runner has ended.
 //!
-//! Each runner gets a page of its own, a sealed `memfd` that the host maps
-//! and then closes (a mapping does not count against the open-files limit,
-//! so 10,000 guests cost no descriptor for it). The runner maps the same
-//! page before its sandbox goes up and stores the number there, which is
+//! Each runner gets shared memory of its own, a sealed `memfd` that the
+//! host maps and then closes (a mapping does not count against the
+//! open-files limit, so 10,000 guests cost no descriptor for it). It is the
+//! report page and then the two payload rings ([`super::ring`]); only pages
+//! that are written use memory. The runner maps it when it starts, and its
+//! `SIGSYS` handler stores the number on the report page, which is
 //! async-signal-safe and can never land inside a frame. A hostile runner
-//! could only write its own page: it cannot make another guest look
-//! refused. The seals keep it from shrinking the page, which would make
-//! the host's read fault.
+//! could only write its own memory: it cannot make another guest look
+//! refused. The seals keep it from shrinking the memory, which would make
+//! the host's reads fault.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
-/// The page's size: the report is one `u64` at its start.
-const PAGE: usize = 4096;
+use super::ring::{Region, Rings, layout};
+
 /// Set in the report's high half once a number is stored.
 const REPORTED: u64 = 1 << 32;
 
-/// The host's read-only view of one runner's report page.
+/// The host's view of one runner's shared memory.
 #[derive(Debug)]
 pub(crate) struct ReportPage {
-    page: NonNull<AtomicU64>,
+    region: Arc<Region>,
 }
 
-// SAFETY: the mapping belongs to the value alone and is only read through
-// an atomic.
-unsafe impl Send for ReportPage {}
-// SAFETY: as above.
-unsafe impl Sync for ReportPage {}
-
 impl ReportPage {
-    /// A new page, mapped here, and the descriptor the runner gets (the
-    /// host closes its copy once the runner has started).
+    /// New shared memory, mapped here, and the descriptor the runner gets
+    /// (the host closes its copy once the runner has started).
     ///
     /// # Errors
     ///
@@ -55,7 +52,7 @@ impl ReportPage {
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
         // SAFETY: ftruncate and fcntl on a descriptor this function owns.
         let sealed = unsafe {
-            libc::ftruncate(fd.as_raw_fd(), PAGE as libc::off_t) == 0
+            libc::ftruncate(fd.as_raw_fd(), layout::LEN as libc::off_t) == 0
                 && libc::fcntl(
                     fd.as_raw_fd(),
                     libc::F_ADD_SEALS,
@@ -65,35 +62,31 @@ impl ReportPage {
         if !sealed {
             return Err(io::Error::last_os_error());
         }
-        let page = map(fd.as_raw_fd(), libc::PROT_READ)?;
-        Ok((ReportPage { page: page.cast() }, fd))
+        let region = map(fd.as_raw_fd())?;
+        Ok((ReportPage { region }, fd))
     }
 
     /// The number of the system call the runner's sandbox refused, if it
     /// said so (read once the runner has ended).
     pub(crate) fn refused(&self) -> Option<i64> {
-        // SAFETY: the page stays mapped while `self` lives.
-        let report = unsafe { self.page.as_ref() }.load(Ordering::Acquire);
+        let report = self.region.counter(layout::REPORT).load(Ordering::Acquire);
         (report >> 32 == REPORTED >> 32).then(|| i64::from(report as u32 as i32))
     }
-}
 
-impl Drop for ReportPage {
-    fn drop(&mut self) {
-        // SAFETY: unmaps the page mapped in `new`, which nothing else uses.
-        unsafe { libc::munmap(self.page.as_ptr().cast(), PAGE) };
+    /// The host's ends of the payload rings (taken once, by the session).
+    pub(crate) fn rings(&self) -> Rings {
+        Rings::host(&self.region)
     }
 }
 
-/// Map `fd`'s first page, shared.
-fn map(fd: RawFd, protection: libc::c_int) -> io::Result<NonNull<u8>> {
-    // SAFETY: a fresh shared mapping of one page of `fd`; the kernel picks
-    // the address.
+/// Map all of `fd`'s shared memory, readable and writable.
+fn map(fd: RawFd) -> io::Result<Arc<Region>> {
+    // SAFETY: a fresh shared mapping of `fd`; the kernel picks the address.
     let address = unsafe {
         libc::mmap(
             std::ptr::null_mut(),
-            PAGE,
-            protection,
+            layout::LEN,
+            libc::PROT_READ | libc::PROT_WRITE,
             libc::MAP_SHARED,
             fd,
             0,
@@ -102,30 +95,45 @@ fn map(fd: RawFd, protection: libc::c_int) -> io::Result<NonNull<u8>> {
     if address == libc::MAP_FAILED {
         return Err(io::Error::last_os_error());
     }
-    NonNull::new(address.cast()).ok_or_else(|| io::Error::other("mmap returned address 0"))
+    let base = NonNull::new(address.cast::<u8>())
+        .ok_or_else(|| io::Error::other("mmap returned address 0"))?;
+    // SAFETY: just mapped, `layout::LEN` bytes, owned by the region alone.
+    Ok(Arc::new(unsafe { Region::from_raw(base, layout::LEN) }))
 }
 
-/// The runner's writable view of its page, mapped by [`map_in_runner`].
+/// The runner's writable view of its report page, mapped by
+/// [`map_in_runner`].
 static RUNNER_PAGE: AtomicPtr<AtomicU64> = AtomicPtr::new(std::ptr::null_mut());
 
-/// In the runner, before its sandbox goes up: map the report page the
-/// host passed on `fd`, and close `fd`.
+/// The runner's shared memory, kept mapped for good: the `SIGSYS` handler
+/// may store into it up to the runner's last instruction.
+static RUNNER_REGION: OnceLock<Arc<Region>> = OnceLock::new();
+
+/// In the runner, as it starts: map the shared memory the host passed on
+/// `fd`, close `fd`, and return the runner's ends of the payload rings.
 ///
 /// # Errors
 ///
-/// When `fd` is not a page to map (a runner started by something other
-/// than a host).
-pub(crate) fn map_in_runner(fd: RawFd) -> io::Result<()> {
-    let page = map(fd, libc::PROT_READ | libc::PROT_WRITE).map_err(|err| {
+/// When `fd` is not shared memory to map (a runner started by something
+/// other than a host).
+pub(crate) fn map_in_runner(fd: RawFd) -> io::Result<Rings> {
+    let region = map(fd).map_err(|err| {
         io::Error::new(
             err.kind(),
-            format!("cannot map the sandbox report page (fd {fd}): {err}"),
+            format!("cannot map the runner's shared memory (fd {fd}): {err}"),
         )
     })?;
-    RUNNER_PAGE.store(page.as_ptr().cast(), Ordering::Release);
     // SAFETY: the host's descriptor is no longer needed once mapped.
     unsafe { libc::close(fd) };
-    Ok(())
+    let region = RUNNER_REGION.get_or_init(|| region);
+    let page = region.counter(layout::REPORT);
+    RUNNER_PAGE.store(std::ptr::from_ref(page).cast_mut(), Ordering::Release);
+    Ok(Rings::runner(region))
+}
+
+/// Whether [`map_in_runner`] has mapped the report page.
+pub(crate) fn mapped_in_runner() -> bool {
+    !RUNNER_PAGE.load(Ordering::Acquire).is_null()
 }
 
 /// In the runner's `SIGSYS` handler: store the refused call's number.
@@ -146,17 +154,27 @@ mod tests {
     fn a_number_stored_through_the_runners_mapping_is_read_by_the_host() {
         let (host, fd) = ReportPage::new().unwrap();
         assert_eq!(host.refused(), None);
-        let runner = map(fd.as_raw_fd(), libc::PROT_READ | libc::PROT_WRITE).unwrap();
-        // SAFETY: the mapping just made, one page long.
-        let runner = unsafe { runner.cast::<AtomicU64>().as_ref() };
-        runner.store(REPORTED | 41, Ordering::Release);
+        let runner = map(fd.as_raw_fd()).unwrap();
+        runner
+            .counter(layout::REPORT)
+            .store(REPORTED | 41, Ordering::Release);
         assert_eq!(host.refused(), Some(41));
         // A page the runner cannot shrink or grow (which would make the
         // host's read fault).
         // SAFETY: ftruncate on a descriptor this test owns.
         assert_ne!(unsafe { libc::ftruncate(fd.as_raw_fd(), 0) }, 0);
         assert_eq!(io::Error::last_os_error().raw_os_error(), Some(libc::EPERM));
-        // SAFETY: unmaps the test's own mapping.
-        unsafe { libc::munmap((runner as *const AtomicU64).cast_mut().cast(), PAGE) };
+    }
+
+    #[test]
+    fn a_payload_the_runner_puts_in_its_ring_is_read_by_the_host() {
+        let (host, fd) = ReportPage::new().unwrap();
+        let mut host = host.rings();
+        let mut runner = Rings::runner(&map(fd.as_raw_fd()).unwrap());
+        let payload: Vec<u8> = (0..100_000u32).map(|i| i as u8).collect();
+        let pos = runner.writer.put(&payload).unwrap();
+        assert_eq!(host.reader.take(pos, payload.len()).unwrap(), payload);
+        let pos = host.writer.put(&payload[..70_000]).unwrap();
+        assert_eq!(runner.reader.take(pos, 70_000).unwrap(), payload[..70_000]);
     }
 }

@@ -27,6 +27,7 @@ use wasmproc_protocol::{
 use super::ticker::Ticker;
 use crate::connection::{Batch, FrameReader, FrameWriter};
 use crate::os::pipe::PIPE_BUFFER;
+use crate::os::ring::RingWriter;
 use wasmproc_protocol::HostToRunner;
 use wasmproc_protocol::contract::EXIT_HOST_GONE;
 
@@ -136,6 +137,9 @@ struct Inbox {
 #[derive(Debug, Default)]
 struct Outgoing {
     buf: Batch,
+    /// Where large payloads go when it has room (the host's shared memory
+    /// with this runner), in the order their frames are queued.
+    ring: Option<RingWriter>,
     /// A batch is being written (by the writer loop or the ticker): the
     /// other waits, so frames leave in order.
     in_flight: bool,
@@ -160,7 +164,15 @@ pub enum QueueError {
 }
 
 impl Link {
-    pub fn new(id: GuestId, name: Option<String>, limits: Limits, ticker: Arc<Ticker>) -> Link {
+    /// The link of guest `id`, whose large payloads go through `ring`
+    /// where it has room.
+    pub fn new(
+        id: GuestId,
+        name: Option<String>,
+        limits: Limits,
+        ticker: Arc<Ticker>,
+        ring: Option<RingWriter>,
+    ) -> Link {
         Link {
             id,
             name,
@@ -169,7 +181,10 @@ impl Link {
             inbox: Mutex::new(Inbox::default()),
             inbox_changed: Notify::new(),
             inbox_space: Notify::new(),
-            out: Mutex::new(Outgoing::default()),
+            out: Mutex::new(Outgoing {
+                ring,
+                ..Outgoing::default()
+            }),
             out_ready: Notify::new(),
             out_drained: Notify::new(),
             taken: AtomicU64::new(0),
@@ -229,7 +244,7 @@ impl Link {
         let mut payload = Some(payload);
         let queued = self
             .queue_with(
-                |batch, taken| {
+                |batch, ring, taken| {
                     let head = RunnerToHost::Call {
                         to: to.take().unwrap_or(Address::Parent),
                         call,
@@ -237,7 +252,7 @@ impl Link {
                         taken,
                         payload: Vec::new(),
                     };
-                    batch.push_split(&head, payload.take().unwrap_or_default())
+                    batch.push_split(&head, payload.take().unwrap_or_default(), ring)
                 },
                 true,
             )
@@ -341,13 +356,13 @@ impl Link {
         };
         let mut payload = Some(payload);
         self.queue_with(
-            |batch, taken| {
+            |batch, ring, taken| {
                 let head = RunnerToHost::Reply {
                     request,
                     taken,
                     payload: Vec::new(),
                 };
-                batch.push_split(&head, payload.take().unwrap_or_default())
+                batch.push_split(&head, payload.take().unwrap_or_default(), ring)
             },
             true,
         )
@@ -431,7 +446,7 @@ impl Link {
         if !self.said_ready.swap(true, Ordering::Relaxed) {
             let _ = self.queue(&RunnerToHost::Ready).await;
         } else {
-            let _ = self.queue_with(|_, _| Ok(()), false).await;
+            let _ = self.queue_with(|_, _, _| Ok(()), false).await;
         }
     }
 
@@ -454,7 +469,7 @@ impl Link {
             self.say_ready().await;
         }
         if self.inbox().items.is_empty() {
-            let _ = self.queue_with(|_, _| Ok(()), false).await;
+            let _ = self.queue_with(|_, _, _| Ok(()), false).await;
         }
         loop {
             let changed = self.inbox_changed.notified();
@@ -477,7 +492,8 @@ impl Link {
     ///
     /// [`QueueError::HostGone`] once writing to the host has failed.
     pub async fn queue(&self, frame: &RunnerToHost) -> Result<(), QueueError> {
-        self.queue_with(|batch, _| batch.push(frame), false).await
+        self.queue_with(|batch, _, _| batch.push(frame), false)
+            .await
     }
 
     /// Queue a message for the host (a large payload is not copied).
@@ -489,13 +505,13 @@ impl Link {
         let mut to = Some(to);
         let mut payload = Some(payload);
         self.queue_with(
-            |batch, taken| {
+            |batch, ring, taken| {
                 let head = RunnerToHost::Send {
                     to: to.take().unwrap_or(Address::Parent),
                     taken,
                     payload: Vec::new(),
                 };
-                batch.push_split(&head, payload.take().unwrap_or_default())
+                batch.push_split(&head, payload.take().unwrap_or_default(), ring)
             },
             true,
         )
@@ -509,7 +525,7 @@ impl Link {
     /// the guest sent after taking it.
     async fn queue_with(
         &self,
-        mut push: impl FnMut(&mut Batch, u64) -> Result<(), FrameError>,
+        mut push: impl FnMut(&mut Batch, Option<&mut RingWriter>, u64) -> Result<(), FrameError>,
         carries_taken: bool,
     ) -> Result<(), QueueError> {
         self.ticker.wake();
@@ -547,7 +563,8 @@ impl Link {
                     self.memory_queued.store(memory, Ordering::Relaxed);
                     // Our frames are within the limit: the guest's payload was
                     // checked against its (smaller) message limit.
-                    if push(&mut out.buf, taken).is_err() {
+                    let Outgoing { buf, ring, .. } = &mut *out;
+                    if push(buf, ring.as_mut(), taken).is_err() {
                         return Err(QueueError::HostGone);
                     }
                     if out.buf.is_empty() {

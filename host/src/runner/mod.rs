@@ -28,13 +28,16 @@ use std::fs::File;
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::sync::Arc;
 
-use wasmproc_protocol::contract::{CONTROL_IN_FD, CONTROL_OUT_FD, EXIT_FAILED, EXIT_HOST_GONE};
+use wasmproc_protocol::contract::{
+    CONTROL_IN_FD, CONTROL_OUT_FD, EXIT_FAILED, EXIT_HOST_GONE, SANDBOX_REPORT_FD,
+};
 use wasmproc_protocol::{
     ExitReport, FrameError, HardeningStep, HostToRunner, LaunchSpec, PROTOCOL_VERSION,
     RunnerToHost, check_version, read_frame_blocking, write_frame_blocking,
 };
 
 use crate::connection::{ControlFd, FrameReader, FrameWriter, WriteStats};
+use crate::os::ring::Rings;
 use crate::sandbox::os::OsPolicy;
 use guest::{Prepared, run_guest};
 use link::Link;
@@ -53,6 +56,10 @@ pub(crate) fn main() -> ! {
     };
     die_with_host();
     take_terminal();
+    // The shared memory: the sandbox report page and the payload rings.
+    let rings = crate::os::report::map_in_runner(SANDBOX_REPORT_FD)
+        .map_err(|err| eprintln!("wasmproc-runner: {err}; large payloads go by pipe"))
+        .ok();
     crate::os::keep_large_buffers_in_heap();
     let hello = RunnerToHost::Hello {
         protocol_version: PROTOCOL_VERSION,
@@ -115,7 +122,7 @@ pub(crate) fn main() -> ! {
             format!("cannot set up the runner's engine: {err:#}"),
         ),
     };
-    runtime.block_on(run(prepared, spec, from_host, to_host, leftover))
+    runtime.block_on(run(prepared, spec, from_host, to_host, leftover, rings))
 }
 
 /// No orphans: ask for SIGKILL when the host's spawner thread ends, even if
@@ -173,6 +180,7 @@ async fn run(
     from_host: File,
     to_host: File,
     leftover: Vec<u8>,
+    rings: Option<Rings>,
 ) -> ! {
     let io = ControlFd::from_owned_fd(OwnedFd::from(from_host))
         .and_then(|rx| ControlFd::from_owned_fd(OwnedFd::from(to_host)).map(|tx| (rx, tx)));
@@ -183,19 +191,24 @@ async fn run(
             std::process::exit(EXIT_FAILED);
         }
     };
+    let (ring_out, ring_in) = rings.map(|r| (r.writer, r.reader)).unzip();
     let ticker = Arc::new(ticker::Ticker::default());
     let link = Arc::new(Link::new(
         spec.id,
         spec.name.clone(),
         spec.limits.clone(),
         ticker.clone(),
+        ring_out,
     ));
     // After hardening: the ticker thread lives under both walls too. The
     // pipe stays open until the process ends.
     ticker.start(link.clone(), tx.as_raw_fd());
     let reader: drive::Branch = Box::pin({
         let link = link.clone();
-        async move { link.read_from_host(FrameReader::new(rx, &leftover)).await }
+        async move {
+            link.read_from_host(FrameReader::new(rx, &leftover).with_ring(ring_in))
+                .await
+        }
     });
     let writer: drive::Branch = Box::pin({
         let link = link.clone();

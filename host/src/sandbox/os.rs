@@ -454,7 +454,11 @@ extern "C" fn report_refused_call(
 }
 
 fn install_sigsys_report() -> Result<(), String> {
-    crate::os::report::map_in_runner(SANDBOX_REPORT_FD).map_err(|err| err.to_string())?;
+    if !crate::os::report::mapped_in_runner() {
+        return Err(format!(
+            "no sandbox report page: the runner's shared memory (fd {SANDBOX_REPORT_FD}) is not mapped"
+        ));
+    }
     // SAFETY: a zeroed sigaction with our handler and SA_SIGINFO; the
     // handler is an `extern "C"` function that lives forever.
     unsafe {
