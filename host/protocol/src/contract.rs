@@ -6,11 +6,12 @@
 pub const CONTROL_IN_FD: i32 = 3;
 /// The control pipe from the runner to the host, as the runner sees it.
 pub const CONTROL_OUT_FD: i32 = 4;
-/// A page of shared memory (a sealed `memfd`) where a runner's `SIGSYS`
-/// handler stores the number of a system call its sandbox refused, before
-/// it dies: apart from the frames, so the report can never land inside
-/// one. The runner maps it and closes the descriptor before its sandbox
-/// goes up.
+/// The runner's shared memory with the host (a sealed `memfd`): first a
+/// page where its `SIGSYS` handler stores the number of a system call its
+/// sandbox refused, before it dies (apart from the frames, so the report
+/// can never land inside one), then the two rings that carry large
+/// payloads, one each way. The runner maps it and closes the descriptor as
+/// it starts, before its sandbox goes up.
 pub const SANDBOX_REPORT_FD: i32 = 5;
 /// The first descriptor a runner does not inherit: everything from here up
 /// is closed at spawn and again by the runner's hardening.

@@ -1,10 +1,13 @@
 //! What runs inside each guest's OS process.
 //!
 //! The host starts `wasmproc-runner` with the control pipes on fds 3 (host
-//! to runner) and 4 (runner to host) and the guest's stdio on 0, 1 and 2.
+//! to runner) and 4 (runner to host), its shared memory on 5 and the
+//! guest's stdio on 0, 1 and 2.
 //! The runner:
 //!
-//! 1. asks to be killed when the host ends (the parent-death signal);
+//! 1. asks to be killed when the host ends (the parent-death signal), and
+//!    maps its shared memory (fd 5: the sandbox report page and the
+//!    payload rings, [`crate::os::ring`]);
 //! 2. says `Hello` with its protocol version, builds the engine and the
 //!    linker (the same for every guest: a pooled runner has them ready),
 //!    and reads the launch spec, blocking, before any thread exists;
