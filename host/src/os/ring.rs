@@ -93,7 +93,7 @@ impl Region {
 
     /// The shared counter at `offset`.
     pub(crate) fn counter(&self, offset: usize) -> &AtomicU64 {
-        assert!(offset % 8 == 0 && offset + 8 <= self.len);
+        assert!(offset.is_multiple_of(8) && offset + 8 <= self.len);
         // SAFETY: inside the mapping and aligned (the mapping is page
         // aligned), and only ever accessed atomically.
         unsafe { &*self.base.as_ptr().add(offset).cast::<AtomicU64>() }
