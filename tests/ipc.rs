@@ -3,6 +3,7 @@
 mod common;
 
 use common::{guest, recv_text, within};
+use std::time::Duration;
 use wasmproc::{ExitStatus, Host, InboxItem};
 
 #[tokio::test]
@@ -87,9 +88,33 @@ async fn large_and_small_messages_keep_their_bytes_and_their_order() {
                 other => panic!("expected echo {i}, got {other:?}"),
             }
         }
+        // The payloads up to 2 MiB went through the rings of the runner's
+        // shared memory, which gives their pages back once idle for 2 s:
+        // only the page of the rings' tails stays.
+        let shared = || shared_memory_kib(echo.pid());
+        assert!(shared() >= 1024, "{} KiB", shared());
+        let idle = std::time::Instant::now();
+        while shared() != 4 {
+            assert!(
+                idle.elapsed() < Duration::from_secs(10),
+                "the runner still maps {} KiB of shared memory",
+                shared()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         echo.kill();
     })
     .await;
+}
+
+/// The shared memory `pid` has mapped (`RssShmem`), in KiB.
+fn shared_memory_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("RssShmem:"))
+        .and_then(|kib| kib.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("RssShmem in /proc/PID/status")
 }
 
 #[tokio::test]

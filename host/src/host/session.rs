@@ -30,7 +30,7 @@ use super::spawner::Spawned;
 use crate::child::{Child, KillReason, Killer, Watch};
 use crate::connection::{Batch, FrameReader, FrameWriter};
 use crate::os::process::Process;
-use crate::os::ring::{RingWriter, Rings};
+use crate::os::ring::{RING_IDLE, RingWriter, Rings};
 use crate::relay::{Entry, Item, MAILBOX_PATIENCE, Relay};
 use crate::status::{ExitStatus, Limit};
 
@@ -145,11 +145,7 @@ async fn write_runner(
             // The runner has ended; the waiter reports how.
             return;
         }
-        if !entry
-            .mailbox
-            .pop_batch(&mut items, WRITE_BATCH_ITEMS, WRITE_BATCH_BYTES)
-            .await
-        {
+        if !next_items(&entry, &mut items, &mut ring).await {
             return;
         }
         items.retain(|item| match item {
@@ -199,6 +195,29 @@ async fn write_runner(
             };
             if let Err(err) = queued {
                 tracing::error!(guest = %entry.id, "cannot encode an inbox item: {err}");
+            }
+        }
+    }
+}
+
+/// Wait for the mailbox's next items (`false` once it is closed and
+/// empty). While the ring to the runner holds pages and nothing comes for
+/// [`RING_IDLE`], it gives them back once the runner has read it all.
+async fn next_items(entry: &Entry, items: &mut Vec<Item>, ring: &mut RingWriter) -> bool {
+    loop {
+        let next = entry
+            .mailbox
+            .pop_batch(items, WRITE_BATCH_ITEMS, WRITE_BATCH_BYTES);
+        if !ring.holds_pages() {
+            return next.await;
+        }
+        tokio::select! {
+            biased;
+            popped = next => return popped,
+            () = tokio::time::sleep(RING_IDLE) => {
+                if let Err(err) = ring.release_if_drained() {
+                    tracing::warn!(guest = %entry.id, "cannot give the payload ring's memory back: {err}");
+                }
             }
         }
     }

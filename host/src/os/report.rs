@@ -177,4 +177,46 @@ mod tests {
         let pos = host.writer.put(&payload[..70_000]).unwrap();
         assert_eq!(runner.reader.take(pos, 70_000).unwrap(), payload[..70_000]);
     }
+
+    /// Bytes of memory the shared memory behind `fd` uses.
+    fn used(fd: &OwnedFd) -> u64 {
+        // SAFETY: fstat fills the struct for a descriptor this test owns.
+        let mut stat: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
+        assert_eq!(unsafe { libc::fstat(fd.as_raw_fd(), &mut stat) }, 0);
+        stat.st_blocks as u64 * 512
+    }
+
+    #[test]
+    fn a_drained_ring_gives_its_pages_back_and_one_still_read_keeps_them() {
+        let (host, fd) = ReportPage::new().unwrap();
+        let mut host = host.rings();
+        let mut runner = Rings::runner(&map(fd.as_raw_fd()).unwrap());
+        assert_eq!(used(&fd), 0, "nothing written, nothing used");
+        assert!(!host.writer.holds_pages());
+        let first = host.writer.put(&[1; 1 << 20]).unwrap();
+        let second = host.writer.put(&[2; 1 << 20]).unwrap();
+        assert!(used(&fd) >= 2 << 20, "{} bytes", used(&fd));
+        runner.reader.take(first, 1 << 20).unwrap();
+        assert!(
+            !host.writer.release_if_drained().unwrap(),
+            "one still to read"
+        );
+        assert!(used(&fd) >= 2 << 20);
+        assert_eq!(
+            runner.reader.take(second, 1 << 20).unwrap(),
+            vec![2; 1 << 20]
+        );
+        assert!(host.writer.release_if_drained().unwrap());
+        assert!(!host.writer.holds_pages());
+        // Only the page of the tails is left.
+        assert_eq!(used(&fd), 4096);
+        // The ring goes on where it was, on fresh pages.
+        let third = host.writer.put(&[3; 100_000]).unwrap();
+        assert_eq!(third, 2 << 20);
+        assert_eq!(
+            runner.reader.take(third, 100_000).unwrap(),
+            vec![3; 100_000]
+        );
+    }
 }

@@ -28,15 +28,23 @@
 //! contents of its own messages and nothing else. The seals keep a runner
 //! from shrinking the memory under the host's mapping.
 
+use std::io;
 use std::ptr::NonNull;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 /// The bytes in each ring. A payload larger than half of it always goes
 /// through the pipe. Pages are only used once written: an idle guest's
-/// rings cost nothing; one that streams large messages keeps up to twice
-/// this in shared memory.
+/// rings cost nothing; one that streams large messages holds up to twice
+/// this in shared memory, until its rings have been idle for [`RING_IDLE`].
 pub(crate) const RING_LEN: usize = 4 * 1024 * 1024;
+
+/// A ring whose reader has taken every payload gives its pages back to
+/// the system once its writer has had nothing to write for this long
+/// ([`RingWriter::release_if_drained`]), as a pipe's pages go once read:
+/// a guest that once moved large messages does not keep their memory.
+pub(crate) const RING_IDLE: Duration = Duration::from_secs(2);
 
 /// The largest payload a ring takes.
 pub(crate) const MAX_RING_PAYLOAD: usize = RING_LEN / 2;
@@ -115,6 +123,8 @@ pub struct RingWriter {
     tail: usize,
     /// Bytes written (and skipped at the ring's end) in all.
     head: u64,
+    /// `head` when the ring last gave its pages back.
+    released: u64,
     /// The reader stored a tail no honest reader could have: not used again.
     broken: bool,
 }
@@ -127,8 +137,44 @@ impl RingWriter {
             data,
             tail,
             head: 0,
+            released: 0,
             broken: false,
         }
+    }
+
+    /// Whether the ring may hold pages: written since it last gave them
+    /// back.
+    pub fn holds_pages(&self) -> bool {
+        self.head != self.released
+    }
+
+    /// Give the ring's pages back to the system if its reader has taken
+    /// every payload (or broke the protocol, which ends the ring's use);
+    /// whether it did. The next payload then uses fresh, zeroed pages.
+    ///
+    /// # Errors
+    ///
+    /// When `madvise` refuses (not shared memory).
+    pub fn release_if_drained(&mut self) -> io::Result<bool> {
+        let tail = self.region.counter(self.tail).load(Ordering::Acquire);
+        if !self.broken && tail != self.head {
+            return Ok(false);
+        }
+        // SAFETY: the ring's bytes, page-aligned, inside the mapping; no
+        // payload in them is still to be read, and only this writer
+        // writes them.
+        let freed = unsafe {
+            libc::madvise(
+                self.region.as_ptr().add(self.data).cast(),
+                RING_LEN,
+                libc::MADV_REMOVE,
+            )
+        };
+        if freed != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        self.released = self.head;
+        Ok(true)
     }
 
     /// Copy `payload` into the ring and return where it starts (for its
@@ -265,7 +311,7 @@ impl Rings {
     }
 }
 
-/// A private anonymous mapping as large as a runner's shared memory, for
+/// A shared anonymous mapping as large as a runner's shared memory, for
 /// tests that need both sides of the rings in one process.
 #[cfg(test)]
 pub(crate) fn test_region() -> Arc<Region> {
@@ -275,7 +321,7 @@ pub(crate) fn test_region() -> Arc<Region> {
             std::ptr::null_mut(),
             layout::LEN,
             libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            libc::MAP_SHARED | libc::MAP_ANONYMOUS,
             -1,
             0,
         )

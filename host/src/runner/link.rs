@@ -27,7 +27,7 @@ use wasmproc_protocol::{
 use super::ticker::Ticker;
 use crate::connection::{Batch, FrameReader, FrameWriter};
 use crate::os::pipe::PIPE_BUFFER;
-use crate::os::ring::RingWriter;
+use crate::os::ring::{RING_IDLE, RingWriter};
 use wasmproc_protocol::HostToRunner;
 use wasmproc_protocol::contract::EXIT_HOST_GONE;
 
@@ -671,7 +671,7 @@ impl Link {
                 waiting
             };
             if waiting {
-                self.out_ready.notified().await;
+                self.wait_for_frames().await;
                 continue;
             }
             // The batch is taken only once the pipe takes bytes: until the
@@ -698,6 +698,30 @@ impl Link {
             self.written(result.is_ok());
             if result.is_err() {
                 return;
+            }
+        }
+    }
+
+    /// Wait until the guest queues frames. While the payload ring holds
+    /// pages and the guest queues nothing for [`RING_IDLE`], give them back
+    /// once the host has read it all.
+    async fn wait_for_frames(&self) {
+        let holds_pages = self
+            .out()
+            .ring
+            .as_ref()
+            .is_some_and(RingWriter::holds_pages);
+        if !holds_pages {
+            return self.out_ready.notified().await;
+        }
+        tokio::select! {
+            biased;
+            () = self.out_ready.notified() => {}
+            () = tokio::time::sleep(RING_IDLE) => {
+                // Under the lock: no payload goes in meanwhile.
+                if let Some(ring) = self.out().ring.as_mut() {
+                    let _ = ring.release_if_drained();
+                }
             }
         }
     }
