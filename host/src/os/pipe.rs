@@ -198,10 +198,8 @@ impl AsyncRead for ControlFd {
             let unfilled = unsafe { buf.unfilled_mut() };
             let room = unfilled.len();
             let read = ready.try_io(|fd| {
-                // SAFETY: reads at most `unfilled.len()` bytes into it.
-                let n = unsafe {
-                    libc::read(fd.as_raw_fd(), unfilled.as_mut_ptr().cast(), unfilled.len())
-                };
+                // SAFETY: reads at most `room` bytes into it.
+                let n = unsafe { libc::read(fd.as_raw_fd(), unfilled.as_mut_ptr().cast(), room) };
                 if n < 0 {
                     Err(io::Error::last_os_error())
                 } else {
