@@ -3,6 +3,7 @@
 mod common;
 
 use common::{guest, recv_text, within};
+use std::collections::BTreeSet;
 use std::time::Duration;
 use wasmproc::{ExitStatus, Host, InboxItem};
 
@@ -428,6 +429,68 @@ async fn a_pooled_host_forks_from_runners_started_ahead_and_refills() {
             .await
             .unwrap();
         assert_eq!(out.stdout, b"own stdio\n");
+    })
+    .await;
+}
+
+/// The precompiled artifact the runner `pid` has mapped, if any.
+fn mapped_artifact(pid: u32) -> Option<String> {
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).ok()?;
+    maps.lines()
+        .filter_map(|line| line.split_whitespace().nth(5))
+        .find(|path| path.ends_with(".cwasm"))
+        .map(str::to_owned)
+}
+
+/// Once `host`'s pool of two is full and each waiting runner has an
+/// artifact mapped, and `done` accepts them: those artifacts.
+async fn preloaded(host: &Host, done: impl Fn(&BTreeSet<String>) -> bool) -> BTreeSet<String> {
+    loop {
+        let pids = wasmproc::testing::pooled_runners(host);
+        let mapped: Option<BTreeSet<String>> =
+            pids.iter().map(|&pid| mapped_artifact(pid)).collect();
+        if let Some(mapped) = mapped.filter(|m| pids.len() == 2 && done(m)) {
+            return mapped;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn pooled_runners_load_the_last_artifact_ahead_and_still_run_any_other() {
+    within(60, async {
+        let host = &Host::with_pool(2);
+        let echo = || async {
+            let echo = host.command(guest("echo")).fork().await.unwrap();
+            echo.send(b"ahead".to_vec()).unwrap();
+            assert_eq!(recv_text(&echo).await, "ahead");
+            echo.kill();
+            echo.wait().await;
+        };
+        let exit_with = |code: i32| async move {
+            let tool = host
+                .command(common::tool_p1())
+                .args(["exit", &code.to_string()])
+                .fork()
+                .await
+                .unwrap();
+            assert_eq!(tool.wait().await, ExitStatus::Exited { code });
+        };
+        // The first fork starts its own runner; the pool fills with runners
+        // that map the echo guest's artifact while they wait.
+        echo().await;
+        let first = preloaded(host, |_| true).await;
+        assert_eq!(first.len(), 1, "{first:?}");
+        // A pooled runner runs what it loaded, and also another module: a
+        // core module where it loaded a component.
+        echo().await;
+        exit_with(3).await;
+        // A runner started since loads that core module, and still runs a
+        // component.
+        let second = preloaded(host, |mapped| !mapped.is_subset(&first)).await;
+        assert_eq!(second.difference(&first).count(), 1, "{second:?}");
+        echo().await;
+        exit_with(4).await;
     })
     .await;
 }

@@ -11,6 +11,11 @@ pub fn write_stats(host: &Host) -> (u64, u64) {
     host.relay().stats().snapshot()
 }
 
+/// The pids of `host`'s pooled runners waiting for a launch.
+pub fn pooled_runners(host: &Host) -> Vec<u32> {
+    host.pooled_pids()
+}
+
 /// How many guests `host` has registered (live or reserved).
 pub fn live_guests(host: &Host) -> usize {
     host.relay().len()

@@ -25,7 +25,8 @@ fn main() {
             File::from_raw_fd(CONTROL_OUT_FD),
         )
     };
-    let (frame, _) = read_frame_blocking::<HostToRunner>(&mut from_host).expect("launch spec");
+    let (frame, _) =
+        read_frame_blocking::<HostToRunner>(&mut from_host, Vec::new()).expect("launch spec");
     let HostToRunner::Launch(spec) = frame else {
         panic!("expected a launch spec");
     };

@@ -449,18 +449,20 @@ pub fn write_frame_blocking<T: Serialize>(
     Ok(())
 }
 
-/// Read one frame from a blocking reader. Returns the frame and any bytes
-/// read past it (the start of later frames).
+/// Read one frame from a blocking reader, after the bytes `read_ahead`
+/// already read from it. Returns the frame and any bytes read past it (the
+/// start of later frames).
 ///
 /// # Errors
 ///
 /// [`FrameError::Truncated`] when the input ends first, or any decoding error.
 pub fn read_frame_blocking<T: DeserializeOwned>(
     input: &mut impl std::io::Read,
+    read_ahead: Vec<u8>,
 ) -> Result<(T, Vec<u8>), FrameError> {
     // A runner reads its launch spec with this, a few KiB at most: a chunk on
     // the stack, not 64 KiB of zeroed heap for every runner to fault in.
-    let mut buf = Vec::new();
+    let mut buf = read_ahead;
     let mut chunk = [0u8; 8 * 1024];
     loop {
         if let Some((frame, used)) = decode::<T>(&buf, MAX_FRAME_LEN)? {
@@ -802,6 +804,34 @@ mod tests {
         let mut buf = BytesMut::from(&full[..full.len() - 1]);
         let err = codec.decode_eof(&mut buf).unwrap_err();
         assert!(matches!(err, FrameError::Truncated { .. }), "{err}");
+    }
+
+    #[test]
+    fn a_blocking_read_goes_on_from_the_bytes_it_read_ahead() {
+        let frames = [
+            HostToRunner::Preload {
+                artifact: "/cache/a.cwasm".into(),
+                kind: ModuleKind::Component,
+            },
+            HostToRunner::Deliver(InboxItem::Shutdown),
+        ];
+        let mut bytes = Vec::new();
+        for frame in &frames {
+            write_frame_blocking(&mut bytes, frame).unwrap();
+        }
+        let mut input = &bytes[..];
+        let (first, ahead) = read_frame_blocking::<HostToRunner>(&mut input, Vec::new()).unwrap();
+        assert_eq!(first, frames[0]);
+        // One read took both frames: the second is all in what was read ahead.
+        assert!(input.is_empty());
+        let (second, rest) = read_frame_blocking::<HostToRunner>(&mut input, ahead).unwrap();
+        assert_eq!(second, frames[1]);
+        assert!(rest.is_empty());
+        let end = read_frame_blocking::<HostToRunner>(&mut input, rest).unwrap_err();
+        assert!(
+            matches!(end, FrameError::Truncated { buffered: 0 }),
+            "{end}"
+        );
     }
 
     #[test]

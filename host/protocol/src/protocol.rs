@@ -11,7 +11,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 /// Bumped whenever a frame type changes shape.
-pub const PROTOCOL_VERSION: u32 = 8;
+pub const PROTOCOL_VERSION: u32 = 9;
 
 /// A guest's id: given by the host, never the OS pid (which the OS reuses).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -316,7 +316,7 @@ pub struct HardeningStep {
 /// Frames the host sends to a runner.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum HostToRunner {
-    /// What to run; the first frame, answering `Hello`.
+    /// What to run, answering `Hello`: the first frame but for `Preload`.
     Launch(LaunchSpec),
     /// An item for the guest's inbox.
     Deliver(InboxItem),
@@ -331,6 +331,11 @@ pub enum HostToRunner {
     /// A request delivered to the guest has ended unanswered (its caller
     /// timed out, gave up or exited): a reply now gets `expired`.
     Expired { request: RequestId },
+    /// Before `Launch`, to a runner waiting in the host's pool: the artifact
+    /// its guest will likely be (the one the pool last launched). The runner
+    /// maps it and resolves its imports while it waits; a `Launch` of
+    /// another artifact loads that one as usual.
+    Preload { artifact: String, kind: ModuleKind },
 }
 
 /// Frames a runner sends to the host.

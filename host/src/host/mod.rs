@@ -136,13 +136,23 @@ impl Host {
 
     /// A host that keeps `size` runners started ahead of time, so that a
     /// fork with the default stdio only sends a launch spec to a waiting
-    /// process (the pool refills in the background). Idle pooled runners
-    /// cost about one idle guest each.
+    /// process (the pool refills in the background). Each runner started
+    /// for the pool maps and links the artifact the pool launched last while
+    /// it waits, so a fork of the same module only instantiates it. Idle
+    /// pooled runners cost about one idle guest each.
     pub fn with_pool(size: usize) -> Host {
         Host {
             pool: Some(Arc::new(Pool::new(size))),
             ..Host::default()
         }
+    }
+
+    /// The pids of the pooled runners waiting for a launch (none without a pool).
+    pub(crate) fn pooled_pids(&self) -> Vec<u32> {
+        self.pool
+            .as_ref()
+            .map(|p| p.idle_pids())
+            .unwrap_or_default()
     }
 
     /// The relay, for the crate's own layers (apps, test hooks).
@@ -393,7 +403,7 @@ impl Host {
     async fn start(&self, reserved: Reserved, mut spec: Spec) -> Result<Child, SpawnError> {
         let pooled = match &self.pool {
             Some(pool) if spec.default_stdio() => {
-                let taken = pool.take();
+                let taken = pool.take(&reserved.launch);
                 pool.refill(reserved.runner.clone());
                 taken
             }

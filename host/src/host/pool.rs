@@ -1,9 +1,17 @@
 //! Runners started ahead of time, waiting for a launch spec: a fork with
 //! the default stdio takes one instead of starting a process.
+//!
+//! Each new runner is told the artifact the pool last launched (`Preload`),
+//! so that while it waits it maps that artifact and links its imports: a
+//! fork of the same module then only hardens the runner and instantiates.
+//! A fork of another module loads its own, as a runner without a guess does.
 
+use std::io::IoSlice;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+
+use wasmproc_protocol::{HostToRunner, LaunchSpec, ModuleKind, write_frame_blocking};
 
 use super::spawner::{Spawned, default_stdio, spawn_runner};
 
@@ -12,6 +20,8 @@ pub(crate) struct Pool {
     size: usize,
     idle: Mutex<Vec<Spawned>>,
     refilling: AtomicBool,
+    /// The artifact of the last launch from the pool, for new runners to load.
+    last: Mutex<Option<(String, ModuleKind)>>,
 }
 
 impl std::fmt::Debug for Pool {
@@ -29,6 +39,7 @@ impl Pool {
             size,
             idle: Mutex::new(Vec::with_capacity(size)),
             refilling: AtomicBool::new(false),
+            last: Mutex::new(None),
         }
     }
 
@@ -36,9 +47,36 @@ impl Pool {
         self.idle.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// A waiting runner, if there is one.
-    pub(crate) fn take(&self) -> Option<Spawned> {
+    /// A waiting runner for `launch`, if there is one. The runners started
+    /// from now on load its artifact ahead.
+    pub(crate) fn take(&self, launch: &LaunchSpec) -> Option<Spawned> {
+        *self.last.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((launch.artifact.clone(), launch.kind));
         self.idle().pop()
+    }
+
+    /// The pids of the runners waiting.
+    pub(crate) fn idle_pids(&self) -> Vec<u32> {
+        self.idle().iter().map(|s| s.process.id()).collect()
+    }
+
+    /// Start a runner and tell it the artifact to load while it waits.
+    async fn start_one(&self, runner: PathBuf) -> std::io::Result<Spawned> {
+        let spawned = spawn_runner(runner, default_stdio()).await?;
+        let last = self.last.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if let Some((artifact, kind)) = last {
+            let mut frame = Vec::new();
+            write_frame_blocking(&mut frame, &HostToRunner::Preload { artifact, kind })
+                .map_err(std::io::Error::other)?;
+            let mut sent = 0;
+            while sent < frame.len() {
+                sent += spawned
+                    .to_runner
+                    .write_vectored(&[IoSlice::new(&frame[sent..])])
+                    .await?;
+            }
+        }
+        Ok(spawned)
     }
 
     /// Top the pool up in the background, one runner at a time.
@@ -49,7 +87,7 @@ impl Pool {
         let pool = self.clone();
         tokio::spawn(async move {
             while pool.size > pool.idle().len() {
-                match spawn_runner(runner.clone(), default_stdio()).await {
+                match pool.start_one(runner.clone()).await {
                     Ok(spawned) => pool.idle().push(spawned),
                     Err(err) => {
                         tracing::warn!("cannot pre-start a runner: {err}");

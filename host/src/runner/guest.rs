@@ -13,6 +13,7 @@ use wasmtime::{
 };
 use wasmtime_wasi::I32Exit;
 use wasmtime_wasi::p1::WasiP1Ctx;
+use wasmtime_wasi::p2::bindings::CommandPre;
 
 use super::ipc;
 use super::link::Link;
@@ -33,9 +34,55 @@ impl Prepared {
         ipc::add_to_linker(&mut linker)?;
         Ok(Prepared { engine, linker })
     }
+
+    /// Map the precompiled `artifact` and, for a component, resolve its
+    /// imports: all that starting its guest needs before a store exists.
+    pub(super) fn load(&self, artifact: &str, kind: ModuleKind) -> anyhow::Result<Loaded> {
+        let cannot_load = |err| anyhow::anyhow!("cannot load artifact {artifact}: {err}");
+        let code = match kind {
+            ModuleKind::Component => {
+                // SAFETY: the host compiled this artifact itself with the
+                // same engine configuration, and wrote it atomically to its
+                // cache.
+                let component = unsafe { Component::deserialize_file(&self.engine, artifact) }
+                    .map_err(cannot_load)?;
+                let linked = self
+                    .linker
+                    .instantiate_pre(&component)
+                    .and_then(CommandPre::new)
+                    .map_err(|err| anyhow::anyhow!("cannot instantiate the guest: {err}"))?;
+                Code::Component(linked)
+            }
+            // SAFETY: as above.
+            ModuleKind::Module => Code::Module(
+                unsafe { Module::deserialize_file(&self.engine, artifact) }.map_err(cannot_load)?,
+            ),
+        };
+        Ok(Loaded {
+            artifact: artifact.to_owned(),
+            kind,
+            code,
+        })
+    }
 }
 
-/// Load and run the guest; `Err` only when it could not start.
+/// An artifact [`Prepared::load`]ed: by the launch, or ahead of it by a
+/// runner waiting in the pool (`Preload`).
+pub(super) struct Loaded {
+    artifact: String,
+    kind: ModuleKind,
+    code: Code,
+}
+
+enum Code {
+    /// Linked: instantiating it only builds the instance.
+    Component(CommandPre<ipc::GuestState>),
+    /// Its WASI preview 1 linker is built at the launch.
+    Module(Module),
+}
+
+/// Load and run the guest, from what was loaded ahead if that is the
+/// launch's artifact; `Err` only when it could not start.
 ///
 /// The linker is dropped once the guest is instantiated, and the heap pages
 /// it and the loading freed go back to the kernel (`drop_after_start`): the
@@ -43,26 +90,24 @@ impl Prepared {
 /// runner's resident heap is 48 KiB smaller without them.
 pub(super) async fn run_guest(
     prepared: Prepared,
+    ahead: Option<Loaded>,
     spec: &LaunchSpec,
     link: Arc<Link>,
 ) -> anyhow::Result<ExitReport> {
-    let Prepared { engine, linker } = prepared;
-    let engine = &engine;
     let wasi = sandbox::wasi_builder(spec)?;
-    match spec.kind {
-        ModuleKind::Component => {
-            // SAFETY: the host compiled this artifact itself with the same
-            // engine configuration, and wrote it atomically to its cache.
-            let component = unsafe { Component::deserialize_file(engine, &spec.artifact) }
-                .map_err(|err| anyhow::anyhow!("cannot load artifact {}: {err}", spec.artifact))?;
-            run_component(engine, linker, &component, wasi, link).await
+    let loaded = match ahead {
+        Some(loaded) if loaded.artifact == spec.artifact && loaded.kind == spec.kind => loaded,
+        other => {
+            drop(other);
+            prepared.load(&spec.artifact, spec.kind)?
         }
-        ModuleKind::Module => {
+    };
+    let Prepared { engine, linker } = prepared;
+    match loaded.code {
+        Code::Component(linked) => run_component(&engine, linker, &linked, wasi, link).await,
+        Code::Module(module) => {
             drop(linker);
-            // SAFETY: as above.
-            let module = unsafe { Module::deserialize_file(engine, &spec.artifact) }
-                .map_err(|err| anyhow::anyhow!("cannot load artifact {}: {err}", spec.artifact))?;
-            run_module(engine, &module, wasi, spec.limits.max_memory).await
+            run_module(&engine, &module, wasi, spec.limits.max_memory).await
         }
     }
 }
@@ -70,7 +115,7 @@ pub(super) async fn run_guest(
 async fn run_component(
     engine: &Engine,
     linker: wasmtime::component::Linker<ipc::GuestState>,
-    component: &Component,
+    linked: &CommandPre<ipc::GuestState>,
     mut wasi: wasmtime_wasi::WasiCtxBuilder,
     link: Arc<Link>,
 ) -> anyhow::Result<ExitReport> {
@@ -91,10 +136,10 @@ async fn run_component(
             .unwrap_or(usize::MAX)
             .saturating_add(1024 * 1024),
     );
-    let command =
-        wasmtime_wasi::p2::bindings::Command::instantiate_async(&mut store, component, &linker)
-            .await
-            .map_err(|err| anyhow::anyhow!("cannot instantiate the guest: {err}"))?;
+    let command = linked
+        .instantiate_async(&mut store)
+        .await
+        .map_err(|err| anyhow::anyhow!("cannot instantiate the guest: {err}"))?;
     drop_after_start(linker);
     Ok(match command.wasi_cli_run().call_run(&mut store).await {
         Ok(Ok(())) => ExitReport::Exited { code: 0 },

@@ -641,11 +641,9 @@ impl Link {
                         self.inbox_changed.notify_waiters();
                     }
                 }
-                Ok(Some(HostToRunner::Launch(_))) => {
-                    eprintln!(
-                        "wasmproc-runner: protocol error: a second launch spec from the host"
-                    );
-                    std::process::exit(EXIT_HOST_GONE);
+                Ok(Some(HostToRunner::Launch(_))) => out_of_order("a second launch spec"),
+                Ok(Some(HostToRunner::Preload { .. })) => {
+                    out_of_order("an artifact to preload, after the launch");
                 }
                 Ok(None) => std::process::exit(EXIT_HOST_GONE),
                 Err(err) => {
@@ -830,4 +828,11 @@ impl Cover<'_> {
         self.link.written(result.is_ok());
         true
     }
+}
+
+/// A frame that only comes before the launch came after it: the host is
+/// not the one this runner speaks with.
+fn out_of_order(what: &str) -> ! {
+    eprintln!("wasmproc-runner: protocol error: {what} from the host");
+    std::process::exit(EXIT_HOST_GONE);
 }

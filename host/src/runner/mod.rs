@@ -11,7 +11,9 @@
 //! 2. says `Hello` with its protocol version, builds the engine and the
 //!    linker (the same for every guest: a pooled runner has them ready),
 //!    and reads the launch spec, blocking, before any thread exists;
-//! 3. maps the precompiled artifact the host named (it never compiles);
+//! 3. maps the precompiled artifact the host named (it never compiles),
+//!    unless a pooled runner was told it ahead (`Preload`) and has it
+//!    mapped and linked already;
 //! 4. starts a single-threaded runtime and runs the guest (`wasi:cli/run`
 //!    for a component, `_start` for a core module) beside two I/O loops
 //!    (inbox in, sends out, see [`link`]), all three in one future
@@ -42,7 +44,7 @@ use wasmproc_protocol::{
 use crate::connection::{ControlFd, FrameReader, FrameWriter, WriteStats};
 use crate::os::ring::Rings;
 use crate::sandbox::os::OsPolicy;
-use guest::{Prepared, run_guest};
+use guest::{Loaded, Prepared, run_guest};
 use link::Link;
 
 /// Run the guest the host sends. Never returns.
@@ -71,17 +73,30 @@ pub(crate) fn main() -> ! {
         std::process::exit(EXIT_HOST_GONE);
     }
     // Everything that does not depend on the guest, before its spec: a
-    // runner waiting in the host's pool has this done already.
+    // runner waiting in the host's pool has this done already, and the
+    // artifact the host expects mapped and linked too (`Preload`).
     let prepared = Prepared::new();
     let filters = crate::sandbox::os::build_filters(std::process::id());
-    let (spec, leftover) = match read_frame_blocking::<HostToRunner>(&mut from_host) {
-        Ok((HostToRunner::Launch(spec), leftover)) => (spec, leftover),
-        Ok((other, _)) => fail(
-            &mut to_host,
-            format!("protocol error: expected a launch spec first, got {other:?}"),
-        ),
-        Err(FrameError::Truncated { .. }) => std::process::exit(EXIT_HOST_GONE),
-        Err(err) => fail(&mut to_host, format!("protocol error: {err}")),
+    let mut ahead = None;
+    let mut read_ahead = Vec::new();
+    let (spec, leftover) = loop {
+        match read_frame_blocking::<HostToRunner>(&mut from_host, read_ahead) {
+            Ok((HostToRunner::Launch(spec), leftover)) => break (spec, leftover),
+            Ok((HostToRunner::Preload { artifact, kind }, rest)) => {
+                // A guess: when it fails, the launch loads again and says why.
+                ahead = prepared
+                    .as_ref()
+                    .ok()
+                    .and_then(|p| p.load(&artifact, kind).ok());
+                read_ahead = rest;
+            }
+            Ok((other, _)) => fail(
+                &mut to_host,
+                format!("protocol error: expected a launch spec first, got {other:?}"),
+            ),
+            Err(FrameError::Truncated { .. }) => std::process::exit(EXIT_HOST_GONE),
+            Err(err) => fail(&mut to_host, format!("protocol error: {err}")),
+        }
     };
     if let Err(err) = check_version(spec.protocol_version) {
         fail(&mut to_host, err.to_string());
@@ -125,7 +140,9 @@ pub(crate) fn main() -> ! {
             format!("cannot set up the runner's engine: {err:#}"),
         ),
     };
-    runtime.block_on(run(prepared, spec, from_host, to_host, leftover, rings))
+    runtime.block_on(run(
+        prepared, ahead, spec, from_host, to_host, leftover, rings,
+    ))
 }
 
 /// No orphans: ask for SIGKILL when the host's spawner thread ends, even if
@@ -179,6 +196,7 @@ fn fail(to_host: &mut File, message: String) -> ! {
 
 async fn run(
     prepared: Prepared,
+    ahead: Option<Loaded>,
     spec: LaunchSpec,
     from_host: File,
     to_host: File,
@@ -221,7 +239,7 @@ async fn run(
         }
     });
     let guest: drive::Branch = Box::pin(async move {
-        let report = match run_guest(prepared, &spec, link.clone()).await {
+        let report = match run_guest(prepared, ahead, &spec, link.clone()).await {
             Ok(report) => report,
             Err(err) => ExitReport::Failed {
                 message: format!("{err:#}"),
