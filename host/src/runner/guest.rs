@@ -19,25 +19,63 @@ use super::ipc;
 use super::link::Link;
 use crate::{engine, sandbox};
 
-/// The engine and the component linker (WASI and `ipc`): the same for
-/// every guest.
+/// The component linker of every guest: WASI and `ipc`.
+type ComponentLinker = wasmtime::component::Linker<ipc::GuestState>;
+
+/// The stack of the thread that builds the linker: the ticker's size or
+/// up to four times it, so that the ticker thread started later reuses it
+/// (the C library keeps a finished thread's stack for the next).
+const LINKER_STACK: usize = 256 * 1024;
+
+/// The engine and the component linker: the same for every guest.
+///
+/// The linker is built on a thread of its own, started by
+/// [`Prepared::new`], while the runner reads its spec and maps its
+/// artifact (each takes about 0.2 ms). [`Prepared::linked`] waits for that
+/// thread to end; the runner calls it before hardening, so no thread but
+/// the main one exists when Landlock and seccomp bind the process.
 pub(super) struct Prepared {
-    pub(super) engine: Engine,
-    linker: wasmtime::component::Linker<ipc::GuestState>,
+    engine: Engine,
+    building: Option<std::thread::JoinHandle<wasmtime::Result<ComponentLinker>>>,
+    linker: Result<ComponentLinker, String>,
 }
 
 impl Prepared {
     pub(super) fn new() -> anyhow::Result<Prepared> {
         let engine = Engine::new(&engine::runtime_config())?;
-        let mut linker = wasmtime::component::Linker::<ipc::GuestState>::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
-        ipc::add_to_linker(&mut linker)?;
-        Ok(Prepared { engine, linker })
+        let for_linker = engine.clone();
+        let building = std::thread::Builder::new()
+            .name("linker".into())
+            .stack_size(LINKER_STACK)
+            .spawn(move || {
+                let mut linker = ComponentLinker::new(&for_linker);
+                wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+                ipc::add_to_linker(&mut linker)?;
+                Ok(linker)
+            })?;
+        Ok(Prepared {
+            engine,
+            building: Some(building),
+            linker: Err(String::new()),
+        })
+    }
+
+    /// The linker, once the thread building it has ended.
+    pub(super) fn linked(&mut self) -> anyhow::Result<&ComponentLinker> {
+        if let Some(building) = self.building.take() {
+            self.linker = match building.join() {
+                Ok(built) => built.map_err(|err| format!("{err:#}")),
+                Err(_) => Err("the thread building it panicked".to_owned()),
+            };
+        }
+        self.linker
+            .as_ref()
+            .map_err(|why| anyhow::anyhow!("cannot build the linker: {why}"))
     }
 
     /// Map the precompiled `artifact` and, for a component, resolve its
     /// imports: all that starting its guest needs before a store exists.
-    pub(super) fn load(&self, artifact: &str, kind: ModuleKind) -> anyhow::Result<Loaded> {
+    pub(super) fn load(&mut self, artifact: &str, kind: ModuleKind) -> anyhow::Result<Loaded> {
         let cannot_load = |err| anyhow::anyhow!("cannot load artifact {artifact}: {err}");
         let code = match kind {
             ModuleKind::Component => {
@@ -47,7 +85,7 @@ impl Prepared {
                 let component = unsafe { Component::deserialize_file(&self.engine, artifact) }
                     .map_err(cannot_load)?;
                 let linked = self
-                    .linker
+                    .linked()?
                     .instantiate_pre(&component)
                     .and_then(CommandPre::new)
                     .map_err(|err| anyhow::anyhow!("cannot instantiate the guest: {err}"))?;
@@ -64,9 +102,27 @@ impl Prepared {
             code,
         })
     }
+
+    /// The launch's artifact: `ahead` if it is that one (see `Preload`),
+    /// else loaded now.
+    pub(super) fn load_for(
+        &mut self,
+        spec: &LaunchSpec,
+        ahead: Option<Loaded>,
+    ) -> anyhow::Result<Loaded> {
+        match ahead {
+            Some(loaded) if loaded.artifact == spec.artifact && loaded.kind == spec.kind => {
+                Ok(loaded)
+            }
+            other => {
+                drop(other);
+                self.load(&spec.artifact, spec.kind)
+            }
+        }
+    }
 }
 
-/// An artifact [`Prepared::load`]ed: by the launch, or ahead of it by a
+/// An artifact [`Prepared::load`]ed: at the launch, or ahead of it by a
 /// runner waiting in the pool (`Preload`).
 pub(super) struct Loaded {
     artifact: String,
@@ -81,28 +137,25 @@ enum Code {
     Module(Module),
 }
 
-/// Load and run the guest, from what was loaded ahead if that is the
-/// launch's artifact; `Err` only when it could not start.
+/// Run the guest from its artifact, `loaded` before the runner hardened
+/// itself (loaded now if it was not); `Err` only when it could not start.
 ///
 /// The linker is dropped once the guest is instantiated, and the heap pages
 /// it and the loading freed go back to the kernel (`drop_after_start`): the
 /// WASI linker's tables are about 117 KiB of a runner's heap, and an idle
 /// runner's resident heap is 48 KiB smaller without them.
 pub(super) async fn run_guest(
-    prepared: Prepared,
-    ahead: Option<Loaded>,
+    mut prepared: Prepared,
+    loaded: Option<anyhow::Result<Loaded>>,
     spec: &LaunchSpec,
     link: Arc<Link>,
 ) -> anyhow::Result<ExitReport> {
     let wasi = sandbox::wasi_builder(spec)?;
-    let loaded = match ahead {
-        Some(loaded) if loaded.artifact == spec.artifact && loaded.kind == spec.kind => loaded,
-        other => {
-            drop(other);
-            prepared.load(&spec.artifact, spec.kind)?
-        }
+    let loaded = match loaded {
+        Some(loaded) => loaded?,
+        None => prepared.load_for(spec, None)?,
     };
-    let Prepared { engine, linker } = prepared;
+    let Prepared { engine, linker, .. } = prepared;
     match loaded.code {
         Code::Component(linked) => run_component(&engine, linker, &linked, wasi, link).await,
         Code::Module(module) => {
@@ -114,7 +167,7 @@ pub(super) async fn run_guest(
 
 async fn run_component(
     engine: &Engine,
-    linker: wasmtime::component::Linker<ipc::GuestState>,
+    linker: Result<ComponentLinker, String>,
     linked: &CommandPre<ipc::GuestState>,
     mut wasi: wasmtime_wasi::WasiCtxBuilder,
     link: Arc<Link>,

@@ -8,17 +8,19 @@
 //! 1. asks to be killed when the host ends (the parent-death signal), and
 //!    maps its shared memory (fd 5: the sandbox report page and the
 //!    payload rings, [`crate::os::ring`]);
-//! 2. says `Hello` with its protocol version, builds the engine and the
-//!    linker (the same for every guest: a pooled runner has them ready),
-//!    and reads the launch spec, blocking, before any thread exists;
-//! 3. maps the precompiled artifact the host named (it never compiles),
-//!    unless a pooled runner was told it ahead (`Preload`) and has it
-//!    mapped and linked already;
-//! 4. starts a single-threaded runtime and runs the guest (`wasi:cli/run`
+//! 2. says `Hello` with its protocol version, builds the engine and (on a
+//!    thread of its own) the linker, the same for every guest: a pooled
+//!    runner has them ready;
+//! 3. reads the launch spec, blocking, and maps the precompiled artifact
+//!    the host named (it never compiles) while the linker is built, unless
+//!    a pooled runner was told it ahead (`Preload`) and has it mapped and
+//!    linked already; the linker's thread has ended before
+//! 4. it hardens itself (the second wall, [`crate::sandbox::os`]);
+//! 5. starts a single-threaded runtime and runs the guest (`wasi:cli/run`
 //!    for a component, `_start` for a core module) beside two I/O loops
 //!    (inbox in, sends out, see [`link`]), all three in one future
 //!    ([`drive`]);
-//! 5. reports how the guest ended (`Exit`) and exits.
+//! 6. reports how the guest ended (`Exit`) and exits.
 //!
 //! It also exits as soon as the host closes the control pipe.
 
@@ -74,8 +76,9 @@ pub(crate) fn main() -> ! {
     }
     // Everything that does not depend on the guest, before its spec: a
     // runner waiting in the host's pool has this done already, and the
-    // artifact the host expects mapped and linked too (`Preload`).
-    let prepared = Prepared::new();
+    // artifact the host expects mapped and linked too (`Preload`). The
+    // linker is built beside the main thread (see `Prepared`).
+    let mut prepared = Prepared::new();
     let filters = crate::sandbox::os::build_filters(std::process::id());
     let mut ahead = None;
     let mut read_ahead = Vec::new();
@@ -85,7 +88,7 @@ pub(crate) fn main() -> ! {
             Ok((HostToRunner::Preload { artifact, kind }, rest)) => {
                 // A guess: when it fails, the launch loads again and says why.
                 ahead = prepared
-                    .as_ref()
+                    .as_mut()
                     .ok()
                     .and_then(|p| p.load(&artifact, kind).ok());
                 read_ahead = rest;
@@ -101,6 +104,21 @@ pub(crate) fn main() -> ! {
     if let Err(err) = check_version(spec.protocol_version) {
         fail(&mut to_host, err.to_string());
     }
+    // The artifact, mapped while the linker is still being built; what went
+    // wrong is reported once the runner is hardened. Then the linker's
+    // thread has ended: no thread but this one is left for the walls.
+    let loaded = match &mut prepared {
+        Ok(prepared) if spec.probe.is_none() => {
+            let loaded = prepared.load_for(&spec, ahead);
+            let _ = prepared.linked();
+            Some(loaded)
+        }
+        Ok(prepared) => {
+            let _ = prepared.linked();
+            None
+        }
+        Err(_) => None,
+    };
 
     // The second wall, before any other thread exists and before guest code.
     let policy = OsPolicy::for_spec(&spec, std::process::id());
@@ -141,7 +159,7 @@ pub(crate) fn main() -> ! {
         ),
     };
     runtime.block_on(run(
-        prepared, ahead, spec, from_host, to_host, leftover, rings,
+        prepared, loaded, spec, from_host, to_host, leftover, rings,
     ))
 }
 
@@ -196,7 +214,7 @@ fn fail(to_host: &mut File, message: String) -> ! {
 
 async fn run(
     prepared: Prepared,
-    ahead: Option<Loaded>,
+    loaded: Option<anyhow::Result<Loaded>>,
     spec: LaunchSpec,
     from_host: File,
     to_host: File,
@@ -239,7 +257,7 @@ async fn run(
         }
     });
     let guest: drive::Branch = Box::pin(async move {
-        let report = match run_guest(prepared, ahead, &spec, link.clone()).await {
+        let report = match run_guest(prepared, loaded, &spec, link.clone()).await {
             Ok(report) => report,
             Err(err) => ExitReport::Failed {
                 message: format!("{err:#}"),
