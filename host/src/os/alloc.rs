@@ -14,6 +14,17 @@ pub fn keep_large_buffers_in_heap() {
     }
 }
 
+/// One heap for every thread of a runner: what its short-lived linker
+/// thread allocates (see the runner's `Prepared`) then lands in the heap
+/// that is trimmed after the start, not in a second arena of its own that
+/// would keep its pages in every runner of a fleet.
+pub(crate) fn one_heap_for_all_threads() {
+    // SAFETY: mallopt only sets allocator parameters.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
+}
+
 /// Give the kernel back every whole page of free heap, wherever it lies
 /// (`malloc_trim`: the heap's top is only trimmed past 32 MiB otherwise, see
 /// [`keep_large_buffers_in_heap`]). A runner calls it once its guest is

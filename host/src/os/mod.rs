@@ -32,5 +32,5 @@ pub(crate) mod syscalls;
 pub mod user;
 
 pub use alloc::keep_large_buffers_in_heap;
-pub(crate) use alloc::release_free_heap;
+pub(crate) use alloc::{one_heap_for_all_threads, release_free_heap};
 pub use process::{ChildStderr, ChildStdin, ChildStdout, Stdio};

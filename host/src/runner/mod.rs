@@ -68,6 +68,7 @@ pub(crate) fn main() -> ! {
         .map_err(|err| eprintln!("wasmproc-runner: {err}; large payloads go by pipe"))
         .ok();
     crate::os::keep_large_buffers_in_heap();
+    crate::os::one_heap_for_all_threads();
     let hello = RunnerToHost::Hello {
         protocol_version: PROTOCOL_VERSION,
     };
