@@ -56,7 +56,7 @@ impl Prepared {
         Ok(Prepared {
             engine,
             building: Some(building),
-            linker: Err(String::new()),
+            linker: Err("it is still being built".to_owned()),
         })
     }
 

@@ -109,14 +109,13 @@ pub(crate) fn main() -> ! {
     // wrong is reported once the runner is hardened. Then the linker's
     // thread has ended: no thread but this one is left for the walls.
     let loaded = match &mut prepared {
-        Ok(prepared) if spec.probe.is_none() => {
-            let loaded = prepared.load_for(&spec, ahead);
-            let _ = prepared.linked();
-            Some(loaded)
-        }
         Ok(prepared) => {
+            let loaded = spec
+                .probe
+                .is_none()
+                .then(|| prepared.load_for(&spec, ahead));
             let _ = prepared.linked();
-            None
+            loaded
         }
         Err(_) => None,
     };
