@@ -436,10 +436,10 @@ async fn a_pooled_host_forks_from_runners_started_ahead_and_refills() {
 /// The precompiled artifact the runner `pid` has mapped, if any.
 fn mapped_artifact(pid: u32) -> Option<String> {
     let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).ok()?;
+    // The path is the rest of the line from its first `/` (it may hold spaces).
     maps.lines()
-        .filter_map(|line| line.split_whitespace().nth(5))
-        .find(|path| path.ends_with(".cwasm"))
-        .map(str::to_owned)
+        .filter(|line| line.ends_with(".cwasm"))
+        .find_map(|line| line.find('/').map(|at| line[at..].to_owned()))
 }
 
 /// Once `host`'s pool of two is full and each waiting runner has an
