@@ -362,6 +362,11 @@ impl FrameWriter {
         FrameWriter { pipe, stats }
     }
 
+    /// The pipe back, for whoever writes to it next.
+    pub fn into_pipe(self) -> ControlFd {
+        self.pipe
+    }
+
     /// Wait until the pipe takes bytes (at once, but for a pipe that is
     /// full or has never been written: its first readiness comes from the
     /// runtime's reactor).

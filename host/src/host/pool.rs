@@ -6,14 +6,14 @@
 //! fork of the same module then only hardens the runner and instantiates.
 //! A fork of another module loads its own, as a runner without a guess does.
 
-use std::io::IoSlice;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use wasmproc_protocol::{HostToRunner, LaunchSpec, ModuleKind, write_frame_blocking};
+use wasmproc_protocol::{HostToRunner, LaunchSpec, ModuleKind};
 
 use super::spawner::{Spawned, default_stdio, spawn_runner};
+use crate::connection::{Batch, FrameWriter};
 
 /// The pool; the host holds it in an `Arc`.
 pub(crate) struct Pool {
@@ -62,19 +62,16 @@ impl Pool {
 
     /// Start a runner and tell it the artifact to load while it waits.
     async fn start_one(&self, runner: PathBuf) -> std::io::Result<Spawned> {
-        let spawned = spawn_runner(runner, default_stdio()).await?;
+        let mut spawned = spawn_runner(runner, default_stdio()).await?;
         let last = self.last.lock().unwrap_or_else(|e| e.into_inner()).clone();
         if let Some((artifact, kind)) = last {
-            let mut frame = Vec::new();
-            write_frame_blocking(&mut frame, &HostToRunner::Preload { artifact, kind })
+            let mut batch = Batch::default();
+            batch
+                .push(&HostToRunner::Preload { artifact, kind })
                 .map_err(std::io::Error::other)?;
-            let mut sent = 0;
-            while sent < frame.len() {
-                sent += spawned
-                    .to_runner
-                    .write_vectored(&[IoSlice::new(&frame[sent..])])
-                    .await?;
-            }
+            let mut writer = FrameWriter::new(spawned.to_runner, Arc::default());
+            writer.write(&mut batch).await?;
+            spawned.to_runner = writer.into_pipe();
         }
         Ok(spawned)
     }
